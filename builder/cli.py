@@ -1,0 +1,81 @@
+"""`build-engine`: plan (and, in later versions, build) a gpt-oss engine for one GPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from builder.plan import INCOMPATIBLE, Plan, PlanError, plan
+from builder.registry import MODELS
+from builder.registry.gpus import GPUS
+from builder.registry.quant_formats import QUANT_FORMATS
+
+GB = 1e9
+EXIT_INCOMPATIBLE = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build-engine",
+        description="Plan a gpt-oss engine for a GPU: memory fit, parallelism, quant format, speed ceilings.",
+        epilog=f"models: {', '.join(MODELS)}; gpus: {', '.join(GPUS)}; quants: auto, {', '.join(QUANT_FORMATS)}. "
+               f"Exit status: 0 runnable or low-memory, {EXIT_INCOMPATIBLE} incompatible, 2 bad request.")
+    p.add_argument("--model", required=True, help="registry model name")
+    p.add_argument("--gpu", required=True, help="target GPU profile")
+    p.add_argument("--quant", default="auto", help="quant format, or auto (looked up per GPU architecture)")
+    p.add_argument("--tp", type=int, help="tensor parallelism (default: the smallest that fits)")
+    p.add_argument("--ep", type=int, help="expert parallelism (default 1)")
+    p.add_argument("--max-seq-len", type=int, help="default: the model's full context")
+    p.add_argument("--max-batch-size", type=int, default=1)
+    p.add_argument("--kv-dtype", default="bf16", help="KV-cache dtype: bf16 or fp8")
+    p.add_argument("--plan", action="store_true", help="print the plan and stop")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return p
+
+
+def format_plan(p: Plan) -> str:
+    rows = [
+        ("model / gpu", f"{p.model} on {p.gpu}"),
+        ("quant", p.quant),
+        ("parallelism", f"tp={p.tp} ep={p.ep}"),
+        ("verdict", p.verdict.upper()),
+        ("parameters", f"{p.params_total / 1e9:.2f}B total, {p.params_active / 1e9:.2f}B active per token"),
+        ("weights per GPU", f"{p.weight_bytes_per_gpu / GB:.2f} GB of {p.memory_bytes_per_gpu / GB:.0f} GB"),
+        ("runtime reserve", f"{p.runtime_reserve_bytes / GB:.2f} GB"),
+        ("KV cache budget", f"{p.kv_budget_bytes_per_gpu / GB:.2f} GB per GPU ({p.kv_dtype})"),
+        ("KV per token", f"{p.kv_bytes_per_token / 1024:.1f} KiB (full-attention layers)"),
+        ("KV per sequence", f"{p.kv_bytes_per_sequence / 2**20:.1f} MiB at {p.max_seq_len} tokens "
+                            f"(sliding layers: {p.sliding_kv_bytes_per_sequence / 2**20:.2f} MiB, bounded)"),
+        ("max concurrent seqs", f"{p.max_concurrent_sequences} at {p.max_seq_len} tokens"),
+        ("decode, batch 1", f"{p.decode_tokens_per_s_batch1:,.0f} tok/s ceiling "
+                            f"({p.bytes_read_per_token_batch1 / GB:.2f} GB read per token)"),
+        (f"decode, batch {p.max_batch_size}", f"{p.decode_tokens_per_s_batch_n:,.0f} tok/s ceiling "
+                                             f"(sequences {p.max_seq_len // 2} tokens deep)"),
+        ("prefill", f"{p.prefill_tokens_per_s:,.0f} tok/s ceiling"),
+        ("kernels", ", ".join(f"{k}={v}" for k, v in p.kernels.items())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += [f"{'reason'.ljust(width)}  {r}" for r in p.reasons]
+    return "\n".join(lines)
+
+
+def build_engine_main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = plan(args.model, args.gpu, quant=args.quant, tp=args.tp, ep=args.ep,
+                      max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size, kv_dtype=args.kv_dtype)
+    except PlanError as e:
+        print(f"build-engine: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    if not args.plan:
+        print("build-engine: this version plans only (--plan); building engines is not implemented yet",
+              file=sys.stderr)
+        return 2
+    return EXIT_INCOMPATIBLE if result.verdict == INCOMPATIBLE else 0
+
+
+if __name__ == "__main__":
+    sys.exit(build_engine_main())

@@ -1,0 +1,1 @@
+"""Serving and gRPC clients (the Triton issue)."""

@@ -1,0 +1,1 @@
+"""Triton model repository generator (the Triton issue)."""

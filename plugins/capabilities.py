@@ -1,0 +1,83 @@
+"""Which kernels the serving stack (TensorRT-LLM, PyTorch backend) offers on which SM.
+
+Each entry is "supported", "unverified" (upstream has code paths but no gpt-oss claim or known breakage
+on some versions: plan with it, validate before trusting it) or absent. Facts from upstream, see SOURCE.
+The CPU target is our reference runtime, which implements every op by emulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SOURCE = ("NVIDIA/TensorRT-LLM: tensorrt_llm/_torch/models/modeling_gpt_oss.py, fused MoE backends "
+          "(tensorrt_llm/_torch/modules/fused_moe/), the gpt-oss deployment guide, and its issue tracker, "
+          "as summarised in shared/FIELD-NOTES.md §6 (2026)")
+
+KERNELS = {
+    "attention_sinks": "attention with learned per-head sink logits",
+    "sliding_window": "sliding-window attention with a per-layer window",
+    "gemm_nvfp4": "NVFP4 W4A4 GEMM on FP4 tensor cores",
+    "moe_mxfp4_w4a16": "MoE with MXFP4 weights and bf16 activations",
+    "moe_w4a8_mxfp4_mxfp8": "MoE with MXFP4 weights and MXFP8 activations",
+    "gemm_fp8": "FP8 e4m3 GEMM",
+    "moe_bf16": "MoE with bf16 weights",
+}
+
+SUPPORTED = "supported"
+UNVERIFIED = "unverified"
+
+
+@dataclass(frozen=True)
+class SmCapabilities:
+    kernels: dict[str, str]
+    moe_backends: tuple[str, ...]   # TensorRT-LLM moe_config.backend values, preferred first
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_BASE = {"attention_sinks": SUPPORTED, "sliding_window": SUPPORTED, "moe_bf16": SUPPORTED}
+
+SM_CAPABILITIES: dict[int | None, SmCapabilities] = {
+    80: SmCapabilities(
+        {**_BASE, "attention_sinks": UNVERIFIED},
+        ("CUTLASS",),
+        ("gpt-oss is not in TensorRT-LLM's support matrix for Ampere; no FP8/FP4 tensor cores",)),
+    89: SmCapabilities(
+        {**_BASE, "attention_sinks": UNVERIFIED, "gemm_fp8": SUPPORTED},
+        ("CUTLASS",),
+        ("gpt-oss is not in TensorRT-LLM's support matrix for Ada",)),
+    90: SmCapabilities(
+        {**_BASE, "gemm_fp8": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED},
+        ("CUTLASS", "TRITON"),
+        ("MXFP4 W4A16 MoE runs on the TRITON backend (deprecated in TensorRT-LLM 1.3)",)),
+    100: SmCapabilities(
+        {**_BASE, "gemm_fp8": SUPPORTED, "gemm_nvfp4": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED,
+         "moe_w4a8_mxfp4_mxfp8": SUPPORTED},
+        ("TRTLLM", "CUTLASS"),
+        ("TRTLLM MoE backend: low latency; CUTLASS: throughput",)),
+    103: SmCapabilities(
+        {**_BASE, "gemm_fp8": SUPPORTED, "gemm_nvfp4": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED,
+         "moe_w4a8_mxfp4_mxfp8": SUPPORTED},
+        ("TRTLLM", "CUTLASS"),
+        ("TRTLLM MoE backend: low latency; CUTLASS: throughput",)),
+    120: SmCapabilities(
+        {**_BASE, "attention_sinks": UNVERIFIED, "gemm_fp8": SUPPORTED, "gemm_nvfp4": UNVERIFIED,
+         "moe_mxfp4_w4a16": UNVERIFIED},
+        ("CUTLASS",),
+        ("attention sinks were missing on SM120 in early builds; FLASHINFER attention fails there",
+         "NVFP4 GEMM gave wrong results on SM120 in some versions: validate the engine on the box",
+         "the TRTLLM MoE backend is SM100/103 only")),
+    None: SmCapabilities(  # the CPU reference runtime emulates every kernel
+        {k: SUPPORTED for k in KERNELS}, ("reference",), ("reference runtime: emulated numerics",)),
+}
+
+
+def capabilities(sm: int | None) -> SmCapabilities:
+    try:
+        return SM_CAPABILITIES[sm]
+    except KeyError:
+        raise KeyError(f"no capability entry for SM {sm}; known: {sorted(k for k in SM_CAPABILITIES if k)}") from None
+
+
+def kernel_status(sm: int | None, kernel: str) -> str | None:
+    """"supported", "unverified", or None when the stack has no such kernel on this SM."""
+    return capabilities(sm).kernels.get(kernel)

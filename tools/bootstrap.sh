@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs the project; with --test also the test oracles.
+# Idempotent: a second run only checks what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || { echo "bootstrap: needs Python >= 3.11" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -vE "^WARNING: Location|^\s*$" || true
+python -c "import builder" # fails loudly if the install did not take
+if [ -n "$extras" ]; then
+  python -c "import gpt_oss.torch.model, modelopt, torchao" 2>/dev/null || bash tools/install-test-deps.sh
+fi
