@@ -213,6 +213,9 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
     for kernel, status in kernels.items():
         if status == UNVERIFIED:
             reasons.append(f"{KERNELS[kernel]} on SM {gpu.sm} is unverified upstream: validate the engine on the box")
+    if not qf.trtllm_loads_gpt_oss and gpu.sm is not None:
+        reasons.append(f"TensorRT-LLM's gpt-oss loader does not read {qf.name} checkpoints: the engine is "
+                       f"planned and emulated, serving it on {gpu.name} is unverified")
     weights = weight_bytes_per_gpu(model, qf, tp)
     reserve = runtime_reserve_bytes(model, gpu, tp, batch)
     budget = max(0.0, (gpu.memory_bytes - weights - reserve) * KV_MEMORY_FRACTION)

@@ -95,3 +95,8 @@ def test_unverified_kernels_are_flagged():
 def test_impossible_requests_raise(kwargs, message):
     with pytest.raises(PlanError, match=message):
         plan(**kwargs)
+
+
+def test_fp8_on_gpu_says_trtllm_cannot_load_it():
+    assert any("does not read fp8" in r for r in plan("20b", "l40s").reasons)
+    assert not any("does not read" in r for r in plan("20b", "b200").reasons)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 # Module groups a format may cover. Routers, embeddings and lm_head stay bf16 in every format:
 # routers are tiny and precision-critical, embeddings are a lookup, lm_head is excluded by ModelOpt too.
-EXPERTS = "experts"
+EXPERTS = "experts"          # the MLP weights: MoE experts, or the dense MLP of a dense model
 ALL_LINEARS = "all_linears"   # attention q/k/v/o, experts or dense MLP; not router, embeddings, lm_head
 NOTHING = "nothing"
 
@@ -28,6 +28,8 @@ class QuantFormat:
     kernels: tuple[str, ...]   # keys of plugins.capabilities.KERNELS this format needs
     trtllm_quant_algo: str | None  # TensorRT-LLM QuantAlgo name, None for unquantized
     checkpoint: str            # the checkpoint layout build-engine writes for it
+    # Whether TensorRT-LLM's gpt-oss loader (PyTorch backend) reads checkpoints in this format.
+    trtllm_loads_gpt_oss: bool = True
 
     @property
     def bits_per_weight(self) -> float:
@@ -39,13 +41,17 @@ QUANT_FORMATS: dict[str, QuantFormat] = {q.name: q for q in [
     QuantFormat("bf16", "unquantized bf16 weights and activations",
                 16, 0, 0, NOTHING, "bf16", "bf16", (), None, "hf"),
     QuantFormat("fp8", "FP8 e4m3 weights with per-tensor scales, FP8 activations",
-                8, 0, 0, ALL_LINEARS, "fp8", "fp8", ("gemm_fp8",), "FP8", "hf-fp8"),
+                8, 0, 0, ALL_LINEARS, "fp8", "fp8", ("gemm_fp8",), "FP8", "hf-fp8",
+                # TensorRT-LLM's gpt-oss weight loader has no FP8 expert path (FP8 is a KV dtype there).
+                trtllm_loads_gpt_oss=False),
     QuantFormat("mxfp4", "MXFP4 expert weights (e2m1, e8m0 scale per 32), bf16 activations (W4A16)",
                 4, 32, 8, EXPERTS, "bf16", "bf16", ("moe_mxfp4_w4a16",), "W4A16_MXFP4", "hf-mxfp4"),
     QuantFormat("w4a8-mxfp4-mxfp8", "MXFP4 expert weights with MXFP8 activations (Blackwell MoE kernels)",
                 4, 32, 8, EXPERTS, "mxfp8", "fp8", ("moe_w4a8_mxfp4_mxfp8",), "W4A8_MXFP4_MXFP8", "hf-mxfp4"),
-    QuantFormat("nvfp4", "NVFP4 W4A4: e2m1 weights and activations, e4m3 scale per 16, fp32 global scale",
-                4, 16, 8, ALL_LINEARS, "nvfp4", "fp4", ("gemm_nvfp4",), "NVFP4", "hf-nvfp4"),
+    # Experts only: TensorRT-LLM's gpt-oss loader forces attention, router, embeddings and lm_head to stay
+    # bf16 in NVFP4 checkpoints (modeling_gpt_oss.py overrides exclude_modules).
+    QuantFormat("nvfp4", "NVFP4 W4A4 experts: e2m1 weights and activations, e4m3 scale per 16, fp32 global scale",
+                4, 16, 8, EXPERTS, "nvfp4", "fp4", ("gemm_nvfp4",), "NVFP4", "hf-nvfp4"),
 ]}
 
 # `--quant auto`: one lookup by architecture, never a chain of GPU names.
