@@ -1,0 +1,88 @@
+"""run-engine DIR (--prompt TEXT | --input-ids 1,2,3) [--max-tokens N] [--temperature T] [--seed S]
+[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json]
+
+DIR is an engine directory (network.json + checkpoint) or any checkpoint folder the converter reads.
+--logits-out saves the float32 logits of every prompt position, shape [prompt_len, vocab].
+--json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer)}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-ids wants comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("--input-ids is empty")
+    return ids
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run-engine", description="Run an engine or checkpoint on the reference "
+                                "runtime (CPU) and print the generated tokens.")
+    p.add_argument("dir", help="engine directory or checkpoint folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (needs tokenizer.json in DIR)")
+    src.add_argument("--input-ids", type=_parse_ids, help="prompt token ids, e.g. 1,2,3")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop-ids", type=_parse_ids, default=None,
+                   help="stop token ids (default: the network's eos_token_ids)")
+    p.add_argument("--logits-out", help="save float32 prompt logits [prompt_len, vocab] to this .npy file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import numpy as np
+    import torch
+
+    from builder.checkpoint.errors import CheckpointError
+    from builder.network import NetworkError
+    from runtime.engine import Runtime, RuntimeLoadError
+    from runtime.model import WeightError
+    from runtime.sampling import SamplingParams
+    from plugins.reference.linear import UnsupportedQuantError
+
+    try:
+        rt = Runtime.from_dir(args.dir, dtype=getattr(torch, args.dtype))
+        if args.prompt is not None:
+            if rt.tokenizer is None:
+                raise RuntimeLoadError(f"{args.dir}: --prompt needs a tokenizer.json in the directory; "
+                                       f"none found, use --input-ids instead")
+            ids = rt.encode(args.prompt)
+        else:
+            ids = args.input_ids
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed,
+                                stop_token_ids=None if args.stop_ids is None else tuple(args.stop_ids),
+                                prompt_logits=bool(args.logits_out))
+        [res] = rt.generate([ids], params)
+    except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError) as e:
+        print(f"run-engine: error: {e}", file=sys.stderr)
+        return 2
+    if args.logits_out:
+        np.save(args.logits_out, res.prompt_logits.numpy().astype(np.float32))
+    out = {"prompt_ids": list(ids), "output_ids": res.output_ids, "finish_reason": res.finish_reason}
+    if rt.tokenizer is not None:
+        out["text"] = rt.decode(res.output_ids)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(out.get("text", " ".join(map(str, res.output_ids))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

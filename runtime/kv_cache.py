@@ -1,0 +1,180 @@
+"""The KV cache of the reference runtime.
+
+Layers with the same slot policy share one slot->position table (one "group"):
+- full layers: slot = token position; the buffers grow (capacity doubles) as the context grows;
+- sliding layers: a ring buffer of `sink_tokens + window` slots, fixed at creation, so their memory is bounded
+  by the window however long the sequence. Slots [0, S) hold the StreamingLLM sink tokens (positions 0..S-1,
+  written once); position p >= S lives in slot S + (p - S) % window.
+Every slot records the position it holds (-1 = empty), and attention masks are computed from positions
+(plugins.reference.attention.attention_mask), so ring order never matters.
+
+Use per forward: `plan = cache.begin(positions)` (positions [B, T], -1 = padding / finished sequence), then per
+layer `k_all, v_all = cache.update(layer, k_new, v_new)` and attend with `plan.mask(layer)`.
+Decode (T == 1) writes first and attends over the buffers in place; a multi-token chunk on a ring layer
+attends over [old ring ; new keys] first and keeps only the entries that survive, because writing first
+would overwrite keys the chunk's earlier queries still need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from builder.network import Network
+from plugins.reference.attention import attention_mask
+
+
+@dataclass
+class _Group:
+    window: int | None          # None: full attention
+    sink_tokens: int
+    layers: list[int]
+    pos: torch.Tensor           # [B, capacity] long, position held by each slot, -1 = empty
+
+    @property
+    def ring(self) -> bool:
+        return self.window is not None
+
+    @property
+    def capacity(self) -> int:
+        return self.pos.shape[1]
+
+
+@dataclass
+class _GroupPlan:
+    mask: torch.Tensor          # [B, T, S_attended] bool
+    write: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None   # (batch idx, token idx, slot idx)
+    concat: bool                # attend over cat(old buffers, new) instead of the buffers
+    used: int                   # slots to attend over (full layers: highest position + 1)
+
+
+class ForwardPlan:
+    def __init__(self, cache: "KVCache", plans: dict[int, _GroupPlan]):
+        self._cache = cache
+        self._plans = plans
+
+    def mask(self, layer: int) -> torch.Tensor:
+        return self._plans[self._cache.group_of[layer]].mask
+
+
+class KVCache:
+    def __init__(self, network: Network, batch_size: int, capacity: int = 256, dtype=torch.float32,
+                 device="cpu"):
+        """capacity: initial slots of the full-attention layers (they grow on demand)."""
+        self.network = network
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.groups: list[_Group] = []
+        self.group_of: dict[int, int] = {}
+        keys: dict[tuple, int] = {}
+        for layer in network.layers:
+            a = layer.attention
+            key = (a.window, a.sink_tokens) if a.kind == "sliding" else (None, 0)
+            if key not in keys:
+                slots = a.kv_slots if a.kind == "sliding" else max(1, capacity)
+                keys[key] = len(self.groups)
+                self.groups.append(_Group(key[0], key[1], [],
+                                          torch.full((batch_size, slots), -1, dtype=torch.long, device=self.device)))
+            self.group_of[layer.index] = keys[key]
+            self.groups[keys[key]].layers.append(layer.index)
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        for layer in network.layers:
+            a = layer.attention
+            slots = self.groups[self.group_of[layer.index]].capacity
+            shape = (batch_size, a.num_kv_heads, slots, a.head_dim)
+            self.k.append(torch.zeros(shape, dtype=dtype, device=self.device))
+            self.v.append(torch.zeros(shape, dtype=dtype, device=self.device))
+        self._plan: ForwardPlan | None = None
+
+    # -- sizes ---------------------------------------------------------------------------------------------
+    def layer_slots(self, layer: int) -> int:
+        return self.k[layer].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def seq_lengths(self) -> torch.Tensor:
+        """Tokens seen per sequence (highest cached position + 1)."""
+        return max(g.pos.max(dim=1).values for g in self.groups) + 1
+
+    # -- growth of the full layers ----------------------------------------------------------------------------
+    def _grow(self, g: _Group, needed: int) -> None:
+        new_cap = g.capacity
+        while new_cap < needed:
+            new_cap *= 2
+        extra = new_cap - g.capacity
+        g.pos = torch.cat([g.pos, g.pos.new_full((self.batch_size, extra), -1)], dim=1)
+        for i in g.layers:
+            pad = self.k[i].new_zeros(self.k[i].shape[:2] + (extra,) + self.k[i].shape[3:])
+            self.k[i] = torch.cat([self.k[i], pad], dim=2)
+            self.v[i] = torch.cat([self.v[i], pad.clone()], dim=2)
+
+    # -- one forward -----------------------------------------------------------------------------------------
+    def begin(self, positions: torch.Tensor) -> ForwardPlan:
+        """positions [B, T] long, -1 for padding. Tokens of one sequence must be contiguous and increasing."""
+        B, T = positions.shape
+        if B != self.batch_size:
+            raise ValueError(f"positions has batch {B}, the cache was made for {self.batch_size}")
+        valid = positions >= 0
+        plans = {}
+        for gi, g in enumerate(self.groups):
+            if not g.ring:
+                needed = int(positions.max()) + 1 if valid.any() else 0
+                if needed > g.capacity:
+                    self._grow(g, needed)
+                b, t = valid.nonzero(as_tuple=True)
+                slots = positions[b, t]
+                g.pos[b, slots] = slots
+                used = max(int(g.pos.max()) + 1, 1)
+                mask = attention_mask(positions, g.pos[:, :used])
+                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=used)
+                continue
+            S, W = g.sink_tokens, g.window
+            # Only the newest W tokens of this chunk (and sink tokens) survive in the ring.
+            last = positions.max(dim=1, keepdim=True).values
+            keep = valid & ((positions < S) | (positions > last - W))
+            b, t = keep.nonzero(as_tuple=True)
+            p = positions[b, t]
+            slots = torch.where(p < S, p, S + (p - S) % W)
+            if T == 1:
+                g.pos[b, slots] = p
+                mask = attention_mask(positions, g.pos, W, S)
+                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=g.capacity)
+            else:
+                k_pos = torch.cat([g.pos, positions], dim=1)
+                mask = attention_mask(positions, k_pos, W, S)
+                g.pos[b, slots] = p
+                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=True, used=g.capacity)
+        self._plan = ForwardPlan(self, plans)
+        self._plans = plans
+        return self._plan
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
+        """k_new/v_new [B, Hkv, T, D] (roped) -> the keys/values to attend over, [B, Hkv, S, D]."""
+        plan = self._plans[self.group_of[layer]]
+        b, t, slots = plan.write
+        k_buf, v_buf = self.k[layer], self.v[layer]
+        if plan.concat:
+            k_all = torch.cat([k_buf, k_new.to(k_buf.dtype)], dim=2)
+            v_all = torch.cat([v_buf, v_new.to(v_buf.dtype)], dim=2)
+            k_buf[b, :, slots] = k_new[b, :, t].to(k_buf.dtype)
+            v_buf[b, :, slots] = v_new[b, :, t].to(v_buf.dtype)
+            return k_all, v_all
+        k_buf[b, :, slots] = k_new[b, :, t].to(k_buf.dtype)
+        v_buf[b, :, slots] = v_new[b, :, t].to(v_buf.dtype)
+        return k_buf[:, :, :plan.used], v_buf[:, :, :plan.used]
+
+
+def kv_cache_bytes(network: Network, context: int, batch_size: int = 1, bytes_per_value: int = 2,
+                   all_full: bool = False) -> int:
+    """KV-cache bytes at `context` tokens: sliding layers hold min(context, window + sink_tokens) entries,
+    full layers `context`. all_full=True: as if every layer were full attention (the comparison baseline)."""
+    total = 0
+    for layer in network.layers:
+        a = layer.attention
+        slots = context if (all_full or a.kind == "full") else min(context, a.kv_slots)
+        total += 2 * a.num_kv_heads * a.head_dim * slots
+    return total * batch_size * bytes_per_value

@@ -1,0 +1,183 @@
+"""Model assembly: a Network (builder.network) + canonical tensors (builder.canonical) -> a runnable model.
+
+The network definition decides everything: which tensor each parameter is, the attention kind and window of
+each layer, sinks, RoPE, MoE or dense MLP, and the quant format of every linear (weights are dequantized once
+here; see plugins.reference.linear). This module never reads a checkpoint or a checkpoint config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from builder.network import Attention, DenseMLP, MoE, Network
+from plugins.reference.attention import sink_attention
+from plugins.reference.linear import PreparedLinear, prepare_expert_weights, prepare_linear
+from plugins.reference.moe import dense_mlp, moe
+from plugins.reference.norm import rms_norm
+from plugins.reference.rope import apply_rope, rope_cos_sin, yarn_inv_freq
+from runtime.kv_cache import KVCache
+
+
+class WeightError(ValueError):
+    """A canonical tensor the network needs is missing or has the wrong shape."""
+
+
+def _tensor(tensors: Mapping, name: str, shape: tuple[int, ...]):
+    if name not in tensors:
+        raise WeightError(f"tensor {name!r} is required by the network but missing from the checkpoint")
+    value = tensors[name]
+    if tuple(value.shape) != tuple(shape):
+        raise WeightError(f"tensor {name!r} has shape {tuple(value.shape)}, the network expects {tuple(shape)}")
+    return value
+
+
+@dataclass
+class _AttnWeights:
+    spec: Attention
+    qkv: PreparedLinear
+    out: PreparedLinear
+    sinks: torch.Tensor | None
+    rope_key: tuple
+
+
+@dataclass
+class _MlpWeights:
+    spec: MoE | DenseMLP
+    router: PreparedLinear | None
+    w_gate_up: torch.Tensor       # [E, 2I, H] (dense: [2I, H]); gate rows first, then up rows
+    b_gate_up: torch.Tensor | None
+    w_down: torch.Tensor
+    b_down: torch.Tensor | None
+
+
+class ReferenceModel:
+    def __init__(self, network: Network, tensors: Mapping[str, object], dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu"):
+        self.network = network
+        self.dtype = dtype
+        self.device = torch.device(device)
+        net, H = network, network.hidden_size
+
+        def plain(name, shape):
+            return prepare_linear(_tensor(tensors, name, shape), None, "bf16", name, dtype, self.device).weight
+
+        def linear(spec, in_f=None, out_f=None):
+            w = _tensor(tensors, spec.weight, (spec.out_features, spec.in_features))
+            b = None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,))
+            return prepare_linear(w, b, spec.quant, spec.weight, dtype, self.device)
+
+        def norm(spec):
+            return _tensor(tensors, spec.weight, (spec.size,)).to(self.device, torch.float32)
+
+        self.embed = plain(net.embedding.weight, (net.vocab_size, H))
+        self.rope_tables: dict[tuple, tuple[torch.Tensor, float]] = {}
+        self.layers = []
+        for layer in net.layers:
+            a = layer.attention
+            rope = a.rope
+            key = (rope.kind, rope.head_dim, rope.theta, rope.factor, rope.original_max_position,
+                   rope.beta_fast, rope.beta_slow, rope.truncate)
+            if key not in self.rope_tables:
+                inv_freq, conc = yarn_inv_freq(rope.head_dim, rope.theta, rope.factor, rope.original_max_position,
+                                               rope.beta_fast, rope.beta_slow, rope.truncate, rope.kind)
+                self.rope_tables[key] = (inv_freq.to(self.device), conc)
+            sinks = None
+            if a.learned_sinks:
+                sinks = _tensor(tensors, a.sinks, (a.num_q_heads,)).to(self.device, torch.float32)
+            attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, key)
+            self.layers.append((norm(layer.attn_norm), attn, norm(layer.mlp_norm), self._mlp(layer.mlp, tensors)))
+        self.final_norm = norm(net.final_norm)
+        self.lm_head = linear(net.lm_head)
+
+    def _mlp(self, m, tensors) -> _MlpWeights:
+        dt, dev = self.dtype, self.device
+        if isinstance(m, MoE):
+            def experts(spec):
+                w = prepare_expert_weights(_tensor(tensors, spec.weight, (m.num_experts, spec.out_features,
+                                                                          spec.in_features)),
+                                           spec.quant, spec.weight, dt, dev)
+                b = None if spec.bias is None else \
+                    _tensor(tensors, spec.bias, (m.num_experts, spec.out_features)).to(dev, dt)
+                return w, b
+            (wg, bg), (wu, bu), (wd, bd) = experts(m.gate), experts(m.up), experts(m.down)
+            router = prepare_linear(_tensor(tensors, m.router.weight, (m.num_experts, m.router.in_features)),
+                                    None if m.router.bias is None else
+                                    _tensor(tensors, m.router.bias, (m.num_experts,)),
+                                    m.router.quant, m.router.weight, dt, dev)
+            cat_dim = 1
+        else:
+            def one(spec):
+                lin = prepare_linear(_tensor(tensors, spec.weight, (spec.out_features, spec.in_features)),
+                                     None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,)),
+                                     spec.quant, spec.weight, dt, dev)
+                return lin.weight, lin.bias
+            (wg, bg), (wu, bu), (wd, bd) = one(m.gate), one(m.up), one(m.down)
+            router = None
+            cat_dim = 0
+        # gate and up side by side (not interleaved): one GEMM for both.
+        w_gate_up = torch.cat([wg, wu], dim=cat_dim).contiguous()
+        b_gate_up = None if bg is None or bu is None else torch.cat([bg, bu], dim=-1).contiguous()
+        return _MlpWeights(m, router, w_gate_up, b_gate_up, wd, bd)
+
+    # ------------------------------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, capacity: int = 256) -> KVCache:
+        return KVCache(self.network, batch_size, capacity, dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                logits: str = "last") -> torch.Tensor:
+        """input_ids, positions [B, T] (position -1 = padding; a sequence's tokens contiguous, right-padded).
+
+        logits: "all" -> float32 [B, T, V]; "last" -> float32 [B, V] at each sequence's last valid token;
+        "none" -> the final hidden states [B, T, H].
+        """
+        input_ids = input_ids.to(self.device)
+        positions = positions.to(self.device)
+        B, T = input_ids.shape
+        valid = positions >= 0
+        plan = cache.begin(positions)
+        x = self.embed[input_ids.clamp(min=0)]                    # [B, T, H]
+        ropes = {key: rope_cos_sin(positions.clamp(min=0), inv, conc) for key, (inv, conc) in self.rope_tables.items()}
+        flat_valid = valid.reshape(-1)
+        all_valid = bool(flat_valid.all())
+        for i, (attn_norm, attn, mlp_norm, mlp) in enumerate(self.layers):
+            x = x + self._attention(rms_norm(x, attn_norm, self.network.layers[i].attn_norm.eps), attn,
+                                    ropes[attn.rope_key], cache, plan, i)
+            h = rms_norm(x, mlp_norm, self.network.layers[i].mlp_norm.eps).reshape(B * T, -1)
+            if all_valid:
+                x = x + self._mlp_forward(h, mlp).view(B, T, -1)
+            else:                                                  # padding tokens skip the MLP
+                delta = torch.zeros_like(h)
+                delta[flat_valid] = self._mlp_forward(h[flat_valid], mlp)
+                x = x + delta.view(B, T, -1)
+        if logits == "none":
+            return x
+        if logits == "last":
+            last = valid.sum(dim=1).clamp(min=1) - 1
+            x = x[torch.arange(B, device=self.device), last]       # [B, H]
+        x = rms_norm(x, self.final_norm, self.network.final_norm.eps)
+        return self.lm_head(x).float()
+
+    def _attention(self, h, w: _AttnWeights, rope, cache: KVCache, plan, layer: int):
+        a = w.spec
+        B, T, _ = h.shape
+        qkv = w.qkv(h)
+        q_rows, kv_rows = a.num_q_heads * a.head_dim, a.num_kv_heads * a.head_dim
+        q = qkv[..., :q_rows].view(B, T, a.num_q_heads, a.head_dim).transpose(1, 2)
+        k = qkv[..., q_rows:q_rows + kv_rows].view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+        v = qkv[..., q_rows + kv_rows:].view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+        cos, sin = rope[0][:, None], rope[1][:, None]             # [B, 1, T, D/2]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all = cache.update(layer, k, v)
+        o = sink_attention(q, k_all, v_all, plan.mask(layer), w.sinks, a.sm_scale)
+        return w.out(o.transpose(1, 2).reshape(B, T, q_rows))
+
+    def _mlp_forward(self, h, w: _MlpWeights):
+        m = w.spec
+        if isinstance(m, MoE):
+            return moe(h, w.router.weight, w.router.bias, w.w_gate_up, w.b_gate_up, w.w_down, w.b_down,
+                       m.top_k, m.swiglu_alpha, m.swiglu_limit)
+        return dense_mlp(h, w.w_gate_up, w.b_gate_up, w.w_down, w.b_down, m.swiglu_alpha, m.swiglu_limit)
