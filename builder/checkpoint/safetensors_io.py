@@ -243,7 +243,7 @@ class SafetensorsWriter:
         if row_start + rows > (full[0] if full else 1):
             raise ValueError(f"{name}: rows {row_start}..{row_start + rows} past {full}")
         row_bytes = spec.nbytes // full[0] if full and full[0] else spec.nbytes
-        data = tensor.contiguous().view(torch.uint8).numpy() if tensor.numel() else np.empty(0, np.uint8)
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy() if tensor.numel() else np.empty(0, np.uint8)
         start = self._data_start + self._begin[name] + row_start * row_bytes
         view = memoryview(data.reshape(-1))
         done = 0
