@@ -1,4 +1,4 @@
-"""`build-engine`: plan (and, in later versions, build) a gpt-oss engine for one GPU."""
+"""`build-engine`: plan and build a gpt-oss engine for one GPU, or validate a built one on this machine."""
 
 from __future__ import annotations
 
@@ -21,16 +21,27 @@ def _parser() -> argparse.ArgumentParser:
         description="Plan a gpt-oss engine for a GPU: memory fit, parallelism, quant format, speed ceilings.",
         epilog=f"models: {', '.join(MODELS)}; gpus: {', '.join(GPUS)}; quants: auto, {', '.join(QUANT_FORMATS)}. "
                f"Exit status: 0 runnable or low-memory, {EXIT_INCOMPATIBLE} incompatible, 2 bad request.")
-    p.add_argument("--model", required=True, help="registry model name")
-    p.add_argument("--gpu", required=True, help="target GPU profile")
+    p.add_argument("--model", help="registry model name")
+    p.add_argument("--gpu", help="target GPU profile")
     p.add_argument("--quant", default="auto", help="quant format, or auto (looked up per GPU architecture)")
     p.add_argument("--tp", type=int, help="tensor parallelism (default: the smallest that fits)")
     p.add_argument("--ep", type=int, help="expert parallelism (default 1)")
     p.add_argument("--max-seq-len", type=int, help="default: the model's full context")
-    p.add_argument("--max-batch-size", type=int, default=1)
+    p.add_argument("--max-batch-size", type=int,
+                   help="default: 1 for --plan; for a build 16, or fewer if 16 full-length sequences do not fit")
     p.add_argument("--kv-dtype", default="bf16", help="KV-cache dtype: bf16 or fp8")
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan (or the built engine's manifest) as JSON")
+    b = p.add_argument_group("building")
+    b.add_argument("--checkpoint", help="source checkpoint folder: HF bf16, HF MXFP4 or OpenAI original "
+                                        "(default: the shipped tiny model, or the Hugging Face cache for 20b/120b)")
+    b.add_argument("--output", help="engine directory (default: engines/MODEL-GPU-QUANT-tpN)")
+    b.add_argument("--cache-policy", default="on", choices=["on", "readonly", "redo", "off"])
+    b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE or ~/.cache/gptoss-trt)")
+    b.add_argument("--calib-file", help="calibration texts, one per line (NVFP4 W4A4 input scales, FP8 KV)")
+    b.add_argument("--cross-build", action="store_true", help="build for --gpu although this machine has another GPU")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--validate", metavar="DIR", help="run a built engine on this machine's GPU and record it")
     return p
 
 
@@ -62,19 +73,63 @@ def format_plan(p: Plan) -> str:
 
 
 def build_engine_main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.validate:
+        return _run_validate(args.validate)
+    if not (args.model and args.gpu):
+        parser.error("--model and --gpu are required (or --validate DIR)")
+    if args.plan:
+        return _run_plan(args)
+    return _run_build(args)
+
+
+def _run_plan(args) -> int:
     try:
-        result = plan(args.model, args.gpu, quant=args.quant, tp=args.tp, ep=args.ep,
-                      max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size, kv_dtype=args.kv_dtype)
+        result = plan(args.model, args.gpu, quant=args.quant, tp=args.tp, ep=args.ep, max_seq_len=args.max_seq_len,
+                      max_batch_size=args.max_batch_size or 1, kv_dtype=args.kv_dtype)
     except PlanError as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
-    if not args.plan:
-        print("build-engine: this version plans only (--plan); building engines is not implemented yet",
-              file=sys.stderr)
-        return 2
     return EXIT_INCOMPATIBLE if result.verdict == INCOMPATIBLE else 0
+
+
+def _run_build(args) -> int:
+    from builder.engine import BuildError
+    from builder.engine.build import BuildRequest, build, dump_manifest
+    from builder.engine.cache import CacheMiss
+    from builder.engine.sources import SourceError
+    req = BuildRequest(model=args.model, gpu=args.gpu, checkpoint=args.checkpoint, quant=args.quant, tp=args.tp,
+                       ep=args.ep, max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
+                       output=args.output, cache_policy=args.cache_policy, cache_dir=args.cache_dir,
+                       calib_file=args.calib_file, cross_build=args.cross_build, progress=not args.no_progress)
+    try:
+        out = build(req)
+    except PlanError as e:
+        print(f"build-engine: {e}", file=sys.stderr)
+        return 2
+    except BuildError as e:
+        print(f"build-engine: {e}", file=sys.stderr)
+        return e.exit_code
+    except (CacheMiss, SourceError) as e:
+        print(f"build-engine: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(dump_manifest(out))
+    return 0
+
+
+def _run_validate(engine_dir: str) -> int:
+    from builder.engine import BuildError
+    from builder.engine.validate import validate_command
+    try:
+        record = validate_command(engine_dir)
+    except BuildError as e:
+        print(f"build-engine: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(record, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -71,6 +71,16 @@ SM_CAPABILITIES: dict[int | None, SmCapabilities] = {
 }
 
 
+# Quant formats whose MoE must run on a particular backend where one is listed for the SM (upstream:
+# Hopper runs MXFP4 W4A16 experts on OpenAI's triton kernels).
+PREFERRED_MOE_BACKEND: dict[tuple[int, str], str] = {(90, "mxfp4"): "TRITON"}
+
+
+def moe_backend(sm: int | None, quant: str) -> str:
+    """TensorRT-LLM moe_config.backend for this SM and quant format: a lookup, then the SM's first choice."""
+    return PREFERRED_MOE_BACKEND.get((sm, quant)) or capabilities(sm).moe_backends[0]
+
+
 def capabilities(sm: int | None) -> SmCapabilities:
     try:
         return SM_CAPABILITIES[sm]

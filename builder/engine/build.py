@@ -1,0 +1,214 @@
+"""`build-engine`: plan -> read/convert -> quantize -> write the engine directory -> validate -> install.
+
+The engine directory is built in a hidden staging folder beside --output and renamed into place at the
+end, so a killed build leaves the previous engine intact and no partial one. Each stage prints a line.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import builder
+from builder.engine import BuildError, manifest
+from builder.engine.cache import BuildCache, cache_key, default_cache_dir, source_hashes
+from builder.engine.gpu import detect_gpus, check_target_matches
+from builder.engine.options import llm_api_options
+from builder.engine.sources import resolve_checkpoint
+from builder.fsutil import install_dir, remove_stale_staging, staging_dir
+from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, plan
+from builder.registry.gpus import get_gpu
+from builder.registry.models import get_model
+from builder.registry.quant_formats import get_quant
+from builder.registry.serving import SERVING_BY_ARCH
+
+# Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
+DISK_SLACK_BYTES = 64 * 2**20
+
+
+@dataclass
+class BuildRequest:
+    model: str
+    gpu: str
+    checkpoint: str | None = None
+    quant: str = "auto"
+    tp: int | None = None
+    ep: int | None = None
+    max_seq_len: int | None = None
+    max_batch_size: int | None = None
+    output: str | None = None
+    cache_policy: str = "on"
+    cache_dir: str | None = None
+    cross_build: bool = False
+    calib_file: str | None = None
+    progress: bool = True
+
+
+def _say(msg: str) -> None:
+    print(f"build-engine: {msg}", file=sys.stderr, flush=True)
+
+
+def tool_versions() -> dict[str, str]:
+    # Read from package metadata: importing torch just to ask costs seconds on a cache hit.
+    from importlib.metadata import PackageNotFoundError, version
+    versions = {"gptoss-trt": builder.__version__, "python": platform.python_version()}
+    for package in ("torch", "numpy", "ml_dtypes", "safetensors", "tensorrt_llm"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def make_plan(req: BuildRequest) -> Plan:
+    gpu = get_gpu(req.gpu)
+    batch = req.max_batch_size or 16
+    p = plan(req.model, req.gpu, quant=req.quant, tp=req.tp, ep=req.ep, max_seq_len=req.max_seq_len,
+             max_batch_size=batch, kv_dtype=SERVING_BY_ARCH[gpu.arch].planner_kv_dtype)
+    if p.verdict == LOW_MEMORY and req.max_batch_size is None and p.fits_max_batch_size:
+        # The default batch was ours, not the user's: size it to what fits at full context.
+        p = plan(req.model, req.gpu, quant=p.quant, tp=p.tp, ep=p.ep, max_seq_len=req.max_seq_len,
+                 max_batch_size=p.fits_max_batch_size, kv_dtype=SERVING_BY_ARCH[gpu.arch].planner_kv_dtype)
+    return p
+
+
+def default_output(p: Plan) -> Path:
+    return Path("engines") / f"{p.model}-{p.gpu}-{p.quant}-tp{p.tp}"
+
+
+def build(req: BuildRequest) -> Path:
+    t0 = time.perf_counter()
+    model, gpu = get_model(req.model), get_gpu(req.gpu)
+    if not req.cross_build:
+        check_target_matches(gpu, detect_gpus())
+
+    _say(f"[1/6] plan: {req.model} on {req.gpu}")
+    p = make_plan(req)
+    if p.verdict == INCOMPATIBLE:
+        raise BuildError("the plan is incompatible: " + "; ".join(p.reasons), exit_code=3)
+    for reason in p.reasons:
+        _say(f"      {reason}")
+    quant = get_quant(p.quant)
+    options = llm_api_options(p, gpu) if gpu.sm is not None else None
+
+    _say("[2/6] source checkpoint")
+    src = resolve_checkpoint(model, req.checkpoint)
+    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
+    inputs = {
+        "sources": source_hashes(src, cache.root),
+        "model": model.name, "gpu_sm": gpu.sm, "gpu": gpu.name, "quant": quant.name, "tp": p.tp, "ep": p.ep,
+        "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size, "llm_api_options": options,
+        "calib_file": source_hashes_of_file(req.calib_file), "tools": tool_versions(),
+    }
+    key = cache_key(inputs)
+    out = Path(req.output) if req.output else default_output(p)
+    _say(f"      {src} ({len(inputs['sources'])} files), cache key {key[:16]}")
+    for stale in remove_stale_staging(out):
+        _say(f"      removed {stale.name}, left by an interrupted build")
+
+    hit = cache.lookup(key)
+    if hit is not None:
+        if manifest.read(out).get("cache_key") != key:
+            tmp = staging_dir(out)
+            shutil.rmtree(tmp)
+            shutil.copytree(hit, tmp)
+            install_dir(tmp, out)
+        _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
+        return out
+
+    check_disk(out, model, quant)
+    tmp = staging_dir(out)
+    try:
+        _say(f"[3/6] convert and quantize to {quant.checkpoint}")
+        engine = tmp / "engine"
+        write_checkpoint(src, engine, quant.name, req)
+        _say("[4/6] network.json, options, tokenizer")
+        network = write_network(engine, model, quant.name)
+        if options is not None:
+            (engine / "llm_api_options.yaml").write_text(
+                "# TensorRT-LLM LLM-API options for this engine (trtllm-serve --extra_llm_api_options)\n"
+                + yaml.safe_dump(options, sort_keys=False))
+        _say("[5/6] validate")
+        validated = validate_after_build(engine, gpu, installed_at=out)
+        _say("[6/6] manifest and install")
+        manifest.write(engine, {
+            "schema_version": manifest.SCHEMA_VERSION, "cache_key": key, "model": model.name, "gpu": gpu.name,
+            "sm": gpu.sm, "quant": quant.name, "trtllm_quant_algo": quant.trtllm_quant_algo,
+            "tp": p.tp, "ep": p.ep, "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size,
+            "inputs": {"checkpoint": str(src.resolve()), "sha256": inputs["sources"], "calib_file": req.calib_file},
+            "tools": inputs["tools"], "plan": p.to_dict(), "network_plugins": list(network.plugins),
+            "build_seconds": round(time.perf_counter() - t0, 3), "validated_on": validated,
+        })
+        staged = engine
+        install_dir(staged, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cache.store(key, out)
+    summarize(out)
+    return out
+
+
+def source_hashes_of_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    from builder.engine.cache import _hash_file
+    return _hash_file(Path(path))
+
+
+def check_disk(out: Path, model, quant) -> None:
+    from builder.params import weight_bytes
+    need = sum(weight_bytes(model, quant).values()) + DISK_SLACK_BYTES
+    where = out.parent if out.parent.exists() else Path.cwd()
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise BuildError(f"{where}: {free / 2**30:.2f} GiB free, the {model.name} {quant.name} engine needs "
+                         f"{need / 2**30:.2f} GiB; free space or pass --output on a larger disk")
+
+
+def write_checkpoint(src: Path, dst: Path, quant: str, req: BuildRequest) -> None:
+    from builder.convert import convert_checkpoint
+    target = get_quant(quant).checkpoint
+    try:
+        convert_checkpoint(src, dst, to=target, progress=req.progress)
+    except Exception as e:
+        if type(e).__name__ == "CheckpointError":
+            raise BuildError(str(e)) from None
+        raise
+
+
+def write_network(engine: Path, model, quant: str):
+    from builder.convert import load_canonical
+    from builder.network import network_from_checkpoint
+    with load_canonical(engine) as ck:
+        network = network_from_checkpoint(ck, quant=quant)
+    network.save(engine / "network.json")
+    return network
+
+
+def validate_after_build(engine: Path, gpu, installed_at: Path) -> list[dict]:
+    from builder.engine.validate import smoke_reference, validate_on_gpu_if_possible
+    records = [smoke_reference(engine, emulating=gpu.name)]
+    records += validate_on_gpu_if_possible(engine, gpu, installed_at=installed_at)
+    return records
+
+
+def summarize(out: Path) -> None:
+    m = manifest.read(out)
+    lines = [f"engine: {out}", f"  {m['model']} for {m['gpu']} (SM {m['sm']}), {m['quant']}, tp={m['tp']} ep={m['ep']}, "
+             f"max_seq_len={m['max_seq_len']}, max_batch_size={m['max_batch_size']}, built in {m['build_seconds']} s"]
+    for v in m["validated_on"]:
+        lines.append(f"  {v['runtime']} on {v['device']}: {'ok' if v['ok'] else 'NOT VALIDATED'}"
+                     + (f", {v['tokens_per_s']:.1f} tok/s" if v.get("tokens_per_s") else "")
+                     + (f" - {v['note']}" if v.get("note") else ""))
+    print("\n".join(lines))
+
+
+def dump_manifest(out: Path) -> str:
+    return json.dumps(manifest.read(out), indent=2)

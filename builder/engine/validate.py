@@ -1,0 +1,105 @@
+"""Running a built engine: the reference runtime everywhere, TensorRT-LLM where it imports and a matching
+GPU is present. Every result is a record for engine.json's `validated_on`, including what did NOT run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from builder.engine import BuildError, manifest
+from builder.engine.gpu import detect_gpus
+from builder.registry.gpus import GpuProfile, get_gpu
+
+SMOKE_PROMPT = "The"
+SMOKE_TOKENS = 16
+# The reference runtime holds fp32 weights; refuse to smoke-run what would not fit in memory.
+REFERENCE_MEMORY_FRACTION = 0.6
+
+
+def _validate_command(engine: Path) -> str:
+    return f"build-engine --validate {engine}"
+
+
+def _ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def smoke_reference(engine: Path, emulating: str) -> dict:
+    """Greedy-generate a few tokens with the reference runtime, which emulates the engine's numerics."""
+    from builder.convert import load_canonical
+    from builder.params import total_params
+    with load_canonical(engine) as ck:
+        need = total_params(ck.config) * 4
+    record = {"runtime": "reference", "device": "cpu", "emulates": emulating}
+    if need > _ram_bytes() * REFERENCE_MEMORY_FRACTION:
+        return {**record, "ok": False, "note": f"skipped: fp32 reference weights need {need / 1e9:.0f} GB, "
+                                                f"this machine has {_ram_bytes() / 1e9:.0f} GB"}
+    from runtime import Runtime, SamplingParams
+    rt = Runtime.from_dir(engine)
+    prompt = rt.encode(SMOKE_PROMPT) if rt.tokenizer is not None else [1, 2, 3]
+    t0 = time.perf_counter()
+    [res] = rt.generate([prompt], SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0, stop_token_ids=()))
+    seconds = time.perf_counter() - t0
+    record.update(ok=len(res.output_ids) == SMOKE_TOKENS, prompt_ids=list(prompt), output_ids=list(res.output_ids),
+                  tokens_per_s=round(len(res.output_ids) / seconds, 2))
+    if rt.tokenizer is not None:
+        record["text"] = rt.decode(res.output_ids)
+    return record
+
+
+def validate_on_gpu_if_possible(engine: Path, gpu: GpuProfile, installed_at: Path | None = None) -> list[dict]:
+    """installed_at: where the engine will live once installed (the path to name in instructions)."""
+    where = installed_at or engine
+    if gpu.sm is None:
+        return []
+    try:
+        import tensorrt_llm  # noqa: F401  (GPU boxes only)
+    except ImportError:
+        return [{"runtime": "tensorrt_llm", "device": gpu.name, "ok": False,
+                 "note": f"not validated on the target: tensorrt_llm is not installed here; on a {gpu.name} box "
+                         f"run `{_validate_command(where)}`"}]
+    if not any(g.sm == gpu.sm for g in detect_gpus()):
+        return [{"runtime": "tensorrt_llm", "device": gpu.name, "ok": False,
+                 "note": f"not validated on the target: no SM {gpu.sm} GPU here; run `{_validate_command(where)}` "
+                         f"on a {gpu.name} box"}]
+    return [run_trtllm(engine)]
+
+
+def run_trtllm(engine: Path) -> dict:
+    """Load the engine with TensorRT-LLM's LLM API (PyTorch backend), warm up, generate, time it.
+    Written against upstream's LLM API; it has never run on this project's CPU machines."""
+    import tensorrt_llm
+    from tensorrt_llm import LLM, SamplingParams
+
+    options = yaml.safe_load((engine / "llm_api_options.yaml").read_text())
+    try:  # how trtllm-serve turns YAML dicts into config objects
+        from tensorrt_llm.llmapi.llm_args import update_llm_args_with_extra_dict
+        kwargs = update_llm_args_with_extra_dict({"model": str(engine)}, options)
+    except ImportError:
+        kwargs = {"model": str(engine), **options}
+    llm = LLM(**kwargs)
+    params = SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0)
+    llm.generate([SMOKE_PROMPT], params)                       # warm-up: CUDA graphs, autotuning
+    t0 = time.perf_counter()
+    [out] = llm.generate([SMOKE_PROMPT], params)
+    seconds = time.perf_counter() - t0
+    ids = list(out.outputs[0].token_ids)
+    return {"runtime": f"tensorrt_llm {tensorrt_llm.__version__}", "device": detect_gpus()[0].name, "ok": bool(ids),
+            "output_ids": ids, "text": out.outputs[0].text, "tokens_per_s": round(len(ids) / seconds, 2)}
+
+
+def validate_command(engine_dir: str) -> dict:
+    """`build-engine --validate DIR`: run the engine on this machine's GPU and record it in engine.json."""
+    engine = Path(engine_dir)
+    m = manifest.read(engine)
+    if not m:
+        raise BuildError(f"{engine}: no engine.json; pass a directory written by build-engine")
+    gpu = get_gpu(m["gpu"])
+    [record] = validate_on_gpu_if_possible(engine, gpu) or [smoke_reference(engine, emulating=gpu.name)]
+    manifest.add_validation(engine, record)
+    if not record["ok"]:
+        raise BuildError(f"{engine}: {record.get('note', 'validation failed')}", exit_code=1)
+    return record
