@@ -8,7 +8,9 @@ python3 -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || { echo "boo
 . .venv/bin/activate
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
-python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -vE "^WARNING: Location|^\s*$" || true
+log=$(mktemp)
+python -m pip install -q --disable-pip-version-check -e ".${extras}" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
+rm -f "$log"
 python -c "import builder" # fails loudly if the install did not take
 if [ -n "$extras" ]; then
   python -c "import gpt_oss.torch.model, modelopt, torchao" 2>/dev/null || bash tools/install-test-deps.sh
