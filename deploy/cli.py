@@ -1,0 +1,236 @@
+"""Command lines: `serve-engine` (start a real tritonserver on an engine) and `gptoss-client` (generate / chat).
+
+    serve-engine ENGINE_DIR [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--host 127.0.0.1]
+                 [--backend auto|reference|trtllm] [--log-file F] [--chat "message"]
+    gptoss-client generate "prompt" [--url 127.0.0.1:8001] [--max-tokens N] [--no-stream] [--temperature T] ...
+    gptoss-client chat ["message"]      (no message: an interactive chat on stdin)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from deploy.client import DEFAULT_MODEL, ClientError, InvalidRequestError, LLMClient, ServerUnavailableError
+
+
+# -- serve-engine ------------------------------------------------------------------------------------------
+def _is_model_repo(d: Path) -> bool:
+    return d.is_dir() and any(p.name == "config.pbtxt" for p in d.glob("*/config.pbtxt"))
+
+
+def resolve_repository(target: Path, backend: str | None, tmpdir: Path) -> tuple[Path, str]:
+    """ENGINE_DIR (with triton/ inside, or engine.json only) or a model repository -> (repository, how)."""
+    from model_repo.generate import write_model_repo
+    if _is_model_repo(target) and not (target / "engine.json").is_file():
+        if backend:
+            raise SystemExit("serve-engine: --backend applies to engine directories, not to a model repository")
+        return target, "model repository"
+    if not (target / "engine.json").is_file():
+        raise SystemExit(f"serve-engine: {target}: neither an engine directory (engine.json) nor a model repository")
+    if (target / "triton").is_dir() and _is_model_repo(target / "triton") and not backend:
+        return target / "triton", "the engine's triton/ repository"
+    repo = write_model_repo(target, tmpdir / "triton", backend=backend or "auto")
+    return repo, "a repository written for this run"
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="serve-engine", description="Serve an engine directory with a real Triton "
+                                "Inference Server (nvidia-pytriton's tritonserver on CPU machines, the system one in "
+                                "NVIDIA's Triton containers). Stops cleanly on Ctrl-C / SIGTERM.")
+    p.add_argument("engine_dir", help="engine directory (uses its triton/ repository, or writes one) or a "
+                                      "Triton model repository")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--backend", choices=["auto", "reference", "trtllm"],
+                   help="write a fresh repository with this tensorrt_llm backend instead of using triton/")
+    p.add_argument("--log-file", help="tritonserver output goes here instead of the terminal")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
+    p.add_argument("--chat", metavar="MESSAGE",
+                   help="demo: once ready, stream one chat answer to MESSAGE over gRPC, then stop the server")
+    p.add_argument("--max-tokens", type=int, default=64, help="with --chat")
+    args = p.parse_args(argv)
+
+    from deploy.server import ServerError, TritonServer
+    target = Path(args.engine_dir)
+    stop = threading.Event()
+    received = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    with tempfile.TemporaryDirectory(prefix="serve-engine-") as tmp:
+        try:
+            repo, how = resolve_repository(target, args.backend, Path(tmp))
+        except Exception as e:  # noqa: BLE001
+            print(f"serve-engine: error: {e}", file=sys.stderr)
+            return 2
+        print(f"serve-engine: {how}: {repo}", flush=True)
+        try:
+            srv = TritonServer(repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                               metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file)
+        except ServerError as e:
+            print(f"serve-engine: error: {e}", file=sys.stderr)
+            return 2
+        print(f"serve-engine: starting {srv.binary}", flush=True)
+        rc = 0
+        try:
+            start_error: list[Exception] = []
+            starter = threading.Thread(target=_start, args=(srv, args.ready_timeout, start_error), daemon=True)
+            starter.start()
+            while starter.is_alive() and not stop.is_set():
+                starter.join(0.2)
+            if stop.is_set():
+                print("serve-engine: stopping before ready", flush=True)
+                return 130
+            if start_error:
+                print(f"serve-engine: error: {start_error[0]}", file=sys.stderr)
+                return 1
+            print(f"serve-engine: ready  grpc {srv.grpc_url}  http {srv.http_url}  metrics {srv.metrics_url}  "
+                  f"(models: tensorrt_llm_bls, ensemble, preprocessing, tensorrt_llm, postprocessing)", flush=True)
+            if args.chat is not None:
+                return _demo_chat(srv.grpc_url, args.chat, args.max_tokens)
+            while not stop.wait(0.5):
+                if not srv.alive():
+                    rc = srv.proc.returncode or 1
+                    print(f"serve-engine: tritonserver exited with status {rc}", file=sys.stderr)
+                    return rc
+            print("serve-engine: stopping", flush=True)
+            return 0
+        finally:
+            code = srv.stop()
+            print(f"serve-engine: stopped (tritonserver status {code})", flush=True)
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _start(srv, timeout, errors):
+    try:
+        srv.start(timeout)
+    except Exception as e:  # noqa: BLE001
+        errors.append(e)
+
+
+def _demo_chat(url: str, message: str, max_tokens: int) -> int:
+    client = LLMClient(url)
+    print(f"> {message}", flush=True)
+    try:
+        res = client.generate(message, max_tokens, stream=True, reasoning_effort="low",
+                              on_chunk=lambda c: print(c.text, end="", flush=True))
+    except ClientError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    print(f"\n[{res.num_output_tokens} tokens, {res.finish_reason}; first token after "
+          f"{res.time_to_first_chunk_s:.3f} s, {res.total_s:.3f} s in all]", flush=True)
+    return 0
+
+
+# -- gptoss-client --------------------------------------------------------------------------------------------
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default 127.0.0.1:8001)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"front model (default {DEFAULT_MODEL}; or ensemble)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming")
+    p.add_argument("--temperature", type=float, help="0 or unset: greedy")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop word (repeatable)")
+    p.add_argument("--reasoning-effort", choices=["low", "medium", "high"])
+    p.add_argument("--system", help="developer instructions (Harmony developer message)")
+    p.add_argument("--show-reasoning", action="store_true", help="also print the analysis channel (to stderr)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds for a whole answer")
+    p.add_argument("--retries", type=int, default=3, help="attempts on UNAVAILABLE before giving up")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _sampling(args) -> dict:
+    return dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                stop_words=args.stop or None, reasoning_effort=args.reasoning_effort, system_prompt=args.system)
+
+
+def _answer(client: LLMClient, args, message: str, history=None, raw: bool = False):
+    stream = not args.no_stream and not args.json
+
+    def show(c):
+        if args.show_reasoning and c.analysis:
+            print(c.analysis, end="", file=sys.stderr, flush=True)
+        print(c.text, end="", flush=True)
+
+    res = client.generate(message, args.max_tokens, stream=stream, timeout_s=args.timeout, history=history, raw=raw,
+                          on_chunk=show if stream else None, **_sampling(args))
+    if args.json:
+        print(json.dumps({"text": res.text, "analysis": res.analysis, "finish_reason": res.finish_reason,
+                          "num_input_tokens": res.num_input_tokens, "num_output_tokens": res.num_output_tokens,
+                          "total_s": round(res.total_s, 4)}, ensure_ascii=False))
+    else:
+        if not stream:
+            if args.show_reasoning and res.analysis:
+                print(res.analysis, file=sys.stderr)
+            print(res.text, end="")
+        print(flush=True)
+    return res
+
+
+def client_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gptoss-client", description="Talk to a served gpt-oss engine over Triton gRPC.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="one answer to one prompt (streamed by default)")
+    g.add_argument("prompt")
+    g.add_argument("--raw", action="store_true", help="send the prompt as is, without Harmony chat rendering")
+    _client_args(g)
+    c = sub.add_parser("chat", help="chat (Harmony); with no message, an interactive session on stdin")
+    c.add_argument("message", nargs="?")
+    _client_args(c)
+    args = p.parse_args(argv)
+
+    client = LLMClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries)
+    try:
+        if args.cmd == "generate":
+            _answer(client, args, args.prompt, raw=args.raw)
+            return 0
+        if args.message is not None:
+            _answer(client, args, args.message)
+            return 0
+        history: list[dict] = []
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                print("you> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if interactive:
+                print("assistant> ", end="", flush=True)
+            res = _answer(client, args, line, history=history)
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": res.text}]
+    except InvalidRequestError as e:
+        print(f"gptoss-client: the server refused the request: {e}", file=sys.stderr)
+        return 2
+    except ServerUnavailableError as e:
+        print(f"gptoss-client: server unavailable at {args.url} after {args.retries + 1} attempts: {e}",
+              file=sys.stderr)
+        return 3
+    except ClientError as e:
+        print(f"gptoss-client: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(client_main())

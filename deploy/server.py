@@ -1,0 +1,268 @@
+"""Start and stop a real Triton Inference Server on a model repository.
+
+Which binary: `$GPTOSS_TRITONSERVER` if set, else a system `tritonserver` on PATH (NVIDIA's Triton containers,
+with their own backends under /opt/tritonserver/backends), else the one bundled in the `nvidia-pytriton` wheel
+(Triton 2.51 with the Python backend; runs on CPU-only machines). For the bundled one we build a backend folder of
+links (libtriton_python.so, triton_python_backend_utils.py and the stub for the running Python version) in a temp
+dir, put this interpreter's bin dir first on PATH (the Python-backend stub runs the Python it finds there, so the
+models share this environment, which must keep numpy < 2) and Python's lib dir on LD_LIBRARY_PATH.
+
+Each server gets its own Python-backend shared-memory prefix, so stop() removes exactly the
+/dev/shm/triton_python_backend_shm_region_* files this server created, even after a crash.
+
+    with TritonServer(repo) as srv:          # binds 127.0.0.1, free ports
+        srv.grpc_url                         # "127.0.0.1:PORT"
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "triton_python_backend_shm_region"
+
+
+class ServerError(RuntimeError):
+    """The server could not be found, did not start, or died."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _pytriton_root() -> Path | None:
+    try:
+        import pytriton  # noqa: F401 (only its location)
+    except ImportError:
+        return None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    return root if (root / "bin" / "tritonserver").exists() else None
+
+
+def find_tritonserver() -> tuple[Path, Path | None]:
+    """-> (binary, bundled root or None for a system install)."""
+    override = os.environ.get("GPTOSS_TRITONSERVER")
+    if override:
+        p = Path(override)
+        if not p.exists():
+            raise ServerError(f"GPTOSS_TRITONSERVER={override}: no such file")
+        root = p.parent.parent
+        return p, (root if (root / "python_backend_stubs").is_dir() else None)
+    system = shutil.which("tritonserver")
+    # A `tritonserver` on PATH that lives in our own venv bin would be the PyPI placeholder package.
+    if system and Path(system).resolve().parent != Path(sys.executable).parent.resolve():
+        return Path(system), None
+    root = _pytriton_root()
+    if root is None:
+        raise ServerError("no tritonserver found: install the nvidia-pytriton wheel (pip install nvidia-pytriton) "
+                          "or run inside NVIDIA's Triton container, or set GPTOSS_TRITONSERVER=/path/to/tritonserver")
+    return root / "bin" / "tritonserver", root
+
+
+def make_backend_dir(root: Path, dest: Path) -> Path:
+    """A backend folder for the bundled server: dest/python/{libtriton_python.so, utils, stub} as links."""
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"the bundled Triton has no Python-backend stub for Python {ver} ({stub})")
+    py = dest / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for src in (root / "backends" / "python" / "libtriton_python.so",
+                root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        link = py / src.name
+        if not link.exists():
+            link.symlink_to(src)
+    return dest
+
+
+def server_env(base: dict | None = None) -> dict:
+    env = dict(os.environ if base is None else base)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir] + [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+                                                          if p and p != libdir])
+    # The stub may start with an ASCII locale; the models read UTF-8 files and text.
+    env.setdefault("PYTHONUTF8", "1")
+    env.setdefault("PYTHONIOENCODING", "utf-8")
+    # The models import this project's packages; make the source tree importable even without `pip install -e`.
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([repo_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def shm_files(prefix: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(SHM_DIR, prefix + "*")))
+
+
+class TritonServer:
+    """A tritonserver child process. start() waits until /v2/health/ready answers 200; stop() sends SIGTERM,
+    waits, kills if needed, and removes this server's shared-memory files."""
+
+    def __init__(self, model_repository: str | Path, *, host: str = "127.0.0.1", grpc_port: int = 0,
+                 http_port: int = 0, metrics_port: int = 0, log_verbose: int = 0, exit_timeout_s: int = 5,
+                 extra_args: list[str] | None = None, log_file: str | Path | None = None,
+                 env: dict | None = None):
+        self.model_repository = Path(model_repository).resolve()
+        if not self.model_repository.is_dir():
+            raise ServerError(f"{self.model_repository}: model repository folder not found")
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.log_verbose = log_verbose
+        self.exit_timeout_s = exit_timeout_s
+        self.extra_args = list(extra_args or [])
+        self.log_file = log_file
+        self.env = env
+        # Unique per server: Python-backend shm files are named "<prefix>_<n>"-style by the backend.
+        self.shm_prefix = f"{SHM_PREFIX}_gptoss_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._log_handle = None
+        self.binary, self.bundled_root = find_tritonserver()
+
+    # -- addresses -------------------------------------------------------------------------------------------
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    def command(self, backend_dir: Path | None) -> list[str]:
+        cmd = [str(self.binary), f"--model-repository={self.model_repository}",
+               f"--http-address={self.host}", f"--http-port={self.http_port}",
+               f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+               f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+               "--allow-gpu-metrics=false", f"--exit-timeout-secs={self.exit_timeout_s}",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+               f"--log-verbose={self.log_verbose}"]
+        if backend_dir is not None:
+            cmd.append(f"--backend-directory={backend_dir}")
+        return cmd + self.extra_args
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        if self.proc is not None:
+            raise ServerError("already started")
+        backend_dir = None
+        if self.bundled_root is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gptoss-triton-")
+            backend_dir = make_backend_dir(self.bundled_root, Path(self._tmp.name) / "backends")
+        stdout = None
+        if self.log_file is not None:
+            self._log_handle = open(self.log_file, "ab")
+            stdout = self._log_handle
+        self.proc = subprocess.Popen(self.command(backend_dir), env=server_env(self.env), stdout=stdout,
+                                     stderr=subprocess.STDOUT if stdout is not None else None,
+                                     start_new_session=True)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise ServerError(f"tritonserver exited with status {rc} before becoming ready"
+                                  + (f"; see {self.log_file}" if self.log_file else ""))
+            if self.is_ready():
+                return
+            time.sleep(0.1)
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; remove this server's shm files. Returns the exit status."""
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    self.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    # The whole process group: the server and its Python-backend stubs.
+                    try:
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    self.proc.wait(10)
+            else:
+                self._kill_stubs()
+            rc = self.proc.returncode
+        self._kill_stubs()
+        self.cleanup_shm()
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        return rc
+
+    def _kill_stubs(self) -> None:
+        """Stubs left behind by a server that died: they share its process group (start_new_session)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def cleanup_shm(self) -> list[str]:
+        removed = []
+        for f in shm_files(self.shm_prefix):
+            try:
+                os.unlink(f)
+                removed.append(f)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,203 @@
+"""Write a Triton model repository for an engine directory.
+
+    write_model_repo(engine_dir)                 # -> engine_dir/triton (what build-engine does)
+    write_model_repo(engine_dir, "/srv/repo")    # anywhere else
+    write-model-repo ENGINE_DIR [--output DIR] [--backend auto|reference|trtllm] [--max-batch-size N] ...
+
+Models: preprocessing, tensorrt_llm, postprocessing, tensorrt_llm_bls (the front model) and ensemble (the usual
+client-facing name, forwarding to tensorrt_llm_bls). Each config.pbtxt is a template (model_repo/templates) whose
+${...} placeholders are filled from the engine's manifest (engine.json: model, gpu, quant, max_seq_len,
+max_batch_size) and the options here; a placeholder left unfilled is an error. Each Python model's model.py is a
+copy of model_repo/triton_models/<model>.py.
+
+The engine path is written relative to the repository when the repository lives inside the engine directory (so
+the pair can be moved together), absolute otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from model_repo.tokenizer import choose_tokenizer
+
+MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls", "ensemble")
+PYTHON_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+REPO_MARKER = ".gptoss-model-repo"
+DEFAULT_MAX_BATCH = 16
+BACKENDS = ("auto", "reference", "trtllm")
+
+
+class ModelRepoError(ValueError):
+    pass
+
+
+def template(name: str) -> str:
+    return resources.files("model_repo").joinpath(f"templates/{name}.pbtxt").read_text(encoding="utf-8")
+
+
+def model_source(name: str) -> str:
+    return resources.files("model_repo").joinpath(f"triton_models/{name}.py").read_text(encoding="utf-8")
+
+
+def fill(text: str, values: dict, where: str = "") -> str:
+    missing = sorted({m.group(1) for m in PLACEHOLDER.finditer(text)} - set(values))
+    if missing:
+        raise ModelRepoError(f"{where}: no value for placeholder(s) {', '.join('${' + m + '}' for m in missing)}")
+    out = PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+    if "${" in out:
+        raise ModelRepoError(f"{where}: a ${{...}} placeholder is left after filling")
+    return out
+
+
+def read_manifest(engine_dir: Path) -> dict:
+    f = engine_dir / "engine.json"
+    if not f.is_file():
+        raise ModelRepoError(f"{engine_dir}: no engine.json; pass an engine directory built by build-engine "
+                             f"(or give --max-seq-len to serve a plain checkpoint folder)")
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelRepoError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelRepoError(f"{f}: expected a JSON object")
+    return data
+
+
+def _pbtxt_string(value) -> str:
+    """A value placed inside a pbtxt "..." string."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_batch_size: int | None = None,
+                max_seq_len: int | None = None, tokenizer: str | None = None,
+                default_reasoning_effort: str = "medium", instances: int = 1, cpu_threads: int = 1) -> dict:
+    engine_dir = engine_dir.resolve()
+    manifest = read_manifest(engine_dir) if max_seq_len is None or (engine_dir / "engine.json").is_file() else {}
+    seq = max_seq_len or manifest.get("max_seq_len")
+    if not seq or int(seq) <= 1:
+        raise ModelRepoError(f"{engine_dir}/engine.json: max_seq_len is missing or not > 1 ({seq!r})")
+    batch = max_batch_size or manifest.get("max_batch_size") or DEFAULT_MAX_BATCH
+    if int(batch) < 1:
+        raise ModelRepoError(f"max_batch_size must be >= 1, got {batch}")
+    if backend not in BACKENDS:
+        raise ModelRepoError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if default_reasoning_effort not in ("low", "medium", "high"):
+        raise ModelRepoError(f"default reasoning effort must be low, medium or high, got {default_reasoning_effort!r}")
+    try:
+        rel = os.path.relpath(engine_dir, output.resolve())
+        inside = output.resolve().is_relative_to(engine_dir)
+    except ValueError:
+        rel, inside = None, False
+    engine_path = rel if inside and rel else str(engine_dir)
+    options_file = "llm_api_options.yaml" if (engine_dir / "llm_api_options.yaml").is_file() else ""
+    stops = manifest.get("stop_token_ids") or []
+    return {
+        "engine_dir": _pbtxt_string(engine_path),
+        "engine_model": _pbtxt_string(manifest.get("model", engine_dir.name)),
+        "engine_gpu": _pbtxt_string(manifest.get("gpu", "unknown")),
+        "engine_quant": _pbtxt_string(manifest.get("quant", "unknown")),
+        "triton_max_batch_size": int(batch),
+        "max_num_sequences": int(batch),
+        "max_seq_len": int(seq),
+        "tokenizer": _pbtxt_string(tokenizer or choose_tokenizer(engine_dir)),
+        "backend": backend,
+        "decoupled_mode": "true",
+        "llm_api_options_file": _pbtxt_string(options_file),
+        "default_stop_ids": ",".join(str(int(s)) for s in stops),
+        "default_reasoning_effort": default_reasoning_effort,
+        "preprocessing_instance_count": int(instances),
+        "postprocessing_instance_count": int(instances),
+        "bls_instance_count": 1,
+        "cpu_threads": int(cpu_threads),
+    }
+
+
+def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *, force: bool = True,
+                     **options) -> Path:
+    """Write the repository (default: ENGINE_DIR/triton). An existing folder is replaced only if it is one of ours
+    (it holds REPO_MARKER) or empty; anything else is an error."""
+    engine_dir = Path(engine_dir)
+    if not engine_dir.is_dir():
+        raise ModelRepoError(f"{engine_dir}: not a directory")
+    out = Path(output) if output is not None else engine_dir / "triton"
+    values = repo_values(engine_dir, out, **options)
+    if out.exists():
+        if not out.is_dir():
+            raise ModelRepoError(f"{out}: exists and is not a directory")
+        if any(out.iterdir()) and not (out / REPO_MARKER).is_file():
+            raise ModelRepoError(f"{out}: exists and is not a model repository written by write-model-repo; "
+                                 f"choose another --output")
+        if not force:
+            raise ModelRepoError(f"{out}: exists (pass --force to replace it)")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in MODELS:
+            mdir = tmp / name
+            (mdir / "1").mkdir(parents=True)
+            (mdir / "config.pbtxt").write_text(fill(template(name), values, f"{name}/config.pbtxt"), encoding="utf-8")
+            if name in PYTHON_MODELS:
+                (mdir / "1" / "model.py").write_text(model_source(name), encoding="utf-8")
+        (tmp / REPO_MARKER).write_text(json.dumps({"engine_dir": str(engine_dir.resolve()), "values": values},
+                                                  indent=1) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def leftover_placeholders(repo: str | Path) -> list[str]:
+    """Every `${...}` left in a repository's config.pbtxt files, as 'model/config.pbtxt: ${name}'."""
+    found = []
+    for f in sorted(Path(repo).glob("*/config.pbtxt")):
+        for m in re.finditer(r"\$\{[^}]*\}?", f.read_text(encoding="utf-8")):
+            found.append(f"{f.parent.name}/config.pbtxt: {m.group(0)}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="write-model-repo",
+                                description="Write a Triton model repository (preprocessing, tensorrt_llm, "
+                                            "postprocessing, tensorrt_llm_bls, ensemble) for an engine directory.")
+    p.add_argument("engine_dir", help="engine directory (engine.json, checkpoint, network.json, tokenizer)")
+    p.add_argument("--output", help="where to write it (default: ENGINE_DIR/triton)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="what tensorrt_llm runs: TensorRT-LLM's LLM API (trtllm, GPU), the reference runtime "
+                        "(reference), or auto (trtllm where importable with a GPU)")
+    p.add_argument("--max-batch-size", type=int, help="in-flight batch size (default: engine.json max_batch_size)")
+    p.add_argument("--max-seq-len", type=int, help="default: engine.json max_seq_len")
+    p.add_argument("--tokenizer", choices=["o200k_harmony", "tokenizer.json"],
+                   help="default: o200k_harmony for the released models, else the engine's tokenizer.json")
+    p.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"],
+                   help="default Harmony reasoning effort when a request does not set one")
+    p.add_argument("--instances", type=int, default=1, help="instances of preprocessing and postprocessing")
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="torch threads of the reference runtime (0: torch's default, all cores); 1 suits small "
+                        "models and shared machines")
+    args = p.parse_args(argv)
+    try:
+        out = write_model_repo(args.engine_dir, args.output, backend=args.backend, max_batch_size=args.max_batch_size,
+                               max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
+                               default_reasoning_effort=args.reasoning_effort, instances=args.instances,
+                               cpu_threads=args.cpu_threads)
+    except (ModelRepoError, OSError) as e:
+        print(f"write-model-repo: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

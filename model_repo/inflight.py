@@ -1,0 +1,244 @@
+"""In-flight batching over the reference runtime: a scheduler thread admits new requests between decode steps.
+
+The runtime (runtime.Runtime) offers whole-batch generate(); this builds the step-level scheduler on its primitives
+(ReferenceModel.forward + KVCache, runtime.sampling). The KV cache has `max_batch_size` rows ("slots"). Every step
+is one forward over all slots: running sequences feed their last token at their next position, newly admitted
+ones their whole prompt (a mixed prefill + decode step), free slots feed padding (position -1, never cached).
+A finished or cancelled sequence frees its slot at once and the next queued request takes it at the next step.
+Each request samples with its own generator, so seeded requests are reproducible whatever shares the batch.
+
+    b = InflightBatcher(runtime, max_batch_size=16); b.start()
+    b.submit(GenRequest("id", prompt_ids, params, stop, emit))   # emit(new_ids, finish_reason) per step
+    b.cancel("id"); b.stop()
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from model_repo.requests import StopCriteria
+
+# emit(token_ids, finish_reason, error_message): finish_reason None while running, else "stop", "length",
+# "cancelled" or "error" (then error_message says why).
+Emit = Callable[[list, "str | None", "str | None"], None]
+
+
+@dataclass
+class GenRequest:
+    request_id: str
+    prompt: list
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: StopCriteria = field(default_factory=StopCriteria)
+    emit: Emit | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    arrival: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Slot:
+    req: GenRequest
+    params: object                 # runtime.sampling.SamplingParams
+    generator: object              # torch.Generator | None
+    next_pos: int
+    last_token: int = -1
+    output: list = field(default_factory=list)
+    prefilled: bool = False
+
+
+def reset_cache_row(cache, row: int) -> None:
+    """Forget everything cached for one batch row, so a new sequence can use it."""
+    reset = getattr(cache, "reset_rows", None)
+    if reset is not None:
+        reset([row])
+        return
+    # Runtime API gap (reported): KVCache has no per-row reset yet; its slot->position tables mark what is cached,
+    # and attention masks are built from them, so emptying a row's positions frees the row.
+    for g in cache.groups:
+        g.pos[row].fill_(-1)
+
+
+class InflightBatcher:
+    def __init__(self, runtime, max_batch_size: int = 16, max_seq_len: int | None = None,
+                 default_stop_ids: Sequence[int] = (), log: Callable[[str], None] | None = None):
+        from runtime.sampling import SamplingParams, make_generator, sample
+        self._SamplingParams, self._make_generator, self._sample = SamplingParams, make_generator, sample
+        self.runtime = runtime
+        self.model = runtime.model
+        self.max_batch_size = int(max_batch_size)
+        self.max_seq_len = max_seq_len
+        self.default_stop_ids = tuple(default_stop_ids)
+        self.log = log or (lambda msg: None)
+        self._queue: collections.deque[GenRequest] = collections.deque()
+        self._cancelled: set[str] = set()
+        self._cv = threading.Condition()
+        self._slots: list[_Slot | None] = [None] * self.max_batch_size
+        self._cache = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+        self.max_active = 0          # the most sequences one step has run (in-flight batching at work)
+
+    # -- public ------------------------------------------------------------------------------------------
+    def start(self) -> "InflightBatcher":
+        self._thread = threading.Thread(target=self._loop, name="inflight-batcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, req: GenRequest) -> None:
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the batcher is stopping")
+            self._queue.append(req)
+            self._cv.notify()
+
+    def cancel(self, request_id: str) -> None:
+        with self._cv:
+            self._cancelled.add(request_id)
+            self._cv.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            self._run()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._queue and self.active == 0:
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                admitted = self._admit_locked()
+                cancelled, self._cancelled = self._cancelled, set()
+            for i, s in enumerate(self._slots):
+                if s is not None and (s.req.request_id in cancelled or
+                                      (s.req.is_cancelled is not None and _safe(s.req.is_cancelled))):
+                    self._finish(i, "cancelled")
+            if self.active == 0:
+                continue
+            try:
+                self._step()
+            except Exception as e:   # a failed step fails its sequences, never the server
+                msg = f"generation failed: {type(e).__name__}: {e}"
+                self.log(msg + "\n" + traceback.format_exc())
+                for i, s in enumerate(self._slots):
+                    if s is not None:
+                        self._finish(i, "error", msg)
+                self._cache = None
+            del admitted
+        for i, s in enumerate(self._slots):
+            if s is not None:
+                self._finish(i, "cancelled", "the server is shutting down")
+        with self._cv:
+            while self._queue:
+                self._emit(self._queue.popleft(), [], "cancelled", "the server is shutting down")
+
+    def _admit_locked(self) -> int:
+        n = 0
+        for i in range(self.max_batch_size):
+            if not self._queue:
+                break
+            if self._slots[i] is not None:
+                continue
+            req = self._queue.popleft()
+            if req.request_id in self._cancelled:
+                self._cancelled.discard(req.request_id)
+                self._emit(req, [], "cancelled", None)
+                continue
+            try:
+                params = self._SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k,
+                                              top_p=req.top_p, seed=req.seed, stop_token_ids=())
+                gen = self._make_generator(params, self.model.device)
+            except Exception as e:
+                self._emit(req, [], "error", f"bad sampling parameters: {e}")
+                continue
+            if self._cache is None:
+                self._cache = self.model.new_cache(self.max_batch_size, capacity=max(len(req.prompt) + req.max_tokens, 16))
+            reset_cache_row(self._cache, i)
+            self._slots[i] = _Slot(req, params, gen, next_pos=0)
+            n += 1
+        return n
+
+    def _step(self) -> None:
+        B = self.max_batch_size
+        live = [i for i, s in enumerate(self._slots) if s is not None]
+        T = max((len(self._slots[i].req.prompt) if not self._slots[i].prefilled else 1) for i in live)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.full((B, T), -1, dtype=torch.long)
+        for i in live:
+            s = self._slots[i]
+            if s.prefilled:
+                ids[i, 0] = s.last_token
+                pos[i, 0] = s.next_pos
+            else:
+                n = len(s.req.prompt)
+                ids[i, :n] = torch.tensor(s.req.prompt, dtype=torch.long)
+                pos[i, :n] = torch.arange(n)
+        logits = self.model.forward(ids, pos, self._cache, logits="last")
+        rows = torch.tensor(live)
+        tokens = self._sample(logits[rows], [self._slots[i].params for i in live],
+                              [self._slots[i].generator for i in live])
+        self.steps += 1
+        self.max_active = max(self.max_active, len(live))
+        for k, i in enumerate(live):
+            s = self._slots[i]
+            tok = int(tokens[k])
+            s.next_pos = s.next_pos + 1 if s.prefilled else len(s.req.prompt)
+            s.prefilled = True
+            s.last_token = tok
+            s.output.append(tok)
+            reason = None
+            if s.req.stop.hit(s.output):
+                reason = "stop"
+            elif len(s.output) >= s.req.max_tokens or (self.max_seq_len and s.next_pos + 1 >= self.max_seq_len):
+                reason = "length"
+            if reason is None:
+                self._emit(s.req, [tok], None, None)
+            else:
+                self._finish(i, reason, tokens=[tok])
+        if self.active == 0:
+            self._cache = None          # all idle: give the cache memory back
+
+    def _finish(self, i: int, reason: str, message: str | None = None, tokens: list | None = None) -> None:
+        s = self._slots[i]
+        self._slots[i] = None
+        if reason == "cancelled":
+            self.log(f"request {s.req.request_id} cancelled after {len(s.output)} tokens; its slot is free")
+        self._emit(s.req, tokens or [], reason, message)
+
+    def _emit(self, req: GenRequest, tokens: list, reason, message) -> None:
+        if req.emit is None:
+            return
+        try:
+            req.emit(tokens, reason, message)
+        except Exception as e:    # a broken client connection must not stop the loop
+            self.log(f"request {req.request_id}: sending a response failed: {e}")
+
+
+def _safe(fn) -> bool:
+    try:
+        return bool(fn())
+    except Exception:
+        return False

@@ -1,0 +1,186 @@
+"""tensorrt_llm_bls: the front model clients talk to (the `ensemble` model of the repository forwards to it).
+
+Inputs and outputs carry the names TensorRT-LLM's ensemble / BLS models use (text_input, max_tokens, stream,
+temperature, top_p, top_k, seed, stop_words, end_id, ... -> text_output, num_input_tokens, num_output_tokens), plus
+Harmony extras: reasoning_effort, system_prompt, chat_history (JSON), raw_prompt -> analysis_output, finish_reason.
+
+Per request (each in its own thread, so requests overlap and the tensorrt_llm model batches them in flight):
+validate the sampling inputs, call `preprocessing` (render + tokenize + validate), call `tensorrt_llm` with
+streaming on, and turn its token responses into text with the Harmony stream decoder (the same code the
+`postprocessing` model runs, applied incrementally: a model call per token would only add latency). With stream=true
+each generated token yields one response (its text may be empty while a Harmony header is being read); the last
+response carries the flag final. Otherwise one response holds the whole answer. A client that cancels or
+disconnects is noticed at its next token; the generation is then stopped in `tensorrt_llm` by a `stop` request.
+"""
+
+import threading
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from model_repo import requests as rq
+from model_repo.harmony import HarmonyStreamDecoder
+from model_repo.tokenizer import load_tokenizer
+from model_repo.triton_models.common import (error_of, get, invalid, log_error, log_info, model_params,
+                                             resolve_engine_dir)
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# front input -> preprocessing input
+PRE_INPUTS = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "stop_words": "STOP_WORDS_DICT",
+              "end_id": "END_ID", "reasoning_effort": "REASONING_EFFORT", "system_prompt": "SYSTEM_PROMPT",
+              "chat_history": "CHAT_HISTORY", "raw_prompt": "RAW_PROMPT"}
+PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "STOP_WORDS_IDS", "OUT_END_ID"]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _, p = model_params(args)
+        self.pre_model = p.get("preprocessing_model_name", "preprocessing")
+        self.llm_model = p.get("tensorrt_llm_model_name", "tensorrt_llm")
+        self.engine_dir = resolve_engine_dir(args, p["engine_dir"])
+        self.tokenizer = load_tokenizer(self.engine_dir, p.get("tokenizer", "auto"))
+        log_info(f"tensorrt_llm_bls: {self.pre_model} -> {self.llm_model}, {self.tokenizer.kind} detokenizer")
+
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self._handle, args=(request,), daemon=True,
+                             name="bls-request").start()
+        return None
+
+    # ---------------------------------------------------------------------------------------------------
+    def _handle(self, request):
+        sender = request.get_response_sender()
+        try:
+            self._run(request, sender)
+        except rq.RequestError as e:
+            _send(sender, pb_utils.InferenceResponse(error=invalid(str(e))), FINAL)
+        except Exception as e:  # noqa: BLE001 - every failure is an error response; the model keeps serving
+            log_error(f"tensorrt_llm_bls: {type(e).__name__}: {e}")
+            _send(sender, pb_utils.InferenceResponse(error=error_of(e)), FINAL)
+
+    def _run(self, request, sender):
+        text_input = get(request, "text_input")
+        if text_input is None:
+            raise rq.RequestError("text_input is required")
+        rq.batch_size_one(text_input, "text_input")
+        stream = rq.boolean(get(request, "stream"), "stream")
+        s = rq.sampling(get(request, "temperature"), get(request, "top_p"), get(request, "top_k"), get(request, "seed"))
+        rq.beam_width(get(request, "beam_width"))
+        raw = rq.boolean(get(request, "raw_prompt"), "raw_prompt")
+
+        # 1. preprocessing
+        pre_in = []
+        for front, pre in PRE_INPUTS.items():
+            t = pb_utils.get_input_tensor_by_name(request, front)
+            if t is not None:
+                pre_in.append(pb_utils.Tensor(pre, t.as_numpy()))
+        pre = pb_utils.InferenceRequest(model_name=self.pre_model, inputs=pre_in,
+                                        requested_output_names=PRE_OUTPUTS).exec()
+        if pre.has_error():
+            _send(sender, pb_utils.InferenceResponse(error=pre.error()), FINAL)
+            return
+        po = {t.name(): t.as_numpy() for t in pre.output_tensors()}
+        n_in = int(po["REQUEST_INPUT_LEN"].reshape(-1)[0])
+
+        # 2. tensorrt_llm, streamed token by token
+        llm_in = [pb_utils.Tensor("input_ids", po["INPUT_ID"].astype(np.int32)),
+                  pb_utils.Tensor("input_lengths", po["REQUEST_INPUT_LEN"].astype(np.int32)),
+                  pb_utils.Tensor("request_output_len", po["REQUEST_OUTPUT_LEN"].astype(np.int32)),
+                  pb_utils.Tensor("end_id", po["OUT_END_ID"].astype(np.int32)),
+                  pb_utils.Tensor("stop_words_list", po["STOP_WORDS_IDS"].astype(np.int32)),
+                  pb_utils.Tensor("temperature", np.array([[s.temperature]], dtype=np.float32)),
+                  pb_utils.Tensor("runtime_top_k", np.array([[s.top_k]], dtype=np.int32)),
+                  pb_utils.Tensor("runtime_top_p", np.array([[s.top_p]], dtype=np.float32)),
+                  pb_utils.Tensor("streaming", np.array([[True]], dtype=np.bool_))]
+        if s.seed is not None:
+            llm_in.append(pb_utils.Tensor("seed", np.array([[s.seed]], dtype=np.uint64)))
+        rid = f"bls-{uuid.uuid4().hex}"
+        responses = pb_utils.InferenceRequest(model_name=self.llm_model, inputs=llm_in, request_id=rid,
+                                              requested_output_names=["output_ids", "finish_reason"]
+                                              ).exec(decoupled=True)
+
+        decoder = HarmonyStreamDecoder(self.tokenizer, raw=raw)
+        final_text, analysis_text = [], []
+        n_out, reason, cancelled, done = 0, None, False, False
+        for resp in responses:
+            if resp.has_error():
+                if not cancelled:
+                    _send(sender, pb_utils.InferenceResponse(error=resp.error()), FINAL)
+                done = True
+                continue            # drain the iterator
+            if cancelled or done:
+                continue
+            outs = {t.name(): t.as_numpy() for t in resp.output_tensors()}
+            tokens = [int(x) for x in outs["output_ids"].reshape(-1)] if "output_ids" in outs else []
+            if "finish_reason" in outs:
+                r = outs["finish_reason"].reshape(-1)[0]
+                reason = r.decode() if isinstance(r, bytes) else str(r)
+            n_out += len(tokens)
+            d = decoder.feed(tokens)
+            if reason is not None:
+                tail = decoder.finish()
+                d.final += tail.final
+                d.analysis += tail.analysis
+            if request.is_cancelled():
+                cancelled = True
+                self._stop(rid)
+                continue
+            if stream:
+                if tokens or reason is not None:
+                    ok = _send(sender, self._response(d.final, d.analysis, n_in, n_out, reason),
+                               FINAL if reason is not None else 0)
+                    if not ok:
+                        cancelled = True
+                        self._stop(rid)
+                    elif reason is not None:
+                        done = True
+            else:
+                final_text.append(d.final)
+                analysis_text.append(d.analysis)
+        if done:
+            return
+        if cancelled:
+            _send(sender, None, FINAL)
+            return
+        if reason is None:     # the stream ended without a finish reason (e.g. the model was unloaded)
+            tail = decoder.finish()
+            final_text.append(tail.final)
+            analysis_text.append(tail.analysis)
+            reason = "stop"
+            if stream:
+                _send(sender, self._response(tail.final, tail.analysis, n_in, n_out, reason), FINAL)
+                return
+        _send(sender, self._response("".join(final_text), "".join(analysis_text), n_in, n_out, reason), FINAL)
+
+    def _stop(self, rid: str) -> None:
+        """Stop the generation of request `rid` in tensorrt_llm (its client has gone)."""
+        try:
+            for _ in pb_utils.InferenceRequest(model_name=self.llm_model, request_id=rid,
+                                               inputs=[pb_utils.Tensor("stop", np.array([[True]], dtype=np.bool_))],
+                                               requested_output_names=["output_ids"]).exec(decoupled=True):
+                pass
+        except Exception as e:  # noqa: BLE001
+            log_error(f"tensorrt_llm_bls: could not stop {rid}: {e}")
+
+    @staticmethod
+    def _response(final: str, analysis: str, n_in: int, n_out: int, reason):
+        out = [pb_utils.Tensor("text_output", np.array([[final.encode("utf-8")]], dtype=np.object_)),
+               pb_utils.Tensor("analysis_output", np.array([[analysis.encode("utf-8")]], dtype=np.object_)),
+               pb_utils.Tensor("num_input_tokens", np.array([[n_in]], dtype=np.int32)),
+               pb_utils.Tensor("num_output_tokens", np.array([[n_out]], dtype=np.int32))]
+        if reason is not None:
+            out.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)))
+        return pb_utils.InferenceResponse(output_tensors=out)
+
+
+def _send(sender, response, flags) -> bool:
+    try:
+        if response is None:
+            sender.send(flags=flags)
+        else:
+            sender.send(response, flags=flags)
+        return True
+    except Exception as e:  # noqa: BLE001 - the client has gone
+        log_error(f"tensorrt_llm_bls: sending a response failed: {e}")
+        return False
