@@ -18,6 +18,8 @@ Quantization recipes (`recipe=`), all float32 arithmetic (inputs are widened to 
         s_j  = e4m3(clamp((amax_j / 6) / g, 2**-6, 448))   (smallest normal e4m3, no zero-block rule)
         q    = x * ((1 / g) / float32(s_j))            a multiplication by the reciprocal
         code = e2m1(clamp(q, -6, 6)), round half to even, signs of zero kept (-0.0 gives code 8).
+      Where (1 / g) / s overflows float32 (g * s < 2**-128, e.g. global scales near the float32
+      floor) torchao would multiply by inf; we divide by (s * g) instead.
 The two recipes differ on a few codes per million (a division and a reciprocal multiply round
 differently next to e2m1 ties) and on block scales of zero/tiny blocks.
 
@@ -117,7 +119,11 @@ def _encode(xf: np.ndarray, s8: np.ndarray, g: np.float32, recipe: str) -> np.nd
             q = xb / (sf * g)[..., None]
             codes = E2M1_MODELOPT_NV(q)
         else:
-            q = xb * ((np.float32(1.0) / g) / sf)[..., None]
+            recip = (np.float32(1.0) / g) / sf
+            q = xb * recip[..., None]
+            bad = ~np.isfinite(recip)  # g * s < 2**-128: torchao would multiply by inf; divide instead
+            if bad.any():
+                q[bad] = xb[bad] / (sf[bad] * g)[..., None]
             codes = E2M1(q)
     return _codec.pack_codes(codes.reshape(r, k))
 
@@ -228,7 +234,9 @@ def fake_quantize_nvfp4_activations(x, input_scale, *, chunk_rows: int | None = 
     the global scale is calibrated. Differences from the GPU: the kernel's reciprocals are
     rcp.approx.ftz (we divide exactly, so a code can differ where x * scale is within an ulp of an
     e2m1 rounding threshold), and a block whose SF is nonzero but rounds to e4m3 zero gives zeros here
-    (on the GPU its codes are garbage times a zero scale, also zero unless x is inf/NaN).
+    (on the GPU its codes are garbage times a zero scale, also zero unless x is inf/NaN). Where the
+    reciprocal overflows (float(sf8) * input_scale < 2**-128; the GPU's ftz would make it inf) we
+    divide instead.
     Activations above the calibrated amax saturate at sf8 = 448 and then at e2m1 6.
     """
     x = _codec.as_array(x)
@@ -247,8 +255,14 @@ def fake_quantize_nvfp4_activations(x, input_scale, *, chunk_rows: int | None = 
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             sf = sf_scale * (amax * (np.float32(1.0) / E2M1_MAX))
             sf8 = np.minimum(sf, E4M3_MAX).astype(E4M3).astype(np.float32)
-            scale = np.where(sf8 != 0, np.float32(1.0) / (sf8 * inv_sf_scale), np.float32(0.0))
-            codes = E2M1(xf.reshape(r1 - r0, k // BLOCK, BLOCK) * scale.astype(np.float32)[..., None])
+            denom = sf8 * inv_sf_scale
+            scale = np.where(sf8 != 0, np.float32(1.0) / denom, np.float32(0.0)).astype(np.float32)
+            xb = xf.reshape(r1 - r0, k // BLOCK, BLOCK)
+            q = xb * scale[..., None]
+            bad = ~np.isfinite(scale)  # the reciprocal overflows (denominator < 2**-128): divide instead
+            if bad.any():
+                q[bad] = xb[bad] / denom[bad][..., None]
+            codes = E2M1(q)
         vals = FP4_VALUES[codes]
         vals *= (sf8 * in_scale)[..., None]
         out[r0:r1] = vals.reshape(r1 - r0, k)

@@ -109,16 +109,19 @@ def mxfp4_to_nvfp4_lossless(blocks: np.ndarray, scales: np.ndarray, *, k_max: in
             f"e4m3 block scale under the global scale 2**{m} reaches. Pass allow_lossy=True to requantize "
             f"them as ModelOpt does.")
 
-    # Per-block amax, ModelOpt's rule: 6 * 2**k_j where the closed form is in e4m3's window (judged
-    # with this tensor's own k_max, as ModelOpt does), else the largest code magnitude * 2**k_j.
-    pow2k = np.ldexp(np.float32(1.0), k).astype(np.float32)
+    # Per-block scale, ModelOpt's rule: amax_j / (6 g) with amax_j = 6 * 2**k_j where that closed form
+    # is in e4m3's window (judged with this tensor's own k_max, as ModelOpt does), else the largest
+    # code magnitude * 2**k_j; then clamped to [2**-9, 448].
+    # (6 * 2**k_j) / (6 * 2**m) is computed as 2**(k_j - m) directly, which only differs from ModelOpt
+    # for k_j >= 126, where its 6 * 2**k_j overflows float32.
     delta = k - (k_local - E4M3_KMAX)
     in_range = (delta >= E4M3_KMIN) & (delta <= E4M3_KMAX)
-    amax = nvfp4.E2M1_MAX * pow2k
+    s = np.ldexp(np.float32(1.0), np.maximum(k - m, -149)).astype(np.float32)
     if not in_range.all():
         max_mag = _MAX_MAG[blocks].max(axis=-1)
-        amax = np.where(in_range, amax, FP4_VALUES[max_mag] * pow2k).astype(np.float32)
-    s = amax / (nvfp4.E2M1_MAX * g)
+        pow2k = np.ldexp(np.float32(1.0), k).astype(np.float32)
+        data_derived = (FP4_VALUES[max_mag] * pow2k) / (nvfp4.E2M1_MAX * g)
+        s = np.where(in_range, s, data_derived).astype(np.float32)
     np.clip(s, nvfp4.E4M3_MIN_SUBNORMAL, nvfp4.E4M3_MAX, out=s)
     s8 = np.repeat(s.astype(nvfp4.E4M3), 2, axis=-1)           # [..., rows, 2n]
 
