@@ -242,3 +242,39 @@ def test_transcode_shared_kmax_matches_modelopt():
     np.testing.assert_array_equal(_u8(ws), ours.block_scale.view(np.uint8))
     np.testing.assert_array_equal(packed.numpy(), ours.packed)
     assert np.float32(ws2.item()) == ours.global_scale
+
+
+# -- the e2m1/e4m3 casts, on every lookup key (each key stands for a whole interval of float32) ------
+def _key_representatives(cast) -> np.ndarray:
+    keys = np.arange(cast.table.size, dtype=np.uint32)
+    reps = (keys << cast.shift).view(np.float32)
+    reps = reps[np.isfinite(reps)]
+    near = np.concatenate([reps, np.nextafter(reps, np.float32(np.inf)), np.nextafter(reps, np.float32(-np.inf))])
+    return near[np.isfinite(near)]
+
+
+def test_e2m1_casts_match_modelopt_and_torchao_on_every_key():
+    from builder.quant.nvfp4 import E2M1_MODELOPT_NV
+    from builder.quant.mxfp4 import E2M1_MODELOPT_MX
+    from torchao.prototype.mx_formats.kernels import f32_to_f4_unpacked
+    v = _key_representatives(E2M1)
+    vt = torch.from_numpy(v.copy())
+    np.testing.assert_array_equal(NVFP4QTensor._cast_fp4(vt.clone()).numpy(), E2M1_MODELOPT_NV(v))
+    np.testing.assert_array_equal(f32_to_f4_unpacked(torch.clamp(vt, -6, 6)).numpy(), E2M1(v))
+    # MXFP4QTensor's cast is internal: put 6.0 first in every block so its scale is 2**0.
+    small = v[np.abs(v) <= 6.0]
+    small = small[: small.size // 31 * 31].reshape(-1, 31)
+    blocks = np.concatenate([np.full((small.shape[0], 1), 6.0, np.float32), small], axis=1)
+    q, e8 = MXFP4QTensor.quantize(torch.from_numpy(blocks), 32)
+    assert (e8.numpy() == 127).all()
+    ours = E2M1_MODELOPT_MX(blocks)
+    np.testing.assert_array_equal(q._quantized_data.numpy(), ours[:, 0::2] | (ours[:, 1::2] << 4))
+
+
+def test_e4m3_cast_matches_torch_on_every_key():
+    from builder.quant.fp8 import E4M3_CODEC
+    v = _key_representatives(E4M3_CODEC)
+    ref = torch.from_numpy(np.clip(v, -448, 448)).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+    np.testing.assert_array_equal(E4M3_CODEC(v), ref)
+    import ml_dtypes  # the block scales are cast by ml_dtypes after the clamp: same bytes as torch
+    np.testing.assert_array_equal(np.clip(v, -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8), ref)
