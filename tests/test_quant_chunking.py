@@ -69,6 +69,12 @@ def test_large_tensor_bounded_extra_memory():
     assert extra < 12 * 2 ** 20, f"extra memory {extra / 2**20:.1f} MiB for a {x.size * 4 / 2**20:.0f} MiB fp32 input"
 
 
+def test_bf16_widening_is_exact_on_every_pattern():
+    from builder.quant._codec import to_f32
+    u = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(to_f32(u.view(ml_dtypes.bfloat16)).view(np.uint32), u.astype(np.uint32) << 16)
+
+
 def test_torch_and_numpy_inputs_agree():
     xt = torch.from_numpy(X).bfloat16()
     xn = X.astype(ml_dtypes.bfloat16)

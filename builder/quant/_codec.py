@@ -122,11 +122,9 @@ def as_scalar(v) -> np.float32:
 
 def to_f32(x: np.ndarray) -> np.ndarray:
     """Exact for float32/float16/bfloat16; float64 is rounded to nearest float32."""
-    if x.dtype == np.float32:
-        return np.ascontiguousarray(x)
-    if x.dtype == ml_dtypes.bfloat16:
-        return (np.ascontiguousarray(x).view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return x.astype(np.float32)
+    # ml_dtypes' bf16 -> float32 cast is the exact 16-bit widening (checked on all 65536 patterns in
+    # tests) and the fastest way there.
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def tensor_amax(x2d: np.ndarray, chunk_rows: int) -> np.float32:
