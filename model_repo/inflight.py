@@ -1,14 +1,22 @@
 """In-flight batching over the reference runtime: a scheduler thread admits new requests between decode steps.
 
 The runtime (runtime.Runtime) offers whole-batch generate(); this builds the step-level scheduler on its primitives
-(ReferenceModel.forward + KVCache, runtime.sampling). The KV cache has `max_batch_size` rows ("slots"). Every step
-is one forward over all slots: running sequences feed their last token at their next position, newly admitted
-ones their whole prompt (a mixed prefill + decode step), free slots feed padding (position -1, never cached).
-A finished or cancelled sequence frees its slot at once and the next queued request takes it at the next step.
+(ReferenceModel.forward + KVCache, runtime.sampling). The batch KV cache has `max_batch_size` rows ("slots").
+Each scheduler iteration:
+1. admits queued requests into free slots and prefills them together in a small cache of their own (only their
+   rows, so a prefill does not pay for the idle slots), then moves their rows into the batch cache and samples
+   their first token;
+2. runs one decode step over the batch cache: every running sequence feeds its last token at its next position,
+   free slots feed padding (position -1, never cached, never attended to).
+A finished or cancelled sequence frees its slot at once; the next queued request takes it at the next iteration.
 Each request samples with its own generator, so seeded requests are reproducible whatever shares the batch.
 
+Runtime API gap (reported): KVCache has no per-row reset or row copy yet, so `reset_cache_row` and
+`copy_cache_row` reach into its slot->position tables and buffers. If those internals change shape, the batcher
+falls back to prefilling new requests inside the batch cache (correct, but a prefill then computes every slot).
+
     b = InflightBatcher(runtime, max_batch_size=16); b.start()
-    b.submit(GenRequest("id", prompt_ids, params, stop, emit))   # emit(new_ids, finish_reason) per step
+    b.submit(GenRequest("id", prompt_ids, max_tokens, ..., emit=emit))   # emit(new_ids, finish_reason, error)
     b.cancel("id"); b.stop()
 """
 
@@ -62,10 +70,42 @@ def reset_cache_row(cache, row: int) -> None:
     if reset is not None:
         reset([row])
         return
-    # Runtime API gap (reported): KVCache has no per-row reset yet; its slot->position tables mark what is cached,
-    # and attention masks are built from them, so emptying a row's positions frees the row.
+    # Attention masks are built from the slot->position tables, so emptying a row's positions frees the row.
     for g in cache.groups:
         g.pos[row].fill_(-1)
+
+
+class CacheLayoutError(RuntimeError):
+    pass
+
+
+def copy_cache_row(dst, dst_row: int, src, src_row: int) -> None:
+    """Move one sequence's cached keys/values (and the positions they hold) from `src` to row `dst_row` of `dst`."""
+    copy = getattr(dst, "copy_rows_from", None)
+    if copy is not None:
+        copy(src, [src_row], [dst_row])
+        return
+    try:
+        if len(dst.groups) != len(src.groups) or len(dst.k) != len(src.k):
+            raise CacheLayoutError("caches of different networks")
+        for gd, gs in zip(dst.groups, src.groups):
+            if gd.window != gs.window or gd.layers != gs.layers:
+                raise CacheLayoutError("caches with different layer groups")
+            n = gs.pos.shape[1]
+            if n > gd.pos.shape[1]:
+                if gd.window is not None:
+                    raise CacheLayoutError("ring buffers of different sizes")
+                dst._grow(gd, n)
+            gd.pos[dst_row].fill_(-1)
+            gd.pos[dst_row, :n] = gs.pos[src_row]
+            if hasattr(gd, "used"):
+                gd.used = max(gd.used, gs.used)
+        for layer in range(len(dst.k)):
+            n = src.k[layer].shape[2]
+            dst.k[layer][dst_row, :, :n] = src.k[layer][src_row]
+            dst.v[layer][dst_row, :, :n] = src.v[layer][src_row]
+    except (AttributeError, TypeError, IndexError, RuntimeError) as e:
+        raise CacheLayoutError(f"cannot copy KV-cache rows with this runtime ({type(e).__name__}: {e})") from e
 
 
 class InflightBatcher:
@@ -87,7 +127,8 @@ class InflightBatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = 0
-        self.max_active = 0          # the most sequences one step has run (in-flight batching at work)
+        self.max_active = 0          # the most sequences one decode step has run (in-flight batching at work)
+        self.prefill_apart = True    # prefill new requests in their own cache (see copy_cache_row)
 
     # -- public ------------------------------------------------------------------------------------------
     def start(self) -> "InflightBatcher":
@@ -182,8 +223,49 @@ class InflightBatcher:
         return n
 
     def _step(self) -> None:
-        B = self.max_batch_size
+        new = [i for i, s in enumerate(self._slots) if s is not None and not s.prefilled]
+        if new and self.prefill_apart:
+            try:
+                self._prefill(new)
+            except CacheLayoutError as e:
+                self.log(f"in-flight batcher: {e}; prefilling inside the batch cache from now on")
+                self.prefill_apart = False
+            except Exception:  # noqa: BLE001 - a failed prefill fails only the request(s) that broke it
+                for i in new:
+                    if self._slots[i] is None or self._slots[i].prefilled:
+                        continue
+                    try:
+                        self._prefill([i])
+                    except Exception as e:  # noqa: BLE001
+                        msg = f"generation failed: {type(e).__name__}: {e}"
+                        self.log(msg + "\n" + traceback.format_exc())
+                        self._finish(i, "error", msg)
         live = [i for i, s in enumerate(self._slots) if s is not None]
+        if live:
+            self._batch_step(live)
+        if self.active == 0:
+            self._cache = None          # all idle: give the cache memory back
+
+    def _prefill(self, rows: list) -> None:
+        """Prompts of newly admitted requests, together, in a cache holding only their rows."""
+        prompts = [self._slots[i].req.prompt for i in rows]
+        T = max(len(p) for p in prompts)
+        ids = torch.zeros(len(rows), T, dtype=torch.long)
+        pos = torch.full((len(rows), T), -1, dtype=torch.long)
+        for k, p in enumerate(prompts):
+            ids[k, :len(p)] = torch.tensor(p, dtype=torch.long)
+            pos[k, :len(p)] = torch.arange(len(p))
+        small = self.model.new_cache(len(rows), capacity=T)
+        logits = self.model.forward(ids, pos, small, logits="last")
+        for k, i in enumerate(rows):
+            copy_cache_row(self._cache, i, small, k)
+        tokens = self._sample(logits, [self._slots[i].params for i in rows], [self._slots[i].generator for i in rows])
+        for k, i in enumerate(rows):
+            self._advance(i, int(tokens[k]))
+
+    def _batch_step(self, live: list) -> None:
+        """One forward over the batch cache: a decode token for prefilled rows, the prompt for any others."""
+        B = self.max_batch_size
         T = max((len(self._slots[i].req.prompt) if not self._slots[i].prefilled else 1) for i in live)
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.full((B, T), -1, dtype=torch.long)
@@ -203,23 +285,24 @@ class InflightBatcher:
         self.steps += 1
         self.max_active = max(self.max_active, len(live))
         for k, i in enumerate(live):
-            s = self._slots[i]
-            tok = int(tokens[k])
-            s.next_pos = s.next_pos + 1 if s.prefilled else len(s.req.prompt)
-            s.prefilled = True
-            s.last_token = tok
-            s.output.append(tok)
-            reason = None
-            if s.req.stop.hit(s.output):
-                reason = "stop"
-            elif len(s.output) >= s.req.max_tokens or (self.max_seq_len and s.next_pos + 1 >= self.max_seq_len):
-                reason = "length"
-            if reason is None:
-                self._emit(s.req, [tok], None, None)
-            else:
-                self._finish(i, reason, tokens=[tok])
-        if self.active == 0:
-            self._cache = None          # all idle: give the cache memory back
+            self._advance(i, int(tokens[k]))
+
+    def _advance(self, i: int, tok: int) -> None:
+        """Row i produced `tok`: record it, then stream it or finish the request."""
+        s = self._slots[i]
+        s.next_pos = s.next_pos + 1 if s.prefilled else len(s.req.prompt)
+        s.prefilled = True
+        s.last_token = tok
+        s.output.append(tok)
+        reason = None
+        if s.req.stop.hit(s.output):
+            reason = "stop"
+        elif len(s.output) >= s.req.max_tokens or (self.max_seq_len and s.next_pos + 1 >= self.max_seq_len):
+            reason = "length"
+        if reason is None:
+            self._emit(s.req, [tok], None, None)
+        else:
+            self._finish(i, reason, tokens=[tok])
 
     def _finish(self, i: int, reason: str, message: str | None = None, tokens: list | None = None) -> None:
         s = self._slots[i]

@@ -45,10 +45,13 @@ def _alone(rt, prompt, n, **kw):
     return rt.generate([prompt], SamplingParams(max_tokens=n, stop_token_ids=(), **kw))[0].output_ids
 
 
-def test_concurrent_requests_join_the_running_batch_and_match_alone(rt):
+@pytest.mark.parametrize("prefill_apart", [True, False], ids=["prefill-apart", "prefill-in-batch"])
+def test_concurrent_requests_join_the_running_batch_and_match_alone(rt, prefill_apart):
     prompts = [[(7 * i + j) % 1000 + 1 for j in range(3 + i)] for i in range(12)]
     lengths = [6 + (i % 4) for i in range(12)]
-    b = InflightBatcher(rt, max_batch_size=8).start()
+    b = InflightBatcher(rt, max_batch_size=8)
+    b.prefill_apart = prefill_apart
+    b.start()
     try:
         col = Collector(len(prompts))
         for i, (p, n) in enumerate(zip(prompts, lengths)):
@@ -111,10 +114,13 @@ def test_seeded_sampling_does_not_depend_on_the_batch(rt):
 def test_a_failing_step_fails_its_requests_not_the_loop(rt):
     b = InflightBatcher(rt, max_batch_size=2).start()
     try:
+        running = Collector(1)
+        b.submit(GenRequest("long", [5, 6], 60, emit=running.emit_for(0)))
         col = Collector(1)
         b.submit(GenRequest("bad", [5, 10**6], 4, emit=col.emit_for(0)))   # id outside the vocabulary
         assert col.done.wait(60)
         assert col.reasons[0] == "error"
+        assert running.done.wait(120) and running.reasons[0] == "length"     # unharmed by its neighbour
         ok = Collector(1)
         b.submit(GenRequest("ok", [5, 6], 3, emit=ok.emit_for(0)))
         assert ok.done.wait(60) and ok.tokens[0] == _alone(rt, [5, 6], 3)

@@ -10,6 +10,7 @@ disconnects is noticed at the next step.
 """
 
 import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -25,6 +26,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args):
+        t0 = time.monotonic()
         _, p = model_params(args)
         self.engine_dir = resolve_engine_dir(args, p["engine_dir"])
         self.max_seq_len = int(p["max_seq_len"])
@@ -36,7 +38,8 @@ class TritonPythonModel:
         self.default_stop_ids = tuple(int(x) for x in p.get("default_stop_ids", "").split(",") if x.strip()) \
             or self.backend.default_stop_ids
         log_info(f"tensorrt_llm: {self.backend.name} backend, engine {self.engine_dir}, in-flight batch "
-                 f"{p['max_num_sequences']}, max_seq_len {self.max_seq_len}, default stop ids {self.default_stop_ids}")
+                 f"{p['max_num_sequences']}, max_seq_len {self.max_seq_len}, default stop ids {self.default_stop_ids}; "
+                 f"loaded and warmed up in {time.monotonic() - t0:.1f} s")
 
     def execute(self, requests):
         for request in requests:
