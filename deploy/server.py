@@ -116,7 +116,7 @@ class TritonServer:
     waits, kills if needed, and removes this server's shared-memory files."""
 
     def __init__(self, model_repository: str | Path, *, host: str = "127.0.0.1", grpc_port: int = 0,
-                 http_port: int = 0, metrics_port: int = 0, log_verbose: int = 0, exit_timeout_s: int = 5,
+                 http_port: int = 0, metrics_port: int = 0, log_verbose: int = 0, exit_timeout_s: int = 30,
                  extra_args: list[str] | None = None, log_file: str | Path | None = None,
                  env: dict | None = None):
         self.model_repository = Path(model_repository).resolve()
@@ -179,9 +179,13 @@ class TritonServer:
         if self.log_file is not None:
             self._log_handle = open(self.log_file, "ab")
             stdout = self._log_handle
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gptoss-triton-")
+        # The stubs put the working directory on sys.path: run in our own empty folder, so a `tensorrt_llm`
+        # folder wherever the user stands (a model repository, say) can never shadow the real package.
         self.proc = subprocess.Popen(self.command(backend_dir), env=server_env(self.env), stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout is not None else None,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self._tmp.name)
         try:
             self.wait_ready(timeout_s)
         except BaseException:
@@ -208,8 +212,11 @@ class TritonServer:
             time.sleep(0.1)
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s")
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, wait, SIGKILL if needed; remove this server's shm files. Returns the exit status."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM, wait (the server's exit timeout + 15 s), SIGKILL if needed; remove this server's shm files.
+        Returns the exit status."""
+        if timeout_s is None:
+            timeout_s = self.exit_timeout_s + 15
         rc = None
         if self.proc is not None:
             if self.proc.poll() is None:

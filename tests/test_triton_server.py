@@ -121,14 +121,28 @@ def test_stop_words_end_the_answer(server, client):
 DISCONNECTING_CLIENT = r"""
 import sys
 from deploy.client import LLMClient
-for chunk in LLMClient(sys.argv[1]).stream("keep talking", 400, raw=True):
+for chunk in LLMClient(sys.argv[1], model=sys.argv[2]).stream("keep talking", int(sys.argv[3]), raw=True):
     print("chunk", flush=True)
 """
 
 
+def test_a_client_disconnecting_from_the_ensemble_does_not_wedge_the_server(server, client):
+    # Triton 2.51's ensemble scheduler does not forward the cancellation, so this generation runs to its end in the
+    # background; the server must go on serving meanwhile.
+    child = subprocess.Popen([sys.executable, "-c", DISCONNECTING_CLIENT, server.grpc_url, "ensemble", "60"],
+                             stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        for _ in range(3):
+            assert child.stdout.readline().startswith("chunk")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert client.generate("still there?", 4, raw=True).num_output_tokens == 4
+
+
 def test_a_client_disconnecting_mid_stream_does_not_wedge_the_server(server, client):
-    child = subprocess.Popen([sys.executable, "-c", DISCONNECTING_CLIENT, server.grpc_url], stdout=subprocess.PIPE,
-                             text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    child = subprocess.Popen([sys.executable, "-c", DISCONNECTING_CLIENT, server.grpc_url, "tensorrt_llm_bls", "400"],
+                             stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
         for _ in range(3):
             assert child.stdout.readline().startswith("chunk")

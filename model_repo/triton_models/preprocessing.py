@@ -23,6 +23,8 @@ class TritonPythonModel:
         self.tokenizer = load_tokenizer(self.engine_dir, p.get("tokenizer", "auto"))
         self.max_seq_len = int(p["max_seq_len"])
         self.default_effort = p.get("default_reasoning_effort", "medium")
+        # Load the Harmony encoding now (about a second), not on the first request.
+        render_chat(self.tokenizer, "warm up", self.default_effort)
         log_info(f"preprocessing: {self.tokenizer.kind} tokenizer ({self.tokenizer.vocab_size} tokens), "
                  f"max_seq_len {self.max_seq_len}, engine {self.engine_dir}")
 
