@@ -56,7 +56,8 @@ def _nan_inf(t):
 
 
 def _same_size_overlap(h):
-    h["model.layers.0.self_attn.q_proj.bias"]["data_offsets"] = h["model.layers.0.self_attn.o_proj.bias"]["data_offsets"]
+    q, o = "model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.o_proj.bias"   # same byte size
+    h[q]["data_offsets"] = h[o]["data_offsets"]
 
 
 CASES = {
@@ -92,8 +93,7 @@ CASES = {
     "offsets_out_of_range": (lambda s: _edit_header(s, lambda h: h["lm_head.weight"].update(
                                  data_offsets=[10**9, 10**9 + 256 * 64 * 2])),
                              ["tensor 'lm_head.weight' data_offsets [1000000000, 1000032768] run past"]),
-    "offsets_size": (lambda s: _edit_header(s, lambda h: h["norm.weight" if "norm.weight" in h else
-                                                          "model.norm.weight"].update(shape=[65])),
+    "offsets_size": (lambda s: _edit_header(s, lambda h: h["model.norm.weight"].update(shape=[65])),
                      ["'model.norm.weight' BF16 [65] needs 130 bytes"]),
     "quant_config_contradicts": (lambda s: _edit_config(s, lambda c: c.update(
                                      quantization_config={"quant_method": "mxfp4"})),

@@ -52,8 +52,8 @@ def test_controls_pass_unbroken(tmp_path):
 
 
 def test_flipped_interleave_is_caught_by_transformers(tmp_path, monkeypatch):
-    _patch(monkeypatch, "hf", write={L + "mlp.experts.gate_up_proj": (swapped(q.hf_gate_up), "layers.{layer}.moe.gate.weight",
-                                                                      "layers.{layer}.moe.up.weight")})
+    _patch(monkeypatch, "hf", write={L + "mlp.experts.gate_up_proj": (
+        swapped(q.hf_gate_up), "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight")})
     src = hf_checkpoint("a")
     assert not _lossless_hf_ok(src, convert_checkpoint(src, tmp_path / "hf", "hf", progress=False), "a")
 

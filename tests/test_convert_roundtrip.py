@@ -159,3 +159,31 @@ def test_cli_and_aux_files(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert "oa -> hf" in r.stderr and "tensor" in r.stderr
     assert not list(tmp_path.glob(".*"))                       # no temporary folders left behind
+
+
+def test_tied_embeddings_and_4x_config_source(tmp_path):
+    """A tied model saved by transformers has no lm_head tensor; a transformers 4.x config keeps RoPE in
+    rope_scaling + rope_theta. Both convert, and both oracles still agree."""
+    from transformers import GptOssForCausalLM
+
+    from ckpt_helpers import hf_config, randomize_
+    cfg = hf_config("a")
+    cfg.tie_word_embeddings = True
+    model = GptOssForCausalLM(cfg)
+    randomize_(model, seed=7)
+    src = tmp_path / "tied"
+    model.to(torch.bfloat16).save_pretrained(src)
+    raw = json.loads((src / "config.json").read_text())
+    rope = raw.pop("rope_parameters")
+    raw["rope_theta"] = rope.pop("rope_theta")
+    raw["rope_scaling"] = rope
+    (src / "config.json").write_text(json.dumps(raw))
+    assert "lm_head.weight" not in _tensors(src)
+    ids = prompt("a")
+    hf = convert_checkpoint(src, tmp_path / "hf", "hf", progress=False)
+    assert "lm_head.weight" not in _tensors(hf)
+    assert torch.equal(hf_logits(src, ids), hf_logits(hf, ids))
+    mx = convert_checkpoint(src, tmp_path / "mx", "hf-mxfp4", progress=False)
+    oa = convert_checkpoint(mx, tmp_path / "oa", "openai", progress=False)
+    assert torch.equal(_tensors(oa)["unembedding.weight"], _tensors(oa)["embedding.weight"])
+    assert (reference_logits(oa, ids) - hf_logits(mx, ids, mxfp4=True)).abs().max() < 1e-5

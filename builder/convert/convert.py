@@ -11,6 +11,7 @@ never left half-written; the source is validated before anything is written.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -156,7 +157,6 @@ def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = 
                     bar.set_postfix_str(f"tensor {i + 1}/{len(ex.write)}", refresh=False)
                     _write_rule(ck, writer, [by_name[t] for t in targets], quirk, inputs, chunk_bytes, bar)
             writer.close()
-            import json
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             _copy_aux(src, tmp)
             _install(tmp, dst)

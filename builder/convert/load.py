@@ -19,7 +19,7 @@ from builder.checkpoint.errors import CheckpointError
 from builder.checkpoint.safetensors_io import DTYPES, FLOAT_DTYPES
 from builder.checkpoint.store import TensorStore
 from builder.convert.mapping import Expanded, check_sources, expand
-from builder.convert.quirks import is_rowwise
+from builder.convert.quirks import is_rowwise, same
 from builder.registry.models import ModelConfig
 
 # Value checks scan this many bytes at a time when counting bad values over a whole tensor.
@@ -57,6 +57,13 @@ class CanonicalCheckpoint:
             self._store.close()
             raise
         self._shapes = canonical_shapes(self.config)
+        counts: dict[str, int] = {}
+        for quirk, sources in self._ex.read.values():
+            if quirk is not same:
+                for s in sources:
+                    counts[s] = counts.get(s, 0) + 1
+        self._shared = {s for s, n in counts.items() if n > 1}
+        self._last = None
 
     # -- header-level validation ----------------------------------------------------------------------
     def _check_headers(self, kind: str) -> None:
@@ -140,15 +147,26 @@ class CanonicalCheckpoint:
 
     # -- value validation -----------------------------------------------------------------------------
     def _read(self, source: str, rows: slice | None) -> torch.Tensor:
+        # gate and up come from the same interleaved source tensor: keep the last piece of such a shared
+        # source, so a converter asking for both reads and checks it once. Only copying quirks see it
+        # (see get), so what get() returns never aliases the cache.
+        key = (source, None if rows is None else (rows.start, rows.stop))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         t = self._store.read(source, rows)
         if self.validate and self._is_bad(source, t):
             self._raise_bad(source)
+        self._last = (key, t) if source in self._shared else None
         return t
 
     def _is_bad(self, source: str, t: torch.Tensor) -> bool:
         if t.is_floating_point():
-            return not bool(torch.isfinite(t).all())
-        return source.endswith("scales") and bool((t == 255).any())
+            if not t.numel():
+                return False
+            # min and max are NaN if any element is, +-inf if any is; 20x faster than isfinite().all().
+            lo, hi = torch.aminmax(t.reshape(-1))
+            return not bool(torch.isfinite(lo) & torch.isfinite(hi))
+        return source.endswith("scales") and t.numel() > 0 and int(t.max()) == 255
 
     def _raise_bad(self, source: str) -> None:
         info = self._store.infos[source]

@@ -51,10 +51,19 @@ def _interleave(a, b, dim: int):
     return torch.stack([a, b], dim=dim + 1).reshape(*a.shape[:dim], 2 * a.shape[dim], *a.shape[dim + 1:])
 
 
+def _t12(x: torch.Tensor) -> torch.Tensor:
+    """x.transpose(1, 2).contiguous() for [E, a, b], one expert at a time: torch's 2-D transpose copy is
+    about 4x faster than its 3-D strided one, and expert tensors are the bulk of every conversion."""
+    out = torch.empty(x.shape[0], x.shape[2], x.shape[1], dtype=x.dtype)
+    for e in range(x.shape[0]):
+        out[e] = x[e].t()
+    return out
+
+
 def _packed(x: torch.Tensor | MXFP4Weight) -> MXFP4Weight:
     if isinstance(x, MXFP4Weight):
         return x
-    blocks, scales = quantize_mxfp4(x.float().numpy(), rule=PACK_RULE)
+    blocks, scales = quantize_mxfp4(x, rule=PACK_RULE)     # takes bf16/fp32 torch tensors as they are
     return MXFP4Weight(blocks, scales)
 
 
@@ -88,18 +97,18 @@ def odd_last(c, x):
 @rowwise
 def gate_from_hf(c, gate_up):
     """HF gate_up_proj [E, H, 2I] (x @ W, gate/up interleaved on the last dim) -> gate [E, I, H]."""
-    return gate_up[..., 0::2].transpose(1, 2).contiguous()
+    return _t12(gate_up[..., 0::2].contiguous())
 
 
 @rowwise
 def up_from_hf(c, gate_up):
-    return gate_up[..., 1::2].transpose(1, 2).contiguous()
+    return _t12(gate_up[..., 1::2].contiguous())
 
 
 @rowwise
 def down_from_hf(c, down):
     """HF down_proj [E, I, H] -> canonical [E, H, I]."""
-    return down.transpose(1, 2).contiguous()
+    return _t12(down)
 
 
 @rowwise
@@ -146,12 +155,15 @@ def interleave_last(c, gate, up):
 def hf_gate_up(c, gate, up):
     """gate, up [E, I, H] -> HF gate_up_proj [E, H, 2I] (interleaved on the last dim)."""
     gate, up = _float(gate), _float(up)
-    return _interleave(gate, up, dim=1).transpose(1, 2).contiguous()
+    out = torch.empty(gate.shape[0], gate.shape[2], 2 * gate.shape[1], dtype=gate.dtype)
+    for e in range(gate.shape[0]):      # per expert: see _t12
+        out[e] = _interleave(gate[e].t().contiguous(), up[e].t().contiguous(), dim=1)
+    return out
 
 
 @rowwise
 def hf_down(c, down):
-    return _float(down).transpose(1, 2).contiguous()
+    return _t12(_float(down))
 
 
 @rowwise
