@@ -95,12 +95,15 @@ class _Responder:
         self.streaming = streaming
         self.tokens: list[int] = []
         self.lock = threading.Lock()
-        self.steps = 0
+        self.next_check = time.monotonic() + 0.1
 
     def is_cancelled(self) -> bool:
-        # Asking the server costs a round trip; every few steps is soon enough.
-        self.steps += 1
-        return self.steps % 4 == 0 and self.sender.is_cancelled()
+        # Asking the server costs a round trip; a few times a second is soon enough.
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + 0.1
+        return self.sender.is_cancelled()
 
     def emit(self, tokens, reason, message):
         with self.lock:
