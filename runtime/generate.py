@@ -89,14 +89,15 @@ def generate_stream(model: ReferenceModel, prompts: Sequence[Sequence[int]],
     for i, p in enumerate(plist):
         if p.max_tokens == 0:
             res[i].finish_reason = "length"
-    next_pos = lens.clone()
+    next_pos = lens.clone().to(model.device)
     while any(running):
         tokens = sample(logits, plist, gens)
         logprobs = torch.log_softmax(logits, dim=-1) if any(p.logprobs for p in plist) else None
+        token_list = tokens.tolist()
         for i in range(B):
             if not running[i]:
                 continue
-            tok = int(tokens[i])
+            tok = token_list[i]
             r = res[i]
             r.output_ids.append(tok)
             lp = float(logprobs[i, tok]) if plist[i].logprobs else None
@@ -115,9 +116,10 @@ def generate_stream(model: ReferenceModel, prompts: Sequence[Sequence[int]],
             yield TokenEvent(i, tok, lp, r.finish_reason)
         if not any(running):
             break
-        step_pos = torch.where(torch.tensor(running), next_pos, torch.full_like(next_pos, -1))
-        logits = model.forward(tokens[:, None], step_pos[:, None], cache, logits="last")
-        next_pos += 1
+        # finished sequences get position -1: they write nothing more to the cache
+        step_pos = next_pos if all(running) else torch.where(torch.tensor(running, device=next_pos.device), next_pos, -1)
+        logits = model.forward(tokens.view(B, 1), step_pos.view(B, 1), cache, logits="last")
+        next_pos = next_pos + 1
 
 
 def generate(model: ReferenceModel, prompts: Sequence[Sequence[int]],

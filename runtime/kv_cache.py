@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from builder.network import Network
-from plugins.reference.attention import attention_mask
+from plugins.reference.attention import attention_mask, mask_bias
 
 
 @dataclass
@@ -31,6 +31,7 @@ class _Group:
     sink_tokens: int
     layers: list[int]
     pos: torch.Tensor           # [B, capacity] long, position held by each slot, -1 = empty
+    used: int = 1               # full layers: slots in use (highest position + 1 over the batch)
 
     @property
     def ring(self) -> bool:
@@ -44,9 +45,11 @@ class _Group:
 @dataclass
 class _GroupPlan:
     mask: torch.Tensor          # [B, T, S_attended] bool
-    write: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None   # (batch idx, token idx, slot idx)
+    write: tuple   # (batch idx, token idx or None for a one-token step of every sequence, slot idx)
     concat: bool                # attend over cat(old buffers, new) instead of the buffers
     used: int                   # slots to attend over (full layers: highest position + 1)
+    bias: torch.Tensor | None = None   # mask as an additive bias, made on first use
+    blocked: torch.Tensor | None = None  # ~mask, made on first use
 
 
 class ForwardPlan:
@@ -55,7 +58,23 @@ class ForwardPlan:
         self._plans = plans
 
     def mask(self, layer: int) -> torch.Tensor:
+        """visible bool [B, T, S] for this layer's keys."""
         return self._plans[self._cache.group_of[layer]].mask
+
+    def blocked(self, layer: int) -> torch.Tensor:
+        """~mask shaped [B, 1, 1, T, S], as sink_attention takes it."""
+        plan = self._plans[self._cache.group_of[layer]]
+        if plan.blocked is None:
+            B, T, S = plan.mask.shape
+            plan.blocked = plan.mask.logical_not().view(B, 1, 1, T, S)
+        return plan.blocked
+
+    def bias(self, layer: int) -> torch.Tensor:
+        """The same mask as an additive fp32 bias [B, 1, T, S] (plugins.reference.attention.mask_bias)."""
+        plan = self._plans[self._cache.group_of[layer]]
+        if plan.bias is None:
+            plan.bias = mask_bias(plan.mask)
+        return plan.bias
 
 
 class KVCache:
@@ -87,7 +106,7 @@ class KVCache:
             shape = (batch_size, a.num_kv_heads, slots, a.head_dim)
             self.k.append(torch.zeros(shape, dtype=dtype, device=self.device))
             self.v.append(torch.zeros(shape, dtype=dtype, device=self.device))
-        self._plan: ForwardPlan | None = None
+        self._plans: dict = {}
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def layer_slots(self, layer: int) -> int:
@@ -119,52 +138,67 @@ class KVCache:
         if B != self.batch_size:
             raise ValueError(f"positions has batch {B}, the cache was made for {self.batch_size}")
         valid = positions >= 0
+        # Decode with every sequence running: one token each, no nonzero() needed.
+        dense_step = T == 1 and bool(valid.all())
+        if dense_step:
+            b, t = torch.arange(B, device=positions.device), None
+            p_all = positions[:, 0]
         plans = {}
         for gi, g in enumerate(self.groups):
             if not g.ring:
-                needed = int(positions.max()) + 1 if valid.any() else 0
+                needed = int(positions.max()) + 1
                 if needed > g.capacity:
                     self._grow(g, needed)
-                b, t = valid.nonzero(as_tuple=True)
-                slots = positions[b, t]
+                if dense_step:
+                    slots = p_all
+                else:
+                    b, t = valid.nonzero(as_tuple=True)
+                    slots = positions[b, t]
                 g.pos[b, slots] = slots
-                used = max(int(g.pos.max()) + 1, 1)
-                mask = attention_mask(positions, g.pos[:, :used])
-                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=used)
+                g.used = max(g.used, needed)
+                mask = attention_mask(positions, g.pos[:, :g.used])
+                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=g.used)
                 continue
             S, W = g.sink_tokens, g.window
-            # Only the newest W tokens of this chunk (and sink tokens) survive in the ring.
-            last = positions.max(dim=1, keepdim=True).values
-            keep = valid & ((positions < S) | (positions > last - W))
-            b, t = keep.nonzero(as_tuple=True)
-            p = positions[b, t]
-            slots = torch.where(p < S, p, S + (p - S) % W)
+            if dense_step:
+                p = p_all
+                gb, gt = b, t
+            else:
+                # Only the newest W tokens of this chunk (and sink tokens) survive in the ring.
+                last = positions.max(dim=1, keepdim=True).values
+                keep = valid & ((positions < S) | (positions > last - W))
+                gb, gt = keep.nonzero(as_tuple=True)
+                p = positions[gb, gt]
+            slots = torch.where(p < S, p, S + (p - S) % W) if S else p % W
             if T == 1:
-                g.pos[b, slots] = p
+                g.pos[gb, slots] = p
                 mask = attention_mask(positions, g.pos, W, S)
-                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=g.capacity)
+                plans[gi] = _GroupPlan(mask, (gb, gt, slots), concat=False, used=g.capacity)
             else:
                 k_pos = torch.cat([g.pos, positions], dim=1)
                 mask = attention_mask(positions, k_pos, W, S)
-                g.pos[b, slots] = p
-                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=True, used=g.capacity)
-        self._plan = ForwardPlan(self, plans)
+                g.pos[gb, slots] = p
+                plans[gi] = _GroupPlan(mask, (gb, gt, slots), concat=True, used=g.capacity)
         self._plans = plans
-        return self._plan
+        return ForwardPlan(self, plans)
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
-        """k_new/v_new [B, Hkv, T, D] (roped) -> the keys/values to attend over, [B, Hkv, S, D]."""
+        """k_new/v_new [B, T, Hkv, D] (roped) -> the keys/values to attend over, [B, Hkv, S, D]."""
         plan = self._plans[self.group_of[layer]]
         b, t, slots = plan.write
         k_buf, v_buf = self.k[layer], self.v[layer]
+        k_rows = k_new[:, 0] if t is None else k_new[b, t]          # [M, Hkv, D]
+        v_rows = v_new[:, 0] if t is None else v_new[b, t]
         if plan.concat:
-            k_all = torch.cat([k_buf, k_new.to(k_buf.dtype)], dim=2)
-            v_all = torch.cat([v_buf, v_new.to(v_buf.dtype)], dim=2)
-            k_buf[b, :, slots] = k_new[b, :, t].to(k_buf.dtype)
-            v_buf[b, :, slots] = v_new[b, :, t].to(v_buf.dtype)
+            k_all = torch.cat([k_buf, k_new.transpose(1, 2).to(k_buf.dtype)], dim=2)
+            v_all = torch.cat([v_buf, v_new.transpose(1, 2).to(v_buf.dtype)], dim=2)
+            k_buf[b, :, slots] = k_rows
+            v_buf[b, :, slots] = v_rows
             return k_all, v_all
-        k_buf[b, :, slots] = k_new[b, :, t].to(k_buf.dtype)
-        v_buf[b, :, slots] = v_new[b, :, t].to(v_buf.dtype)
+        k_buf[b, :, slots] = k_rows                                 # index_put casts to the cache dtype
+        v_buf[b, :, slots] = v_rows
+        if plan.used == k_buf.shape[2]:
+            return k_buf, v_buf
         return k_buf[:, :, :plan.used], v_buf[:, :, :plan.used]
 
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from builder.network import Attention, DenseMLP, MoE, Network
-from plugins.reference.attention import sink_attention
+from plugins.reference.attention import sink_attention, sink_attention_fused
 from plugins.reference.linear import PreparedLinear, prepare_expert_weights, prepare_linear
 from plugins.reference.moe import dense_mlp, moe
 from plugins.reference.norm import rms_norm
-from plugins.reference.rope import apply_rope, rope_cos_sin, yarn_inv_freq
+from plugins.reference.rope import apply_rope_full, rope_cos_sin, rope_full_tables, yarn_inv_freq
 from runtime.kv_cache import KVCache
 
 
@@ -32,6 +33,11 @@ def _tensor(tensors: Mapping, name: str, shape: tuple[int, ...]):
     if tuple(value.shape) != tuple(shape):
         raise WeightError(f"tensor {name!r} has shape {tuple(value.shape)}, the network expects {tuple(shape)}")
     return value
+
+
+def _lin(p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+    # PreparedLinear.__call__ without the Python call when the format quantizes no activations.
+    return F.linear(x, p.weight, p.bias) if p.act_quant is None else p(x)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class ReferenceModel:
 
         self.embed = plain(net.embedding.weight, (net.vocab_size, H))
         self.rope_tables: dict[tuple, tuple[torch.Tensor, float]] = {}
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.layers = []
         for layer in net.layers:
             a = layer.attention
@@ -89,6 +96,7 @@ class ReferenceModel:
                 sinks = _tensor(tensors, a.sinks, (a.num_q_heads,)).to(self.device, torch.float32)
             attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, key)
             self.layers.append((norm(layer.attn_norm), attn, norm(layer.mlp_norm), self._mlp(layer.mlp, tensors)))
+        self.eps = [(layer.attn_norm.eps, layer.mlp_norm.eps) for layer in net.layers]
         self.final_norm = norm(net.final_norm)
         self.lm_head = linear(net.lm_head)
 
@@ -134,20 +142,22 @@ class ReferenceModel:
         logits: "all" -> float32 [B, T, V]; "last" -> float32 [B, V] at each sequence's last valid token;
         "none" -> the final hidden states [B, T, H].
         """
-        input_ids = input_ids.to(self.device)
-        positions = positions.to(self.device)
+        if input_ids.device != self.device:
+            input_ids, positions = input_ids.to(self.device), positions.to(self.device)
         B, T = input_ids.shape
         valid = positions >= 0
+        all_valid = bool(valid.all())
         plan = cache.begin(positions)
-        x = self.embed[input_ids.clamp(min=0)]                    # [B, T, H]
-        ropes = {key: rope_cos_sin(positions.clamp(min=0), inv, conc) for key, (inv, conc) in self.rope_tables.items()}
-        flat_valid = valid.reshape(-1)
-        all_valid = bool(flat_valid.all())
+        if not all_valid:
+            input_ids, positions = input_ids.clamp(min=0), positions.clamp(min=0)
+        x = F.embedding(input_ids, self.embed)                    # [B, T, H]
+        ropes = {key: self._rope(key, positions) for key in self.rope_tables}
+        flat_valid = None if all_valid else valid.reshape(-1)
         for i, (attn_norm, attn, mlp_norm, mlp) in enumerate(self.layers):
-            x = x + self._attention(rms_norm(x, attn_norm, self.network.layers[i].attn_norm.eps), attn,
-                                    ropes[attn.rope_key], cache, plan, i)
-            h = rms_norm(x, mlp_norm, self.network.layers[i].mlp_norm.eps).reshape(B * T, -1)
-            if all_valid:
+            x = x + self._attention(rms_norm(x, attn_norm, self.eps[i][0]), attn, ropes[attn.rope_key], cache,
+                                    plan, i)
+            h = rms_norm(x, mlp_norm, self.eps[i][1]).view(B * T, -1)
+            if flat_valid is None:
                 x = x + self._mlp_forward(h, mlp).view(B, T, -1)
             else:                                                  # padding tokens skip the MLP
                 delta = torch.zeros_like(h)
@@ -156,24 +166,49 @@ class ReferenceModel:
         if logits == "none":
             return x
         if logits == "last":
-            last = valid.sum(dim=1).clamp(min=1) - 1
-            x = x[torch.arange(B, device=self.device), last]       # [B, H]
+            if T == 1:
+                x = x[:, 0]
+            else:
+                last = valid.sum(dim=1).clamp(min=1) - 1
+                x = x[torch.arange(B, device=self.device), last]   # [B, H]
         x = rms_norm(x, self.final_norm, self.network.final_norm.eps)
-        return self.lm_head(x).float()
+        out = _lin(self.lm_head, x)
+        return out if out.dtype == torch.float32 else out.float()
+
+    def _rope(self, key, positions: torch.Tensor):
+        """Full-width (cos, sin) [B, T, 1, D] for these positions, from a per-position table grown on demand
+        (the same elementwise math as computing them from the positions directly)."""
+        table = self._rope_cache.get(key)
+        need = int(positions.max()) + 1
+        if table is None or table[0].shape[0] < need:
+            inv, conc = self.rope_tables[key]
+            size = max(need, 2 * (0 if table is None else table[0].shape[0]), 256)
+            cos, sin = rope_full_tables(*rope_cos_sin(torch.arange(size, device=self.device), inv, conc))
+            table = (cos.to(self.dtype), sin.to(self.dtype))
+            self._rope_cache[key] = table
+        return table[0][positions].unsqueeze(2), table[1][positions].unsqueeze(2)
+
+    # Decode against at most this many cached keys uses the explicit op (fewer kernel launches at small S);
+    # longer key sets and prefill use the fused kernel (no [T, S] score matrix per head in memory).
+    FUSED_MIN_KEYS = 128
 
     def _attention(self, h, w: _AttnWeights, rope, cache: KVCache, plan, layer: int):
         a = w.spec
         B, T, _ = h.shape
-        qkv = w.qkv(h)
+        qkv = _lin(w.qkv, h)                                      # merged q|k|v rows
         q_rows, kv_rows = a.num_q_heads * a.head_dim, a.num_kv_heads * a.head_dim
-        q = qkv[..., :q_rows].view(B, T, a.num_q_heads, a.head_dim).transpose(1, 2)
-        k = qkv[..., q_rows:q_rows + kv_rows].view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        v = qkv[..., q_rows + kv_rows:].view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        cos, sin = rope[0][:, None], rope[1][:, None]             # [B, 1, T, D/2]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # RoPE on q and k heads together ([B, T, Hq + Hkv, D]), v untouched.
+        qk = apply_rope_full(qkv[..., :q_rows + kv_rows].view(B, T, a.num_q_heads + a.num_kv_heads, a.head_dim),
+                             *rope)
+        q = qk[:, :, :a.num_q_heads].transpose(1, 2)              # [B, Hq, T, D]
+        k = qk[:, :, a.num_q_heads:]                              # [B, T, Hkv, D]
+        v = qkv[..., q_rows + kv_rows:].view(B, T, a.num_kv_heads, a.head_dim)
         k_all, v_all = cache.update(layer, k, v)
-        o = sink_attention(q, k_all, v_all, plan.mask(layer), w.sinks, a.sm_scale)
-        return w.out(o.transpose(1, 2).reshape(B, T, q_rows))
+        if T == 1 and k_all.shape[2] <= self.FUSED_MIN_KEYS:
+            o = sink_attention(q, k_all, v_all, None, w.sinks, a.sm_scale, blocked=plan.blocked(layer))
+        else:
+            o = sink_attention_fused(q, k_all, v_all, plan.bias(layer), w.sinks, a.sm_scale)
+        return _lin(w.out, o.transpose(1, 2).reshape(B, T, q_rows))
 
     def _mlp_forward(self, h, w: _MlpWeights):
         m = w.spec

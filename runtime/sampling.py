@@ -69,6 +69,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None]) -> torch.Tensor:
     """logits float32 [B, V] -> token ids [B] (long)."""
     out = logits.argmax(dim=-1)
+    if all(p.greedy for p in params):
+        return out
     for i, p in enumerate(params):
         if p.greedy:
             continue

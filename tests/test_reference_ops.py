@@ -195,8 +195,8 @@ def test_moe_matches_transformers_module(n_tokens):
         ref = mlp(x)[0][0]
     args = (x[0], p["rw"], p["rb"], torch.cat([p["wg"], p["wu"]], 1), torch.cat([p["bg"], p["bu"]], 1), p["wd"],
             p["bd"], K, 1.702, 7.0)
-    for threshold in (0, 10 ** 6):                      # per-expert token gather, and per-token weight gather
-        out = moe(*args, gather_threshold=threshold)
+    for gather_bytes in (0, 1 << 30):                   # every schedule: weight gather, expert loops
+        out = moe(*args, gather_bytes=gather_bytes)
         assert _rel(out, ref) < 1e-5
 
 
@@ -243,3 +243,33 @@ def test_quant_mismatch_and_missing_formats_fail_clearly():
     for fmt in ("nvfp4", "fp8", "w4a8-mxfp4-mxfp8"):
         with pytest.raises(UnsupportedQuantError, match=f"cannot execute quant format '{fmt}'"):
             prepare_linear(w, None, fmt, "w", torch.float32)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,T,S", [(1, 4, 2, 1, 30), (2, 6, 1, 1, 30), (2, 4, 2, 7, 30), (1, 4, 4, 5, 5)])
+def test_fused_attention_equals_the_explicit_op(B, Hq, Hkv, T, S):
+    """sink_attention_fused (flash kernel + log-sum-exp, sink as sigmoid(lse - sink)) is the same op."""
+    from plugins.reference.attention import mask_bias, sink_attention_fused
+    g = torch.Generator().manual_seed(B * 100 + T)
+    q, k, v = (torch.randn(B, Hq, T, 16, generator=g), torch.randn(B, Hkv, S, 16, generator=g),
+               torch.randn(B, Hkv, S, 16, generator=g))
+    sinks = torch.randn(Hq, generator=g)
+    q_pos = torch.arange(S - T, S).repeat(B, 1)
+    k_pos = torch.arange(S).repeat(B, 1)
+    k_pos[0, 3] = -1                                      # an empty slot
+    if B > 1:
+        q_pos[1, -1] = -1                                 # a padding query: sees nothing
+    visible = attention_mask(q_pos, k_pos, 8)
+    for s in (sinks, None):
+        ref = sink_attention(q, k, v, visible, s, 0.3)
+        out = sink_attention_fused(q, k, v, mask_bias(visible), s, 0.3)
+        seen = visible.any(-1)                            # rows that see at least one key
+        assert torch.isfinite(out).all()
+        assert (out - ref).abs().amax(dim=(1, 3))[seen].max() < 1e-5
+
+
+def test_full_width_rope_equals_half_split():
+    from plugins.reference.rope import apply_rope_full, rope_full_tables
+    inv, conc = yarn_inv_freq(16, 150000.0, 16.0, 256)
+    cos, sin = rope_cos_sin(torch.arange(50), inv, conc)
+    x = torch.randn(3, 50, 16)
+    torch.testing.assert_close(apply_rope_full(x, *rope_full_tables(cos, sin)), apply_rope(x, cos, sin))

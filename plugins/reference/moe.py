@@ -5,8 +5,8 @@ Facts (transformers GptOssTopKRouter / GptOssExperts, OpenAI gpt_oss/torch/model
 - SwiGLU with clamps: gate clamped above at `limit` (no lower clamp), up clamped to [-limit, limit],
   glu = gate * sigmoid(alpha * gate), out = (up + 1) * glu (the "+1" is a bias on the linear half);
 - every expert's projections have biases; the output is the routing-weighted sum of the k experts' outputs.
-Only the selected experts run: tokens are gathered per expert (or, for a handful of tokens, the k selected
-experts' weights are gathered per token), never all E experts for every token.
+Only the selected experts run: tokens are gathered per expert (or, for one token, its k experts run one by
+one or, when small, as one batched matmul over their gathered weights), never all E experts for every token.
 
 Weight layout here: w_gate_up [E, 2I, H] with gate rows [0, I) and up rows [I, 2I) (concatenated, unlike HF's
 interleaved gate_up_proj), b_gate_up [E, 2I], w_down [E, H, I], b_down [E, H] (nn.Linear's [out, in]).
@@ -22,7 +22,8 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top_
     """x [N, H] -> (routing weights [N, k] summing to 1, expert indices [N, k])."""
     logits = F.linear(x, weight, bias)
     top_vals, top_idx = torch.topk(logits, top_k, dim=-1, sorted=True)   # top-k of the logits ...
-    return torch.softmax(top_vals.float(), dim=-1).to(x.dtype), top_idx  # ... then softmax over the k
+    weights = torch.softmax(top_vals, dim=-1, dtype=torch.float32)     # ... then softmax over the k
+    return (weights if x.dtype == torch.float32 else weights.to(x.dtype)), top_idx
 
 
 def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float = 1.702,
@@ -30,33 +31,43 @@ def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float = 1.702,
     if limit is not None:
         gate = gate.clamp(max=limit)             # above only
         up = up.clamp(min=-limit, max=limit)     # both sides
-    return (up + 1) * (gate * torch.sigmoid(alpha * gate))
+    glu = gate * torch.sigmoid(gate * alpha)
+    return torch.addcmul(glu, glu, up)           # (up + 1) * glu: the "+1" is a bias on the linear half
 
 
 def moe(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor | None,
         w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor,
         b_down: torch.Tensor | None, top_k: int, alpha: float = 1.702, limit: float | None = 7.0,
-        gather_threshold: int | None = None) -> torch.Tensor:
-    """x [N, H] -> [N, H]. `gather_threshold`: at most this many (token, expert) pairs use the per-token
-    weight-gather path (default: the number of experts); more use the per-expert token-gather loop."""
+        gather_bytes: int = 1 << 20) -> torch.Tensor:
+    """x [N, H] -> [N, H]. Three schedules, the same math (each runs only the selected experts):
+    - one token whose k experts' weights total <= gather_bytes: gather those weights, two batched matmuls;
+    - one token otherwise: a loop over its k experts, no weight copies;
+    - several tokens: a loop over the hit experts, each on the tokens routed to it."""
     N, H = x.shape
     E, two_i, _ = w_gate_up.shape
     inter = two_i // 2
     weights, idx = route(x, router_weight, router_bias, top_k)
-    pairs = N * top_k
-    if pairs <= (E if gather_threshold is None else gather_threshold):
-        # Few tokens (decode): gather the k chosen experts' weights per token, one batched matmul each.
-        flat = idx.reshape(-1)
-        xs = x.repeat_interleave(top_k, dim=0)                               # [N*k, H]
-        h = torch.bmm(w_gate_up[flat], xs[:, :, None])[:, :, 0]              # [N*k, 2I]
-        if b_gate_up is not None:
-            h = h + b_gate_up[flat]
-        a = clamped_swiglu(h[:, :inter], h[:, inter:], alpha, limit)
-        o = torch.bmm(w_down[flat], a[:, :, None])[:, :, 0]                  # [N*k, H]
-        if b_down is not None:
-            o = o + b_down[flat]
-        return (o.view(N, top_k, H) * weights[:, :, None]).sum(dim=1)
-    # Many tokens (prefill): sort (token, slot) pairs by expert and run each hit expert once on its tokens.
+    if N == 1:
+        per_expert = (w_gate_up[0].numel() + w_down[0].numel()) * w_gate_up.element_size()
+        if top_k * per_expert <= gather_bytes:
+            # Small experts: copy the k chosen experts' weights (index_select) and run them as one mat-vec.
+            e = idx[0]
+            h = torch.mv(w_gate_up.index_select(0, e).view(top_k * two_i, H), x[0]).view(top_k, two_i)
+            if b_gate_up is not None:
+                h = h + b_gate_up.index_select(0, e)
+            a = clamped_swiglu(h[:, :inter], h[:, inter:], alpha, limit) * weights.view(top_k, 1)  # [k, I]
+            out = (w_down.index_select(0, e) * a.unsqueeze(1)).sum(dim=(0, 2))                  # sum_e W2_e a_e
+            if b_down is not None:
+                out = torch.addmm(out.unsqueeze(0), weights, b_down.index_select(0, e))       # + sum_e w_e b_e
+            return out.view(1, H)
+        out = None
+        for j, e in enumerate(idx[0].tolist()):
+            h = F.linear(x, w_gate_up[e], None if b_gate_up is None else b_gate_up[e])
+            a = clamped_swiglu(h[:, :inter], h[:, inter:], alpha, limit)
+            o = F.linear(a, w_down[e], None if b_down is None else b_down[e]) * weights[:, j:j + 1]
+            out = o if out is None else out + o
+        return out
+    # Several tokens (prefill, batched decode): sort (token, slot) pairs by expert, run each hit expert once.
     out = torch.zeros_like(x)
     flat_e = idx.reshape(-1)
     order = torch.argsort(flat_e, stable=True)

@@ -6,6 +6,8 @@ import torch
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    t = x.float()
-    t = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)
-    return (t * scale.float()).to(x.dtype)     # scale applied in fp32, before the cast (HF: "main diff with Llama")
+    """x [..., H] any float dtype, scale [H] -> x's dtype. x * rsqrt(mean(x^2) + eps) * scale, all in fp32,
+    the scale applied before the cast back (HF GptOssRMSNorm: "main diff with Llama")."""
+    if x.dtype == torch.float32 and scale.dtype == torch.float32:
+        return torch.rms_norm(x, (x.shape[-1],), scale, eps)
+    return torch.rms_norm(x.float(), (x.shape[-1],), scale.float(), eps).to(x.dtype)

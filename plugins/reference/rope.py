@@ -48,5 +48,16 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, concentration:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [..., T, D] with cos/sin broadcastable to [..., T, D/2]. Half-split rotation: (x1, x2) halves."""
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rope_full_tables(cos: torch.Tensor, sin: torch.Tensor):
+    """Half tables [..., D/2] -> full-width (cos|cos, -sin|sin) [..., D] for apply_rope_full."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def apply_rope_full(x: torch.Tensor, cos_full: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """apply_rope in three ops: x * (cos|cos) + (x2|x1) * (-sin|sin), (x2|x1) being x rolled by D/2."""
+    return torch.addcmul(x * cos_full, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
