@@ -102,3 +102,11 @@ def test_plain_rope_4x(tmp_path):
 def test_dense_models_have_no_checkpoint_format():
     with pytest.raises(CheckpointError, match="dense MLP"):
         expand("hf", get_model("20b-dense"))
+
+
+def test_mxfp4_formats_need_multiples_of_32():
+    odd = get_model("tiny").with_overrides(intermediate_size=48)
+    assert expand("hf", odd).shapes["model.layers.0.mlp.experts.down_proj"][1] == (8, 48, 64)
+    for fmt in ("hf-mxfp4", "openai"):
+        with pytest.raises(CheckpointError, match="intermediate_size=48 is not a multiple of 32"):
+            expand(fmt, odd)

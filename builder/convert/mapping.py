@@ -55,9 +55,9 @@ def expand(fmt: str, config: ModelConfig) -> Expanded:
         raise CheckpointError(f"model {config.name!r} has a dense MLP; the HF and OpenAI gpt-oss formats only "
                               f"hold MoE models; fix: convert a gpt-oss MoE checkpoint")
     for dim, what in ((config.hidden_size, "hidden_size"), (config.intermediate_size, "intermediate_size")):
-        if dim % 32:
-            raise CheckpointError(f"{what}={dim} is not a multiple of 32, which MXFP4 experts need; fix: check the "
-                                  f"config")
+        if dim % 32 and fmt != "hf":
+            raise CheckpointError(f"{what}={dim} is not a multiple of 32, which {fmt}'s MXFP4 experts need; "
+                                  f"fix: convert to --to hf (bf16 experts) instead")
     table = FORMATS[fmt]
     shapes = {_fill(p, layer): (kind, tuple(shape(config)))
               for p, (kind, shape), layer in _layer_major(table.shapes, config)}
