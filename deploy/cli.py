@@ -152,6 +152,8 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for a whole answer")
     p.add_argument("--retries", type=int, default=3, help="attempts on UNAVAILABLE before giving up")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--wait-ready", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to SECONDS for the server and model to be ready (e.g. right after serve-engine &)")
 
 
 def _sampling(args) -> dict:
@@ -196,6 +198,8 @@ def client_main(argv: list[str] | None = None) -> int:
 
     client = LLMClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries)
     try:
+        if args.wait_ready > 0:
+            client.wait_ready(args.wait_ready)
         if args.cmd == "generate":
             _answer(client, args, args.prompt, raw=args.raw)
             return 0
