@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from builder.network import Attention, DenseMLP, MoE, Network
 from plugins.reference.attention import sink_attention, sink_attention_fused
-from plugins.reference.linear import PreparedLinear, prepare_expert_weights, prepare_linear
+from plugins.reference.linear import (PreparedLinear, activation_quantizer, prepare_expert_weights,
+                                      prepare_linear)
 from plugins.reference.moe import dense_mlp, moe
 from plugins.reference.norm import rms_norm
 from plugins.reference.rope import apply_rope_full, rope_cos_sin, rope_full_tables, yarn_inv_freq
@@ -57,6 +58,23 @@ class _MlpWeights:
     b_gate_up: torch.Tensor | None
     w_down: torch.Tensor
     b_down: torch.Tensor | None
+    act_in: object = None         # activation fake-quant of the gate/up GEMM input (W4A4 / W8A8 formats)
+    act_mid: object = None        # ... of the down GEMM input
+
+
+# Calibrated activation scales travel as `<module>.input_scale` (ModelOpt's export name): a scalar, or one per
+# expert (the fused MoE GEMM then uses their max, as TensorRT-LLM does). builder.canonical has no such names
+# yet; the runtime reads them when a tensor dict provides them.
+INPUT_SCALE = ".input_scale"
+
+
+def _input_scale(tensors: Mapping, *specs):
+    scales = []
+    for spec in specs:
+        name = spec.weight.removesuffix(".weight") + INPUT_SCALE
+        if name in tensors:
+            scales.append(float(torch.as_tensor(tensors[name]).float().max()))
+    return max(scales) if scales else None
 
 
 class ReferenceModel:
@@ -73,7 +91,8 @@ class ReferenceModel:
         def linear(spec, in_f=None, out_f=None):
             w = _tensor(tensors, spec.weight, (spec.out_features, spec.in_features))
             b = None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,))
-            return prepare_linear(w, b, spec.quant, spec.weight, dtype, self.device)
+            return prepare_linear(w, b, spec.quant, spec.weight, dtype, self.device,
+                                  input_scale=_input_scale(tensors, spec))
 
         def norm(spec):
             return _tensor(tensors, spec.weight, (spec.size,)).to(self.device, torch.float32)
@@ -118,17 +137,19 @@ class ReferenceModel:
             cat_dim = 1
         else:
             def one(spec):
-                lin = prepare_linear(_tensor(tensors, spec.weight, (spec.out_features, spec.in_features)),
-                                     None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,)),
-                                     spec.quant, spec.weight, dt, dev)
-                return lin.weight, lin.bias
+                w = prepare_expert_weights(_tensor(tensors, spec.weight, (spec.out_features, spec.in_features)),
+                                           spec.quant, spec.weight, dt, dev)
+                b = None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,)).to(dev, dt)
+                return w, b
             (wg, bg), (wu, bu), (wd, bd) = one(m.gate), one(m.up), one(m.down)
             router = None
             cat_dim = 0
         # gate and up side by side (not interleaved): one GEMM for both.
         w_gate_up = torch.cat([wg, wu], dim=cat_dim).contiguous()
         b_gate_up = None if bg is None or bu is None else torch.cat([bg, bu], dim=-1).contiguous()
-        return _MlpWeights(m, router, w_gate_up, b_gate_up, wd, bd)
+        act_in = activation_quantizer(m.gate.quant, _input_scale(tensors, m.gate, m.up), m.gate.weight)
+        act_mid = activation_quantizer(m.down.quant, _input_scale(tensors, m.down), m.down.weight)
+        return _MlpWeights(m, router, w_gate_up, b_gate_up, wd, bd, act_in, act_mid)
 
     # ------------------------------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, capacity: int = 256) -> KVCache:
@@ -214,5 +235,6 @@ class ReferenceModel:
         m = w.spec
         if isinstance(m, MoE):
             return moe(h, w.router.weight, w.router.bias, w.w_gate_up, w.b_gate_up, w.w_down, w.b_down,
-                       m.top_k, m.swiglu_alpha, m.swiglu_limit)
-        return dense_mlp(h, w.w_gate_up, w.b_gate_up, w.w_down, w.b_down, m.swiglu_alpha, m.swiglu_limit)
+                       m.top_k, m.swiglu_alpha, m.swiglu_limit, act_quant_in=w.act_in, act_quant_mid=w.act_mid)
+        return dense_mlp(h, w.w_gate_up, w.b_gate_up, w.w_down, w.b_down, m.swiglu_alpha, m.swiglu_limit,
+                         act_quant_in=w.act_in, act_quant_mid=w.act_mid)

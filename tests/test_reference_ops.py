@@ -240,9 +240,58 @@ def test_quant_mismatch_and_missing_formats_fail_clearly():
         prepare_linear(MXFP4Weight(blocks, scales), None, "bf16", "layers.0.moe.gate.weight", torch.float32)
     with pytest.raises(ValueError, match="declares this module 'mxfp4' but the checkpoint holds an unquantized"):
         prepare_linear(w, None, "mxfp4", "layers.0.moe.gate.weight", torch.float32)
-    for fmt in ("nvfp4", "fp8", "w4a8-mxfp4-mxfp8"):
-        with pytest.raises(UnsupportedQuantError, match=f"cannot execute quant format '{fmt}'"):
-            prepare_linear(w, None, fmt, "w", torch.float32)
+    with pytest.raises(ValueError, match="declares this module 'nvfp4' but the checkpoint holds Tensor"):
+        prepare_linear(w, None, "nvfp4", "w", torch.float32, input_scale=0.01)
+    from builder.quant.nvfp4 import quantize_nvfp4
+    with pytest.raises(UnsupportedQuantError, match="needs the calibrated input_scale"):
+        prepare_linear(quantize_nvfp4(w.numpy()), None, "nvfp4", "w", torch.float32)
+    with pytest.raises(UnsupportedQuantError, match="cannot execute quant format 'w4a8-mxfp4-mxfp8'"):
+        prepare_linear(w, None, "w4a8-mxfp4-mxfp8", "w", torch.float32)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
+def test_activation_quantized_linears(fmt):
+    """W4A4 / W8A8: weights dequantized from builder.quant's packed form, activations fake-quantized with the
+    calibrated input scale before the GEMM; close to, but not equal to, the float GEMM."""
+    from builder.quant import fp8, nvfp4
+    g = torch.Generator().manual_seed(0)
+    w, x, b = torch.randn(32, 64, generator=g) * 0.1, torch.randn(5, 64, generator=g) * 2, torch.randn(32, generator=g)
+    if fmt == "nvfp4":
+        packed = nvfp4.quantize_nvfp4(w.numpy())
+        input_scale = float(x.abs().max()) / (6 * 448)
+        xq = torch.from_numpy(nvfp4.fake_quantize_nvfp4_activations(x.numpy(), input_scale))
+    else:
+        packed = fp8.quantize_fp8(w.numpy())
+        input_scale = float(x.abs().max()) / 448
+        xq = torch.from_numpy(fp8.dequantize_fp8(*fp8.quantize_fp8_per_tensor(x.numpy(), input_scale)))
+    lin = prepare_linear(packed, b, fmt, "w", torch.float32, input_scale=input_scale)
+    wq = torch.from_numpy(packed.dequantize())
+    torch.testing.assert_close(lin(x), xq @ wq.T + b)
+    exact = x @ w.T + b
+    err = _rel(lin(x), exact)
+    assert 1e-4 < err < (0.2 if fmt == "nvfp4" else 0.05), err
+    assert not torch.equal(xq, x)
+
+
+def test_moe_activation_quant_hooks_quantize_each_gemm_input():
+    """With activation fake-quant, the gate/up GEMM sees q_in(x) and the down GEMM q_mid(swiglu), per expert."""
+    E, H, I, K = 8, 32, 24, 4
+    p = _experts(E, H, I, seed=2)
+    x = torch.randn(6, H)
+    q_in = lambda t: torch.round(t * 4) / 4                   # noqa: E731  any visible quantizer will do
+    q_mid = lambda t: torch.round(t * 2) / 2                  # noqa: E731
+    out = moe(x, p["rw"], p["rb"], torch.cat([p["wg"], p["wu"]], 1), torch.cat([p["bg"], p["bu"]], 1), p["wd"],
+              p["bd"], K, 1.702, 7.0, act_quant_in=q_in, act_quant_mid=q_mid)
+    expect = torch.zeros_like(x)
+    for n in range(6):
+        logits = x[n] @ p["rw"].T + p["rb"]                    # the router sees the unquantized input
+        top = logits.topk(K)
+        for wgt, e in zip(torch.softmax(top.values, 0), top.indices):
+            gate = q_in(x[n]) @ p["wg"][e].T + p["bg"][e]
+            up = q_in(x[n]) @ p["wu"][e].T + p["bu"][e]
+            a = clamped_swiglu(gate, up, 1.702, 7.0)
+            expect[n] += wgt * (q_mid(a) @ p["wd"][e].T + p["bd"][e])
+    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("B,Hq,Hkv,T,S", [(1, 4, 2, 1, 30), (2, 6, 1, 1, 30), (2, 4, 2, 7, 30), (1, 4, 4, 5, 5)])

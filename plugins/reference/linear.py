@@ -2,18 +2,21 @@
 
 An engine GEMM in format F reads weights stored in F and (for W4A4/W8A8 formats) quantizes its activations on
 the fly. The reference emulates that with dequantized weights (exact: every F value is representable in fp32)
-and, where the format quantizes activations, a fake-quantize of x before a float matmul.
+and, where the format quantizes activations, a fake-quantize of x (quantize, then dequantize) before a float
+matmul. The numerics are builder.quant's (bit-exact with ModelOpt / TensorRT-LLM's recipes, see there).
 
-Implemented formats (builder.registry.quant_formats names):
-- "bf16":  the unquantized path. The weight is used as the checkpoint holds it (cast to the runtime dtype).
-- "mxfp4": W4A16. The weight arrives packed (builder.canonical.MXFP4Weight) and is dequantized once;
-           activations are not quantized.
-Not implemented yet, each refused with a clear error (the extension point is QUANT_IMPLS below):
-- "nvfp4" (W4A4): needs the packed weight with its e4m3 per-16 scales and fp32 global scale, and the
-  calibrated activation `input_scale`; activations are fake-quantized to NVFP4 with that global scale and
-  dynamic per-16 e4m3 block scales. Waits on builder/quant/nvfp4.py and canonical names for those scales.
-- "fp8" (W8A8): waits on builder/quant/fp8.py and canonical names for weight/input scales.
-- "w4a8-mxfp4-mxfp8": MXFP4 weights (done) with MXFP8 activation fake-quant (not written).
+Formats (builder.registry.quant_formats names) and the canonical value each module's weight must be:
+- "bf16":  the unquantized path: a torch.Tensor, used as the checkpoint holds it (cast to the runtime dtype).
+- "mxfp4": W4A16: builder.canonical.MXFP4Weight, dequantized once; activations not quantized.
+- "nvfp4": W4A4: builder.quant.nvfp4.NVFP4Tensor (weight, e4m3 per-16 scales, fp32 global scale) plus the
+           calibrated activation `input_scale` (amax / (6 * 448)); activations are fake-quantized to NVFP4
+           with that global scale and dynamic per-16 e4m3 block scales
+           (builder.quant.nvfp4.fake_quantize_nvfp4_activations, TensorRT-LLM's cvt_warp_fp16_to_fp4).
+- "fp8":   W8A8: builder.quant.fp8.FP8Tensor plus a static per-tensor activation `input_scale`.
+- "w4a8-mxfp4-mxfp8": not written (MXFP8 activation fake-quant); refused with an error.
+Activation fake-quant runs through numpy on the CPU. Canonical checkpoints carry no NVFP4/FP8 values or
+input scales yet (builder.canonical has MXFP4Weight only), so the runtime can execute "nvfp4"/"fp8" networks
+only when handed such values directly; QUANT_IMPLS is the extension point.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ class UnsupportedQuantError(NotImplementedError):
 
 @dataclass
 class QuantImpl:
-    # canonical value (torch.Tensor | MXFP4Weight) -> float weight; raises ValueError on a mismatched value
+    # canonical value (torch.Tensor | MXFP4Weight | ...) -> float weight; ValueError on a mismatched value
     dequantize_weight: Callable[[object, str], torch.Tensor]
-    # activation fake-quant applied before the GEMM, or None (W*A16 formats)
-    quantize_activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # (x, input_scale) -> fake-quantized x, applied before the GEMM; None for W*A16 formats
+    quantize_activation: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
 
 def _plain_weight(value, name: str) -> torch.Tensor:
@@ -57,16 +60,44 @@ def _mxfp4_weight(value, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
 
 
+def _nvfp4_weight(value, name: str) -> torch.Tensor:
+    from builder.quant.nvfp4 import NVFP4Tensor
+    if not isinstance(value, NVFP4Tensor):
+        raise ValueError(f"{name}: the network declares this module 'nvfp4' but the checkpoint holds "
+                         f"{type(value).__name__}; expected builder.quant.nvfp4.NVFP4Tensor")
+    return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
+
+
+def _fp8_weight(value, name: str) -> torch.Tensor:
+    from builder.quant.fp8 import FP8Tensor
+    if not isinstance(value, FP8Tensor):
+        raise ValueError(f"{name}: the network declares this module 'fp8' but the checkpoint holds "
+                         f"{type(value).__name__}; expected builder.quant.fp8.FP8Tensor")
+    return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
+
+
+def nvfp4_fake_quant(x: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """W4A4 activations: NVFP4 with the calibrated global scale, dynamic per-16 e4m3 block scales."""
+    from builder.quant.nvfp4 import fake_quantize_nvfp4_activations
+    q = fake_quantize_nvfp4_activations(x.detach().float().cpu().numpy(), input_scale)
+    return torch.from_numpy(q).to(device=x.device, dtype=x.dtype)
+
+
+def fp8_fake_quant(x: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """W8A8 activations: e4m3 with a static per-tensor scale, saturating at 448 * scale."""
+    from builder.quant.fp8 import dequantize_fp8, quantize_fp8_per_tensor
+    data, s = quantize_fp8_per_tensor(x.detach().float().cpu().numpy(), input_scale)
+    return torch.from_numpy(dequantize_fp8(data, s)).to(device=x.device, dtype=x.dtype)
+
+
 QUANT_IMPLS: dict[str, QuantImpl] = {
     "bf16": QuantImpl(_plain_weight),
     "mxfp4": QuantImpl(_mxfp4_weight),
+    "nvfp4": QuantImpl(_nvfp4_weight, nvfp4_fake_quant),
+    "fp8": QuantImpl(_fp8_weight, fp8_fake_quant),
 }
 
 _MISSING = {
-    "nvfp4": "NVFP4 W4A4 needs builder/quant/nvfp4.py (weight dequant, activation fake-quant with a calibrated "
-             "global scale and dynamic per-16 e4m3 block scales) and canonical names for weight_scale, "
-             "weight_scale_2 and input_scale",
-    "fp8": "FP8 W8A8 needs builder/quant/fp8.py and canonical names for its weight and input scales",
     "w4a8-mxfp4-mxfp8": "MXFP4 weights with MXFP8 activations: the MXFP8 activation fake-quant is not written",
 }
 
@@ -84,14 +115,30 @@ def dequantize(value, quant: str, name: str, dtype: torch.dtype, device=None) ->
     return quant_impl(quant).dequantize_weight(value, name).to(device=device, dtype=dtype).contiguous()
 
 
+def activation_quantizer(quant: str, input_scale, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """x -> fake-quantized x for a format that quantizes activations (None for W*A16 formats)."""
+    impl = quant_impl(quant)
+    if impl.quantize_activation is None:
+        return None
+    if input_scale is None:
+        raise UnsupportedQuantError(f"{name}: format {quant!r} quantizes activations and needs the calibrated "
+                                    f"input_scale, which the checkpoint does not provide")
+    scale = float(input_scale)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{name}: input_scale must be a finite positive number, got {scale}")
+    fq = impl.quantize_activation
+    return lambda x: fq(x, scale)
+
+
 class PreparedLinear:
     """One linear, weights dequantized once: __call__(x) = act_q(x) @ W.T + b."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, quant: str = "bf16"):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, quant: str = "bf16",
+                 act_quant: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.weight = weight
         self.bias = bias
         self.quant = quant
-        self.act_quant = quant_impl(quant).quantize_activation
+        self.act_quant = act_quant
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_quant is not None:
@@ -99,15 +146,13 @@ class PreparedLinear:
         return F.linear(x, self.weight, self.bias)
 
 
-def prepare_linear(weight, bias, quant: str, name: str, dtype: torch.dtype, device=None) -> PreparedLinear:
+def prepare_linear(weight, bias, quant: str, name: str, dtype: torch.dtype, device=None,
+                   input_scale=None) -> PreparedLinear:
     w = dequantize(weight, quant, name, dtype, device)
     b = None if bias is None else _plain_weight(bias, name + " bias").to(device=device, dtype=dtype)
-    return PreparedLinear(w, b, quant)
+    return PreparedLinear(w, b, quant, activation_quantizer(quant, input_scale, name))
 
 
 def prepare_expert_weights(weight, quant: str, name: str, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """Experts' [E, out, in] weight, dequantized. W4A4 expert activations are not supported yet (see above)."""
-    impl = quant_impl(quant)
-    if impl.quantize_activation is not None:
-        raise UnsupportedQuantError(f"{name}: activation-quantized experts ({quant!r}) are not implemented")
+    """Experts' [E, out, in] weight, dequantized (their activation quantizer: activation_quantizer)."""
     return dequantize(weight, quant, name, dtype, device)

@@ -38,15 +38,20 @@ def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float = 1.702,
 def moe(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor | None,
         w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor,
         b_down: torch.Tensor | None, top_k: int, alpha: float = 1.702, limit: float | None = 7.0,
-        gather_bytes: int = 1 << 20) -> torch.Tensor:
+        gather_bytes: int = 1 << 20, act_quant_in=None, act_quant_mid=None) -> torch.Tensor:
     """x [N, H] -> [N, H]. Three schedules, the same math (each runs only the selected experts):
     - one token whose k experts' weights total <= gather_bytes: gather those weights, two batched matmuls;
     - one token otherwise: a loop over its k experts, no weight copies;
-    - several tokens: a loop over the hit experts, each on the tokens routed to it."""
+    - several tokens: a loop over the hit experts, each on the tokens routed to it.
+    act_quant_in / act_quant_mid: the experts' activation fake-quant (W4A4, W8A8 formats) applied to the
+    gate/up GEMM input and to the down GEMM input; the router always sees the unquantized x."""
     N, H = x.shape
     E, two_i, _ = w_gate_up.shape
     inter = two_i // 2
     weights, idx = route(x, router_weight, router_bias, top_k)
+    if act_quant_in is not None or act_quant_mid is not None:
+        return _moe_quantized(x, weights, idx, w_gate_up, b_gate_up, w_down, b_down, alpha, limit,
+                              act_quant_in, act_quant_mid)
     if N == 1:
         per_expert = (w_gate_up[0].numel() + w_down[0].numel()) * w_gate_up.element_size()
         if top_k * per_expert <= gather_bytes:
@@ -87,9 +92,28 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor 
     return out
 
 
+def _moe_quantized(x, weights, idx, w_gate_up, b_gate_up, w_down, b_down, alpha, limit, q_in, q_mid):
+    """The expert loop with activation fake-quant: each GEMM input quantized as the engine's kernel does
+    (the input once for all experts, the SwiGLU output per token and expert; routing weights after)."""
+    inter = w_gate_up.shape[1] // 2
+    xq = x if q_in is None else q_in(x)
+    out = torch.zeros_like(x)
+    for e in idx.unique().tolist():
+        tok, slot = (idx == e).nonzero(as_tuple=True)
+        h = F.linear(xq[tok], w_gate_up[e], None if b_gate_up is None else b_gate_up[e])
+        a = clamped_swiglu(h[:, :inter], h[:, inter:], alpha, limit)
+        if q_mid is not None:
+            a = q_mid(a)
+        o = F.linear(a, w_down[e], None if b_down is None else b_down[e])
+        out.index_add_(0, tok, o * weights[tok, slot, None])
+    return out
+
+
 def dense_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor,
-              b_down: torch.Tensor | None, alpha: float = 1.702, limit: float | None = 7.0) -> torch.Tensor:
+              b_down: torch.Tensor | None, alpha: float = 1.702, limit: float | None = 7.0,
+              act_quant_in=None, act_quant_mid=None) -> torch.Tensor:
     """The dense variant (20b-dense): one clamped-SwiGLU MLP, same layout as one expert."""
     inter = w_gate_up.shape[0] // 2
-    h = F.linear(x, w_gate_up, b_gate_up)
-    return F.linear(clamped_swiglu(h[..., :inter], h[..., inter:], alpha, limit), w_down, b_down)
+    h = F.linear(x if act_quant_in is None else act_quant_in(x), w_gate_up, b_gate_up)
+    a = clamped_swiglu(h[..., :inter], h[..., inter:], alpha, limit)
+    return F.linear(a if act_quant_mid is None else act_quant_mid(a), w_down, b_down)
