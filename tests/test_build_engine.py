@@ -48,7 +48,7 @@ def h100_engine(tmp_path_factory, cache_dir):
 
 def test_cpu_engine_directory_and_manifest(cpu_engine):
     names = {p.name for p in cpu_engine.iterdir()}
-    assert {"config.json", "model.safetensors", "network.json", "tokenizer.json", "engine.json"} <= names
+    assert {"config.json", "model.safetensors", "network.json", "tokenizer.json", "engine.json", "triton"} <= names
     assert not any(n.startswith(".") for n in names)
     m = json.loads((cpu_engine / "engine.json").read_text())
     assert (m["model"], m["gpu"], m["quant"], m["tp"], m["ep"]) == ("tiny", "cpu", "bf16", 1, 1)
@@ -57,6 +57,13 @@ def test_cpu_engine_directory_and_manifest(cpu_engine):
     assert m["tools"]["torch"] and m["plan"]["verdict"] == "runnable" and m["build_seconds"] > 0
     [smoke] = m["validated_on"]
     assert smoke["runtime"] == "reference" and smoke["ok"] and len(smoke["output_ids"]) == 16
+
+
+def test_engine_carries_a_filled_triton_repository(cpu_engine):
+    from model_repo.generate import leftover_placeholders
+    repo = cpu_engine / "triton"
+    assert (repo / "tensorrt_llm_bls" / "config.pbtxt").is_file() and leftover_placeholders(repo) == []
+    assert '"engine_dir"' in (repo / "tensorrt_llm" / "config.pbtxt").read_text()
 
 
 def test_run_engine_generates_from_the_built_engine(cpu_engine):

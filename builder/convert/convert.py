@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from builder.convert.load import CanonicalCheckpoint, load_canonical
 from builder.convert.mapping import Expanded, expand
 from builder.convert.quirks import DEQUANT_DTYPE, is_rowwise
 from builder.convert.tables import TARGETS
+from builder.fsutil import install_dir, staging_dir
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 # Files next to the weights that belong to the model (tokenizer, chat template, generation defaults)
@@ -107,24 +107,6 @@ def _progress(total: int, enabled: bool, desc: str):
                 disable=not enabled, dynamic_ncols=True)
 
 
-def _install(tmp: Path, dst: Path) -> None:
-    """Move the finished tmp folder to dst; an existing dst is swapped out first and restored on failure."""
-    if not (dst.exists() or dst.is_symlink()):
-        os.rename(tmp, dst)
-        return
-    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
-
-
 def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = True,
                        max_shard_bytes: int = DEFAULT_SHARD_BYTES, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Path:
     """Convert checkpoint folder `src` into `dst` in format `to` ("hf", "hf-mxfp4" or "openai").
@@ -147,8 +129,7 @@ def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = 
         if free < total:
             raise CheckpointError(f"{dst.parent}: {free / 2**30:.1f} GiB free, the {to} checkpoint needs "
                                   f"{total / 2**30:.1f} GiB; fix: free space or choose another DST")
-        tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp = staging_dir(dst)
         writer = None
         try:
             writer = ShardedWriter(tmp, specs, max_shard_bytes)
@@ -159,7 +140,7 @@ def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = 
             writer.close()
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             _copy_aux(src, tmp)
-            _install(tmp, dst)
+            install_dir(tmp, dst)
         except BaseException:
             if writer is not None:
                 writer.abort()

@@ -29,6 +29,9 @@ from builder.registry.models import get_model
 from builder.registry.quant_formats import get_quant
 from builder.registry.serving import SERVING_BY_ARCH
 
+# Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
+# engines cached by an older builder are rebuilt rather than served stale.
+ENGINE_LAYOUT_VERSION = 2
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 
@@ -106,6 +109,7 @@ def build(req: BuildRequest) -> Path:
         "model": model.name, "gpu_sm": gpu.sm, "gpu": gpu.name, "quant": quant.name, "tp": p.tp, "ep": p.ep,
         "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size, "llm_api_options": options,
         "calib_file": source_hashes_of_file(req.calib_file), "tools": tool_versions(),
+        "engine_layout": ENGINE_LAYOUT_VERSION,
     }
     key = cache_key(inputs)
     out = Path(req.output) if req.output else default_output(p)
@@ -137,7 +141,7 @@ def build(req: BuildRequest) -> Path:
                 + yaml.safe_dump(options, sort_keys=False))
         _say("[5/6] validate")
         validated = validate_after_build(engine, gpu, installed_at=out)
-        _say("[6/6] manifest and install")
+        _say("[6/6] manifest, Triton model repository, install")
         manifest.write(engine, {
             "schema_version": manifest.SCHEMA_VERSION, "cache_key": key, "model": model.name, "gpu": gpu.name,
             "sm": gpu.sm, "quant": quant.name, "trtllm_quant_algo": quant.trtllm_quant_algo,
@@ -146,13 +150,19 @@ def build(req: BuildRequest) -> Path:
             "tools": inputs["tools"], "plan": p.to_dict(), "network_plugins": list(network.plugins),
             "build_seconds": round(time.perf_counter() - t0, 3), "validated_on": validated,
         })
-        staged = engine
-        install_dir(staged, out)
+        write_triton_repo(engine)
+        install_dir(engine, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def write_triton_repo(engine: Path) -> None:
+    """The Triton model repository that serves this engine, as engine/triton (it reads engine.json)."""
+    from model_repo.generate import write_model_repo
+    write_model_repo(engine)
 
 
 def source_hashes_of_file(path: str | None) -> str | None:
