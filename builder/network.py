@@ -44,7 +44,7 @@ PLUGIN_SLIDING_WINDOW = "sliding_window"          # banded causal mask + ring-bu
 PLUGIN_SINK_TOKENS = "streaming_sink_tokens"      # StreamingLLM: first S tokens stay visible to SWA layers
 PLUGIN_MOE_BF16 = "moe_bf16"                      # biased router, top-k then softmax over k, clamped SwiGLU
 PLUGINS = (PLUGIN_SINK_ATTENTION, PLUGIN_SLIDING_WINDOW, PLUGIN_SINK_TOKENS, PLUGIN_MOE_BF16,
-           "moe_mxfp4_w4a16", "moe_w4a8_mxfp4_mxfp8", "gemm_fp8", "gemm_nvfp4")
+           "moe_mxfp4_w4a16", "moe_w4a8_mxfp4_mxfp8", "gemm_fp8", "gemm_nvfp4", "moe_nvfp4_w4a16")
 
 # Quant formats are the registry's (builder.registry.quant_formats): its names, what each covers
 # (experts only, or every linear) and the kernels each needs. "bf16" is the unquantized path.
@@ -622,9 +622,13 @@ __all__ = ["SCHEMA_VERSION", "NetworkError", "Network", "Layer", "Attention", "M
 def network_from_checkpoint(checkpoint, quant: str | Mapping[str, str] | None = None, **kw) -> Network:
     """Derive the network of an opened checkpoint (builder.convert.load_canonical(...)).
 
-    quant=None reads the format off the checkpoint: packed MXFP4 experts -> "mxfp4", otherwise "bf16".
+    quant=None reads the format off the checkpoint: the registry format a quantized checkpoint declares
+    (`checkpoint.quant`, set by load_canonical for ModelOpt-style NVFP4/FP8 checkpoints), else packed MXFP4
+    experts -> "mxfp4", otherwise "bf16".
     """
     config: ModelConfig = checkpoint.config
+    if quant is None and getattr(checkpoint, "quant", None) not in (None, "bf16", "mxfp4"):
+        quant = checkpoint.quant
     if quant is None:
         quant = "bf16"
         if config.is_moe:

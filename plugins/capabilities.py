@@ -19,6 +19,7 @@ KERNELS = {
     "gemm_nvfp4": "NVFP4 W4A4 GEMM on FP4 tensor cores",
     "moe_mxfp4_w4a16": "MoE with MXFP4 weights and bf16 activations",
     "moe_w4a8_mxfp4_mxfp8": "MoE with MXFP4 weights and MXFP8 activations",
+    "moe_nvfp4_w4a16": "MoE with NVFP4 weights and bf16 activations (weight-only NVFP4)",
     "gemm_fp8": "FP8 e4m3 GEMM",
     "moe_bf16": "MoE with bf16 weights",
 }

@@ -52,6 +52,12 @@ QUANT_FORMATS: dict[str, QuantFormat] = {q.name: q for q in [
     # bf16 in NVFP4 checkpoints (modeling_gpt_oss.py overrides exclude_modules).
     QuantFormat("nvfp4", "NVFP4 W4A4 experts: e2m1 weights and activations, e4m3 scale per 16, fp32 global scale",
                 4, 16, 8, EXPERTS, "nvfp4", "fp4", ("gemm_nvfp4",), "NVFP4", "hf-nvfp4"),
+    # What `convert-checkpoint --to hf-nvfp4` writes without calibration data (ModelOpt's W4A16_NVFP4):
+    # the same experts-only checkpoint layout with no activation scales. The reference runtime runs it;
+    # TensorRT-LLM's gpt-oss loader reads NVFP4 W4A4 only, so no GPU kernel is listed for it.
+    QuantFormat("w4a16-nvfp4", "NVFP4 expert weights with bf16 activations (weight-only, ModelOpt W4A16_NVFP4)",
+                4, 16, 8, EXPERTS, "bf16", "bf16", ("moe_nvfp4_w4a16",), "W4A16_NVFP4", "hf-nvfp4",
+                trtllm_loads_gpt_oss=False),
 ]}
 
 # `--quant auto`: one lookup by architecture, never a chain of GPU names.

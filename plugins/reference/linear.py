@@ -94,6 +94,7 @@ QUANT_IMPLS: dict[str, QuantImpl] = {
     "bf16": QuantImpl(_plain_weight),
     "mxfp4": QuantImpl(_mxfp4_weight),
     "nvfp4": QuantImpl(_nvfp4_weight, nvfp4_fake_quant),
+    "w4a16-nvfp4": QuantImpl(_nvfp4_weight),          # weight-only NVFP4: activations stay bf16
     "fp8": QuantImpl(_fp8_weight, fp8_fake_quant),
 }
 
