@@ -5,6 +5,8 @@
         for chunk in c.stream("Tell me a story", max_tokens=64, reasoning_effort="low"):
             print(chunk.text, end="", flush=True)
         r = c.generate("Tell me a story", max_tokens=64)      # r.text, r.analysis, r.finish_reason, r.num_output_tokens
+        r = c.generate("Once upon", 8, raw=True, return_log_probs=True, return_context_logits=True)
+        # r.output_ids (generated ids), r.output_log_probs (their logprobs), r.context_logits (float32 [prompt, vocab])
 
 Every call goes through the gRPC stream API (the models are decoupled, and TensorRT-LLM clients do the same):
 stream=False asks for one final response. Errors:
@@ -62,6 +64,9 @@ class Chunk:
     finish_reason: str | None = None
     num_input_tokens: int | None = None
     num_output_tokens: int | None = None
+    output_ids: list | None = None             # generated token ids of this chunk
+    output_log_probs: list | None = None       # their logprobs (return_log_probs)
+    context_logits: np.ndarray | None = None   # float32 [prompt_len, vocab] (return_context_logits; first chunk)
 
 
 @dataclass
@@ -75,6 +80,9 @@ class Result:
     time_to_first_chunk_s: float | None = None
     total_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    output_ids: list | None = None
+    output_log_probs: list | None = None
+    context_logits: np.ndarray | None = None
 
 
 def classify(message: str, status: str | None = None) -> ClientError:
@@ -101,7 +109,8 @@ def build_inputs(prompt: str | bytes, max_tokens: int, *, stream: bool, temperat
                  top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
                  stop_words: Sequence[str] | None = None, end_id: int | None = None,
                  reasoning_effort: str | None = None, system_prompt: str | None = None,
-                 history: Sequence[dict] | None = None, raw: bool = False, extra: dict | None = None):
+                 history: Sequence[dict] | None = None, raw: bool = False, return_log_probs: bool = False,
+                 return_context_logits: bool = False, extra: dict | None = None):
     """tritonclient InferInputs with TensorRT-LLM's tensor names, batch dim 1. `extra`: {name: numpy array}."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import np_to_triton_dtype
@@ -131,6 +140,10 @@ def build_inputs(prompt: str | bytes, max_tokens: int, *, stream: bool, temperat
         arrays["chat_history"] = _bytes_array([json.dumps(list(history))])
     if raw:
         arrays["raw_prompt"] = np.array([[True]], dtype=np.bool_)
+    if return_log_probs:
+        arrays["return_log_probs"] = np.array([[True]], dtype=np.bool_)
+    if return_context_logits:
+        arrays["return_context_logits"] = np.array([[True]], dtype=np.bool_)
     arrays.update(extra or {})
     inputs = []
     for name, arr in arrays.items():
@@ -139,6 +152,13 @@ def build_inputs(prompt: str | bytes, max_tokens: int, *, stream: bool, temperat
         i.set_data_from_numpy(arr)
         inputs.append(i)
     return inputs
+
+
+def _array(result, name):
+    try:
+        return result.as_numpy(name)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _first(result, name):
@@ -249,6 +269,13 @@ class LLMClient:
                               finish_reason=_first(result, "finish_reason"),
                               num_input_tokens=_first(result, "num_input_tokens"),
                               num_output_tokens=_first(result, "num_output_tokens"))
+                ids, lps, ctx = (_array(result, n) for n in ("output_ids", "output_log_probs", "context_logits"))
+                if ids is not None:
+                    chunk.output_ids = [int(x) for x in ids.reshape(-1)]
+                if lps is not None:
+                    chunk.output_log_probs = [float(x) for x in lps.reshape(-1)]
+                if ctx is not None:
+                    chunk.context_logits = ctx.reshape(ctx.shape[-2], ctx.shape[-1]).astype(np.float32, copy=False)
                 if is_final:
                     finished = True
                 if resp.outputs or is_final:
@@ -281,6 +308,12 @@ class LLMClient:
                 v = getattr(chunk, name)
                 if v is not None:
                     setattr(res, name, v)
+            for name in ("output_ids", "output_log_probs"):
+                v = getattr(chunk, name)
+                if v is not None:
+                    setattr(res, name, (getattr(res, name) or []) + v)
+            if chunk.context_logits is not None:
+                res.context_logits = chunk.context_logits
             if on_chunk is not None:
                 on_chunk(chunk)
         res.text, res.analysis = "".join(texts), "".join(analyses)

@@ -93,6 +93,10 @@ class TrtllmBackend:
                   stop_token_ids=stop_ids or None)
         if req.stop.sequences:
             self.log(f"request {req.request_id}: multi-token stop words are checked after generation on this path")
+        if req.return_log_probs:
+            kw["logprobs"] = 1              # upstream: top-k logprobs per token; the sampled token's is included
+        if req.return_context_logits:
+            kw["return_context_logits"] = True
         params = SamplingParams(**{k: v for k, v in kw.items() if v is not None})
         sent = 0
         try:
@@ -101,6 +105,13 @@ class TrtllmBackend:
             async for out in stream:
                 ids = list(out.outputs[0].token_ids)
                 new, sent = ids[sent:], len(ids)
+                if req.return_context_logits and req.context_logits is None:
+                    ctx = getattr(out, "context_logits", None)
+                    if ctx is not None:
+                        req.context_logits = _to_numpy(ctx)
+                if req.return_log_probs:
+                    req.log_probs.extend(_sampled_logprobs(getattr(out.outputs[0], "logprobs", None), ids,
+                                                           len(req.log_probs), len(ids)))
                 if req.is_cancelled is not None and req.is_cancelled():
                     stream.abort()
                     req.emit(new, "cancelled", None)
@@ -126,6 +137,26 @@ class TrtllmBackend:
             self.llm.shutdown()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _to_numpy(t):
+    import numpy as np
+    if hasattr(t, "detach"):
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def _sampled_logprobs(logprobs, ids: list, start: int, end: int) -> list:
+    """Logprobs of ids[start:end] from an LLM-API completion's `logprobs`: per token either a float or a dict
+    {token_id: Logprob(logprob=...)} (upstream's TokenLogprobs); NaN where the entry is missing. UNVALIDATED."""
+    out = []
+    for i in range(start, end):
+        entry = logprobs[i] if logprobs is not None and i < len(logprobs) else None
+        if isinstance(entry, dict):
+            entry = entry.get(ids[i])
+            entry = getattr(entry, "logprob", entry)
+        out.append(float("nan") if entry is None else float(entry))
+    return out
 
 
 def _read_json(path: Path) -> dict:

@@ -25,6 +25,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from model_repo.requests import MAX_CONTEXT_LOGITS_BYTES
 from model_repo.tokenizer import choose_tokenizer
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls", "ensemble")
@@ -78,7 +79,8 @@ def _pbtxt_string(value) -> str:
 
 def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_batch_size: int | None = None,
                 max_seq_len: int | None = None, tokenizer: str | None = None,
-                default_reasoning_effort: str = "medium", instances: int = 1, cpu_threads: int = 1) -> dict:
+                default_reasoning_effort: str = "medium", instances: int = 1, cpu_threads: int = 1,
+                max_context_logits_bytes: int | None = None) -> dict:
     engine_dir = engine_dir.resolve()
     manifest = read_manifest(engine_dir) if max_seq_len is None or (engine_dir / "engine.json").is_file() else {}
     seq = max_seq_len or manifest.get("max_seq_len")
@@ -117,6 +119,7 @@ def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_ba
         "postprocessing_instance_count": int(instances),
         "bls_instance_count": 1,
         "cpu_threads": int(cpu_threads),
+        "max_context_logits_bytes": int(max_context_logits_bytes or MAX_CONTEXT_LOGITS_BYTES),
     }
 
 
@@ -186,12 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-threads", type=int, default=1,
                    help="torch threads of the reference runtime (0: torch's default, all cores); 1 suits small "
                         "models and shared machines")
+    p.add_argument("--max-context-logits-mib", type=int,
+                   help=f"largest context_logits answer (prompt x vocab float32) the server returns, MiB "
+                        f"(default {MAX_CONTEXT_LOGITS_BYTES // 2**20})")
     args = p.parse_args(argv)
     try:
         out = write_model_repo(args.engine_dir, args.output, backend=args.backend, max_batch_size=args.max_batch_size,
                                max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
                                default_reasoning_effort=args.reasoning_effort, instances=args.instances,
-                               cpu_threads=args.cpu_threads)
+                               cpu_threads=args.cpu_threads,
+                               max_context_logits_bytes=args.max_context_logits_mib and args.max_context_logits_mib * 2**20)
     except (ModelRepoError, OSError) as e:
         print(f"write-model-repo: error: {e}", file=sys.stderr)
         return 2

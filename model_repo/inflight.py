@@ -17,6 +17,7 @@ falls back to prefilling new requests inside the batch cache (correct, but a pre
 
     b = InflightBatcher(runtime, max_batch_size=16); b.start()
     b.submit(GenRequest("id", prompt_ids, max_tokens, ..., emit=emit))   # emit(new_ids, finish_reason, error)
+    GenRequest(..., return_log_probs=True, return_context_logits=True)  # req.log_probs, req.context_logits filled
     b.cancel("id"); b.stop()
 """
 
@@ -51,6 +52,13 @@ class GenRequest:
     emit: Emit | None = None
     is_cancelled: Callable[[], bool] | None = None
     arrival: float = field(default_factory=time.monotonic)
+    # Upstream's return_log_probs / return_context_logits. The batcher fills these before the emit call that
+    # carries the tokens concerned: `log_probs` gains the logprob (raw distribution, before temperature) of each
+    # generated token; `context_logits` is the float32 [len(prompt), vocab] logits of the prompt, set at prefill.
+    return_log_probs: bool = False
+    return_context_logits: bool = False
+    log_probs: list = field(default_factory=list)
+    context_logits: object = None
 
 
 @dataclass
@@ -256,12 +264,32 @@ class InflightBatcher:
             ids[k, :len(p)] = torch.tensor(p, dtype=torch.long)
             pos[k, :len(p)] = torch.arange(len(p))
         small = self.model.new_cache(len(rows), capacity=T)
-        logits = self.model.forward(ids, pos, small, logits="last")
+        want_all = any(self._slots[i].req.return_context_logits for i in rows)
+        logits = self.model.forward(ids, pos, small, logits="all" if want_all else "last")
+        if want_all:
+            logits = self._keep_context_logits(logits, rows, [len(p) for p in prompts])
         for k, i in enumerate(rows):
             copy_cache_row(self._cache, i, small, k)
         tokens = self._sample(logits, [self._slots[i].params for i in rows], [self._slots[i].generator for i in rows])
+        lps = self._log_probs(logits, tokens, rows)
         for k, i in enumerate(rows):
-            self._advance(i, int(tokens[k]))
+            self._advance(i, int(tokens[k]), lps[k])
+
+    def _keep_context_logits(self, logits, rows: list, lens: list):
+        """logits [B, T, V] of a prefill -> each requesting row's prompt logits kept; -> the last-token logits."""
+        for k, i in enumerate(rows):
+            req = self._slots[i].req
+            if req.return_context_logits:
+                req.context_logits = logits[k, :lens[k]].float().cpu().numpy().copy()
+        return logits[torch.arange(len(rows)), torch.tensor(lens) - 1]
+
+    def _log_probs(self, logits, tokens, rows: list) -> list:
+        """Per row: the logprob of its sampled token under the raw distribution if its request asked, else None."""
+        if not any(self._slots[i].req.return_log_probs for i in rows):
+            return [None] * len(rows)
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        picked = lp[torch.arange(len(rows)), tokens.to(lp.device).long()].tolist()
+        return [picked[k] if self._slots[i].req.return_log_probs else None for k, i in enumerate(rows)]
 
     def _batch_step(self, live: list) -> None:
         """One forward over the batch cache: a decode token for prefilled rows, the prompt for any others."""
@@ -278,18 +306,32 @@ class InflightBatcher:
                 n = len(s.req.prompt)
                 ids[i, :n] = torch.tensor(s.req.prompt, dtype=torch.long)
                 pos[i, :n] = torch.arange(n)
-        logits = self.model.forward(ids, pos, self._cache, logits="last")
+        want_all = any(not self._slots[i].prefilled and self._slots[i].req.return_context_logits for i in live)
+        logits = self.model.forward(ids, pos, self._cache, logits="all" if want_all else "last")
         rows = torch.tensor(live)
-        tokens = self._sample(logits[rows], [self._slots[i].params for i in live],
+        if want_all:
+            lens = [1 if self._slots[i].prefilled else len(self._slots[i].req.prompt) for i in live]
+            full = logits[rows]
+            for k, i in enumerate(live):
+                req = self._slots[i].req
+                if not self._slots[i].prefilled and req.return_context_logits:
+                    req.context_logits = full[k, :lens[k]].float().cpu().numpy().copy()
+            picked = full[torch.arange(len(live)), torch.tensor(lens) - 1]
+        else:
+            picked = logits[rows]
+        tokens = self._sample(picked, [self._slots[i].params for i in live],
                               [self._slots[i].generator for i in live])
+        lps = self._log_probs(picked, tokens, live)
         self.steps += 1
         self.max_active = max(self.max_active, len(live))
         for k, i in enumerate(live):
-            self._advance(i, int(tokens[k]))
+            self._advance(i, int(tokens[k]), lps[k])
 
-    def _advance(self, i: int, tok: int) -> None:
+    def _advance(self, i: int, tok: int, logprob: float | None = None) -> None:
         """Row i produced `tok`: record it, then stream it or finish the request."""
         s = self._slots[i]
+        if s.req.return_log_probs:
+            s.req.log_probs.append(float("nan") if logprob is None else logprob)
         s.next_pos = s.next_pos + 1 if s.prefilled else len(s.req.prompt)
         s.prefilled = True
         s.last_token = tok

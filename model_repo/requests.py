@@ -137,6 +137,20 @@ def output_length(max_tokens, prompt_len: int, max_seq_len: int) -> int:
     return n
 
 
+# return_context_logits sends float32 [prompt_len, vocab]: refuse prompts whose logits would exceed this many bytes
+# (gpt-oss's 201088-token vocabulary: about 330 prompt tokens per 256 MiB).
+MAX_CONTEXT_LOGITS_BYTES = 256 * 2**20
+
+
+def check_context_logits_size(prompt_len: int, vocab_size: int, max_bytes: int = MAX_CONTEXT_LOGITS_BYTES) -> None:
+    need = 4 * prompt_len * vocab_size
+    if need > max_bytes:
+        raise RequestError(f"return_context_logits: the prompt is {prompt_len} tokens, and its logits "
+                           f"({prompt_len} x {vocab_size} float32 = {need / 2**20:.0f} MiB) exceed the "
+                           f"{max_bytes / 2**20:.0f} MiB this server returns; send at most "
+                           f"{max_bytes // (4 * vocab_size)} prompt tokens per request")
+
+
 def token_ids(arr, name: str, vocab_size: int) -> list[int]:
     a = _flat(arr, name)
     if a.size == 0:

@@ -25,13 +25,15 @@ from deploy.testing import make_tiny_engine
 from model_repo.generate import leftover_placeholders, write_model_repo
 
 MAX_SEQ_LEN = 512
+CONTEXT_LOGITS_TOKENS = 32
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton")
     engine = make_tiny_engine(root / "engine", max_seq_len=MAX_SEQ_LEN, max_batch_size=16)
-    repo = write_model_repo(engine)
+    # context_logits answers capped at CONTEXT_LOGITS_TOKENS prompt tokens (1024-token vocabulary, float32)
+    repo = write_model_repo(engine, max_context_logits_bytes=CONTEXT_LOGITS_TOKENS * 1024 * 4)
     assert leftover_placeholders(repo) == []
     srv = TritonServer(repo, log_file=root / "server.log")
     srv.start(timeout_s=240)
@@ -96,6 +98,33 @@ def test_16_concurrent_streams_each_equal_the_request_alone(server):
         assert a.num_output_tokens == b.num_output_tokens == 12
     # In-flight batching: the 16 together take clearly less than one after another.
     assert t_together < t_alone, (t_together, t_alone)
+
+
+@pytest.mark.parametrize("model", ["tensorrt_llm_bls", "ensemble"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_log_probs_and_context_logits_are_the_runtimes(server, model, stream):
+    # Upstream's return_log_probs -> output_log_probs and return_context_logits -> context_logits, on the raw-prompt
+    # path: what an engine-regression suite reads from a served engine.
+    from runtime import Runtime, SamplingParams
+    rt = Runtime.from_dir(server.engine)
+    text = "Once upon a time"
+    ids = rt.encode(text)
+    [ref] = rt.generate([ids], SamplingParams(max_tokens=6, logprobs=True))
+    r = LLMClient(server.grpc_url, model=model).generate(text, 6, raw=True, stream=stream, return_log_probs=True,
+                                                         return_context_logits=True)
+    assert r.output_ids == ref.output_ids
+    np.testing.assert_allclose(r.output_log_probs, ref.logprobs, atol=1e-4)
+    assert r.context_logits.shape == (len(ids), 1024)
+    np.testing.assert_allclose(r.context_logits, rt.prompt_logits(ids).numpy(), atol=1e-4)
+    plain = LLMClient(server.grpc_url, model=model).generate(text, 6, raw=True, stream=stream)
+    assert plain.output_ids == ref.output_ids and plain.output_log_probs is None and plain.context_logits is None
+
+
+def test_context_logits_of_a_too_long_prompt_are_refused(client):
+    long_text = "many words " * CONTEXT_LOGITS_TOKENS
+    with pytest.raises(InvalidRequestError, match="return_context_logits"):
+        client.generate(long_text, 2, raw=True, return_context_logits=True)
+    assert client.generate(long_text, 2, raw=True).num_output_tokens == 2
 
 
 def test_seeded_sampling_is_reproducible(client):

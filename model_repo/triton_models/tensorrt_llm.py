@@ -1,8 +1,11 @@
 """tensorrt_llm: a decoupled Python-backend model that runs the engine with in-flight batching.
 
 Tensor names follow TensorRT-LLM's `tensorrt_llm` model (input_ids, input_lengths, request_output_len, end_id,
-stop_words_list, temperature, runtime_top_k, runtime_top_p, seed, streaming, stop -> output_ids,
-sequence_length). execute() only queues requests; a scheduler thread (model_repo.inflight) admits them into the
+stop_words_list, temperature, runtime_top_k, runtime_top_p, seed, streaming, stop, return_log_probs,
+return_context_logits -> output_ids, sequence_length, output_log_probs, context_logits). output_log_probs
+[1, 1, n] holds the logprob of each generated token of the response (raw distribution, before temperature);
+context_logits [1, prompt_len, vocab] the prompt's logits, in the first response (a prompt whose logits exceed
+requests.MAX_CONTEXT_LOGITS_BYTES is refused). execute() only queues requests; a scheduler thread (model_repo.inflight) admits them into the
 running batch between decode steps and sends responses as tokens come: with streaming=true one response per step
 holding the new token(s), else one response holding all of them. A request with `stop`=true cancels the running
 request with the same request id (what the BLS model sends when its client goes away); a client that cancels or
@@ -35,6 +38,7 @@ class TritonPythonModel:
                                     max_seq_len=self.max_seq_len, options_file=p.get("llm_api_options_file") or None,
                                     cpu_threads=int(p.get("cpu_threads") or 0), log=log_warn)
         self.vocab_size = self.backend.vocab_size
+        self.max_context_logits_bytes = int(p.get("max_context_logits_bytes") or rq.MAX_CONTEXT_LOGITS_BYTES)
         self.default_stop_ids = tuple(int(x) for x in p.get("default_stop_ids", "").split(",") if x.strip()) \
             or self.backend.default_stop_ids
         log_info(f"tensorrt_llm: {self.backend.name} backend, engine {self.engine_dir}, in-flight batch "
@@ -78,10 +82,16 @@ class TritonPythonModel:
         end_id = None if end_val is None or int(end_val) < 0 else rq.end_id(end, self.vocab_size)
         stop = rq.StopCriteria.build(self.default_stop_ids, end_id, rq.unpack_stop_words(get(request, "stop_words_list")))
         streaming = rq.boolean(get(request, "streaming"), "streaming")
+        want_lp = rq.boolean(get(request, "return_log_probs"), "return_log_probs")
+        want_ctx = rq.boolean(get(request, "return_context_logits"), "return_context_logits")
+        if want_ctx:
+            rq.check_context_logits_size(len(ids), self.vocab_size, self.max_context_logits_bytes)
         rid = request.request_id() or f"anon-{id(request)}"
         out = _Responder(sender, streaming)
-        self.backend.submit(GenRequest(rid, ids, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, stop,
-                                       emit=out.emit, is_cancelled=out.is_cancelled))
+        out.req = GenRequest(rid, ids, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, stop,
+                             emit=out.emit, is_cancelled=out.is_cancelled, return_log_probs=want_lp,
+                             return_context_logits=want_ctx)
+        self.backend.submit(out.req)
 
     def finalize(self):
         self.backend.shutdown()
@@ -93,7 +103,10 @@ class _Responder:
     def __init__(self, sender, streaming: bool):
         self.sender = sender
         self.streaming = streaming
+        self.req = None                # the GenRequest: its log_probs / context_logits (when asked for)
         self.tokens: list[int] = []
+        self.sent_log_probs = 0
+        self.sent_context = False
         self.lock = threading.Lock()
         self.next_check = time.monotonic() + 0.1
 
@@ -127,6 +140,17 @@ class _Responder:
         ids = np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1)
         out = [pb_utils.Tensor("output_ids", ids),
                pb_utils.Tensor("sequence_length", np.asarray([[ids.shape[-1]]], dtype=np.int32))]
+        req = self.req
+        if req is not None and req.return_log_probs:
+            # The batcher appended these tokens' logprobs before emitting them; a response covers the next len(tokens).
+            n = len(tokens) if self.streaming else len(req.log_probs)
+            start = self.sent_log_probs if self.streaming else 0
+            lp = np.asarray(req.log_probs[start:start + n], dtype=np.float32).reshape(1, 1, -1)
+            self.sent_log_probs = start + n
+            out.append(pb_utils.Tensor("output_log_probs", lp))
+        if req is not None and req.return_context_logits and not self.sent_context and req.context_logits is not None:
+            out.append(pb_utils.Tensor("context_logits", np.ascontiguousarray(req.context_logits, dtype=np.float32)[None]))
+            self.sent_context = True
         if reason:
             out.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)))
         return pb_utils.InferenceResponse(output_tensors=out)

@@ -3,6 +3,10 @@
 Inputs and outputs carry the names TensorRT-LLM's ensemble / BLS models use (text_input, max_tokens, stream,
 temperature, top_p, top_k, seed, stop_words, end_id, ... -> text_output, num_input_tokens, num_output_tokens), plus
 Harmony extras: reasoning_effort, system_prompt, chat_history (JSON), raw_prompt -> analysis_output, finish_reason.
+Upstream's return_log_probs -> output_log_probs [1, 1, n] and return_context_logits -> context_logits
+[1, prompt_len, vocab] are passed through from `tensorrt_llm` (with raw_prompt the prompt is the text's tokens, so
+these are what an engine-regression suite needs); output_ids [1, 1, n] (the generated token ids, as the
+`tensorrt_llm` model names them) comes with every response that carries tokens.
 
 Per request (each in its own thread, so requests overlap and the tensorrt_llm model batches them in flight):
 validate the sampling inputs, call `preprocessing` (render + tokenize + validate), call `tensorrt_llm` with
@@ -71,6 +75,8 @@ class TritonPythonModel:
         s = rq.sampling(get(request, "temperature"), get(request, "top_p"), get(request, "top_k"), get(request, "seed"))
         rq.beam_width(get(request, "beam_width"))
         raw = rq.boolean(get(request, "raw_prompt"), "raw_prompt")
+        want_lp = rq.boolean(get(request, "return_log_probs"), "return_log_probs")
+        want_ctx = rq.boolean(get(request, "return_context_logits"), "return_context_logits")
 
         # 1. preprocessing
         pre_in = []
@@ -98,13 +104,20 @@ class TritonPythonModel:
                   pb_utils.Tensor("streaming", np.array([[True]], dtype=np.bool_))]
         if s.seed is not None:
             llm_in.append(pb_utils.Tensor("seed", np.array([[s.seed]], dtype=np.uint64)))
+        wanted = ["output_ids", "finish_reason"]
+        if want_lp:
+            llm_in.append(pb_utils.Tensor("return_log_probs", np.array([[True]], dtype=np.bool_)))
+            wanted.append("output_log_probs")
+        if want_ctx:
+            llm_in.append(pb_utils.Tensor("return_context_logits", np.array([[True]], dtype=np.bool_)))
+            wanted.append("context_logits")
         rid = f"bls-{uuid.uuid4().hex}"
         responses = pb_utils.InferenceRequest(model_name=self.llm_model, inputs=llm_in, request_id=rid,
-                                              requested_output_names=["output_ids", "finish_reason"]
-                                              ).exec(decoupled=True)
+                                              requested_output_names=wanted).exec(decoupled=True)
 
         decoder = HarmonyStreamDecoder(self.tokenizer, raw=raw)
         final_text, analysis_text = [], []
+        all_ids, all_lps, context = [], [], None
         n_out, reason, cancelled, done = 0, None, False, False
         next_check = time.monotonic() + CANCEL_CHECK_S
         for resp in responses:
@@ -120,6 +133,12 @@ class TritonPythonModel:
             if "finish_reason" in outs:
                 r = outs["finish_reason"].reshape(-1)[0]
                 reason = r.decode() if isinstance(r, bytes) else str(r)
+            lps = [float(x) for x in outs["output_log_probs"].reshape(-1)] if "output_log_probs" in outs else []
+            ctx = outs.get("context_logits")
+            if ctx is not None:
+                context = ctx.reshape(ctx.shape[-2], ctx.shape[-1])
+            all_ids += tokens
+            all_lps += lps
             n_out += len(tokens)
             d = decoder.feed(tokens)
             if reason is not None:
@@ -135,7 +154,8 @@ class TritonPythonModel:
                     continue
             if stream:
                 if tokens or reason is not None:
-                    ok = _send(sender, self._response(d.final, d.analysis, n_in, n_out, reason),
+                    extra = _Extra(tokens, lps if want_lp else None, context if ctx is not None else None)
+                    ok = _send(sender, self._response(d.final, d.analysis, n_in, n_out, reason, extra),
                                FINAL if reason is not None else 0)
                     if not ok:
                         cancelled = True
@@ -158,7 +178,8 @@ class TritonPythonModel:
             if stream:
                 _send(sender, self._response(tail.final, tail.analysis, n_in, n_out, reason), FINAL)
                 return
-        _send(sender, self._response("".join(final_text), "".join(analysis_text), n_in, n_out, reason), FINAL)
+        extra = _Extra(all_ids, all_lps if want_lp else None, context)
+        _send(sender, self._response("".join(final_text), "".join(analysis_text), n_in, n_out, reason, extra), FINAL)
 
     def _stop(self, rid: str) -> None:
         """Stop the generation of request `rid` in tensorrt_llm (its client has gone)."""
@@ -171,14 +192,30 @@ class TritonPythonModel:
             log_error(f"tensorrt_llm_bls: could not stop {rid}: {e}")
 
     @staticmethod
-    def _response(final: str, analysis: str, n_in: int, n_out: int, reason):
+    def _response(final: str, analysis: str, n_in: int, n_out: int, reason, extra: "_Extra | None" = None):
         out = [pb_utils.Tensor("text_output", np.array([[final.encode("utf-8")]], dtype=np.object_)),
                pb_utils.Tensor("analysis_output", np.array([[analysis.encode("utf-8")]], dtype=np.object_)),
                pb_utils.Tensor("num_input_tokens", np.array([[n_in]], dtype=np.int32)),
                pb_utils.Tensor("num_output_tokens", np.array([[n_out]], dtype=np.int32))]
+        if extra is not None:
+            if extra.ids:
+                out.append(pb_utils.Tensor("output_ids", np.asarray(extra.ids, dtype=np.int32).reshape(1, 1, -1)))
+            if extra.log_probs is not None and (extra.ids or extra.log_probs):
+                out.append(pb_utils.Tensor("output_log_probs",
+                                           np.asarray(extra.log_probs, dtype=np.float32).reshape(1, 1, -1)))
+            if extra.context_logits is not None:
+                out.append(pb_utils.Tensor("context_logits",
+                                           np.ascontiguousarray(extra.context_logits, dtype=np.float32)[None]))
         if reason is not None:
             out.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)))
         return pb_utils.InferenceResponse(output_tensors=out)
+
+
+class _Extra:
+    """Token-level outputs of one response: generated ids, their logprobs (when asked), the prompt's logits."""
+
+    def __init__(self, ids, log_probs=None, context_logits=None):
+        self.ids, self.log_probs, self.context_logits = list(ids), log_probs, context_logits
 
 
 def _send(sender, response, flags) -> bool:
