@@ -22,6 +22,10 @@ KERNELS = {
     "moe_nvfp4_w4a16": "MoE with NVFP4 weights and bf16 activations (weight-only NVFP4)",
     "gemm_fp8": "FP8 e4m3 GEMM",
     "moe_bf16": "MoE with bf16 weights",
+    # StreamingLLM sink tokens (the leak's "keep the first tokens" policy for sliding layers). TensorRT-LLM's
+    # PyTorch backend ignores kv_cache_config.sink_token_length (deprecated there), so no SM lists it:
+    # only the reference runtime runs a network with sink_tokens > 0.
+    "streaming_sink_tokens": "StreamingLLM sink tokens kept visible to sliding-window layers",
 }
 
 SUPPORTED = "supported"

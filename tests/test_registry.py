@@ -94,3 +94,9 @@ def test_capabilities_follow_upstream_facts():
     assert kernel_status(90, "gemm_nvfp4") is None and kernel_status(100, "gemm_nvfp4") == "supported"
     assert kernel_status(90, "moe_mxfp4_w4a16") == "supported"
     assert kernel_status(80, "gemm_fp8") is None
+
+
+def test_streaming_sink_tokens_run_only_in_the_reference_runtime():
+    # TensorRT-LLM's PyTorch backend ignores sink_token_length (builder/data/trtllm_llm_args_fields.json).
+    assert kernel_status(None, "streaming_sink_tokens") == "supported"
+    assert all(kernel_status(sm, "streaming_sink_tokens") is None for sm in SM_CAPABILITIES if sm is not None)
