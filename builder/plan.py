@@ -209,7 +209,9 @@ def plan(model_name: str, gpu_name: str, quant: str = "auto", tp: int | None = N
 def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep: int, seq_len: int,
               batch: int, kv_dtype: str) -> Plan:
     reasons: list[str] = []
-    kernels = {k: kernel_status(gpu.sm, k) or "absent" for k in ("attention_sinks", "sliding_window", *qf.kernels)}
+    needed = ("attention_sinks", "sliding_window", *(("streaming_sink_tokens",) if model.sink_tokens else ()),
+              *qf.kernels)
+    kernels = {k: kernel_status(gpu.sm, k) or "absent" for k in needed}
     for kernel, status in kernels.items():
         if status == UNVERIFIED:
             reasons.append(f"{KERNELS[kernel]} on SM {gpu.sm} is unverified upstream: validate the engine on the box")
@@ -226,7 +228,11 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
     tok_per_s_n, _ = decode_speed(model, gpu, qf, tp, batch, seq_len // 2, kv_dtype)
 
     fits_len = fits_batch = None
-    if weights + reserve > gpu.memory_bytes:
+    absent = [k for k, status in kernels.items() if status == "absent"]
+    if absent:
+        verdict = INCOMPATIBLE
+        reasons.append(f"the serving stack has no {', '.join(KERNELS[k] for k in absent)} on SM {gpu.sm}")
+    elif weights + reserve > gpu.memory_bytes:
         verdict = INCOMPATIBLE
         reasons.append(f"weights need {weights / GB:.1f} GB per GPU plus a {reserve / GB:.1f} GB runtime reserve; "
                        f"{gpu.name} has {gpu.memory_gb:.0f} GB")

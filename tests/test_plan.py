@@ -100,3 +100,11 @@ def test_impossible_requests_raise(kwargs, message):
 def test_fp8_on_gpu_says_trtllm_cannot_load_it():
     assert any("does not read fp8" in r for r in plan("20b", "l40s").reasons)
     assert not any("does not read" in r for r in plan("20b", "b200").reasons)
+
+
+def test_streaming_sink_tokens_are_incompatible_on_gpus(monkeypatch):
+    from builder.registry import MODELS
+    monkeypatch.setitem(MODELS, "tiny-sinks", MODELS["tiny"].with_overrides(name="tiny-sinks", sink_tokens=4))
+    p = plan("tiny-sinks", "b200")
+    assert p.verdict == INCOMPATIBLE and any("StreamingLLM" in r for r in p.reasons)
+    assert plan("tiny-sinks", "cpu").verdict == RUNNABLE
