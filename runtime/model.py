@@ -48,6 +48,7 @@ class _AttnWeights:
     out: PreparedLinear
     sinks: torch.Tensor | None
     rope_key: tuple
+    kv_quant: object = None       # FP8 KV cache emulation: (k, v) -> (k, v) as the cache stores them
 
 
 @dataclass
@@ -66,6 +67,21 @@ class _MlpWeights:
 # expert (the fused MoE GEMM then uses their max, as TensorRT-LLM does). builder.canonical has no such names
 # yet; the runtime reads them when a tensor dict provides them.
 INPUT_SCALE = ".input_scale"
+
+
+# An FP8 KV cache (ModelOpt kv_cache_quant_algo FP8) stores K (after RoPE) and V in e4m3 with calibrated
+# per-layer scales, which travel as `<qkv module>.k_scale` / `.v_scale` (ModelOpt: k_proj.k_scale,
+# v_proj.v_scale); when a tensor dict provides them, K and V are quantized on their way into the cache.
+def _kv_quantizer(tensors: Mapping, spec: Attention):
+    base = spec.qkv.weight.removesuffix(".weight")
+    ks, vs = tensors.get(base + ".k_scale"), tensors.get(base + ".v_scale")
+    if ks is None and vs is None:
+        return None
+    if ks is None or vs is None:
+        raise WeightError(f"{base}: an FP8 KV cache needs both k_scale and v_scale; the checkpoint has only one")
+    from plugins.reference.linear import fp8_fake_quant
+    k_s, v_s = float(torch.as_tensor(ks).float()), float(torch.as_tensor(vs).float())
+    return lambda k, v: (fp8_fake_quant(k, k_s), fp8_fake_quant(v, v_s))
 
 
 def _input_scale(tensors: Mapping, *specs):
@@ -113,7 +129,7 @@ class ReferenceModel:
             sinks = None
             if a.learned_sinks:
                 sinks = _tensor(tensors, a.sinks, (a.num_q_heads,)).to(self.device, torch.float32)
-            attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, key)
+            attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, key, _kv_quantizer(tensors, a))
             self.layers.append((norm(layer.attn_norm), attn, norm(layer.mlp_norm), self._mlp(layer.mlp, tensors)))
         self.eps = [(layer.attn_norm.eps, layer.mlp_norm.eps) for layer in net.layers]
         self.final_norm = norm(net.final_norm)
@@ -224,6 +240,8 @@ class ReferenceModel:
         q = qk[:, :, :a.num_q_heads].transpose(1, 2)              # [B, Hq, T, D]
         k = qk[:, :, a.num_q_heads:]                              # [B, T, Hkv, D]
         v = qkv[..., q_rows + kv_rows:].view(B, T, a.num_kv_heads, a.head_dim)
+        if w.kv_quant is not None:
+            k, v = w.kv_quant(k, v)
         k_all, v_all = cache.update(layer, k, v)
         if T == 1 and k_all.shape[2] <= self.FUSED_MIN_KEYS:
             o = sink_attention(q, k_all, v_all, None, w.sinks, a.sm_scale, blocked=plan.blocked(layer))
