@@ -90,3 +90,32 @@ class MXFP4Weight:
     def dequantize(self) -> np.ndarray:
         from builder.quant.mxfp4 import dequantize_mxfp4
         return dequantize_mxfp4(self.blocks, self.scales)
+
+
+# -- calibrated scales (quantized checkpoints only) ----------------------------------------------------
+# A quantized canonical weight is a builder.quant NVFP4Tensor or FP8Tensor (logical shape as above).
+# Formats whose GEMMs quantize activations with a static scale also carry, per quantized linear, its
+# calibrated activation scale under `<module>.input_scale` (ModelOpt's export name, a float32 scalar;
+# the reference runtime reads exactly these names), and an FP8 KV cache carries each attention layer's
+# K and V scales under `<qkv module>.k_scale` / `.v_scale` (ModelOpt: `k_proj.k_scale`, `v_proj.v_scale`).
+INPUT_SCALE_SUFFIX = ".input_scale"
+KV_SCALE_SHAPES = {
+    "layers.{layer}.attn.qkv.k_scale": lambda c: (),
+    "layers.{layer}.attn.qkv.v_scale": lambda c: (),
+}
+
+
+def input_scale_name(weight_name: str) -> str:
+    """'layers.0.moe.gate.weight' -> 'layers.0.moe.gate.input_scale'."""
+    return weight_name.removesuffix(".weight") + INPUT_SCALE_SUFFIX
+
+
+def scale_shapes(config: ModelConfig, input_scale_patterns=(), kv_scales: bool = False) -> dict[str, tuple]:
+    """Shapes (all scalars) of the calibrated scales a quantized checkpoint holds: the input scales of the
+    given weight patterns (e.g. 'layers.{layer}.moe.down.weight'), plus the KV scales if kv_scales."""
+    patterns = [input_scale_name(p) for p in input_scale_patterns] + (list(KV_SCALE_SHAPES) if kv_scales else [])
+    out = {}
+    for layer in range(config.num_layers):
+        for p in patterns:
+            out[p.format(layer=layer)] = ()
+    return out

@@ -1,5 +1,10 @@
 """load_canonical: any supported checkpoint folder, seen through canonical names, read lazily.
 
+Formats: HF bf16/fp32, HF MXFP4, OpenAI original, and ModelOpt-style HF NVFP4 (W4A4 or weight-only)
+and FP8 checkpoints, told apart by their quant config (hf_quant_config.json / quantization_config) and
+their tensors. `.quant` is the registry format the checkpoint holds ("bf16", "mxfp4", "nvfp4",
+"w4a16-nvfp4", "fp8"); quantized canonical values are MXFP4Weight, NVFP4Tensor or FP8Tensor.
+
 Opening a checkpoint reads only headers and config.json, and validates them (names, shapes, dtypes,
 config agreement) before a single weight byte is read. Each get() reads the source tensors it needs
 from the mmap (optionally one row range of them) and checks their values: NaN/Inf in float weights,
@@ -13,14 +18,27 @@ from typing import Iterator
 
 import torch
 
-from builder.canonical import MXFP4Weight, canonical_shapes
+import numpy as np
+
+from builder.canonical import MXFP4Weight
 from builder.checkpoint.config_io import read_model_config
 from builder.checkpoint.errors import CheckpointError
+from builder.checkpoint.modelopt_config import read_quant_config
 from builder.checkpoint.safetensors_io import DTYPES, FLOAT_DTYPES
 from builder.checkpoint.store import TensorStore
 from builder.convert.mapping import Expanded, check_sources, expand
 from builder.convert.quirks import is_rowwise, same
+from builder.quant.fp8 import FP8Tensor
+from builder.quant.nvfp4 import NVFP4Tensor
 from builder.registry.models import ModelConfig
+from builder.registry.quant_formats import QUANT_FORMATS
+
+# Stored kind (tables.py) -> the safetensors dtypes accepted for it, and how to name them in errors.
+KIND_DTYPES = {"float": (FLOAT_DTYPES, "a float type (BF16, F16, F32)"), "u8": (("U8",), "U8 (packed bytes)"),
+               "f8": (("F8_E4M3",), "F8_E4M3 (float8_e4m3fn)"), "scalar": (FLOAT_DTYPES, "a float scalar (F32)")}
+# ModelOpt quant_algo -> registry format: the registry's own QuantAlgo names (NVFP4, W4A16_NVFP4, FP8).
+MODELOPT_FORMATS = {q.trtllm_quant_algo: name for name, q in QUANT_FORMATS.items()
+                    if q.checkpoint in ("hf-nvfp4", "hf-fp8")}
 
 # Value checks scan this many bytes at a time when counting bad values over a whole tensor.
 _SCAN_BYTES = 64 * 1024 * 1024
@@ -38,6 +56,33 @@ def detect_format(kind: str, names) -> str:
     return "openai"
 
 
+def detect(kind: str, names, quant_config: dict | None) -> tuple[str, tuple[str, ...], str]:
+    """(layout, optional parts, registry format) of a checkpoint."""
+    if quant_config is None:
+        layout = detect_format(kind, names)
+        return layout, (), "bf16" if layout == "hf" else "mxfp4"
+    from builder.quant.policy import policy
+    quant = MODELOPT_FORMATS[quant_config["quant_algo"]]
+    features = (("input_scales",) if policy(quant).calibrated else ()) + \
+        (("kv_scales",) if quant_config["kv_cache_quant_algo"] == "FP8" else ())
+    return QUANT_FORMATS[quant].checkpoint, features, quant
+
+
+def take_rows(value, rows: slice):
+    """Rows [a:b] of the first dim of any canonical value (tensor or quantized)."""
+    if isinstance(value, torch.Tensor):
+        return value[rows].contiguous()
+    if isinstance(value, MXFP4Weight):
+        return MXFP4Weight(np.ascontiguousarray(value.blocks[rows]), np.ascontiguousarray(value.scales[rows]))
+    if isinstance(value, NVFP4Tensor):
+        packed = np.ascontiguousarray(value.packed[rows])
+        return NVFP4Tensor(packed, np.ascontiguousarray(value.block_scale[rows]), value.global_scale,
+                           (packed.shape[0],) + tuple(value.shape[1:]))
+    if isinstance(value, FP8Tensor):
+        return FP8Tensor(np.ascontiguousarray(value.data[rows]), value.scale)
+    raise TypeError(f"cannot take rows of {type(value).__name__}")
+
+
 class CanonicalCheckpoint:
     """A checkpoint folder under canonical names. Holds mmaps; close() or use as a context manager."""
 
@@ -48,15 +93,17 @@ class CanonicalCheckpoint:
                                   f"config.json and the .safetensors files)")
         self.validate = validate
         self.config, kind, self.raw_config = read_model_config(self.path)
+        self.quant_config = read_quant_config(self.path, self.raw_config) if kind == "hf" else None
         self._store = TensorStore(self.path)
         try:
-            self.format = detect_format(kind, self._store.infos)
-            self._ex: Expanded = expand(self.format, self.config)
+            self.format, self.features, self.quant = detect(kind, self._store.infos, self.quant_config)
+            self._ex: Expanded = expand(self.format, self.config, self.features)
             self._check_headers(kind)
         except BaseException:
             self._store.close()
             raise
-        self._shapes = canonical_shapes(self.config)
+        self._shapes = dict(self._ex.canonical)
+        self._scalars = {n for n, (k, _) in self._ex.shapes.items() if k == "scalar"}
         counts: dict[str, int] = {}
         for quirk, sources in self._ex.read.values():
             if quirk is not same:
@@ -69,17 +116,29 @@ class CanonicalCheckpoint:
     def _check_headers(self, kind: str) -> None:
         where = str(self.path)
         quant = (self.raw_config.get("quantization_config") or {}).get("quant_method") if kind == "hf" else None
-        if kind == "hf" and (quant == "mxfp4") != (self.format == "hf-mxfp4"):
+        if kind == "hf" and self.quant_config is None and (quant == "mxfp4") != (self.format == "hf-mxfp4"):
             has = "MXFP4 _blocks/_scales experts" if self.format == "hf-mxfp4" else "unpacked (bf16/fp32) experts"
             raise CheckpointError(
                 f"{self.path / 'config.json'}: quantization_config.quant_method is {quant!r} but the tensors hold "
                 f"{has}; the config contradicts the tensors; fix: "
                 + ("add quantization_config {\"quant_method\": \"mxfp4\", ...} as gpt-oss ships it"
                    if self.format == "hf-mxfp4" else "remove quantization_config from config.json"))
-        check_sources(self._ex, self._store.infos, self.config, where)
+        try:
+            check_sources(self._ex, self._store.infos, self.config, where)
+        except CheckpointError as e:
+            if self.quant_config is None:
+                raise
+            q = self.quant_config
+            raise CheckpointError(
+                f"{e}; note: the quant config says {q['quant_algo']} (kv cache {q['kv_cache_quant_algo']}), which "
+                f"this pipeline reads as {self.quant!r}: quantized modules "
+                f"{', '.join(_quantized_groups(self.quant)) or 'none'}, everything else bf16, "
+                f"{'with' if 'input_scales' in self.features else 'without'} input scales") from None
         bad = []
         for name, (kind_, shape) in self._ex.shapes.items():
             info = self._store.infos[name]
+            if kind_ == "scalar" and info.shape in ((), (1,)):
+                continue
             if info.shape != shape:
                 bad.append(f"{name} in {info.path.name} has shape {list(info.shape)}, the config implies "
                            f"{list(shape)}")
@@ -91,9 +150,8 @@ class CanonicalCheckpoint:
                                     "with these weights")
         for name, (kind_, shape) in self._ex.shapes.items():
             info = self._store.infos[name]
-            ok = info.dtype in FLOAT_DTYPES if kind_ == "float" else info.dtype == "U8"
-            if not ok:
-                want = "a float type (BF16, F16, F32)" if kind_ == "float" else "U8 (packed MXFP4 bytes)"
+            allowed, want = KIND_DTYPES[kind_]
+            if info.dtype not in allowed:
                 raise CheckpointError(f"{info.path}: tensor {name} has dtype {info.dtype}, expected {want}; "
                                       f"fix: re-export the checkpoint with the right dtype")
 
@@ -109,10 +167,11 @@ class CanonicalCheckpoint:
         return self._ex.read[name][1]
 
     def dtype(self, name: str) -> torch.dtype | str:
-        """The canonical value's dtype without reading it: a torch dtype, or "mxfp4" for packed experts."""
+        """The canonical value's dtype without reading it: a torch dtype, or "mxfp4" / "nvfp4" / "fp8" for
+        quantized values (MXFP4Weight, NVFP4Tensor, FP8Tensor)."""
         quirk, sources = self._ex.read[name]
-        if getattr(quirk, "makes_mxfp4", False):
-            return "mxfp4"
+        if getattr(quirk, "makes_quant", None):
+            return quirk.makes_quant
         dtypes = [DTYPES[self._store.infos[s].dtype] for s in sources]
         out = dtypes[0]
         for d in dtypes[1:]:
@@ -123,8 +182,7 @@ class CanonicalCheckpoint:
         """One canonical value (or rows [a:b] of its first dim), read now from the mmap."""
         quirk, sources = self._ex.read[name]
         if rows is not None and not is_rowwise(quirk):
-            value = self.get(name)
-            return value[rows].contiguous()
+            return take_rows(self.get(name), rows)
         value = quirk(self.config, *(self._read(s, rows) for s in sources))
         expected = list(self._shapes[name])
         if rows is not None:
@@ -150,6 +208,8 @@ class CanonicalCheckpoint:
         # gate and up come from the same interleaved source tensor: keep the last piece of such a shared
         # source, so a converter asking for both reads and checks it once. Only copying quirks see it
         # (see get), so what get() returns never aliases the cache.
+        if source in self._scalars:
+            rows = None                       # a scalar scale belongs to every row piece
         key = (source, None if rows is None else (rows.start, rows.stop))
         if self._last is not None and self._last[0] == key:
             return self._last[1]
@@ -160,6 +220,11 @@ class CanonicalCheckpoint:
         return t
 
     def _is_bad(self, source: str, t: torch.Tensor) -> bool:
+        if source in self._scalars:
+            v = float(t.float().reshape(-1)[0]) if t.numel() == 1 else float("nan")
+            return not (np.isfinite(v) and v > 0)
+        if t.dtype == torch.float8_e4m3fn:          # e4m3fn's only NaNs: S.1111.111
+            return bool(((t.view(torch.uint8) & 0x7F) == 0x7F).any())
         if t.is_floating_point():
             if not t.numel():
                 return False
@@ -170,6 +235,16 @@ class CanonicalCheckpoint:
 
     def _raise_bad(self, source: str) -> None:
         info = self._store.infos[source]
+        if source in self._scalars:
+            t = self._store.read(source)
+            raise CheckpointError(f"{info.path}: scale {source} {list(info.shape)} is {t.float().reshape(-1).tolist()}; "
+                                  f"a scale must be one finite positive number; fix: re-export the checkpoint "
+                                  f"(an all-zero weight gets scale 0 from ModelOpt: re-quantize it with ours)")
+        if info.dtype == "F8_E4M3":
+            t = self._store.read(source)
+            n = int(((t.view(torch.uint8) & 0x7F) == 0x7F).sum())
+            raise CheckpointError(f"{info.path}: tensor {source} {list(info.shape)} has {n} float8 NaN value(s); "
+                                  f"fix: the checkpoint is corrupt or was quantized from NaN weights; re-export it")
         rows = info.shape[0] if info.shape else 1
         step = max(1, _SCAN_BYTES // max(1, info.nbytes // max(rows, 1)))
         counts = {"NaN": 0, "Inf": 0, "255": 0}
@@ -192,7 +267,12 @@ class CanonicalCheckpoint:
                               f"use a clean checkpoint")
 
 
+def _quantized_groups(quant: str) -> list[str]:
+    from builder.quant.policy import policy
+    return sorted({g for g, f in policy(quant).groups.items() if f != "bf16"})
+
+
 def load_canonical(src: str | Path, validate: bool = True) -> CanonicalCheckpoint:
-    """Open a gpt-oss checkpoint folder (HF bf16/fp32, HF MXFP4, or OpenAI original; detected from its
-    files) under canonical names. Nothing but headers and config.json is read until get()."""
+    """Open a gpt-oss checkpoint folder (HF bf16/fp32, HF MXFP4, OpenAI original, ModelOpt HF NVFP4/FP8;
+    detected from its files) under canonical names. Nothing but headers and configs are read until get()."""
     return CanonicalCheckpoint(src, validate=validate)

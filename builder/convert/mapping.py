@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from builder.canonical import canonical_shapes
 from builder.checkpoint.errors import CheckpointError
-from builder.convert.tables import FORMATS
+from builder.convert.tables import FEATURES, FORMATS
 from builder.registry.models import ModelConfig
 
 
@@ -24,6 +24,12 @@ class Expanded:
     read: dict[str, tuple[object, tuple[str, ...]]]         # canonical -> (quirk, source names)
     write: dict[tuple[str, ...], tuple[object, tuple[str, ...]]]  # target names -> (quirk, canonical names)
     dropped: list[re.Pattern]
+    features: tuple[str, ...] = ()
+    canonical: dict[str, tuple[int, ...]] | None = None     # canonical name -> logical shape
+
+# Rows of experts (and of the MXFP4/NVFP4 blocks along their input dim) need these multiples per layout.
+BLOCK_MULTIPLE = {"hf": 1, "hf-fp8": 1, "hf-nvfp4": 16}
+DEFAULT_BLOCK_MULTIPLE = 32          # MXFP4 layouts
 
 
 def _layers(pattern: str, config: ModelConfig):
@@ -50,21 +56,33 @@ def _layer_major(table: dict, config: ModelConfig):
     return [(item[0], item[1], layer) for i, item, layer in sorted(expanded, key=key)]
 
 
-def expand(fmt: str, config: ModelConfig) -> Expanded:
+def expand(fmt: str, config: ModelConfig, features=()) -> Expanded:
+    """`fmt`'s tables for this model, with the optional parts named in `features` (tables.FEATURES)."""
     if not config.is_moe:
         raise CheckpointError(f"model {config.name!r} has a dense MLP; the HF and OpenAI gpt-oss formats only "
                               f"hold MoE models; fix: convert a gpt-oss MoE checkpoint")
+    multiple = BLOCK_MULTIPLE.get(fmt, DEFAULT_BLOCK_MULTIPLE)
     for dim, what in ((config.hidden_size, "hidden_size"), (config.intermediate_size, "intermediate_size")):
-        if dim % 32 and fmt != "hf":
-            raise CheckpointError(f"{what}={dim} is not a multiple of 32, which {fmt}'s MXFP4 experts need; "
-                                  f"fix: convert to --to hf (bf16 experts) instead")
+        if dim % multiple:
+            kind = "NVFP4 experts (blocks of 16)" if multiple == 16 else "MXFP4 experts (blocks of 32)"
+            raise CheckpointError(f"{what}={dim} is not a multiple of {multiple}, which {fmt}'s {kind} need; "
+                                  f"fix: convert to --to hf (bf16 experts) or hf-fp8 instead")
     table = FORMATS[fmt]
+    features = tuple(f for f in FEATURES if f in set(features))
+    unknown = set(features) - set(table.features or {})
+    if unknown:
+        raise CheckpointError(f"format {fmt} has no optional part(s) {sorted(unknown)}; fix: calibrated scales "
+                              f"exist only in hf-nvfp4 and hf-fp8 checkpoints")
+    parts = [table.features[f] for f in features]
+    tshapes = {**table.shapes, **{k: v for p in parts for k, v in p.shapes.items()}}
+    tread = {**table.read, **{k: v for p in parts for k, v in p.read.items()}}
+    twrite = {**table.write, **{k: v for p in parts for k, v in p.write.items()}}
     shapes = {_fill(p, layer): (kind, tuple(shape(config)))
-              for p, (kind, shape), layer in _layer_major(table.shapes, config)}
+              for p, (kind, shape), layer in _layer_major(tshapes, config)}
     read = {_fill(p, layer): (quirk, tuple(_fill(s, layer) for s in sources))
-            for p, (quirk, *sources), layer in _layer_major(table.read, config)}
+            for p, (quirk, *sources), layer in _layer_major(tread, config)}
     write = {}
-    for pattern, (quirk, *inputs), layer in _layer_major(table.write, config):
+    for pattern, (quirk, *inputs), layer in _layer_major(twrite, config):
         patterns = pattern if isinstance(pattern, tuple) else (pattern,)
         write[tuple(_fill(p, layer) for p in patterns)] = (quirk, tuple(_fill(s, layer) for s in inputs))
     if config.tie_word_embeddings and fmt.startswith("hf"):
@@ -73,14 +91,18 @@ def expand(fmt: str, config: ModelConfig) -> Expanded:
         write.pop(("lm_head.weight",))
         read["lm_head.weight"] = (read["embed.weight"][0], ("model.embed_tokens.weight",))
     dropped = [re.compile(re.escape(p).replace(re.escape("{layer}"), r"\d+") + "$") for p in table.dropped]
-    ex = Expanded(fmt, shapes, read, write, dropped)
+    scale_patterns = [p for part in parts for p in part.read]
+    # Calibrated scales are canonical float32 scalars, present only with their feature.
+    canonical = {**canonical_shapes(config),
+                 **{p.format(layer=i): () for i in range(config.num_layers) for p in scale_patterns}}
+    ex = Expanded(fmt, shapes, read, write, dropped, features, canonical)
     _check_tables(ex, config)
     return ex
 
 
 def _check_tables(ex: Expanded, config: ModelConfig) -> None:
     """The tables themselves are consistent (a programming error if not, hence no CheckpointError)."""
-    canon = set(canonical_shapes(config))
+    canon = set(ex.canonical)
     if set(ex.read) != canon:
         raise AssertionError(f"{ex.name} READ table: missing {sorted(canon - set(ex.read))}, "
                              f"extra {sorted(set(ex.read) - canon)}")

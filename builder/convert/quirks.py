@@ -13,6 +13,7 @@ The quirks, and why they exist:
 - HF and OpenAI interleave gate and up along the output dim (gate = even, up = odd); canonical keeps
   them apart. Getting this wrong still runs, and talks nonsense.
 - MXFP4 experts come as a _blocks/_scales (or .blocks/.scales) pair; canonical keeps them packed.
+- ModelOpt NVFP4/FP8 checkpoints: see builder/convert/quant_quirks.py.
 """
 
 from __future__ import annotations
@@ -40,7 +41,25 @@ def is_rowwise(fn) -> bool:
 
 def makes_mxfp4(fn):
     fn.makes_mxfp4 = True
+    fn.makes_quant = "mxfp4"
     return fn
+
+
+def makes_quant(kind: str):
+    """Marks a read quirk whose canonical value is quantized: kind "mxfp4" | "nvfp4" | "fp8"."""
+    def mark(fn):
+        fn.makes_quant = kind
+        return fn
+    return mark
+
+
+def quantizes(codec: str):
+    """Marks a write quirk that stores its inputs in `codec` ("nvfp4" | "fp8"): the converter first agrees
+    on one scale for all its inputs (SharedScale, builder/convert/quant_quirks.py) and passes it as scale=."""
+    def mark(fn):
+        fn.quantizes = codec
+        return fn
+    return mark
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -60,17 +79,21 @@ def _t12(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _packed(x: torch.Tensor | MXFP4Weight) -> MXFP4Weight:
+def _packed(x) -> MXFP4Weight:
     if isinstance(x, MXFP4Weight):
         return x
+    if not isinstance(x, torch.Tensor):                     # NVFP4/FP8 -> their exact float32 values
+        x = torch.from_numpy(np.ascontiguousarray(x.dequantize()))
     blocks, scales = quantize_mxfp4(x, rule=PACK_RULE)     # takes bf16/fp32 torch tensors as they are
     return MXFP4Weight(blocks, scales)
 
 
-def _float(x: torch.Tensor | MXFP4Weight) -> torch.Tensor:
-    if isinstance(x, MXFP4Weight):
-        return torch.from_numpy(x.dequantize()).to(DEQUANT_DTYPE)
-    return x
+def _float(x) -> torch.Tensor:
+    """A canonical value as a float tensor: quantized ones (MXFP4Weight, NVFP4Tensor, FP8Tensor) are
+    dequantized to DEQUANT_DTYPE (exact for MXFP4; NVFP4/FP8 values round to bf16's 8 bits)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x.dequantize())).to(DEQUANT_DTYPE)
 
 
 # -- read quirks: source tensors -> canonical value -------------------------------------------------
@@ -133,16 +156,22 @@ def mxfp4_up(c, blocks, scales):
 
 
 # -- write quirks: canonical values -> target tensor(s) ---------------------------------------------
+@rowwise
+def plain(c, x):
+    """A linear weight into a float format: as is, or dequantized if the source quantized it."""
+    return _float(x)
+
+
 def q_of_qkv(c, qkv):
-    return split_qkv(c, qkv)[0].contiguous()
+    return split_qkv(c, _float(qkv))[0].contiguous()
 
 
 def k_of_qkv(c, qkv):
-    return split_qkv(c, qkv)[1].contiguous()
+    return split_qkv(c, _float(qkv))[1].contiguous()
 
 
 def v_of_qkv(c, qkv):
-    return split_qkv(c, qkv)[2].contiguous()
+    return split_qkv(c, _float(qkv))[2].contiguous()
 
 
 @rowwise

@@ -1,0 +1,191 @@
+"""Calibration: run the reference runtime over texts and record the amax of every quantizable linear's
+input and of every layer's K and V, for the static scales of W4A4 NVFP4 / W8A8 FP8 and the FP8 KV cache.
+
+What is recorded (as ModelOpt's max calibration does, with quantization off while calibrating):
+- `<module>.input_scale` names (builder.canonical.input_scale_name) -> max |x| entering that linear:
+  attn.qkv (once for q, k and v: one input), attn.out, and per MoE projection over *all experts*: gate and
+  up see every token (each is routed to some expert), down sees the SwiGLU output of every (token, routed
+  expert) pair -- one scalar per projection, because the fused MoE GEMM takes one input scale;
+- `<qkv module>.k_scale` / `.v_scale` names -> max |K| (after RoPE, what the cache stores) and max |V|.
+The caller turns amax into scales (builder.quant.policy: input_scale, kv_scale).
+
+Memory stays bounded: one text at a time (truncated to max_tokens), logits never computed, and only the
+running maxima are kept. The hook points are the runtime's own: the activation-quantizer slots of its
+prepared linears and MoE (plugins.reference: act_quant, act_in, act_mid), and KVCache.update.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from builder.canonical import input_scale_name
+from builder.checkpoint.errors import CheckpointError
+
+# The built-in calibration set: varied English prose (narrative, technical, dialogue, lists, numbers,
+# code-like text), written for this project. Enough to exercise every expert of a small model; for
+# production quantization pass --calib-file with a few hundred texts from the target domain.
+DEFAULT_TEXTS = (
+    "The river had frozen early that year, and the children walked across it to school every morning.",
+    "To install the package, run the installer, accept the license, and restart the computer when asked.",
+    "She opened the letter slowly, as if the words inside might change if she moved too fast.",
+    "Photosynthesis converts light energy into chemical energy stored in sugars such as glucose.",
+    "The committee will meet on Tuesday at 3 p.m. to review the budget for the next fiscal year.",
+    "\"Where are you going?\" he asked. \"Home,\" she said, \"before the storm gets any worse.\"",
+    "A prime number has exactly two divisors: one and itself. The first few are 2, 3, 5, 7, 11 and 13.",
+    "In 1969, two astronauts walked on the Moon while a third orbited above in the command module.",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # prints 5",
+    "The recipe calls for two cups of flour, one egg, a pinch of salt, and half a cup of warm milk.",
+    "Markets fell sharply on Monday after the central bank raised interest rates by half a point.",
+    "The old lighthouse keeper counted the ships each night and wrote their names in a leather book.",
+    "Water boils at 100 degrees Celsius at sea level, but at lower temperatures on high mountains.",
+    "Please remember to lock the door, water the plants, and feed the cat while we are away.",
+    "The algorithm sorts the list by repeatedly swapping adjacent elements that are out of order.",
+    "Thunder rolled over the hills, and the first heavy drops of rain darkened the dusty road.",
+    "Our team shipped the new release on Friday; the changelog lists forty bug fixes and two features.",
+    "Mount Everest, at 8,849 meters, is the highest mountain above sea level on Earth.",
+    "He practiced the piano every evening, playing the same difficult passage until it sounded easy.",
+    "The library is open from nine to five on weekdays and from ten to two on Saturdays.",
+    "Vaccines train the immune system to recognize a pathogen without causing the disease itself.",
+    "Q: What is the capital of France?\nA: Paris is the capital and largest city of France.",
+    "The contract shall remain in force for three years unless terminated earlier by either party.",
+    "Seagulls circled above the harbor while fishermen unloaded crates of silver fish onto the dock.",
+    "1. Preheat the oven. 2. Mix the dry ingredients. 3. Add the wet ingredients. 4. Bake for 30 minutes.",
+    "Light travels about 300,000 kilometers per second, so sunlight takes roughly eight minutes to reach us.",
+    "The detective noticed a small scratch on the window frame that nobody else had seen.",
+    "Renewable energy sources such as wind and solar power now supply a growing share of electricity.",
+    "Dear Ms. Lopez, thank you for your application. We would like to invite you for an interview.",
+    "The function returns an error if the input is empty, negative, or larger than the buffer size.",
+    "Autumn leaves drifted across the park, red and gold against the gray afternoon sky.",
+    "Elephants can recognize themselves in a mirror, a sign of self-awareness found in few animals.",
+    "After years of saving, they finally bought a small house with a garden and an apple tree.",
+    "The server logs showed a spike in requests at midnight, followed by a series of timeouts.",
+    "Shakespeare wrote comedies, tragedies and histories, and many of his phrases are still in use.",
+    "If x + 3 = 10, then x = 7; if 2y = 14, then y = 7 as well.",
+    "The train to the coast leaves every hour, and the journey takes about two and a half hours.",
+    "Good morning! Today we will learn how to write a short story with a clear beginning, middle and end.",
+    "Glaciers carve deep valleys as they move, leaving behind lakes, ridges and scattered boulders.",
+    "The museum's new exhibit features paintings, sculptures and photographs from five continents.",
+)
+DEFAULT_MAX_TOKENS = 512
+
+
+class CalibrationError(CheckpointError):
+    pass
+
+
+@dataclass
+class Calibration:
+    amax: dict[str, float] = field(default_factory=dict)      # '<module>.input_scale' -> input amax
+    kv_amax: dict[str, float] = field(default_factory=dict)   # '<qkv module>.k_scale' / '.v_scale' -> amax
+    texts: int = 0
+    tokens: int = 0
+
+    def record(self, store: dict, name: str, x: torch.Tensor) -> None:
+        if x.numel():
+            v = float(x.detach().abs().amax())
+            if v != v or v in (float("inf"), float("-inf")):
+                raise CalibrationError(f"calibration: {name} saw a non-finite activation; the model diverges on "
+                                       f"the calibration text (or its weights are broken)")
+            store[name] = max(store.get(name, 0.0), v)
+
+
+def load_texts(calibration) -> list[str]:
+    """"default" -> DEFAULT_TEXTS; a path -> its non-empty lines (one text per line)."""
+    if calibration == "default":
+        return list(DEFAULT_TEXTS)
+    path = Path(calibration)
+    if not path.is_file():
+        raise CalibrationError(f"calibration file {path} does not exist; fix: pass --calib-file with a UTF-8 text "
+                               f"file, one calibration text per line (or use the built-in set)")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"calibration file {path} is not UTF-8 text ({e}); fix: re-save it as UTF-8") from None
+    texts = [t for t in lines if t]
+    if not texts:
+        raise CalibrationError(f"calibration file {path} has no non-empty lines; fix: one text per line")
+    return texts
+
+
+def _recorder(cal: Calibration, name: str):
+    def record(x: torch.Tensor) -> torch.Tensor:
+        cal.record(cal.amax, name, x)
+        return x
+    return record
+
+
+def instrument(model, cal: Calibration) -> None:
+    """Point every linear's activation-quantizer slot at an amax recorder (quantization off)."""
+    for (_, attn, _, mlp), layer in zip(model.layers, model.network.layers):
+        a = layer.attention
+        attn.qkv.act_quant = _recorder(cal, input_scale_name(a.qkv.weight))
+        attn.out.act_quant = _recorder(cal, input_scale_name(a.out.weight))
+        m = layer.mlp
+        gate_up = _recorder(cal, input_scale_name(m.gate.weight))
+        up_name = input_scale_name(m.up.weight)
+
+        def both(x, gate_up=gate_up, up_name=up_name):      # gate and up read the same input
+            cal.record(cal.amax, up_name, x)
+            return gate_up(x)
+        mlp.act_in = both
+        mlp.act_mid = _recorder(cal, input_scale_name(m.down.weight))
+
+
+def _kv_names(network) -> list[tuple[str, str]]:
+    return [(layer.attention.qkv.weight.removesuffix(".weight") + ".k_scale",
+             layer.attention.qkv.weight.removesuffix(".weight") + ".v_scale") for layer in network.layers]
+
+
+def run(model, tokenizer, texts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True) -> Calibration:
+    """Calibrate an already loaded runtime.model.ReferenceModel on `texts` (tokenized with `tokenizer`)."""
+    from tqdm import tqdm
+    cal = Calibration()
+    instrument(model, cal)
+    names = _kv_names(model.network)
+    with tqdm(texts, desc="calibrating", unit="text", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for text in bar:
+            ids = tokenizer.encode(text, add_special_tokens=False).ids[:max_tokens]
+            if not ids:
+                continue
+            if max(ids) >= model.network.vocab_size:
+                raise CalibrationError(f"calibration: the tokenizer produced token id {max(ids)}, beyond the model's "
+                                       f"vocab_size {model.network.vocab_size}; fix: use the tokenizer.json that "
+                                       f"belongs to this model")
+            cache = model.new_cache(1, capacity=len(ids))
+            update = cache.update
+
+            def recording_update(layer, k, v, update=update):
+                cal.record(cal.kv_amax, names[layer][0], k)
+                cal.record(cal.kv_amax, names[layer][1], v)
+                return update(layer, k, v)
+            cache.update = recording_update
+            ids_t = torch.tensor([ids], dtype=torch.long)
+            model.forward(ids_t, torch.arange(len(ids))[None], cache, logits="none")
+            cal.texts += 1
+            cal.tokens += len(ids)
+            bar.set_postfix_str(f"{cal.tokens} tokens", refresh=False)
+    if not cal.tokens:
+        raise CalibrationError("calibration: every text tokenized to nothing; fix: pass texts with content")
+    return cal
+
+
+def calibrate(src, calibration="default", *, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
+              dtype: torch.dtype = torch.float32) -> Calibration:
+    """Load checkpoint folder `src` in the reference runtime (as it is: bf16, MXFP4, ...; activations never
+    quantized while calibrating) and calibrate it on `calibration` ("default" or a text file).
+    `dtype` is the runtime's compute dtype (bfloat16 halves the memory of a large model)."""
+    from runtime.engine import Runtime, RuntimeLoadError
+    texts = load_texts(calibration)
+    try:
+        rt = Runtime.from_dir(src, dtype=dtype)
+    except RuntimeLoadError as e:
+        raise CalibrationError(f"calibration could not load {src} in the reference runtime: {e}") from None
+    if rt.tokenizer is None:
+        raise CalibrationError(f"{src}: calibration needs the model's tokenizer.json next to its config.json; "
+                               f"fix: copy tokenizer.json into {src}, or write weight-only (no calibration)")
+    return run(rt.model, rt.tokenizer, texts, max_tokens=max_tokens, progress=progress)
