@@ -184,9 +184,15 @@ def check_disk(out: Path, model, quant) -> None:
 
 def write_checkpoint(src: Path, dst: Path, quant: str, req: BuildRequest) -> None:
     from builder.convert import convert_checkpoint
-    target = get_quant(quant).checkpoint
+    from builder.quant.policy import ACTIVATION_SCALE
+    fmt = get_quant(quant)
+    # W4A4 NVFP4 / W8A8 FP8 need calibrated activation scales: --calib-file, else the built-in texts. Where
+    # the serving profile runs an FP8 KV cache (Blackwell), those checkpoints carry calibrated K/V scales too.
+    calibration = (req.calib_file or "default") if fmt.activations in ACTIVATION_SCALE else None
+    kv_fp8 = calibration is not None and SERVING_BY_ARCH[get_gpu(req.gpu).arch].kv_cache_dtype == "fp8"
     try:
-        convert_checkpoint(src, dst, to=target, progress=req.progress)
+        convert_checkpoint(src, dst, to=fmt.checkpoint, progress=req.progress, calibration=calibration,
+                           kv_cache="fp8" if kv_fp8 else None)
     except Exception as e:
         if type(e).__name__ == "CheckpointError":
             raise BuildError(str(e)) from None
