@@ -317,3 +317,17 @@ def test_errors(tmp_path):
     (bad / "hf_quant_config.json").write_text(json.dumps(hq))
     with pytest.raises(CheckpointError, match="quant_algo 'INT4_AWQ' is not supported"):
         load_canonical(bad)
+
+
+def test_cli(tmp_path, capsys):
+    from builder.convert.cli import main
+    assert main([str(TINY), str(tmp_path / "wo"), "--to", "hf-nvfp4", "--no-progress"]) == 0
+    assert main([str(TINY), str(tmp_path / "w4a4"), "--to", "hf-nvfp4", "--calib-file", str(calib_file()),
+                 "--kv-cache", "fp8", "--no-progress"]) == 0
+    assert main([str(TINY), str(tmp_path / "fp8"), "--to", "hf-fp8", "--calib-max-tokens", "16", "--no-progress"]) == 0
+    algo = {d: json.loads((tmp_path / d / "hf_quant_config.json").read_text())["quantization"]
+            for d in ("wo", "w4a4", "fp8")}
+    assert algo["wo"]["quant_algo"] == "W4A16_NVFP4" and algo["w4a4"]["quant_algo"] == "NVFP4"
+    assert algo["w4a4"]["kv_cache_quant_algo"] == "FP8" and algo["fp8"]["quant_algo"] == "FP8"   # fp8: built-in texts
+    assert main([str(TINY), str(tmp_path / "bad"), "--to", "hf-nvfp4", "--kv-cache", "fp8", "--no-progress"]) == 2
+    assert "FP8 KV cache needs calibrated" in capsys.readouterr().err
