@@ -1,8 +1,9 @@
 """Deliberately broken copies of an engine directory: the negative controls a regression gate must catch.
 
     zero_sinks(src, dst)               every learned attention-sink logit set to 0
-    wrong_quant_scale(src, dst)        one quantized tensor's scale off by 2x: MXFP4 e8m0 scale bytes +1 on one
-                                       expert's down projection; NVFP4 weight_scale_2 x2; FP8 weight_scale x2
+    wrong_quant_scale(src, dst)        one quantized tensor's scale off by 2x, layer 1's experts' down projection:
+                                       MXFP4 e8m0 scale bytes +1 (the whole tensor, or one expert's slice);
+                                       NVFP4 weight_scale_2 x2; FP8 weight_scale x2
     disable_sliding_window(src, dst)   every sliding-window layer attends to the full context
 
 Each copies `src` to `dst` (the manifest stays: same model, quant and source checkpoint, so it is compared with the
@@ -99,8 +100,10 @@ def wrong_quant_scale(src, dst, layer: int = 1, expert: int | None = None) -> di
                 done.append(f"{name}{'' if expert is None else f'[{expert}]'}: e8m0 bytes +1 (x2)")
                 return out
         elif quant in ("nvfp4", "fp8", "w4a16-nvfp4"):
+            # ModelOpt layout: the experts' down projection has one fp32 global scale (NVFP4 weight_scale_2, FP8
+            # weight_scale) for all experts.
             key = "weight_scale_2" if "nvfp4" in quant else "weight_scale"
-            if f"layers.{layer}." in name and name.endswith(key):
+            if name.endswith(f"layers.{layer}.mlp.experts.down_proj_{key}"):
                 done.append(f"{name} x2")
                 return t * 2
         return None

@@ -72,12 +72,17 @@ def test_tiny_formats_pass_with_one_combined_report(engines, goldens, tmp_path, 
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
-def test_fp8_and_nvfp4_tiny_engines(fmt, tiny_engines, goldens, capsys):
+def test_fp8_and_nvfp4_tiny_engines_pass_and_a_wrong_scale_is_caught(fmt, tiny_engines, goldens, tmp_path, capsys):
     built, failed = tiny_engines
     if fmt not in built:
         pytest.skip(f"build-engine does not make a tiny {fmt} engine yet: {failed[fmt]}")
     rc, text = run([built[fmt]], goldens, capsys)
     assert rc == 0, text
+    what = faults.wrong_quant_scale(built[fmt], tmp_path / "engine")
+    scale = "weight_scale_2" if fmt == "nvfp4" else "weight_scale"
+    assert what["tensors"] == [f"model.layers.1.mlp.experts.down_proj_{scale} x2"]
+    rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
+    assert_caught(rc, text, tmp_path / "r", {"top1_agreement", "logit_cosine"})
 
 
 # -- broken engines are caught -------------------------------------------------------------------------------------
