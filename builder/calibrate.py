@@ -175,14 +175,15 @@ def run(model, tokenizer, texts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS
 
 
 def calibrate(src, calibration="default", *, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
-              dtype: torch.dtype = torch.float32) -> Calibration:
+              dtype: torch.dtype = torch.float32, device: str = "cpu") -> Calibration:
     """Load checkpoint folder `src` in the reference runtime (as it is: bf16, MXFP4, ...; activations never
     quantized while calibrating) and calibrate it on `calibration` ("default" or a text file).
-    `dtype` is the runtime's compute dtype (bfloat16 halves the memory of a large model)."""
+    `dtype` / `device` are the runtime's: the runtime holds the whole model dequantized, so a released
+    20b/120b needs bfloat16 on a GPU ("cuda") rather than the CPU's float32."""
     from runtime.engine import Runtime, RuntimeLoadError
     texts = load_texts(calibration)
     try:
-        rt = Runtime.from_dir(src, dtype=dtype)
+        rt = Runtime.from_dir(src, dtype=dtype, device=device)
     except RuntimeLoadError as e:
         raise CalibrationError(f"calibration could not load {src} in the reference runtime: {e}") from None
     if rt.tokenizer is None:

@@ -8,6 +8,8 @@ import argparse
 import re
 import sys
 
+import torch
+
 from builder.checkpoint.errors import CheckpointError
 from builder.convert.convert import DEFAULT_SHARD_BYTES, convert_checkpoint
 from builder.convert.tables import TARGETS
@@ -44,13 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache", choices=["fp8"], default=None,
                    help="also calibrate FP8 KV-cache scales (k_scale/v_scale, kv_cache_quant_algo FP8); needs calibration")
     p.add_argument("--calib-max-tokens", type=int, default=None, help="tokens per calibration text (default 512)")
+    p.add_argument("--calib-device", default="cpu",
+                   help="device of the reference runtime that calibrates (e.g. cuda; it holds the whole model)")
+    p.add_argument("--calib-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype while calibrating (bfloat16 halves its memory)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists (only after success)")
     p.add_argument("--max-shard-size", type=_size, default=DEFAULT_SHARD_BYTES,
                    help="largest output shard, e.g. 5GB (default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = p.parse_args(argv)
     calibration = args.calib_file or ("default" if args.calibrate or args.to in ALWAYS_CALIBRATED else None)
-    options = {"max_tokens": args.calib_max_tokens} if args.calib_max_tokens else {}
+    options = {"device": args.calib_device, "dtype": getattr(torch, args.calib_dtype)}
+    if args.calib_max_tokens:
+        options["max_tokens"] = args.calib_max_tokens
     try:
         out = convert_checkpoint(args.src, args.dst, args.to, force=args.force, progress=not args.no_progress,
                                  max_shard_bytes=args.max_shard_size, calibration=calibration,
