@@ -10,7 +10,7 @@ from pathlib import Path
 from regression.core import CHECKS
 
 LABELS = {"tokenizer_agreement": "tokenizer agreement", "token_agreement": "greedy token agreement",
-          "top1_agreement": "top-1 agreement (teacher-forced)", "logit_cosine": "logprob cosine on golden top-k",
+          "top1_agreement": "top-1 agreement (teacher-forced)", "logit_cosine": "logit cosine (centred logprobs, golden top-k)",
           "ppl_increase": "perplexity increase over bf16 golden"}
 
 
@@ -101,12 +101,17 @@ def plot(report: dict, path: Path) -> None:
             vals.append(v)
             thrs.append(t)
             colors.append("tab:green" if c["pass"] else "tab:red")
-        ax.bar(x, vals, color=colors, width=0.6)
+        bars = ax.bar(x, vals, color=colors, width=0.6)
+        for b, v, r in zip(bars, vals, results):
+            shown = _fmt(metric, next(c for c in r["checks"] if c["metric"] == metric)["value"])
+            if not (isinstance(v, float) and math.isnan(v)):
+                ax.annotate(shown, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                            fontsize=7, xytext=(0, 2), textcoords="offset points")
         for xi, t in zip(x, thrs):
             ax.hlines(t, xi - 0.4, xi + 0.4, colors="black", linestyles="--", linewidth=1.5)
         if metric == "logit_cosine":
             ax.set_yscale("log")
-            ax.set_title("1 - logprob cosine (lower is better)", fontsize=10)
+            ax.set_title("1 - logit cosine (lower is better)", fontsize=10)
         elif metric == "ppl_increase":
             ax.set_title("perplexity increase, % (lower is better)", fontsize=10)
             ax.axhline(0, color="gray", linewidth=0.5)
