@@ -21,28 +21,30 @@ import pytest
 from deploy.client import (ClientError, InvalidRequestError, LLMClient, RequestTimeoutError, build_inputs,
                            classify, generate_many)
 from deploy.server import TritonServer, shm_files
-from deploy.testing import make_tiny_engine
+from deploy.testing import assert_stopped_cleanly, make_tiny_engine
 from model_repo.generate import leftover_placeholders, write_model_repo
 
 MAX_SEQ_LEN = 512
-CONTEXT_LOGITS_TOKENS = 32
+CONTEXT_LOGITS_TOKENS = 160
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton")
     engine = make_tiny_engine(root / "engine", max_seq_len=MAX_SEQ_LEN, max_batch_size=16)
-    # context_logits answers capped at CONTEXT_LOGITS_TOKENS prompt tokens (1024-token vocabulary, float32)
-    repo = write_model_repo(engine, max_context_logits_bytes=CONTEXT_LOGITS_TOKENS * 1024 * 4)
+    vocab = json.loads((engine / "config.json").read_text())["vocab_size"]
+    # context_logits answers capped at CONTEXT_LOGITS_TOKENS prompt tokens (float32)
+    repo = write_model_repo(engine, max_context_logits_bytes=CONTEXT_LOGITS_TOKENS * vocab * 4)
     assert leftover_placeholders(repo) == []
-    srv = TritonServer(repo, log_file=root / "server.log")
+    srv = TritonServer(repo, log_file=root / "server.log", exit_timeout_s=15)
     srv.start(timeout_s=240)
     srv.engine = engine
+    srv.vocab = vocab
     srv.log_path = root / "server.log"
     assert shm_files(srv.shm_prefix), "the Python backend should be using shared memory while serving"
     yield srv
     rc = srv.stop()
-    assert rc == 0, f"tritonserver exit status {rc}"
+    assert_stopped_cleanly(rc, srv.log_path)
     assert shm_files(srv.shm_prefix) == [], "shared-memory files left behind"
 
 
@@ -79,9 +81,12 @@ def test_the_ensemble_name_gives_the_same_answer(server, client):
 
 
 def test_reasoning_effort_changes_the_prompt(client):
-    low = client.generate(CHAT, 1, reasoning_effort="low")
-    high = client.generate(CHAT, 1, reasoning_effort="high")
-    assert low.num_input_tokens != high.num_input_tokens
+    # The prompt's logits differ wherever its tokens do ("low" and "high" may tokenize to as many tokens).
+    low = client.generate(CHAT, 1, reasoning_effort="low", return_context_logits=True)
+    high = client.generate(CHAT, 1, reasoning_effort="high", return_context_logits=True)
+    assert low.num_input_tokens == low.context_logits.shape[0] > 50      # the rendered Harmony conversation
+    assert low.context_logits.shape != high.context_logits.shape or \
+        not np.array_equal(low.context_logits, high.context_logits)
 
 
 def test_16_concurrent_streams_each_equal_the_request_alone(server):
@@ -114,14 +119,19 @@ def test_log_probs_and_context_logits_are_the_runtimes(server, model, stream):
                                                          return_context_logits=True)
     assert r.output_ids == ref.output_ids
     np.testing.assert_allclose(r.output_log_probs, ref.logprobs, atol=1e-4)
-    assert r.context_logits.shape == (len(ids), 1024)
+    assert r.context_logits.shape == (len(ids), server.vocab)
     np.testing.assert_allclose(r.context_logits, rt.prompt_logits(ids).numpy(), atol=1e-4)
     plain = LLMClient(server.grpc_url, model=model).generate(text, 6, raw=True, stream=stream)
     assert plain.output_ids == ref.output_ids and plain.output_log_probs is None and plain.context_logits is None
 
 
-def test_context_logits_of_a_too_long_prompt_are_refused(client):
-    long_text = "many words " * CONTEXT_LOGITS_TOKENS
+def test_context_logits_of_a_too_long_prompt_are_refused(server, client):
+    from model_repo.tokenizer import HFTokenizer
+    tok = HFTokenizer(server.engine / "tokenizer.json")
+    long_text = "many words"
+    while len(tok.encode(long_text)) <= CONTEXT_LOGITS_TOKENS:
+        long_text += " many words"
+    assert len(tok.encode(long_text)) < MAX_SEQ_LEN - 2
     with pytest.raises(InvalidRequestError, match="return_context_logits"):
         client.generate(long_text, 2, raw=True, return_context_logits=True)
     assert client.generate(long_text, 2, raw=True).num_output_tokens == 2
@@ -393,4 +403,9 @@ def test_gptoss_client_cli(server):
     r = subprocess.run(base + ["chat", "--url", server.grpc_url, "--max-tokens", "3", "--no-stream"],
                        input="first\nsecond\n", capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
-    assert len([ln for ln in r.stdout.splitlines()]) == 2
+    # two turns, the second with the first in its history (an answer may itself hold newlines)
+    c = LLMClient(server.grpc_url)
+    a1 = c.generate("first", 3)
+    a2 = c.generate("second", 3, history=[{"role": "user", "content": "first"},
+                                          {"role": "assistant", "content": a1.text}])
+    assert r.stdout == a1.text + "\n" + a2.text + "\n"

@@ -48,23 +48,47 @@ class TritonPythonModel:
         self.engine_dir = resolve_engine_dir(args, p["engine_dir"])
         self.tokenizer = load_tokenizer(self.engine_dir, p.get("tokenizer", "auto"))
         log_info(f"tensorrt_llm_bls: {self.pre_model} -> {self.llm_model}, {self.tokenizer.kind} detokenizer")
+        # Requests being handled: thread name -> what it is doing (logged if the model unloads with some left).
+        self._inflight: dict[str, str] = {}
+        self._inflight_lock = threading.Lock()
 
     def execute(self, requests):
         for request in requests:
             threading.Thread(target=self._handle, args=(request,), daemon=True,
-                             name="bls-request").start()
+                             name=f"bls-request-{uuid.uuid4().hex[:8]}").start()
         return None
+
+    def finalize(self):
+        with self._inflight_lock:
+            left = dict(self._inflight)
+        if left:
+            log_error(f"tensorrt_llm_bls: unloading with {len(left)} request(s) in flight: "
+                      + "; ".join(f"{k}: {v}" for k, v in left.items()))
+        else:
+            log_info("tensorrt_llm_bls: unloading, no request in flight")
+
+    def _stage(self, what: str | None) -> None:
+        name = threading.current_thread().name
+        with self._inflight_lock:
+            if what is None:
+                self._inflight.pop(name, None)
+            else:
+                self._inflight[name] = f"{what} (since {time.strftime('%H:%M:%S')})"
 
     # ---------------------------------------------------------------------------------------------------
     def _handle(self, request):
-        sender = request.get_response_sender()
+        self._stage("starting")
         try:
-            self._run(request, sender)
-        except rq.RequestError as e:
-            _send(sender, pb_utils.InferenceResponse(error=invalid(str(e))), FINAL)
-        except Exception as e:  # noqa: BLE001 - every failure is an error response; the model keeps serving
-            log_error(f"tensorrt_llm_bls: {type(e).__name__}: {e}")
-            _send(sender, pb_utils.InferenceResponse(error=error_of(e)), FINAL)
+            sender = request.get_response_sender()
+            try:
+                self._run(request, sender)
+            except rq.RequestError as e:
+                _send(sender, pb_utils.InferenceResponse(error=invalid(str(e))), FINAL)
+            except Exception as e:  # noqa: BLE001 - every failure is an error response; the model keeps serving
+                log_error(f"tensorrt_llm_bls: {type(e).__name__}: {e}")
+                _send(sender, pb_utils.InferenceResponse(error=error_of(e)), FINAL)
+        finally:
+            self._stage(None)
 
     def _run(self, request, sender):
         text_input = get(request, "text_input")
@@ -84,6 +108,7 @@ class TritonPythonModel:
             t = pb_utils.get_input_tensor_by_name(request, front)
             if t is not None:
                 pre_in.append(pb_utils.Tensor(pre, t.as_numpy()))
+        self._stage("preprocessing")
         pre = pb_utils.InferenceRequest(model_name=self.pre_model, inputs=pre_in,
                                         requested_output_names=PRE_OUTPUTS).exec()
         if pre.has_error():
@@ -112,6 +137,7 @@ class TritonPythonModel:
             llm_in.append(pb_utils.Tensor("return_context_logits", np.array([[True]], dtype=np.bool_)))
             wanted.append("context_logits")
         rid = f"bls-{uuid.uuid4().hex}"
+        self._stage(f"generating {rid}")
         responses = pb_utils.InferenceRequest(model_name=self.llm_model, inputs=llm_in, request_id=rid,
                                               requested_output_names=wanted).exec(decoupled=True)
 
@@ -150,7 +176,9 @@ class TritonPythonModel:
                 next_check = now + CANCEL_CHECK_S
                 if request.is_cancelled():
                     cancelled = True
+                    self._stage(f"client cancelled: stopping {rid}")
                     self._stop(rid)
+                    self._stage(f"client cancelled: draining {rid}")
                     continue
             if stream:
                 if tokens or reason is not None:
@@ -159,12 +187,15 @@ class TritonPythonModel:
                                FINAL if reason is not None else 0)
                     if not ok:
                         cancelled = True
+                        self._stage(f"send failed: stopping {rid}")
                         self._stop(rid)
+                        self._stage(f"send failed: draining {rid}")
                     elif reason is not None:
                         done = True
             else:
                 final_text.append(d.final)
                 analysis_text.append(d.analysis)
+        self._stage(f"finishing {rid}")
         if done:
             return
         if cancelled:
