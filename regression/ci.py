@@ -46,7 +46,7 @@ def run_triton(engine: Path, out: Path, extra: list[str]) -> int:
     from model_repo.generate import write_model_repo
     from regression.cli import main as regression
     repo = write_model_repo(engine, out / "triton-repo")
-    server = TritonServer(repo, log_file=out / "tritonserver.log")
+    server = TritonServer(repo, log_file=out / "tritonserver.log", exit_timeout_s=15)
     _say(f"starting tritonserver on {engine} (log {out / 'tritonserver.log'})")
     server.start(timeout_s=300)
     try:
