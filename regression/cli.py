@@ -37,7 +37,8 @@ def _say(msg: str) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="engine-regression", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="engine-regression", description=__doc__.split("\n\n")[0],
+                                epilog="\n\n".join(__doc__.split("\n\n")[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("engines", nargs="*", metavar="ENGINE_DIR", help="engine directories (build-engine output)")
     p.add_argument("--url", action="append", default=[], metavar="HOST:PORT",
