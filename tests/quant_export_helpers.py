@@ -51,10 +51,10 @@ def calib_file() -> Path:
 
 @functools.cache
 def source(key: str) -> Path:
-    """A random bf16 HF model (ckpt_helpers config `key`) with the tiny model's tokenizer (vocab 1024)."""
+    """A random bf16 HF model (ckpt_helpers config `key`) with the tiny model's tokenizer (vocab 4096)."""
     from transformers import GptOssForCausalLM
     cfg = hf_config(key)
-    cfg.vocab_size = 1024
+    cfg.vocab_size = 4096
     torch.manual_seed(0)
     model = GptOssForCausalLM(cfg)
     randomize_(model, seed=7)

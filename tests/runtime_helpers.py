@@ -1,6 +1,6 @@
 """Tiny random gpt-oss models for the runtime tests, saved with transformers (fp32) once per session.
 
-Configs vary on purpose: the registry's `tiny` (window 8, GQA 2:1), an odd window with one kv head and
+Configs vary on purpose: the registry's `tiny` (window 16, GQA 2:1), an odd window with one kv head and
 hidden != heads * head_dim, and plain multi-head attention with a wider head. Every parameter is re-drawn
 non-zero, including sinks and biases that transformers initialises to zero, so each quirk moves the logits.
 """

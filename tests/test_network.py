@@ -96,7 +96,7 @@ def test_sink_tokens_declared_on_sliding_layers_only():
     for layer in net.layers:
         a = layer.attention
         if a.kind == "sliding":
-            assert a.sink_tokens == 4 and a.kv_slots == 8 + 4 and PLUGIN_SINK_TOKENS in a.plugins
+            assert a.sink_tokens == 4 and a.kv_slots == 16 + 4 and PLUGIN_SINK_TOKENS in a.plugins
         else:
             assert a.sink_tokens == 0
 
@@ -123,14 +123,14 @@ _DELETE = object()
     (("layers", 0, "attention", "sink_tokens"), -1, r"sink_tokens: -1 must be an integer >= 0"),
     (("layers", 0, "attention", "sinks"), None, r"attention.sinks: None must name the sink tensor"),
     (("layers", 0, "attention", "qkv", "quant"), "int3", r"qkv.quant: 'int3' is not a known quant format"),
-    (("layers", 0, "attention", "qkv", "out_features"), 127, r"qkv.out_features: 127 must be 128"),
+    (("layers", 0, "attention", "qkv", "out_features"), 127, r"qkv.out_features: 127 must be 256"),
     (("layers", 0, "attention", "rope", "beta_fast"), 0.5, r"rope.beta_fast: 0.5 must exceed beta_slow"),
     (("layers", 0, "mlp", "top_k"), 9, r"layers\[0\].mlp.top_k: 9 must be <= num_experts 8"),
     (("layers", 0, "mlp", "router", "quant"), "mxfp4", r"mlp.router.quant: 'mxfp4' is not allowed here"),
     (("layers", 0, "mlp", "kind"), "sparse", r"layers\[0\].mlp.kind: 'sparse' must be one of"),
     (("layers", 0, "mlp", "swiglu_limit"), -7.0, r"swiglu_limit: -7.0 must be > 0 or null"),
     (("layers", 2, "index"), 5, r"layers\[2\].index: 5 must be 2"),
-    (("layers", 0, "attn_norm", "size"), 32, r"layers\[0\].attn_norm.size: 32 must equal hidden_size 64"),
+    (("layers", 0, "attn_norm", "size"), 32, r"layers\[0\].attn_norm.size: 32 must equal hidden_size 128"),
     (("layers", 0, "attention", "head_dim"), "16", r"attention.head_dim: '16' must be an integer"),
     (("layers", 0, "attention", "learned_sinks"), 1, r"learned_sinks: 1 must be true or false"),
     (("layers", 0, "attention", "colour"), "red", r"network.layers\[0\].attention: unknown field\(s\) \['colour'\]"),

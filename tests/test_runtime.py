@@ -162,13 +162,13 @@ def test_sliding_cache_stays_at_window_size():
             slots = cache.layer_slots(layer.index)
             if layer.attention.kind == "sliding":
                 assert slots == W, f"sliding layer {layer.index} holds {slots} entries at length {t + 1}"
-                assert cache.k[layer.index].shape == (1, 2, W, 16)
+                assert cache.k[layer.index].shape == (1, 2, W, 32)
             else:
                 assert slots >= t + 1
     full_bytes = sum(cache.k[i].nbytes + cache.v[i].nbytes for i in range(4) if i % 2)
     slide_bytes = sum(cache.k[i].nbytes + cache.v[i].nbytes for i in range(4) if i % 2 == 0)
-    assert slide_bytes == 2 * 2 * (2 * W * 16 * 4)           # 2 layers x (k, v) x [1, 2, W, 16] fp32
-    assert full_bytes >= 2 * 2 * (2 * 160 * 16 * 4)
+    assert slide_bytes == 2 * 2 * (2 * W * 32 * 4)           # 2 layers x (k, v) x [1, 2, W, 32] fp32
+    assert full_bytes >= 2 * 2 * (2 * 160 * 32 * 4)
 
 
 def _sink_masks(T: int, W: int, S: int) -> dict:

@@ -74,8 +74,8 @@ def test_chat_history_and_bad_requests(o200k):
 def test_engine_tokenizer_renders_the_same_conversation(o200k, tiny_tok):
     ids = render_chat(tiny_tok, "Hello there", "low")
     assert tiny_tok.decode(ids) == o200k.decode(render_chat(o200k, "Hello there", "low"))
-    assert ids.count(tiny_tok.special_id("<|start|>")) == 3 and max(ids) < 1024
-    assert tiny_tok.stop_ids() == [1022, 1023]
+    assert ids.count(tiny_tok.special_id("<|start|>")) == 3 and max(ids) < 4096
+    assert tiny_tok.stop_ids() == [4094, 4095]
 
 
 def test_tokenizer_choice(tmp_path):
@@ -134,10 +134,10 @@ def test_decoder_agrees_with_openai_harmony_parser(o200k):
 
 def test_generation_without_a_header_is_final_text(tiny_tok):
     ids = tiny_tok.encode("just some words")
-    out = decode_completion(tiny_tok, ids + [1022, 5, 6])
+    out = decode_completion(tiny_tok, ids + [4094, 5, 6])
     assert out.final == "just some words" and out.analysis == ""
     # raw mode: every token's text, specials included
-    assert decode_completion(tiny_tok, ids + [1018], raw=True).final == "just some words<|end|>"
+    assert decode_completion(tiny_tok, ids + [4090], raw=True).final == "just some words<|end|>"
 
 
 def test_split_utf8_is_held_back_until_complete(o200k):

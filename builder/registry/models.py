@@ -81,15 +81,23 @@ _RELEASED_SOURCE = ("config.json of huggingface.co/{repo} (Aug 2025) and OpenAI'
 _HARMONY_EOS = (200002, 200012)
 
 MODELS: dict[str, ModelConfig] = {
+    # Trained by tools/train_tiny.py on Shakespeare (public domain) and shipped in builder/assets/tiny
+    # (docs/tiny-model.md). Every gpt-oss feature at CPU size: 4 layers (sliding on even layers, full on odd),
+    # hidden 128 and intermediate 128 (multiples of 32, so MXFP4 blocks tile them), head_dim 32, GQA 4:2,
+    # learned sinks, q/k/v/o biases, 8 experts top-2 with a biased router and clamped SwiGLU, YaRN (factor 16
+    # over the 256-token training context), untied embeddings; a 4096-token byte-level BPE vocabulary whose
+    # top 7 ids are the Harmony specials. About 2.8M parameters, 5.7 MB in bf16.
     "tiny": ModelConfig(
         name="tiny",
-        num_layers=4, hidden_size=64, head_dim=16, num_q_heads=4, num_kv_heads=2, vocab_size=1024,
-        mlp="moe", intermediate_size=64, num_experts=8, experts_per_token=4,
+        num_layers=4, hidden_size=128, head_dim=32, num_q_heads=4, num_kv_heads=2, vocab_size=4096,
+        mlp="moe", intermediate_size=128, num_experts=8, experts_per_token=2,
         # A window smaller than typical prompts, so sliding layers really slide in every test.
-        sliding_window=8,
+        sliding_window=16,
         max_position_embeddings=4096, rope_original_max_position=256, rope_scaling_factor=16.0,
-        source="this project: a CPU-sized config with every gpt-oss feature switched on",
-        notes="sinks, alternating sliding/full layers, YaRN, MoE top-4 with clamped SwiGLU and biases",
+        source="this project: trained on CPU by tools/train_tiny.py (Shakespeare, public domain)",
+        notes="sinks, alternating sliding/full layers, YaRN, MoE top-2 with clamped SwiGLU and biases",
+        # Harmony stop tokens of the tiny tokenizer: <|return|> 4094 and <|call|> 4095.
+        eos_token_ids=(4094, 4095),
     ),
     "20b": ModelConfig(
         name="20b",
