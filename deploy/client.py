@@ -112,9 +112,6 @@ def build_inputs(prompt: str | bytes, max_tokens: int, *, stream: bool, temperat
                  history: Sequence[dict] | None = None, raw: bool = False, return_log_probs: bool = False,
                  return_context_logits: bool = False, extra: dict | None = None):
     """tritonclient InferInputs with TensorRT-LLM's tensor names, batch dim 1. `extra`: {name: numpy array}."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
     arrays: dict[str, np.ndarray] = {
         "text_input": _bytes_array([prompt]),
         "max_tokens": np.array([[max_tokens]], dtype=np.int32),
@@ -145,6 +142,13 @@ def build_inputs(prompt: str | bytes, max_tokens: int, *, stream: bool, temperat
     if return_context_logits:
         arrays["return_context_logits"] = np.array([[True]], dtype=np.bool_)
     arrays.update(extra or {})
+    return infer_inputs(arrays)
+
+
+def infer_inputs(arrays: dict) -> list:
+    """numpy arrays by tensor name -> tritonclient gRPC InferInputs (object arrays travel as BYTES)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
     inputs = []
     for name, arr in arrays.items():
         dt = "BYTES" if arr.dtype == np.object_ else np_to_triton_dtype(arr.dtype)

@@ -10,6 +10,8 @@ libraries look for: `<sha1 of the download url>` (tiktoken, TIKTOKEN_CACHE_DIR) 
 
 from __future__ import annotations
 
+import abc
+
 import gzip
 import hashlib
 import json
@@ -81,21 +83,24 @@ def ensure_o200k() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
-class ServingTokenizer:
+class ServingTokenizer(abc.ABC):
     """encode(text) -> ids (special-token strings in text become special tokens); token_bytes(id) -> the bytes
     of one token (special tokens: their text); special_id(name) -> id or None."""
 
     kind: str = ""
     vocab_size: int = 0
 
+    @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def token_bytes(self, token_id: int) -> bytes:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def special_id(self, text: str) -> int | None:
-        raise NotImplementedError
+        ...
 
     def decode(self, ids: Sequence[int]) -> str:
         return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")

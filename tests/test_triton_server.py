@@ -211,13 +211,8 @@ def test_timeout_cancels_and_the_server_keeps_serving(client):
 def _send_raw(server, arrays: dict, model: str = "tensorrt_llm_bls"):
     """Send exactly these tensors through the gRPC stream API; -> (responses, error message or None)."""
     import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-    inputs = []
-    for name, arr in arrays.items():
-        dt = "BYTES" if arr.dtype == np.object_ else np_to_triton_dtype(arr.dtype)
-        i = grpcclient.InferInput(name, list(arr.shape), dt)
-        i.set_data_from_numpy(arr)
-        inputs.append(i)
+    from deploy.client import infer_inputs
+    inputs = infer_inputs(arrays)
     c = grpcclient.InferenceServerClient(server.grpc_url)
     q: queue.Queue = queue.Queue()
     c.start_stream(callback=lambda result, error: q.put((result, error)))
