@@ -31,10 +31,10 @@ PATHS = [("hf", "hf-mxfp4"), ("hf-mxfp4", "openai"), ("openai", "hf"), ("hf", "h
 def make_synthetic(folder: Path, layers: int, vocab: int) -> Path:
     import torch
 
-    from builder.checkpoint import ShardedWriter, TensorSpec
-    from builder.checkpoint.config_io import hf_config_dict
-    from builder.convert.mapping import expand
-    from builder.registry import get_model
+    from checkpoint import ShardedWriter, TensorSpec
+    from checkpoint.config_io import hf_config_dict
+    from checkpoint.convert.mapping import expand
+    from spec.registry import get_model
 
     config = get_model("20b").with_overrides(name="synthetic-20b", num_layers=layers, vocab_size=vocab)
     ex = expand("hf", config)
@@ -64,7 +64,7 @@ def folder_bytes(folder: Path) -> int:
 
 def child(src: str, dst: str, to: str) -> None:
     """Runs in the subprocess: one conversion, then its own time and peak RSS as JSON."""
-    from builder.convert import convert_checkpoint
+    from checkpoint.convert import convert_checkpoint
     t0 = time.perf_counter()
     convert_checkpoint(src, dst, to, progress=False)
     seconds = time.perf_counter() - t0

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from builder.quant import (mxfp4_to_nvfp4_lossless, quantize_fp8_per_tensor,  # noqa: E402
+from numerics import (mxfp4_to_nvfp4_lossless, quantize_fp8_per_tensor,  # noqa: E402
                            quantize_mxfp4, quantize_nvfp4)
 
 HIDDEN, INTER2 = 2880, 5760  # gpt-oss-20b: hidden size, 2 * intermediate size (gate_up rows)

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from builder.network import network_from_config  # noqa: E402
-from builder.registry import get_model  # noqa: E402
-from builder.registry.models import ModelConfig  # noqa: E402
+from spec.network import network_from_config  # noqa: E402
+from spec.registry import get_model  # noqa: E402
+from spec.registry.models import ModelConfig  # noqa: E402
 from runtime import Runtime, SamplingParams  # noqa: E402
 from runtime.kv_cache import kv_cache_bytes  # noqa: E402
 

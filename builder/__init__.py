@@ -1,3 +1,4 @@
-"""gpt-oss build pipeline: registries, planner, checkpoint conversion, quantization, engine building."""
+"""Engine building: plan a model on a target, calibrate, convert and quantize, write the engine directory
+(checkpoint, network.json, options, Triton repository) with its manifest, atomically, through a build cache."""
 
-__version__ = "0.1.0"
+from spec import __version__  # noqa: F401

@@ -2,12 +2,12 @@
 input and of every layer's K and V, for the static scales of W4A4 NVFP4 / W8A8 FP8 and the FP8 KV cache.
 
 What is recorded (as ModelOpt's max calibration does, with quantization off while calibrating):
-- `<module>.input_scale` names (builder.canonical.input_scale_name) -> max |x| entering that linear:
+- `<module>.input_scale` names (spec.canonical.input_scale_name) -> max |x| entering that linear:
   attn.qkv (once for q, k and v: one input), attn.out, and per MoE projection over *all experts*: gate and
   up see every token (each is routed to some expert), down sees the SwiGLU output of every (token, routed
   expert) pair -- one scalar per projection, because the fused MoE GEMM takes one input scale;
 - `<qkv module>.k_scale` / `.v_scale` names -> max |K| (after RoPE, what the cache stores) and max |V|.
-The caller turns amax into scales (builder.quant.policy: input_scale, kv_scale).
+The caller turns amax into scales (checkpoint.quant_policy: input_scale, kv_scale).
 
 Memory stays bounded: one text at a time (truncated to max_tokens), logits never computed, and only the
 running maxima are kept. The hook points are the runtime's own: the activation-quantizer slots of its
@@ -17,13 +17,12 @@ prepared linears and MoE (plugins.reference: act_quant, act_in, act_mid), and KV
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from builder.canonical import input_scale_name
-from builder.checkpoint.errors import CheckpointError
+from checkpoint.calibration import Calibration, CalibrationError
+from spec.canonical import input_scale_name
 
 # The built-in calibration set: varied English prose (narrative, technical, dialogue, lists, numbers,
 # code-like text), written for this project. Enough to exercise every expert of a small model; for
@@ -71,26 +70,6 @@ DEFAULT_TEXTS = (
     "The museum's new exhibit features paintings, sculptures and photographs from five continents.",
 )
 DEFAULT_MAX_TOKENS = 512
-
-
-class CalibrationError(CheckpointError):
-    pass
-
-
-@dataclass
-class Calibration:
-    amax: dict[str, float] = field(default_factory=dict)      # '<module>.input_scale' -> input amax
-    kv_amax: dict[str, float] = field(default_factory=dict)   # '<qkv module>.k_scale' / '.v_scale' -> amax
-    texts: int = 0
-    tokens: int = 0
-
-    def record(self, store: dict, name: str, x: torch.Tensor) -> None:
-        if x.numel():
-            v = float(x.detach().abs().amax())
-            if v != v or v in (float("inf"), float("-inf")):
-                raise CalibrationError(f"calibration: {name} saw a non-finite activation; the model diverges on "
-                                       f"the calibration text (or its weights are broken)")
-            store[name] = max(store.get(name, 0.0), v)
 
 
 def load_texts(calibration) -> list[str]:

@@ -7,9 +7,9 @@ import json
 import sys
 
 from builder.plan import INCOMPATIBLE, Plan, PlanError, plan
-from builder.registry import MODELS
-from builder.registry.gpus import GPUS
-from builder.registry.quant_formats import QUANT_FORMATS
+from spec.registry import MODELS
+from spec.registry.gpus import GPUS
+from spec.registry.quant_formats import QUANT_FORMATS
 
 GB = 1e9
 EXIT_INCOMPATIBLE = 3

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from builder.params import active_params, components, component_bytes, total_params
-from builder.registry.gpus import GpuProfile, get_gpu
-from builder.registry.models import ModelConfig, get_model
-from builder.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat, get_quant
-from plugins.capabilities import KERNELS, UNVERIFIED, kernel_status
+from spec.params import active_params, components, component_bytes, total_params
+from spec.registry.gpus import GpuProfile, get_gpu
+from spec.registry.models import ModelConfig, get_model
+from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat, get_quant
+from spec.capabilities import KERNELS, UNVERIFIED, kernel_status
 
 GB = 1e9
 # CUDA context, cuBLAS/CUTLASS workspaces and NCCL buffers, per GPU (TensorRT-LLM measures ~1-2 GB).
@@ -266,7 +266,7 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
 def _alternatives(model: ModelConfig, gpu: GpuProfile, seq_len: int, batch: int, kv_dtype: str,
                   tried_tp: int | None) -> list[str]:
     """Hints for an incompatible plan: a larger tp on this GPU, or single GPUs that hold the model."""
-    from builder.registry.gpus import GPUS
+    from spec.registry.gpus import GPUS
 
     hints = []
     if tried_tp is not None:

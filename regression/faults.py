@@ -8,7 +8,7 @@
 
 Each copies `src` to `dst` (the manifest stays: same model, quant and source checkpoint, so it is compared with the
 same golden and thresholds) and rewrites the engine's own files: safetensors through the safetensors library
-(safe, no pickle), network.json through builder.network (validated), config.json as JSON. Each returns a dict
+(safe, no pickle), network.json through spec.network (validated), config.json as JSON. Each returns a dict
 saying what it changed.
 """
 
@@ -118,7 +118,7 @@ def disable_sliding_window(src, dst) -> dict:
     config's window (what TensorRT-LLM reads) covers the whole context; the weights are untouched."""
     import dataclasses
 
-    from builder.network import PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW, Network
+    from spec.network import PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW, Network
     engine = _copy(src, dst)
     changed = []
     net_file = engine / "network.json"
@@ -133,7 +133,7 @@ def disable_sliding_window(src, dst) -> dict:
                 changed.append(f"network.json layers[{layer.index}]")
             layers.append(dataclasses.replace(layer, attention=a))
         Network.from_dict(dataclasses.replace(net, layers=tuple(layers)).to_dict()).save(net_file)
-    # The checkpoint config must keep gpt-oss's sliding/full alternation (builder.checkpoint refuses anything
+    # The checkpoint config must keep gpt-oss's sliding/full alternation (checkpoint refuses anything
     # else), so its window grows to the whole context instead: a window that covers every position is none.
     cfg_file = engine / "config.json"
     cfg = json.loads(cfg_file.read_text())

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from builder.checkpoint.errors import CheckpointError
-    from builder.network import NetworkError
+    from checkpoint.errors import CheckpointError
+    from spec.network import NetworkError
     from runtime.engine import Runtime, RuntimeLoadError
     from runtime.model import WeightError
     from runtime.sampling import SamplingParams

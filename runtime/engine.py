@@ -6,8 +6,8 @@
     logits = rt.prompt_logits([1, 2, 3])                             # float32 [3, vocab]
 
 A directory is read as: `network.json` if present (the engine's declared network, validated), else the
-network derived from the checkpoint (builder.network.network_from_checkpoint); weights through
-builder.convert.load_canonical (HF bf16/fp32, HF MXFP4, OpenAI original); `tokenizer.json` if present.
+network derived from the checkpoint (spec.network.network_from_checkpoint); weights through
+checkpoint.convert.load_canonical (HF bf16/fp32, HF MXFP4, OpenAI original); `tokenizer.json` if present.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from builder.network import Network, network_from_checkpoint
+from spec.network import Network, network_from_checkpoint
 from runtime.generate import GenerationResult, TokenEvent, generate, generate_stream
 from runtime.kv_cache import kv_cache_bytes
 from runtime.model import ReferenceModel
@@ -64,7 +64,7 @@ class Runtime:
     def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  network: Network | None = None) -> "Runtime":
         """An engine directory (network.json + checkpoint) or any checkpoint folder load_canonical reads."""
-        from builder.convert import load_canonical
+        from checkpoint.convert import load_canonical
         path = Path(path)
         if not path.is_dir():
             raise RuntimeLoadError(f"{path}: not a directory")

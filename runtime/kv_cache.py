@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from builder.network import Network
+from spec.network import Network
 from plugins.reference.attention import attention_mask, mask_bias
 
 

@@ -1,4 +1,4 @@
-"""Model assembly: a Network (builder.network) + canonical tensors (builder.canonical) -> a runnable model.
+"""Model assembly: a Network (spec.network) + canonical tensors (spec.canonical) -> a runnable model.
 
 The network definition decides everything: which tensor each parameter is, the attention kind and window of
 each layer, sinks, RoPE, MoE or dense MLP, and the quant format of every linear (weights are dequantized once
@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from builder.network import Attention, DenseMLP, MoE, Network
+from spec.network import Attention, DenseMLP, MoE, Network
 from plugins.reference.attention import sink_attention, sink_attention_fused
 from plugins.reference.linear import (PreparedLinear, activation_quantizer, prepare_expert_weights,
                                       prepare_linear)
@@ -64,7 +64,7 @@ class _MlpWeights:
 
 
 # Calibrated activation scales travel as `<module>.input_scale` (ModelOpt's export name): a scalar, or one per
-# expert (the fused MoE GEMM then uses their max, as TensorRT-LLM does). builder.canonical has no such names
+# expert (the fused MoE GEMM then uses their max, as TensorRT-LLM does). spec.canonical has no such names
 # yet; the runtime reads them when a tensor dict provides them.
 INPUT_SCALE = ".input_scale"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from builder.registry import get_model
-from builder.registry.models import ModelConfig
+from spec.registry import get_model
+from spec.registry.models import ModelConfig
 
 ROOT = Path(tempfile.mkdtemp(prefix="runtime-tests-"))
 atexit.register(shutil.rmtree, ROOT, ignore_errors=True)
@@ -77,7 +77,7 @@ def hf_model(key: str):
 
 @functools.cache
 def converted(key: str, to: str) -> Path:
-    from builder.convert import convert_checkpoint
+    from checkpoint.convert import convert_checkpoint
     return convert_checkpoint(hf_model(key)[1], ROOT / f"{to}-{key}", to=to, progress=False)
 
 

@@ -157,8 +157,14 @@ def test_killed_build_leaves_the_previous_engine_intact(cpu_engine, tmp_path):
     shutil.copytree(cpu_engine, out)
     cmd = [str(BIN / "build-engine"), "--model", "tiny", "--gpu", "h100", "--cross-build", "--output", str(out),
            "--cache-policy", "off", "--no-progress"]
+    # Kill at fractions of one measured build, so the kills land in every stage whatever the machine's speed.
+    t0 = time.monotonic()
+    subprocess.run(cmd[:-5] + ["--output", str(tmp_path / "timing"), "--cache-policy", "off", "--no-progress"],
+                   check=True, capture_output=True, timeout=300)
+    whole = time.monotonic() - t0
+    shutil.rmtree(tmp_path / "timing")
     killed = 0
-    for delay in (1.0, 2.0, 3.0, 4.0, 6.0):
+    for delay in (0.15 * whole, 0.35 * whole, 0.55 * whole, 0.75 * whole, 0.95 * whole):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(delay)
         if proc.poll() is None:

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from builder.calibrate import DEFAULT_TEXTS, CalibrationError, calibrate, load_texts
-from builder.canonical import input_scale_name
-from builder.convert import convert_checkpoint, load_canonical
-from builder.quant.policy import kv_scale, policy
+from spec.canonical import input_scale_name
+from builder.convert import convert_checkpoint
+from checkpoint.convert import load_canonical
+from checkpoint.quant_policy import kv_scale, policy
 from quant_export_helpers import TINY, calib_file, calib_ids, one_torch_thread
 
 

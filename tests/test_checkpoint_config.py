@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from builder.checkpoint import CheckpointError, model_config_from_checkpoint
-from builder.checkpoint.config_io import (OPENAI_KEYS, hf_config_dict, model_config_from_openai, openai_config_dict,
+from checkpoint import CheckpointError, model_config_from_checkpoint
+from checkpoint.config_io import (OPENAI_KEYS, hf_config_dict, model_config_from_openai, openai_config_dict,
                                           read_model_config)
-from builder.convert.mapping import expand
-from builder.registry import get_model
+from checkpoint.convert.mapping import expand
+from spec.registry import get_model
 from ckpt_helpers import hf_checkpoint
 
 

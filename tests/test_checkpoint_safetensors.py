@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
-from builder.checkpoint import (CheckpointError, SafetensorsFile, SafetensorsWriter, ShardedWriter, TensorSpec,
+from checkpoint import (CheckpointError, SafetensorsFile, SafetensorsWriter, ShardedWriter, TensorSpec,
                                 TensorStore)
-from builder.checkpoint.safetensors_io import DTYPE_NAMES
+from checkpoint.safetensors_io import DTYPE_NAMES
 
 
 def _sample():

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from builder.checkpoint import CheckpointError
-from builder.convert import convert_checkpoint, load_canonical
-from builder.convert.cli import main as cli_main
+from checkpoint import CheckpointError
+from checkpoint.convert import convert_checkpoint, load_canonical
+from builder.convert_cli import main as cli_main
 from ckpt_helpers import hf_checkpoint
 
 ST = "model.safetensors"

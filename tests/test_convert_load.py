@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from builder.canonical import canonical_shapes
-from builder.convert import load_canonical
+from spec.canonical import canonical_shapes
+from checkpoint.convert import load_canonical
 from ckpt_helpers import CONFIGS, hf_checkpoint
 
 

@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from builder.convert import convert_checkpoint, quirks as q, tables
-from builder.convert.mapping import expand
-from builder.registry import get_model
+from checkpoint.convert import convert_checkpoint, quirks as q, tables
+from checkpoint.convert.mapping import expand
+from spec.registry import get_model
 from ckpt_helpers import hf_checkpoint, hf_logits, prompt, reference_logits
 
 L = "model.layers.{layer}."

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from builder.canonical import MXFP4Weight
-from builder.convert import convert_checkpoint, load_canonical
-from builder.convert.cli import main as cli_main
+from numerics.mxfp4 import MXFP4Weight
+from checkpoint.convert import convert_checkpoint, load_canonical
+from builder.convert_cli import main as cli_main
 from ckpt_helpers import CONFIGS, hf_checkpoint, hf_logits, load_hf, prompt, reference_logits
 
 KEYS = sorted(CONFIGS)
@@ -154,7 +154,7 @@ def test_cli_and_aux_files(tmp_path, capsys):
                         "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta"]
     assert (tmp_path / "oa" / "generation_config.json").exists()
     # The installed console script, with its progress bar on stderr.
-    r = subprocess.run([sys.executable, "-m", "builder.convert.cli", str(tmp_path / "oa"), str(tmp_path / "hf"),
+    r = subprocess.run([sys.executable, "-m", "builder.convert_cli", str(tmp_path / "oa"), str(tmp_path / "hf"),
                         "--to", "hf"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "oa -> hf" in r.stderr and "tensor" in r.stderr

@@ -2,7 +2,7 @@
 
 import os
 
-from builder import fsutil
+from checkpoint import fsutil
 
 
 def _tree(root):

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from builder.canonical import canonical_shapes
-from builder.network import (SCHEMA_VERSION, PLUGIN_SINK_TOKENS, PLUGINS, MoE, Network, NetworkError,
+from spec.canonical import canonical_shapes
+from spec.network import (SCHEMA_VERSION, PLUGIN_SINK_TOKENS, PLUGINS, MoE, Network, NetworkError,
                              formats_allowed, network_from_config, resolve_quant)
-from builder.registry import MODELS, get_model
-from builder.registry.quant_formats import QUANT_FORMATS
+from spec.registry import MODELS, get_model
+from spec.registry.quant_formats import QUANT_FORMATS
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -70,7 +70,7 @@ def _tensor_names(net):
 
 
 def test_plugin_names_are_capability_kernels():
-    from plugins.capabilities import KERNELS
+    from spec.capabilities import KERNELS
     # every kernel but the StreamingLLM policy (no serving stack offers it) is in the per-SM table
     assert set(PLUGINS) - {PLUGIN_SINK_TOKENS} <= set(KERNELS)
     for fmt in QUANT_FORMATS.values():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from builder.params import active_params, total_params, weight_bytes
-from builder.registry import MODELS
-from builder.registry.quant_formats import QUANT_FORMATS
+from spec.params import active_params, total_params, weight_bytes
+from spec.registry import MODELS
+from spec.registry.quant_formats import QUANT_FORMATS
 
 
 @pytest.mark.parametrize("name,total,active", [("120b", 116.8e9, 5.13e9), ("20b", 20.9e9, 3.6e9)])

@@ -3,7 +3,7 @@
 import pytest
 
 from builder.plan import INCOMPATIBLE, LOW_MEMORY, RUNNABLE, PlanError, kv_full_attention_bytes, plan
-from builder.registry import MODELS
+from spec.registry import MODELS
 
 
 def test_120b_b200_batch1_decode_is_bandwidth_arithmetic():
@@ -103,7 +103,7 @@ def test_fp8_on_gpu_says_trtllm_cannot_load_it():
 
 
 def test_streaming_sink_tokens_are_incompatible_on_gpus(monkeypatch):
-    from builder.registry import MODELS
+    from spec.registry import MODELS
     monkeypatch.setitem(MODELS, "tiny-sinks", MODELS["tiny"].with_overrides(name="tiny-sinks", sink_tokens=4))
     p = plan("tiny-sinks", "b200")
     assert p.verdict == INCOMPATIBLE and any("StreamingLLM" in r for r in p.reasons)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.quant import (LossyTranscodeError, dequantize_fp8, dequantize_mxfp4, dequantize_nvfp4,
+from numerics import (LossyTranscodeError, dequantize_fp8, dequantize_mxfp4, dequantize_nvfp4,
                            fake_quantize_nvfp4_activations, fp8_kv_scale, iter_quantize_nvfp4,
                            mxfp4_to_nvfp4_lossless, nvfp4_global_scale, pack_nibbles, quantize_fp8,
                            quantize_fp8_per_tensor, quantize_mxfp4, quantize_nvfp4, unpack_nibbles)
@@ -70,7 +70,7 @@ def test_large_tensor_bounded_extra_memory():
 
 
 def test_bf16_widening_is_exact_on_every_pattern():
-    from builder.quant._codec import to_f32
+    from numerics._codec import to_f32
     u = np.arange(65536, dtype=np.uint16)
     np.testing.assert_array_equal(to_f32(u.view(ml_dtypes.bfloat16)).view(np.uint32), u.astype(np.uint32) << 16)
 

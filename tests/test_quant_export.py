@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from builder.checkpoint.config_io import read_model_config
-from builder.checkpoint.errors import CheckpointError
-from builder.checkpoint.safetensors_io import SafetensorsFile
-from builder.convert import convert_checkpoint, load_canonical
-from builder.quant import dequantize_mxfp4, quantize_fp8, quantize_nvfp4
-from builder.quant.fp8 import E4M3
+from checkpoint.config_io import read_model_config
+from checkpoint.errors import CheckpointError
+from checkpoint.safetensors_io import SafetensorsFile
+from builder.convert import convert_checkpoint
+from checkpoint.convert import load_canonical
+from numerics import dequantize_mxfp4, quantize_fp8, quantize_nvfp4
+from numerics.fp8 import E4M3
 from ckpt_helpers import ROOT
 from quant_export_helpers import TINY, calib_file, modelopt_export, one_torch_thread, source
 
@@ -320,7 +321,7 @@ def test_errors(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    from builder.convert.cli import main
+    from builder.convert_cli import main
     assert main([str(TINY), str(tmp_path / "wo"), "--to", "hf-nvfp4", "--no-progress"]) == 0
     assert main([str(TINY), str(tmp_path / "w4a4"), "--to", "hf-nvfp4", "--calib-file", str(calib_file()),
                  "--kv-cache", "fp8", "--no-progress"]) == 0

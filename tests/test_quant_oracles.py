@@ -1,4 +1,4 @@
-"""Bit-exactness of builder.quant against NVIDIA ModelOpt 0.47 and torchao 0.18, which CI installs
+"""Bit-exactness of numerics against NVIDIA ModelOpt 0.47 and torchao 0.18, which CI installs
 (tools/install-test-deps.sh). Packed bytes AND scales are compared exactly; where we deviate on purpose
 the deviation is asserted to be exactly the documented one.
 """
@@ -21,10 +21,10 @@ with warnings.catch_warnings():
     from torchao.prototype.mx_formats.mx_tensor import to_mx
     from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize
 
-from builder.quant import (dequantize_mxfp4, mxfp4_kmax, mxfp4_to_nvfp4_lossless, nvfp4_global_scale,
+from numerics import (dequantize_mxfp4, mxfp4_kmax, mxfp4_to_nvfp4_lossless, nvfp4_global_scale,
                            quantize_fp8_per_tensor, quantize_mxfp4, quantize_nvfp4)
-from builder.quant.mxfp4 import E2M1, _block_exponents
-from builder.quant.transcode import LossyTranscodeError
+from numerics.mxfp4 import E2M1, _block_exponents
+from numerics.transcode import LossyTranscodeError
 from quant_helpers import weights
 
 SHAPES = [(64, 2880), (2, 48, 512)]  # a gpt-oss row width, and a small expert stack
@@ -115,7 +115,7 @@ def test_mxfp4_modelopt_rule_differs_from_rceil_only_by_ties_and_zero_sign():
     bm, sm = quantize_mxfp4(x, "modelopt")
     br, sr = quantize_mxfp4(x, "rceil")
     np.testing.assert_array_equal(sm, sr)
-    from builder.quant.mxfp4 import FP4_PAIR_VALUES, E8M0_VALUES
+    from numerics.mxfp4 import FP4_PAIR_VALUES, E8M0_VALUES
     q = x.numpy().reshape(sr.shape + (32,)) * E8M0_VALUES[254 - sr.astype(np.int64)][..., None]
     cm = FP4_PAIR_VALUES[bm].reshape(q.shape)
     cr = FP4_PAIR_VALUES[br].reshape(q.shape)
@@ -254,8 +254,8 @@ def _key_representatives(cast) -> np.ndarray:
 
 
 def test_e2m1_casts_match_modelopt_and_torchao_on_every_key():
-    from builder.quant.nvfp4 import E2M1_MODELOPT_NV
-    from builder.quant.mxfp4 import E2M1_MODELOPT_MX
+    from numerics.nvfp4 import E2M1_MODELOPT_NV
+    from numerics.mxfp4 import E2M1_MODELOPT_MX
     from torchao.prototype.mx_formats.kernels import f32_to_f4_unpacked
     v = _key_representatives(E2M1)
     vt = torch.from_numpy(v.copy())
@@ -272,7 +272,7 @@ def test_e2m1_casts_match_modelopt_and_torchao_on_every_key():
 
 
 def test_e4m3_cast_matches_torch_on_every_key():
-    from builder.quant.fp8 import E4M3_CODEC
+    from numerics.fp8 import E4M3_CODEC
     v = _key_representatives(E4M3_CODEC)
     ref = torch.from_numpy(np.clip(v, -448, 448)).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
     np.testing.assert_array_equal(E4M3_CODEC(v), ref)

@@ -1,13 +1,13 @@
-"""builder.quant.policy: which canonical tensors each format quantizes, shared scales, and that the
+"""checkpoint.quant_policy: which canonical tensors each format quantizes, shared scales, and that the
 checkpoint tables quantize exactly what the policy says."""
 
 from __future__ import annotations
 
 import pytest
 
-from builder.convert.mapping import expand
-from builder.quant.policy import QUANT_FORMATS, format_for_checkpoint, policy
-from builder.registry import get_model
+from checkpoint.convert.mapping import expand
+from checkpoint.quant_policy import QUANT_FORMATS, format_for_checkpoint, policy
+from spec.registry import get_model
 
 TINY = get_model("tiny")
 

@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from builder.quant import (LossyTranscodeError, dequantize_mxfp4,
+from numerics import (LossyTranscodeError, dequantize_mxfp4,
                            fake_quantize_nvfp4_activations, mxfp4_to_nvfp4_lossless, quantize_fp8_per_tensor,
                            quantize_mxfp4, quantize_nvfp4)
-from builder.quant.fp8 import E4M3_CODEC
-from builder.quant.mxfp4 import E2M1, E8M0_VALUES
+from numerics.fp8 import E4M3_CODEC
+from numerics.mxfp4 import E2M1, E8M0_VALUES
 
 FLT_MAX = float(np.finfo(np.float32).max)
 LIMITS = [0.0, -0.0, 2.0 ** -149, -(2.0 ** -149), 2.0 ** -127, 2.0 ** -126, 1e-38, 0.25, 0.75, 1.75, 3.5, 5.0,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from builder.canonical import MXFP4Weight
-from builder.quant.mxfp4 import dequantize_mxfp4, quantize_mxfp4
+from numerics.mxfp4 import MXFP4Weight
+from numerics.mxfp4 import dequantize_mxfp4, quantize_mxfp4
 from plugins.reference.attention import attention_mask, sink_attention
 from plugins.reference.linear import UnsupportedQuantError, prepare_expert_weights, prepare_linear
 from plugins.reference.moe import clamped_swiglu, moe, route
@@ -242,7 +242,7 @@ def test_quant_mismatch_and_missing_formats_fail_clearly():
         prepare_linear(w, None, "mxfp4", "layers.0.moe.gate.weight", torch.float32)
     with pytest.raises(ValueError, match="declares this module 'nvfp4' but the checkpoint holds Tensor"):
         prepare_linear(w, None, "nvfp4", "w", torch.float32, input_scale=0.01)
-    from builder.quant.nvfp4 import quantize_nvfp4
+    from numerics.nvfp4 import quantize_nvfp4
     with pytest.raises(UnsupportedQuantError, match="needs the calibrated input_scale"):
         prepare_linear(quantize_nvfp4(w.numpy()), None, "nvfp4", "w", torch.float32)
     with pytest.raises(UnsupportedQuantError, match="cannot execute quant format 'w4a8-mxfp4-mxfp8'"):
@@ -251,9 +251,9 @@ def test_quant_mismatch_and_missing_formats_fail_clearly():
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
 def test_activation_quantized_linears(fmt):
-    """W4A4 / W8A8: weights dequantized from builder.quant's packed form, activations fake-quantized with the
+    """W4A4 / W8A8: weights dequantized from numerics's packed form, activations fake-quantized with the
     calibrated input scale before the GEMM; close to, but not equal to, the float GEMM."""
-    from builder.quant import fp8, nvfp4
+    from numerics import fp8, nvfp4
     g = torch.Generator().manual_seed(0)
     w, x, b = torch.randn(32, 64, generator=g) * 0.1, torch.randn(5, 64, generator=g) * 2, torch.randn(32, generator=g)
     if fmt == "nvfp4":

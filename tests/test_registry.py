@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from builder.registry import MODELS
-from builder.registry.gpus import GPUS
-from builder.registry.quant_formats import AUTO_QUANT_BY_ARCH, QUANT_FORMATS
-from plugins.capabilities import KERNELS, SM_CAPABILITIES, kernel_status
+from spec.registry import MODELS
+from spec.registry.gpus import GPUS
+from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QUANT_FORMATS
+from spec.capabilities import KERNELS, SM_CAPABILITIES, kernel_status
 
 
 @pytest.mark.parametrize("name", MODELS)

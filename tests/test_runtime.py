@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
-from builder.convert import load_canonical
-from builder.network import Network, network_from_config
+from checkpoint.convert import load_canonical
+from spec.network import Network, network_from_config
 from runtime import Runtime, SamplingParams
 from runtime_helpers import CONFIGS, converted, hf_model, prompt, rel_diff
 
@@ -272,12 +272,12 @@ def test_network_json_in_engine_dir_is_used(tmp_path):
 
 
 def test_nvfp4_w4a4_experts_emulation():
-    """A network with NVFP4 (W4A4) experts: packed weights (builder.quant.nvfp4, one global scale per
+    """A network with NVFP4 (W4A4) experts: packed weights (numerics.nvfp4, one global scale per
     projection) and calibrated input scales. The runtime dequantizes the weights and fake-quantizes each
     expert GEMM's input; the result sits within quantization noise of the same weights without activation
     quant, and decoding token by token still equals the one-shot prefill. Expert weights are scaled by 0.1
     here: at full scale this random model is chaotic (4-bit weights alone move its logits by 60%)."""
-    from builder.quant.nvfp4 import quantize_nvfp4
+    from numerics.nvfp4 import quantize_nvfp4
     from plugins.reference.linear import UnsupportedQuantError
     key = "tiny"
     c = CONFIGS[key]

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder.checkpoint.config_io import model_config_from_hf, read_model_config
-from builder.convert import load_canonical
-from builder.params import total_params
-from builder.registry.models import get_model
+from checkpoint.config_io import model_config_from_hf, read_model_config
+from checkpoint.convert import load_canonical
+from spec.params import total_params
+from spec.registry.models import get_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "builder" / "assets" / "tiny"
 HARMONY_SPECIALS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]

