@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, help="default: the model's full context")
     p.add_argument("--max-batch-size", type=int,
                    help="default: 1 for --plan; for a build 16, or fewer if 16 full-length sequences do not fit")
-    p.add_argument("--kv-dtype", default="bf16", help="KV-cache dtype: bf16 or fp8")
+    p.add_argument("--kv-dtype", default=None,
+                   help="KV-cache dtype: bf16 or fp8 (default: what the GPU's serving profile runs, fp8 on Blackwell)")
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     p.add_argument("--json", action="store_true", help="print the plan (or the built engine's manifest) as JSON")
     b = p.add_argument_group("building")

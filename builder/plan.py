@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from spec.params import active_params, components, component_bytes, total_params
-from spec.registry.gpus import GpuProfile, get_gpu
-from spec.registry.models import ModelConfig, get_model
-from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat, get_quant
 from spec.capabilities import KERNELS, UNVERIFIED, kernel_status
+from spec.network import network_from_config
+from spec.params import (KV_DTYPE_BYTES, active_params, component_bytes, components, kv_bytes_per_token_per_layer,
+                         total_params)
+from spec.registry.gpus import GpuProfile
+from spec.registry.models import ModelConfig, get_model
+from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat
+from spec.target import Target, quant_for, resolve_target
 
 GB = 1e9
 # CUDA context, cuBLAS/CUTLASS workspaces and NCCL buffers, per GPU (TensorRT-LLM measures ~1-2 GB).
@@ -26,7 +29,6 @@ KV_MEMORY_FRACTION = 0.9
 DEFAULT_MAX_NUM_TOKENS = 8192
 # Prompt length the prefill estimate is quoted at.
 PREFILL_PROMPT_TOKENS = 8192
-KV_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
 
 RUNNABLE, LOW_MEMORY, INCOMPATIBLE = "runnable", "low-memory", "incompatible"
 
@@ -70,10 +72,6 @@ class Plan:
         return asdict(self)
 
 
-def resolve_quant(gpu: GpuProfile, quant: str) -> QuantFormat:
-    return get_quant(AUTO_QUANT_BY_ARCH[gpu.arch] if quant == "auto" else quant)
-
-
 def check_request(model: ModelConfig, gpu: GpuProfile, quant: QuantFormat, tp: int | None, ep: int | None):
     """Raise PlanError for combinations no amount of memory fixes."""
     for kernel in quant.kernels:
@@ -115,14 +113,14 @@ def weight_bytes_per_gpu(model: ModelConfig, quant: QuantFormat, tp: int) -> flo
     return total
 
 
-def kv_bytes_per_token_per_layer(model: ModelConfig, tp: int, kv_dtype: str) -> float:
-    kv_heads_per_gpu = max(1, model.num_kv_heads // tp)
-    return 2 * kv_heads_per_gpu * model.head_dim * KV_DTYPE_BYTES[kv_dtype]
+def kv_bytes_per_token_per_layer_per_gpu(model: ModelConfig, tp: int, kv_dtype: str) -> float:
+    # K/V heads cannot split finer than one head per GPU.
+    return kv_bytes_per_token_per_layer(max(1, model.num_kv_heads // tp), model.head_dim, kv_dtype)
 
 
 def kv_bytes_per_sequence(model: ModelConfig, tp: int, kv_dtype: str, seq_len: int) -> tuple[float, float]:
     """(full-layer bytes, sliding-layer bytes) of one sequence of seq_len tokens on one GPU."""
-    per_layer = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
+    per_layer = kv_bytes_per_token_per_layer_per_gpu(model, tp, kv_dtype)
     sliding_tokens = min(seq_len, model.sliding_window + model.sink_tokens)
     return (model.num_full_layers * per_layer * seq_len, model.num_sliding_layers * per_layer * sliding_tokens)
 
@@ -173,12 +171,18 @@ def prefill_speed(model: ModelConfig, gpu: GpuProfile, quant: QuantFormat, tp: i
 
 
 def plan(model_name: str, gpu_name: str, quant: str = "auto", tp: int | None = None, ep: int | None = None,
-         max_seq_len: int | None = None, max_batch_size: int = 1, kv_dtype: str = "bf16") -> Plan:
+         max_seq_len: int | None = None, max_batch_size: int = 1, kv_dtype: str | None = None) -> Plan:
+    """The plan by names (the CLI's `--plan`): resolves the target, then plan_for."""
     try:
-        model, gpu = get_model(model_name), get_gpu(gpu_name)
-        qf = resolve_quant(gpu, quant)
+        model, target = get_model(model_name), resolve_target(gpu_name, quant, kv_dtype)
     except KeyError as e:
         raise PlanError(e.args[0]) from None
+    return plan_for(model, target, tp=tp, ep=ep, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+
+
+def plan_for(model: ModelConfig, target: Target, tp: int | None = None, ep: int | None = None,
+             max_seq_len: int | None = None, max_batch_size: int = 1) -> Plan:
+    gpu, qf, kv_dtype = target.gpu, target.quant, target.kv_cache_dtype
     if kv_dtype not in KV_DTYPE_BYTES:
         raise PlanError(f"unknown kv dtype {kv_dtype!r}; valid: {', '.join(KV_DTYPE_BYTES)}")
     seq_len = max_seq_len or model.max_position_embeddings
@@ -206,12 +210,15 @@ def plan(model_name: str, gpu_name: str, quant: str = "auto", tp: int | None = N
     return best
 
 
+def kernels_needed(model: ModelConfig, qf: QuantFormat) -> tuple[str, ...]:
+    """The kernels the model's network definition names (spec.network: per-op plugins), nothing re-derived."""
+    return network_from_config(model, qf.name).plugins
+
+
 def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep: int, seq_len: int,
               batch: int, kv_dtype: str) -> Plan:
     reasons: list[str] = []
-    needed = ("attention_sinks", "sliding_window", *(("streaming_sink_tokens",) if model.sink_tokens else ()),
-              *qf.kernels)
-    kernels = {k: kernel_status(gpu.sm, k) or "absent" for k in needed}
+    kernels = {k: kernel_status(gpu.sm, k) or "absent" for k in kernels_needed(model, qf)}
     for kernel, status in kernels.items():
         if status == UNVERIFIED:
             reasons.append(f"{KERNELS[kernel]} on SM {gpu.sm} is unverified upstream: validate the engine on the box")
@@ -270,14 +277,14 @@ def _alternatives(model: ModelConfig, gpu: GpuProfile, seq_len: int, batch: int,
 
     hints = []
     if tried_tp is not None:
-        qf = resolve_quant(gpu, "auto")
+        qf = quant_for(gpu)
         for t in (2, 4, 8, 16, 32, 64):
             if t > tried_tp and t <= gpu.max_gpus_per_node and model.num_q_heads % t == 0 and \
                     _plan_one(model, gpu, qf, t, 1, seq_len, batch, kv_dtype).verdict != INCOMPATIBLE:
                 hints.append(f"fits with --tp {t} on {gpu.name}")
                 break
     single = [g.name for g in GPUS.values() if g.sm is not None and _plan_one(
-        model, g, resolve_quant(g, "auto"), 1, 1, seq_len, batch, kv_dtype).verdict != INCOMPATIBLE]
+        model, g, quant_for(g), 1, 1, seq_len, batch, kv_dtype).verdict != INCOMPATIBLE]
     if single:
         hints.append(f"fits on one of: {', '.join(single)}")
     return hints
@@ -300,7 +307,7 @@ def _longest_fitting_seq_len(model: ModelConfig, tp: int, kv_dtype: str, budget_
 
 def kv_full_attention_bytes(model: ModelConfig, seq_len: int, kv_dtype: str = "bf16") -> float:
     """What the KV cache would take if every layer attended fully (the comparison for sliding layers)."""
-    return model.num_layers * kv_bytes_per_token_per_layer(model, 1, kv_dtype) * seq_len
+    return model.num_layers * kv_bytes_per_token_per_layer_per_gpu(model, 1, kv_dtype) * seq_len
 
 
-__all__ = ["Plan", "PlanError", "plan", "RUNNABLE", "LOW_MEMORY", "INCOMPATIBLE"]
+__all__ = ["Plan", "PlanError", "plan", "plan_for", "RUNNABLE", "LOW_MEMORY", "INCOMPATIBLE"]

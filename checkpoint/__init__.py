@@ -1,6 +1,7 @@
-"""Checkpoint files: safetensors (bounded header parse, mmap reads, streaming sharded writer) and
-config.json for the HF and OpenAI original gpt-oss formats. Knows files, not name mappings
-(those live in checkpoint.convert)."""
+"""Checkpoints: safetensors (bounded header parse, mmap reads, streaming sharded writer), config.json for the HF and
+OpenAI original gpt-oss formats, ModelOpt quant configs, conversion between formats (checkpoint.convert: name tables,
+quirks, canonical loading and writing), the quantization policy, calibrated maxima as data, and atomic directory
+installs. Knows files and formats; runs no model."""
 
 from checkpoint.config_io import model_config_from_checkpoint  # noqa: F401
 from checkpoint.errors import CheckpointError  # noqa: F401

@@ -33,6 +33,9 @@ def resolve_repository(target: Path, backend: str | None, tmpdir: Path) -> tuple
         return target, "model repository"
     if not (target / "engine.json").is_file():
         raise SystemExit(f"serve-engine: {target}: neither an engine directory (engine.json) nor a model repository")
+    # Before any server starts: the manifest must be one we read, and the engine's target must fit this machine.
+    from model_repo.backends import resolve_backend
+    resolve_backend(target, backend or "auto")
     if (target / "triton").is_dir() and _is_model_repo(target / "triton") and not backend:
         return target / "triton", "the engine's triton/ repository"
     repo = write_model_repo(target, tmpdir / "triton", backend=backend or "auto")

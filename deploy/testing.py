@@ -7,7 +7,6 @@ tokenizer.json with the Harmony specials) and writes an engine.json manifest, wh
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import warnings
@@ -21,9 +20,9 @@ def make_tiny_engine(dest: str | Path, max_seq_len: int = 512, max_batch_size: i
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(ASSETS / f, dest / f)
-    (dest / "engine.json").write_text(json.dumps({
-        "schema_version": 1, "model": "tiny", "gpu": "cpu", "quant": "bf16", "tp": 1, "ep": 1,
-        "max_seq_len": max_seq_len, "max_batch_size": max_batch_size}, indent=2) + "\n", encoding="utf-8")
+    from spec.manifest import EngineManifest
+    EngineManifest(model="tiny", gpu="cpu", quant="bf16", tp=1, ep=1, max_seq_len=max_seq_len,
+                   max_batch_size=max_batch_size).write(dest)
     return dest
 
 

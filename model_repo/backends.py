@@ -62,18 +62,16 @@ class TrtllmBackend:
     name = "trtllm"
 
     def __init__(self, engine_dir: Path, max_batch_size: int, max_seq_len: int, log: Callable[[str], None],
-                 options: dict | None = None):
+                 options_file: str | None = None):
+        from model_repo.trtllm import checkpoint_dir, llm_kwargs
+        kwargs = llm_kwargs(engine_dir, options_file, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
         import tensorrt_llm  # noqa: F401  (GPU machines only; imported here, never at module import)
         from tensorrt_llm import LLM
         log("WARNING: " + TRTLLM_UNVALIDATED)
         self.log = log
         self.max_seq_len = max_seq_len
-        opts = dict(options or {})
-        opts.setdefault("max_batch_size", max_batch_size)
-        opts.setdefault("max_seq_len", max_seq_len)
-        ckpt = _checkpoint_dir(engine_dir)
-        self.llm = LLM(model=str(ckpt), **opts)
-        cfg = _read_json(ckpt / "config.json")
+        self.llm = LLM(**kwargs)
+        cfg = _read_json(checkpoint_dir(engine_dir) / "config.json")
         self.vocab_size = int(cfg.get("vocab_size", 0)) or 201088
         eos = cfg.get("eos_token_id")
         self.default_stop_ids = tuple(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
@@ -167,13 +165,6 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _checkpoint_dir(engine_dir: Path) -> Path:
-    for sub in ("", "checkpoint", "weights", "hf"):
-        if (engine_dir / sub / "config.json").is_file():
-            return engine_dir / sub
-    raise BackendError(f"{engine_dir}: no checkpoint (config.json) in the engine directory")
-
-
 def trtllm_available() -> bool:
     """TensorRT-LLM importable and a CUDA device present (checked without importing tensorrt_llm's heavy init)."""
     import importlib.util
@@ -186,28 +177,44 @@ def trtllm_available() -> bool:
         return False
 
 
-def load_llm_api_options(engine_dir: Path, path: str | None) -> dict:
-    """The engine's LLM-API options (llm_api_options.yaml, written by build-engine for GPU targets)."""
-    f = Path(path) if path else engine_dir / "llm_api_options.yaml"
-    if not f.is_absolute():
-        f = engine_dir / f
-    if not f.is_file():
-        return {}
-    import yaml
-    data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise BackendError(f"{f}: expected a mapping of LLM-API options")
-    return data
+def resolve_backend(engine_dir: Path, kind: str = "auto", present=None) -> str:
+    """"reference" or "trtllm" for this engine on this machine, honouring the target the engine was built for:
+    a CPU engine never goes to TensorRT-LLM, and a GPU engine goes to the reference runtime (which emulates
+    its numerics on the CPU) only when asked for by name. BackendError says why and what to pass instead."""
+    from runtime.devices import detect_gpus
+    from spec.manifest import EngineManifest, ManifestError
+    if kind not in ("auto", "reference", "trtllm"):
+        raise BackendError(f"unknown backend {kind!r}; use auto, reference or trtllm")
+    try:
+        m = EngineManifest.read(engine_dir)
+    except ManifestError as e:
+        raise BackendError(str(e)) from None
+    if kind == "reference":
+        return kind
+    if not m.runs_on_gpu:
+        if kind == "trtllm":
+            raise BackendError(f"{engine_dir} was built for the CPU (--gpu cpu, {m.quant}); TensorRT-LLM serves GPU "
+                               f"engines: rebuild with build-engine --gpu <your GPU>, or serve with --backend reference")
+        return "reference"
+    present = detect_gpus() if present is None else present
+    here = ", ".join(sorted({f"{g.name} (SM {g.sm})" for g in present})) or "no NVIDIA GPU"
+    if not any(g.sm == m.sm for g in present):
+        raise BackendError(f"{engine_dir} was built for {m.gpu} (SM {m.sm}) and this machine has {here}: "
+                           f"TensorRT-LLM cannot run it here. Serve it on a {m.gpu} box, rebuild for this machine "
+                           f"(build-engine --gpu ...), or pass --backend reference to emulate its {m.quant} "
+                           f"numerics with the reference runtime on the CPU")
+    if not trtllm_available():
+        raise BackendError(f"{engine_dir} is a {m.gpu} engine and this machine has the GPU, but tensorrt_llm is not "
+                           f"importable: install TensorRT-LLM (or NVIDIA's Triton TensorRT-LLM container), or pass "
+                           f"--backend reference")
+    return "trtllm"
 
 
 def make_backend(engine_dir: str | Path, kind: str = "auto", *, max_batch_size: int = 16, max_seq_len: int = 4096,
                  options_file: str | None = None, cpu_threads: int = 1, log: Callable[[str], None] = print):
     """cpu_threads: torch threads of the reference runtime (0: torch's default)."""
     engine_dir = Path(engine_dir)
-    if kind == "auto":
-        kind = "trtllm" if trtllm_available() else "reference"
+    kind = resolve_backend(engine_dir, kind)
     if kind == "reference":
         return ReferenceBackend(engine_dir, max_batch_size, max_seq_len, log, cpu_threads)
-    if kind == "trtllm":
-        return TrtllmBackend(engine_dir, max_batch_size, max_seq_len, log, load_llm_api_options(engine_dir, options_file))
-    raise BackendError(f"unknown backend {kind!r}; use auto, reference or trtllm")
+    return TrtllmBackend(engine_dir, max_batch_size, max_seq_len, log, options_file)

@@ -25,6 +25,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
 from model_repo.requests import MAX_CONTEXT_LOGITS_BYTES
 from model_repo.tokenizer import choose_tokenizer
 
@@ -59,17 +60,14 @@ def fill(text: str, values: dict, where: str = "") -> str:
 
 
 def read_manifest(engine_dir: Path) -> dict:
-    f = engine_dir / "engine.json"
-    if not f.is_file():
+    from spec.manifest import EngineManifest, ManifestError
+    if not (engine_dir / "engine.json").is_file():
         raise ModelRepoError(f"{engine_dir}: no engine.json; pass an engine directory built by build-engine "
                              f"(or give --max-seq-len to serve a plain checkpoint folder)")
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ModelRepoError(f"{f}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelRepoError(f"{f}: expected a JSON object")
-    return data
+        return EngineManifest.read(engine_dir).to_dict()
+    except ManifestError as e:
+        raise ModelRepoError(str(e)) from None
 
 
 def _pbtxt_string(value) -> str:
@@ -140,9 +138,8 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
                                  f"choose another --output")
         if not force:
             raise ModelRepoError(f"{out}: exists (pass --force to replace it)")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    remove_stale_staging(out)
+    tmp = staging_dir(out)
     try:
         for name in MODELS:
             mdir = tmp / name
@@ -152,9 +149,7 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
                 (mdir / "1" / "model.py").write_text(model_source(name), encoding="utf-8")
         (tmp / REPO_MARKER).write_text(json.dumps({"engine_dir": str(engine_dir.resolve()), "values": values},
                                                   indent=1) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        install_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

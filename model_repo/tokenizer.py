@@ -225,12 +225,11 @@ RELEASED_MODELS = {"20b", "120b", "gpt-oss-20b", "gpt-oss-120b", "openai/gpt-oss
 def choose_tokenizer(engine_dir: Path | None) -> str:
     """engine.json "tokenizer" if set; o200k_harmony for the released models (and any model with the o200k_harmony
     vocabulary size and no tokenizer.json); else the engine's tokenizer.json."""
-    manifest = {}
-    if engine_dir is not None and (engine_dir / "engine.json").is_file():
-        manifest = json.loads((engine_dir / "engine.json").read_text(encoding="utf-8"))
-    if manifest.get("tokenizer"):
-        return str(manifest["tokenizer"])
-    if str(manifest.get("model", "")) in RELEASED_MODELS:
+    from spec.manifest import EngineManifest, is_engine_dir
+    manifest = EngineManifest.read(engine_dir) if engine_dir is not None and is_engine_dir(engine_dir) else None
+    if manifest is not None and manifest.tokenizer:
+        return manifest.tokenizer
+    if manifest is not None and manifest.model in RELEASED_MODELS:
         return "o200k_harmony"
     if _find_tokenizer_json(engine_dir) is not None:
         return "tokenizer.json"
@@ -244,8 +243,9 @@ def choose_tokenizer(engine_dir: Path | None) -> str:
 def _vocab_size(engine_dir: Path | None) -> int | None:
     if engine_dir is None:
         return None
-    for sub in ("", "checkpoint", "weights", "hf"):
-        f = engine_dir / sub / "config.json"
-        if f.is_file():
-            return json.loads(f.read_text(encoding="utf-8")).get("vocab_size")
-    return None
+    from runtime.engine import RuntimeLoadError, find_checkpoint
+    try:
+        f = find_checkpoint(engine_dir) / "config.json"
+    except RuntimeLoadError:
+        return None
+    return json.loads(f.read_text(encoding="utf-8")).get("vocab_size")

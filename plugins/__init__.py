@@ -1,1 +1,2 @@
-"""Per-op kernels: `plugins.reference` (torch reference ops, CPU or GPU) and the per-SM capability table."""
+"""Per-op implementations for each target: `plugins.reference` (torch ops: sink attention, sliding window, YaRN,
+clamped-SwiGLU MoE, quantized linears), the numerics the reference runtime and the oracles run."""

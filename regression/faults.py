@@ -4,17 +4,16 @@
     wrong_quant_scale(src, dst)        one quantized tensor's scale off by 2x, layer 1's experts' down projection:
                                        MXFP4 e8m0 scale bytes +1 (the whole tensor, or one expert's slice);
                                        NVFP4 weight_scale_2 x2; FP8 weight_scale x2
-    disable_sliding_window(src, dst)   every sliding-window layer attends to the full context
+    disable_sliding_window(src, dst)   every sliding-window layer attends to the full context (network.json only)
+    drop_sinks(src, dst)               every layer's learned sink logits dropped (network.json only)
 
 Each copies `src` to `dst` (the manifest stays: same model, quant and source checkpoint, so it is compared with the
 same golden and thresholds) and rewrites the engine's own files: safetensors through the safetensors library
-(safe, no pickle), network.json through spec.network (validated), config.json as JSON. Each returns a dict
-saying what it changed.
+(safe, no pickle), network.json through spec.network (validated). Each returns a dict saying what it changed.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -76,8 +75,8 @@ def zero_sinks(src, dst) -> dict:
 
 
 def _engine_quant(engine: Path) -> str:
-    f = engine / "engine.json"
-    return json.loads(f.read_text())["quant"] if f.is_file() else "bf16"
+    from spec.manifest import EngineManifest, is_engine_dir
+    return EngineManifest.read(engine).quant if is_engine_dir(engine) else "bf16"
 
 
 def wrong_quant_scale(src, dst, layer: int = 1, expert: int | None = None) -> dict:
@@ -113,38 +112,57 @@ def wrong_quant_scale(src, dst, layer: int = 1, expert: int | None = None) -> di
     return {"fault": "wrong_quant_scale", "quant": quant, "tensors": done}
 
 
-def disable_sliding_window(src, dst) -> dict:
-    """Sliding layers become full-attention layers in network.json (what every target executes), and the HF
-    config's window (what TensorRT-LLM reads) covers the whole context; the weights are untouched."""
+def _edit_network(src, dst, fault: str, edit_attention) -> dict:
+    """Copy the engine and rewrite only network.json, layer by layer: the declared structure every target
+    derives from. Targets that execute network.json (the reference runtime, the ONNX/TensorRT graphs) run the
+    edited network; those that read config.json instead (TensorRT-LLM) refuse the engine as inconsistent."""
     import dataclasses
 
-    from spec.network import PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW, Network
+    from spec.network import load_network, network_from_dict
     engine = _copy(src, dst)
-    changed = []
     net_file = engine / "network.json"
-    if net_file.is_file():
-        net = Network.load(net_file)
-        layers = []
-        for layer in net.layers:
-            a = layer.attention
-            if a.kind == "sliding":
-                plugins = tuple(p for p in a.plugins if p not in (PLUGIN_SLIDING_WINDOW, PLUGIN_SINK_TOKENS))
-                a = dataclasses.replace(a, kind="full", window=None, sink_tokens=0, plugins=plugins)
-                changed.append(f"network.json layers[{layer.index}]")
-            layers.append(dataclasses.replace(layer, attention=a))
-        Network.from_dict(dataclasses.replace(net, layers=tuple(layers)).to_dict()).save(net_file)
-    # The checkpoint config must keep gpt-oss's sliding/full alternation (checkpoint refuses anything
-    # else), so its window grows to the whole context instead: a window that covers every position is none.
-    cfg_file = engine / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    if cfg.get("sliding_window"):
-        cfg["sliding_window"] = int(cfg.get("max_position_embeddings") or 131072)
-        changed.append(f"config.json sliding_window -> {cfg['sliding_window']}")
-    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    if not net_file.is_file():
+        raise FaultError(f"{src}: no network.json (not an engine built by build-engine)")
+    net = load_network(net_file)
+    layers, changed = [], []
+    for layer in net.layers:
+        new = edit_attention(layer.attention)
+        if new != layer.attention:
+            changed.append(f"network.json layers[{layer.index}]")
+        layers.append(dataclasses.replace(layer, attention=new))
     if not changed:
-        raise FaultError(f"{src}: no sliding-window layers to disable")
-    return {"fault": "disable_sliding_window", "changed": changed}
+        raise FaultError(f"{src}: {fault} changes nothing in this network")
+    network_from_dict(dataclasses.replace(net, layers=tuple(layers)).to_dict()).save(net_file)
+    return {"fault": fault, "changed": changed}
+
+
+def disable_sliding_window(src, dst) -> dict:
+    """Sliding layers become full-attention layers in network.json; the weights are untouched."""
+    import dataclasses
+
+    from spec.network import PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW
+
+    def edit(a):
+        if a.kind != "sliding":
+            return a
+        plugins = tuple(p for p in a.plugins if p not in (PLUGIN_SLIDING_WINDOW, PLUGIN_SINK_TOKENS))
+        return dataclasses.replace(a, kind="full", window=None, sink_tokens=0, plugins=plugins)
+    return _edit_network(src, dst, "disable_sliding_window", edit)
+
+
+def drop_sinks(src, dst) -> dict:
+    """Every layer's learned sink logits dropped from network.json (the sinks tensors stay in the checkpoint)."""
+    import dataclasses
+
+    from spec.network import PLUGIN_SINK_ATTENTION
+
+    def edit(a):
+        if not a.learned_sinks:
+            return a
+        return dataclasses.replace(a, learned_sinks=False, sinks=None,
+                                   plugins=tuple(p for p in a.plugins if p != PLUGIN_SINK_ATTENTION))
+    return _edit_network(src, dst, "drop_sinks", edit)
 
 
 FAULTS = {"zero_sinks": zero_sinks, "wrong_quant_scale": wrong_quant_scale,
-          "disable_sliding_window": disable_sliding_window}
+          "disable_sliding_window": disable_sliding_window, "drop_sinks": drop_sinks}

@@ -10,7 +10,6 @@ context logits come back through the upstream-named `return_context_logits` -> `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +49,13 @@ class EngineTarget:
         self.path = Path(engine_dir)
         if not self.path.is_dir():
             raise TargetError(f"{self.path}: no such engine directory")
-        f = self.path / "engine.json"
+        from spec.manifest import EngineManifest, ManifestError, is_engine_dir
         self.manifest = {}
-        if f.is_file():
+        if is_engine_dir(self.path):
             try:
-                self.manifest = json.loads(f.read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise TargetError(f"{f}: not valid JSON ({e})") from None
+                self.manifest = EngineManifest.read(self.path).to_dict()
+            except ManifestError as e:
+                raise TargetError(str(e)) from None
         self.device, self.dtype = device, dtype
         self._rt = None
 

@@ -1,4 +1,5 @@
-"""The reference runtime: executes a network definition (network.json) with plugins.reference, CPU or GPU.
+"""Executing a network definition (network.json): the reference runtime (plugins.reference ops, CPU or GPU), its
+KV cache and generation loop, and the devices this machine has.
 
 Public API: Runtime (runtime.engine), SamplingParams, GenerationResult, TokenEvent, ReferenceModel, KVCache.
 """

@@ -17,7 +17,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from spec.network import Network, network_from_checkpoint
+from spec.manifest import EngineManifest, ManifestError, is_engine_dir
+from spec.network import Network, load_network, network_from_checkpoint
 from runtime.generate import GenerationResult, TokenEvent, generate, generate_stream
 from runtime.kv_cache import kv_cache_bytes
 from runtime.model import ReferenceModel
@@ -34,6 +35,7 @@ class RuntimeLoadError(ValueError):
 
 
 def find_checkpoint(path: Path) -> Path:
+    """Where an engine (or a folder given as one) keeps its checkpoint: config.json + safetensors."""
     if (path / "config.json").is_file():
         return path
     for sub in CHECKPOINT_SUBDIRS:
@@ -68,11 +70,16 @@ class Runtime:
         path = Path(path)
         if not path.is_dir():
             raise RuntimeLoadError(f"{path}: not a directory")
+        if is_engine_dir(path):
+            try:
+                EngineManifest.read(path)          # an engine of a manifest version we do not read is refused
+            except ManifestError as e:
+                raise RuntimeLoadError(str(e)) from None
         ckpt_dir = find_checkpoint(path)
         with load_canonical(ckpt_dir) as ck:
             if network is None:
                 net_file = path / NETWORK_FILE
-                network = Network.load(net_file) if net_file.is_file() else network_from_checkpoint(ck)
+                network = load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
             _check_agrees(network, ck.config, path)
             tensors = {name: ck.get(name) for name in ck.names()}
         return cls(network, tensors, load_tokenizer(path, ckpt_dir), dtype=dtype, device=device, source=str(path))
@@ -111,8 +118,8 @@ class Runtime:
             raise RuntimeLoadError(f"{self.source}: no {TOKENIZER_FILE}, so ids cannot be decoded")
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    def kv_cache_bytes(self, context: int, batch_size: int = 1, bytes_per_value: int = 2) -> int:
-        return kv_cache_bytes(self.network, context, batch_size, bytes_per_value)
+    def kv_cache_bytes(self, context: int, batch_size: int = 1, kv_dtype: str = "bf16") -> int:
+        return kv_cache_bytes(self.network, context, batch_size, kv_dtype)
 
 
 def _check_agrees(net: Network, config, where: Path) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from spec.network import Network
+from spec.params import kv_bytes_per_token_per_layer
 from plugins.reference.attention import attention_mask, mask_bias
 
 
@@ -202,7 +203,7 @@ class KVCache:
         return k_buf[:, :, :plan.used], v_buf[:, :, :plan.used]
 
 
-def kv_cache_bytes(network: Network, context: int, batch_size: int = 1, bytes_per_value: int = 2,
+def kv_cache_bytes(network: Network, context: int, batch_size: int = 1, kv_dtype: str = "bf16",
                    all_full: bool = False) -> int:
     """KV-cache bytes at `context` tokens: sliding layers hold min(context, window + sink_tokens) entries,
     full layers `context`. all_full=True: as if every layer were full attention (the comparison baseline)."""
@@ -210,5 +211,5 @@ def kv_cache_bytes(network: Network, context: int, batch_size: int = 1, bytes_pe
     for layer in network.layers:
         a = layer.attention
         slots = context if (all_full or a.kind == "full") else min(context, a.kv_slots)
-        total += 2 * a.num_kv_heads * a.head_dim * slots
-    return total * batch_size * bytes_per_value
+        total += kv_bytes_per_token_per_layer(a.num_kv_heads, a.head_dim, kv_dtype) * slots
+    return total * batch_size

@@ -13,6 +13,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from spec.canonical import input_scale_name
 from spec.network import Attention, DenseMLP, MoE, Network
 from plugins.reference.attention import sink_attention, sink_attention_fused
 from plugins.reference.linear import (PreparedLinear, activation_quantizer, prepare_expert_weights,
@@ -66,7 +67,6 @@ class _MlpWeights:
 # Calibrated activation scales travel as `<module>.input_scale` (ModelOpt's export name): a scalar, or one per
 # expert (the fused MoE GEMM then uses their max, as TensorRT-LLM does). spec.canonical has no such names
 # yet; the runtime reads them when a tensor dict provides them.
-INPUT_SCALE = ".input_scale"
 
 
 # An FP8 KV cache (ModelOpt kv_cache_quant_algo FP8) stores K (after RoPE) and V in e4m3 with calibrated
@@ -87,7 +87,7 @@ def _kv_quantizer(tensors: Mapping, spec: Attention):
 def _input_scale(tensors: Mapping, *specs):
     scales = []
     for spec in specs:
-        name = spec.weight.removesuffix(".weight") + INPUT_SCALE
+        name = input_scale_name(spec.weight)
         if name in tensors:
             scales.append(float(torch.as_tensor(tensors[name]).float().max()))
     return max(scales) if scales else None

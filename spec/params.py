@@ -75,3 +75,13 @@ def component_bytes(comp: Component, quant: QuantFormat) -> float:
 def weight_bytes(c: ModelConfig, quant: QuantFormat) -> dict[str, float]:
     """Bytes per component for a whole checkpoint in this format."""
     return {name: component_bytes(comp, quant) for name, comp in components(c).items()}
+
+
+# Bytes per stored K or V value, per KV-cache dtype.
+KV_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
+
+
+def kv_bytes_per_token_per_layer(num_kv_heads: int, head_dim: int, kv_dtype: str = "bf16") -> int:
+    """One token's K and V in one attention layer: 2 x kv heads x head_dim x bytes per value (gpt-oss-20b,
+    bf16: 2 x 8 x 64 x 2 = 2 KiB). The planner and the runtime's KV cache both size memory with this."""
+    return 2 * num_kv_heads * head_dim * KV_DTYPE_BYTES[kv_dtype]

@@ -7,7 +7,8 @@ import pytest
 
 from spec.canonical import canonical_shapes
 from spec.network import (SCHEMA_VERSION, PLUGIN_SINK_TOKENS, PLUGINS, MoE, Network, NetworkError,
-                             formats_allowed, network_from_config, resolve_quant)
+                             formats_allowed, load_network, network_from_config, network_from_dict,
+                             network_from_json, resolve_quant)
 from spec.registry import MODELS, get_model
 from spec.registry.quant_formats import QUANT_FORMATS
 
@@ -18,7 +19,7 @@ def test_round_trip_every_model_and_format(model, quant):
     net = network_from_config(get_model(model), quant)
     text = net.to_json()
     assert json.loads(text)["schema_version"] == SCHEMA_VERSION
-    assert Network.from_json(text) == net
+    assert network_from_json(text) == net
 
 
 def test_released_20b_structure():
@@ -141,15 +142,15 @@ def test_validation_names_field_and_value(path, value, message):
     d = network_from_config(get_model("tiny")).to_dict()
     _edit(d, path, value)
     with pytest.raises(NetworkError, match=message):
-        Network.from_dict(d)
+        network_from_dict(d)
 
 
 def test_not_json():
     with pytest.raises(NetworkError, match="not valid JSON"):
-        Network.from_json("{nope")
+        network_from_json("{nope")
 
 
 def test_save_load(tmp_path):
     net = network_from_config(get_model("20b-dense"), "nvfp4")
     net.save(tmp_path / "network.json")
-    assert Network.load(tmp_path / "network.json") == net
+    assert load_network(tmp_path / "network.json") == net

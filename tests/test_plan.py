@@ -22,7 +22,7 @@ def test_120b_b200_batch1_decode_is_bandwidth_arithmetic():
 
 
 def test_kv_bytes_hand_computed():
-    p = plan("20b", "b200", max_seq_len=8192, tp=1)
+    p = plan("20b", "b200", max_seq_len=8192, tp=1, kv_dtype="bf16")
     per_layer_token = 2 * 8 * 64 * 2                     # K and V, 8 kv heads x 64, bf16
     assert p.kv_bytes_per_token == 12 * per_layer_token  # only the 12 full-attention layers grow
     assert p.sliding_kv_bytes_per_sequence == 12 * per_layer_token * 128
@@ -31,7 +31,12 @@ def test_kv_bytes_hand_computed():
 
 
 def test_fp8_kv_halves_kv_bytes():
-    assert plan("20b", "b200", kv_dtype="fp8").kv_bytes_per_token * 2 == plan("20b", "b200").kv_bytes_per_token
+    assert plan("20b", "b200", kv_dtype="fp8").kv_bytes_per_token * 2 == plan("20b", "b200", kv_dtype="bf16").kv_bytes_per_token
+
+
+def test_kv_dtype_defaults_to_what_the_target_serves_with():
+    assert plan("20b", "b200").kv_dtype == "fp8"      # Blackwell recipes run an FP8 KV cache
+    assert plan("20b", "h200").kv_dtype == "bf16"
 
 
 def test_tp_splits_attention_vocab_and_experts_and_replicates_router():

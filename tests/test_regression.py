@@ -116,8 +116,24 @@ def test_disabled_sliding_window_is_caught(engines, goldens, tmp_path, capsys):
     assert "network.json layers[0]" in what["changed"]
     net = json.loads((tmp_path / "engine" / "network.json").read_text())
     assert {layer["attention"]["kind"] for layer in net["layers"]} == {"full"}
+    assert _same_files_but_network(engines["bf16"], tmp_path / "engine")
     rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
     assert_caught(rc, text, tmp_path / "r", {"token_agreement", "top1_agreement", "logit_cosine"})
+
+
+def test_sinks_dropped_in_network_json_are_caught(engines, goldens, tmp_path, capsys):
+    what = faults.drop_sinks(engines["bf16"], tmp_path / "engine")
+    assert len(what["changed"]) == 4                    # one per layer, network.json only
+    assert _same_files_but_network(engines["bf16"], tmp_path / "engine")
+    rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
+    assert_caught(rc, text, tmp_path / "r", {"top1_agreement", "logit_cosine"})
+
+
+def _same_files_but_network(a: Path, b: Path) -> bool:
+    """Every file of engine b but network.json equals a's, byte for byte (the fault edits that one file)."""
+    files = [p.relative_to(b) for p in b.rglob("*") if p.is_file()]
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in files if f.name != "network.json") and \
+        (a / "network.json").read_bytes() != (b / "network.json").read_bytes()
 
 
 def test_one_broken_engine_fails_a_combined_run(engines, goldens, tmp_path, capsys):

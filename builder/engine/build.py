@@ -17,17 +17,17 @@ from pathlib import Path
 import yaml
 
 import spec
-from builder.engine import BuildError, manifest
+from builder.engine import BuildError
 from builder.engine.cache import BuildCache, cache_key, default_cache_dir, source_hashes
-from builder.engine.gpu import detect_gpus, check_target_matches
+from builder.engine.gpu import check_target_matches, detect_gpus
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
+from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, PlanError, plan_for
 from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
-from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, plan
-from spec.registry.gpus import get_gpu
+from spec.manifest import EngineManifest, ManifestError
+from spec.network import Network, check_config_matches
 from spec.registry.models import get_model
-from spec.registry.quant_formats import get_quant
-from spec.registry.serving import SERVING_BY_ARCH
+from spec.target import Target, resolve_target
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
@@ -51,6 +51,7 @@ class BuildRequest:
     cache_dir: str | None = None
     cross_build: bool = False
     calib_file: str | None = None
+    kv_dtype: str | None = None
     progress: bool = True
 
 
@@ -70,15 +71,21 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def make_plan(req: BuildRequest) -> Plan:
-    gpu = get_gpu(req.gpu)
+def resolve(req: BuildRequest) -> Target:
+    """`--gpu`, `--quant` and `--kv-dtype`, looked up once for the whole build."""
+    try:
+        return resolve_target(req.gpu, req.quant, req.kv_dtype)
+    except KeyError as e:
+        raise PlanError(e.args[0]) from None
+
+
+def make_plan(req: BuildRequest, model, target: Target) -> Plan:
     batch = req.max_batch_size or 16
-    p = plan(req.model, req.gpu, quant=req.quant, tp=req.tp, ep=req.ep, max_seq_len=req.max_seq_len,
-             max_batch_size=batch, kv_dtype=SERVING_BY_ARCH[gpu.arch].planner_kv_dtype)
+    p = plan_for(model, target, tp=req.tp, ep=req.ep, max_seq_len=req.max_seq_len, max_batch_size=batch)
     if p.verdict == LOW_MEMORY and req.max_batch_size is None and p.fits_max_batch_size:
         # The default batch was ours, not the user's: size it to what fits at full context.
-        p = plan(req.model, req.gpu, quant=p.quant, tp=p.tp, ep=p.ep, max_seq_len=req.max_seq_len,
-                 max_batch_size=p.fits_max_batch_size, kv_dtype=SERVING_BY_ARCH[gpu.arch].planner_kv_dtype)
+        p = plan_for(model, target, tp=p.tp, ep=p.ep, max_seq_len=req.max_seq_len,
+                     max_batch_size=p.fits_max_batch_size)
     return p
 
 
@@ -88,18 +95,21 @@ def default_output(p: Plan) -> Path:
 
 def build(req: BuildRequest) -> Path:
     t0 = time.perf_counter()
-    model, gpu = get_model(req.model), get_gpu(req.gpu)
+    try:
+        model = get_model(req.model)
+    except KeyError as e:
+        raise PlanError(e.args[0]) from None
+    target = resolve(req)
+    gpu, quant = target.gpu, target.quant
     if not req.cross_build:
         check_target_matches(gpu, detect_gpus())
 
     _say(f"[1/6] plan: {req.model} on {req.gpu}")
-    p = make_plan(req)
+    p = make_plan(req, model, target)
     if p.verdict == INCOMPATIBLE:
         raise BuildError("the plan is incompatible: " + "; ".join(p.reasons), exit_code=3)
     for reason in p.reasons:
         _say(f"      {reason}")
-    quant = get_quant(p.quant)
-    options = llm_api_options(p, gpu) if gpu.sm is not None else None
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
@@ -107,7 +117,7 @@ def build(req: BuildRequest) -> Path:
     inputs = {
         "sources": source_hashes(src, cache.root),
         "model": model.name, "gpu_sm": gpu.sm, "gpu": gpu.name, "quant": quant.name, "tp": p.tp, "ep": p.ep,
-        "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size, "llm_api_options": options,
+        "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size, "kv_cache_dtype": target.kv_cache_dtype,
         "calib_file": source_hashes_of_file(req.calib_file), "tools": tool_versions(),
         "engine_layout": ENGINE_LAYOUT_VERSION,
     }
@@ -119,7 +129,7 @@ def build(req: BuildRequest) -> Path:
 
     hit = cache.lookup(key)
     if hit is not None:
-        if manifest.read(out).get("cache_key") != key:
+        if _cache_key_of(out) != key:
             tmp = staging_dir(out)
             shutil.rmtree(tmp)
             shutil.copytree(hit, tmp)
@@ -132,24 +142,23 @@ def build(req: BuildRequest) -> Path:
     try:
         _say(f"[3/6] convert and quantize to {quant.checkpoint}")
         engine = tmp / "engine"
-        write_checkpoint(src, engine, quant.name, req)
+        write_checkpoint(src, engine, target, req)
         _say("[4/6] network.json, options, tokenizer")
-        network = write_network(engine, model, quant.name)
-        if options is not None:
-            (engine / "llm_api_options.yaml").write_text(
-                "# TensorRT-LLM LLM-API options for this engine (trtllm-serve --extra_llm_api_options)\n"
-                + yaml.safe_dump(options, sort_keys=False))
+        network = write_network(engine, quant.name)
+        if target.is_gpu:
+            write_llm_api_options(engine, llm_api_options(p, target, network))
         _say("[5/6] validate")
-        validated = validate_after_build(engine, gpu, installed_at=out)
+        validated = validate_after_build(engine, target, installed_at=out)
         _say("[6/6] manifest, Triton model repository, install")
-        manifest.write(engine, {
-            "schema_version": manifest.SCHEMA_VERSION, "cache_key": key, "model": model.name, "gpu": gpu.name,
-            "sm": gpu.sm, "quant": quant.name, "trtllm_quant_algo": quant.trtllm_quant_algo,
-            "tp": p.tp, "ep": p.ep, "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size,
-            "inputs": {"checkpoint": str(src.resolve()), "sha256": inputs["sources"], "calib_file": req.calib_file},
-            "tools": inputs["tools"], "plan": p.to_dict(), "network_plugins": list(network.plugins),
-            "build_seconds": round(time.perf_counter() - t0, 3), "validated_on": validated,
-        })
+        EngineManifest(
+            cache_key=key, model=model.name, gpu=gpu.name, sm=gpu.sm, quant=quant.name,
+            trtllm_quant_algo=quant.trtllm_quant_algo, target=target.to_dict(),
+            tp=p.tp, ep=p.ep, max_seq_len=p.max_seq_len, max_batch_size=p.max_batch_size,
+            inputs={"checkpoint": str(src.resolve()), "sha256": inputs["sources"], "calib_file": req.calib_file},
+            tools=inputs["tools"], plan=p.to_dict(), network_plugins=list(network.plugins),
+            stop_token_ids=list(network.eos_token_ids),
+            build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated,
+        ).write(engine)
         write_triton_repo(engine)
         install_dir(engine, out)
     finally:
@@ -182,14 +191,27 @@ def check_disk(out: Path, model, quant) -> None:
                          f"{need / 2**30:.2f} GiB; free space or pass --output on a larger disk")
 
 
-def write_checkpoint(src: Path, dst: Path, quant: str, req: BuildRequest) -> None:
+def _cache_key_of(engine: Path) -> str | None:
+    try:
+        return EngineManifest.read(engine).cache_key
+    except ManifestError:
+        return None
+
+
+def write_llm_api_options(engine: Path, options: dict) -> None:
+    (engine / "llm_api_options.yaml").write_text(
+        "# TensorRT-LLM LLM-API options for this engine (trtllm-serve --extra_llm_api_options)\n"
+        + yaml.safe_dump(options, sort_keys=False))
+
+
+def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) -> None:
     from builder.convert import convert_checkpoint
     from checkpoint.quant_policy import ACTIVATION_SCALE
-    fmt = get_quant(quant)
+    fmt = target.quant
     # W4A4 NVFP4 / W8A8 FP8 need calibrated activation scales: --calib-file, else the built-in texts. Where
-    # the serving profile runs an FP8 KV cache (Blackwell), those checkpoints carry calibrated K/V scales too.
+    # the target serves an FP8 KV cache (Blackwell), those checkpoints carry calibrated K/V scales too.
     calibration = (req.calib_file or "default") if fmt.activations in ACTIVATION_SCALE else None
-    kv_fp8 = calibration is not None and SERVING_BY_ARCH[get_gpu(req.gpu).arch].kv_cache_dtype == "fp8"
+    kv_fp8 = calibration is not None and target.kv_cache_dtype == "fp8"
     try:
         convert_checkpoint(src, dst, to=fmt.checkpoint, progress=req.progress, calibration=calibration,
                            kv_cache="fp8" if kv_fp8 else None)
@@ -199,27 +221,29 @@ def write_checkpoint(src: Path, dst: Path, quant: str, req: BuildRequest) -> Non
         raise
 
 
-def write_network(engine: Path, model, quant: str):
+def write_network(engine: Path, quant: str) -> Network:
+    """network.json for the converted checkpoint in `engine`, checked against the config.json beside it."""
     from checkpoint.convert import load_canonical
     from spec.network import network_from_checkpoint
     with load_canonical(engine) as ck:
         network = network_from_checkpoint(ck, quant=quant)
+        check_config_matches(network, ck.config, where=str(engine))
     network.save(engine / "network.json")
     return network
 
 
-def validate_after_build(engine: Path, gpu, installed_at: Path) -> list[dict]:
+def validate_after_build(engine: Path, target: Target, installed_at: Path) -> list[dict]:
     from builder.engine.validate import smoke_reference, validate_on_gpu_if_possible
-    records = [smoke_reference(engine, emulating=gpu.name)]
-    records += validate_on_gpu_if_possible(engine, gpu, installed_at=installed_at)
+    records = [smoke_reference(engine, emulating=target.name)]
+    records += validate_on_gpu_if_possible(engine, target, installed_at=installed_at)
     return records
 
 
 def summarize(out: Path) -> None:
-    m = manifest.read(out)
-    lines = [f"engine: {out}", f"  {m['model']} for {m['gpu']} (SM {m['sm']}), {m['quant']}, tp={m['tp']} ep={m['ep']}, "
-             f"max_seq_len={m['max_seq_len']}, max_batch_size={m['max_batch_size']}, built in {m['build_seconds']} s"]
-    for v in m["validated_on"]:
+    m = EngineManifest.read(out)
+    lines = [f"engine: {out}", f"  {m.model} for {m.gpu} (SM {m.sm}), {m.quant}, tp={m.tp} ep={m.ep}, "
+             f"max_seq_len={m.max_seq_len}, max_batch_size={m.max_batch_size}, built in {m.build_seconds} s"]
+    for v in m.validated_on:
         lines.append(f"  {v['runtime']} on {v['device']}: {'ok' if v['ok'] else 'NOT VALIDATED'}"
                      + (f", {v['tokens_per_s']:.1f} tok/s" if v.get("tokens_per_s") else "")
                      + (f" - {v['note']}" if v.get("note") else ""))
@@ -227,4 +251,4 @@ def summarize(out: Path) -> None:
 
 
 def dump_manifest(out: Path) -> str:
-    return json.dumps(manifest.read(out), indent=2)
+    return json.dumps(EngineManifest.read(out).to_dict(), indent=2)

@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
+
 POLICIES = ("on", "readonly", "redo", "off")
 _HASH_CHUNK = 16 * 1024 * 1024
 
@@ -86,9 +88,11 @@ class BuildCache:
         if self.policy in ("off", "readonly"):
             return
         dest = self.entry(key)
-        tmp = dest.with_name(f".{key}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(engine_dir, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        remove_stale_staging(dest)
+        tmp = staging_dir(dest)
+        try:
+            shutil.copytree(engine_dir, tmp, dirs_exist_ok=True)
+            install_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

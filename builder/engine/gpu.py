@@ -1,37 +1,10 @@
-"""Which NVIDIA GPUs this machine has (nvidia-smi), and whether a --gpu target contradicts them."""
+"""Whether a --gpu target contradicts the GPUs this machine has."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from dataclasses import dataclass
-
 from builder.engine import BuildError
+from runtime.devices import PresentGpu, detect_gpus  # noqa: F401  (re-exported for the build)
 from spec.registry.gpus import GpuProfile
-
-
-@dataclass(frozen=True)
-class PresentGpu:
-    name: str
-    sm: int
-    memory_mib: int
-
-
-def detect_gpus() -> list[PresentGpu]:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        name, cap, mem = (x.strip() for x in line.split(","))
-        major, minor = cap.split(".")
-        gpus.append(PresentGpu(name, int(major) * 10 + int(minor), int(float(mem))))
-    return gpus
 
 
 def check_target_matches(target: GpuProfile, present: list[PresentGpu]) -> None:

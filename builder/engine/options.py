@@ -11,9 +11,9 @@ import json
 from importlib import resources
 
 from builder.plan import Plan
-from spec.registry.gpus import GpuProfile
-from spec.registry.serving import SERVING_BY_ARCH
 from spec.capabilities import moe_backend
+from spec.network import Network
+from spec.target import Target
 
 # Upstream's own recipes size max_num_tokens at 20000 (database) or 16384 (curated); we take the
 # curated figure, which is also a CUDA-graph-friendly power of two.
@@ -22,8 +22,13 @@ MAX_NUM_TOKENS = 16384
 CUDA_GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def llm_api_options(plan: Plan, gpu: GpuProfile) -> dict:
-    serving = SERVING_BY_ARCH[gpu.arch]
+def llm_api_options(plan: Plan, target: Target, network: Network) -> dict:
+    """The options for `network` on `target` as `plan` sized it. The context cannot exceed the network's
+    positions, and the MoE backend is chosen for the quant format the network's experts actually hold."""
+    serving = target.serving
+    if plan.max_seq_len > network.max_position_embeddings:
+        raise ValueError(f"max_seq_len {plan.max_seq_len} exceeds the network's {network.max_position_embeddings} "
+                         f"positions")
     attention_dp = plan.tp > 1 and plan.max_batch_size >= serving.attention_dp_min_batch
     options = {
         "tensor_parallel_size": plan.tp,
@@ -32,13 +37,13 @@ def llm_api_options(plan: Plan, gpu: GpuProfile) -> dict:
         "max_batch_size": plan.max_batch_size,
         "max_num_tokens": min(MAX_NUM_TOKENS, plan.max_batch_size * plan.max_seq_len),
         "max_seq_len": plan.max_seq_len,
-        "kv_cache_config": {"dtype": serving.kv_cache_dtype,
+        "kv_cache_config": {"dtype": target.trtllm_kv_cache_dtype,
                             "free_gpu_memory_fraction": serving.free_gpu_memory_fraction,
                             "enable_block_reuse": True},
         "cuda_graph_config": {"enable_padding": True,
                               "batch_sizes": [b for b in CUDA_GRAPH_BATCHES if b < plan.max_batch_size]
                               + [plan.max_batch_size]},
-        "moe_config": {"backend": moe_backend(gpu.sm, plan.quant)},
+        "moe_config": {"backend": moe_backend(target.sm, network.experts_quant or plan.quant)},
         "stream_interval": serving.stream_interval,
     }
     if serving.env_overrides:

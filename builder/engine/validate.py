@@ -7,11 +7,10 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
-from builder.engine import BuildError, manifest
-from builder.engine.gpu import detect_gpus
-from spec.registry.gpus import GpuProfile, get_gpu
+from builder.engine import BuildError
+from runtime.devices import detect_gpus
+from spec.manifest import EngineManifest, ManifestError
+from spec.target import Target, target_of_manifest
 
 SMOKE_PROMPT = "The"
 SMOKE_TOKENS = 16
@@ -50,10 +49,10 @@ def smoke_reference(engine: Path, emulating: str) -> dict:
     return record
 
 
-def validate_on_gpu_if_possible(engine: Path, gpu: GpuProfile, installed_at: Path | None = None) -> list[dict]:
+def validate_on_gpu_if_possible(engine: Path, target: Target, installed_at: Path | None = None) -> list[dict]:
     """installed_at: where the engine will live once installed (the path to name in instructions)."""
-    where = installed_at or engine
-    if gpu.sm is None:
+    where, gpu = installed_at or engine, target.gpu
+    if not target.is_gpu:
         return []
     try:
         import tensorrt_llm  # noqa: F401  (GPU boxes only)
@@ -71,15 +70,10 @@ def validate_on_gpu_if_possible(engine: Path, gpu: GpuProfile, installed_at: Pat
 def run_trtllm(engine: Path) -> dict:
     """Load the engine with TensorRT-LLM's LLM API (PyTorch backend), warm up, generate, time it.
     Written against upstream's LLM API; it has never run on this project's CPU machines."""
+    from model_repo.trtllm import llm_kwargs
+    kwargs = llm_kwargs(engine)          # refuses an engine whose network.json and config.json disagree
     import tensorrt_llm
     from tensorrt_llm import LLM, SamplingParams
-
-    options = yaml.safe_load((engine / "llm_api_options.yaml").read_text())
-    try:  # how trtllm-serve turns YAML dicts into config objects
-        from tensorrt_llm.llmapi.llm_args import update_llm_args_with_extra_dict
-        kwargs = update_llm_args_with_extra_dict({"model": str(engine)}, options)
-    except ImportError:
-        kwargs = {"model": str(engine), **options}
     llm = LLM(**kwargs)
     params = SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0)
     llm.generate([SMOKE_PROMPT], params)                       # warm-up: CUDA graphs, autotuning
@@ -94,12 +88,13 @@ def run_trtllm(engine: Path) -> dict:
 def validate_command(engine_dir: str) -> dict:
     """`build-engine --validate DIR`: run the engine on this machine's GPU and record it in engine.json."""
     engine = Path(engine_dir)
-    m = manifest.read(engine)
-    if not m:
-        raise BuildError(f"{engine}: no engine.json; pass a directory written by build-engine")
-    gpu = get_gpu(m["gpu"])
-    [record] = validate_on_gpu_if_possible(engine, gpu) or [smoke_reference(engine, emulating=gpu.name)]
-    manifest.add_validation(engine, record)
+    try:
+        m = EngineManifest.read(engine)
+    except ManifestError as e:
+        raise BuildError(str(e)) from None
+    target = target_of_manifest(m)
+    [record] = validate_on_gpu_if_possible(engine, target) or [smoke_reference(engine, emulating=target.name)]
+    m.add_validation(engine, record)
     if not record["ok"]:
         raise BuildError(f"{engine}: {record.get('note', 'validation failed')}", exit_code=1)
     return record

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ServingProfile:
-    kv_cache_dtype: str              # kv_cache_config.dtype ("auto" = the model dtype)
-    planner_kv_dtype: str            # the same, in the planner's terms
+    kv_cache_dtype: str              # "bf16" (the model dtype; TensorRT-LLM's "auto") or "fp8"
     free_gpu_memory_fraction: float  # kv_cache_config.free_gpu_memory_fraction
     stream_interval: int
     env_overrides: dict[str, str] = field(default_factory=dict)
@@ -24,12 +23,12 @@ class ServingProfile:
 
 
 SERVING_BY_ARCH: dict[str, ServingProfile] = {
-    "blackwell": ServingProfile("fp8", "fp8", 0.85, 20, {"TRTLLM_ENABLE_PDL": "1", "NCCL_GRAPH_REGISTER": "0"},
+    "blackwell": ServingProfile("fp8", 0.85, 20, {"TRTLLM_ENABLE_PDL": "1", "NCCL_GRAPH_REGISTER": "0"},
                                 source="db_B200_* recipes: kv fp8, fraction 0.85, stream_interval 20, PDL on"),
-    "hopper": ServingProfile("auto", "bf16", 0.85, 20, {"TRTLLM_ENABLE_PDL": "1"},
+    "hopper": ServingProfile("bf16", 0.85, 20, {"TRTLLM_ENABLE_PDL": "1"},
                              source="db_H200_* recipes: kv auto, fraction 0.85, stream_interval 20"),
     # No upstream gpt-oss recipe exists for these; the same shape with a bf16 KV cache.
-    "ada": ServingProfile("auto", "bf16", 0.85, 20, source="no upstream recipe; Hopper shape, bf16 KV"),
-    "ampere": ServingProfile("auto", "bf16", 0.85, 20, source="no upstream recipe; Hopper shape, bf16 KV"),
-    "cpu": ServingProfile("auto", "bf16", 0.9, 1, source="the reference runtime"),
+    "ada": ServingProfile("bf16", 0.85, 20, source="no upstream recipe; Hopper shape, bf16 KV"),
+    "ampere": ServingProfile("bf16", 0.85, 20, source="no upstream recipe; Hopper shape, bf16 KV"),
+    "cpu": ServingProfile("bf16", 0.9, 1, source="the reference runtime"),
 }
