@@ -87,7 +87,7 @@ def render(args: argparse.Namespace) -> tuple[dict[str, str], EngineInfo, Placem
     info = read_manifest(args.engine_dir)
     place = placement(info, args.gpus_per_node or info.gpu.max_gpus_per_node)
     name = _name(args, info)
-    image = args.image or f"{docker.PROJECT}:{docker.md.version(docker.PROJECT)}-{'cpu' if info.on_cpu else 'gpu'}"
+    image = args.image or f"{docker.PROJECT}:{docker.project_version()}-{'cpu' if info.on_cpu else 'gpu'}"
     header = (f"# Written by deploy-engine for {info.engine_dir} ({info.model} on {info.gpu.name}, {info.quant}, "
               f"tp={info.tp} pp={info.pp}).\n")
     files: dict[str, str] = {}

@@ -13,8 +13,12 @@ PROJECT = "gptoss-trt"
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(\[[^\]]*\])?")
 
 
+def project_version() -> str:
+    return md.version(PROJECT)
+
+
 def wheel_name() -> str:
-    return f"{PROJECT.replace('-', '_')}-{md.version(PROJECT)}-py3-none-any.whl"
+    return f"{PROJECT.replace('-', '_')}-{project_version()}-py3-none-any.whl"
 
 
 def pinned_requirements(skip: tuple[str, ...] = ()) -> list[str]:

@@ -186,7 +186,8 @@ def _leader_worker_set(info: EngineInfo, place: Placement, opt: K8sOptions, clai
     env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
            {"name": "GROUP_SIZE", "value": str(place.pods)},
            {"name": "GPUS_PER_POD", "value": str(place.gpus_per_pod)},
-           {"name": "WORLD_SIZE", "value": str(place.world_size)}]
+           {"name": "WORLD_SIZE", "value": str(place.world_size)},
+           {"name": "MPIRUN", "value": deploy_data()["images"]["mpirun"]}]
     leader = _serving_container(opt.image, command=["/bin/sh", f"{p['launch']}/{launch.LEADER}"] + _serve_args(),
                                 env=env, launcher=True)
     worker = {"name": "worker", "image": opt.image, "command": ["/bin/sh", f"{p['launch']}/{launch.WORKER}"],

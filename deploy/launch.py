@@ -17,7 +17,7 @@ RSH_AGENT = "kubexec.sh"
 
 _LEADER = """#!/bin/sh
 # Leader of one LeaderWorkerSet group: start WORLD_SIZE TensorRT-LLM ranks, GPUS_PER_POD in each of the
-# GROUP_SIZE pods, with mpirun; rank 0 runs the command given as arguments (serve-engine ...).
+# GROUP_SIZE pods, with MPIRUN; rank 0 runs the command given as arguments (serve-engine ...).
 set -eu
 here="$(dirname "$0")"
 hosts="${POD_NAME}:${GPUS_PER_POD}"
@@ -32,7 +32,7 @@ while [ "$i" -lt "$GROUP_SIZE" ]; do
   i=$((i + 1))
 done
 echo "leader: starting $WORLD_SIZE ranks on $hosts"
-exec mpirun --mca plm_rsh_agent "$here/kubexec.sh" --host "$hosts" -np "$WORLD_SIZE" --bind-to none \\
+exec "$MPIRUN" --mca plm_rsh_agent "$here/kubexec.sh" --host "$hosts" -np "$WORLD_SIZE" --bind-to none \\
   -x HOME -x XDG_CACHE_HOME -x TRITON_CACHE_DIR -x HF_HOME -x PATH -x LD_LIBRARY_PATH \\
   trtllm-llmapi-launch "$@"
 """

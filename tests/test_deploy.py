@@ -312,3 +312,31 @@ def test_launch_scripts_parse():
     for name, text in launch.scripts().items():
         r = subprocess.run([sh, "-n"], input=text, capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, (name, r.stderr)
+
+
+# -- the probes and the autoscaling metric, against the real Triton server ---------------------------------
+def test_probes_healthcheck_and_queue_metric_on_a_real_triton(engines, tmp_path):
+    """The paths the probes and the compose health check call, and the metric the autoscaler reads, as the
+    real tritonserver (nvidia-pytriton's, on CPU) serves the engine's own repository."""
+    import urllib.request
+
+    from deploy.compose import HEALTH_CMD
+    from deploy.server import TritonServer
+    from deploy.testing import assert_stopped_cleanly
+
+    srv = TritonServer(engines["cpu"] / "triton", log_file=tmp_path / "server.log", exit_timeout_s=5)
+    health = [sys.executable, "-c", HEALTH_CMD.replace("127.0.0.1:{port}", f"{srv.http_url.split('//')[1]}")]
+    srv.start(timeout_s=240)
+    try:
+        assert subprocess.run(health, capture_output=True, timeout=30).returncode == 0
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            with urllib.request.urlopen(srv.http_url + path, timeout=5) as r:
+                assert r.status == 200, path
+        with urllib.request.urlopen(srv.metrics_url, timeout=5) as r:
+            metrics = r.read().decode()
+        metric = deploy_data()["autoscaling"]["metric"]
+        assert f"\n{metric}{{" in metrics, f"{metric} is not among Triton's metrics"
+    finally:
+        rc = srv.stop()
+    assert_stopped_cleanly(rc, tmp_path / "server.log")
+    assert subprocess.run(health, capture_output=True, timeout=30).returncode != 0   # stopped: unhealthy
