@@ -1,1 +1,1 @@
-"""Serving and gRPC clients (the Triton issue)."""
+"""Serving (serve-engine), gRPC clients, and deployment files for other machines (deploy-engine)."""

@@ -8,6 +8,8 @@ import copy
 import gzip
 import hashlib
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,6 +121,12 @@ def test_tp2_on_8_gpu_nodes_is_one_pod_with_2_gpus(engines, tmp_path, podmonitor
     svc_ports = {p["name"]: p["port"] for p in objs["service.yaml"]["spec"]["ports"]}
     assert svc_ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
     assert "--openai-port" in c["command"]
+    objs = deploy(engines["tp2"], tmp_path / "k2", "--target", "k8s", "--engine-pvc", "models-ro",
+                  "--gpu-product", "NVIDIA-H100-PCIe", "--name", "chat")
+    validate_core(objs)
+    pod = objs["deployment.yaml"]["spec"]["template"]["spec"]
+    assert "pvc-engine.yaml" not in objs and pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-PCIe"}
+    assert {v["name"]: v for v in pod["volumes"]}["engine"]["persistentVolumeClaim"]["claimName"] == "models-ro"
 
 
 def test_memory_request_comes_from_the_plan(engines, tmp_path):
@@ -244,6 +252,10 @@ def test_dockerfiles_are_hadolint_clean(engines, tmp_path):
         reqs = (out / (name.replace("Dockerfile.", "requirements-") + ".txt")).read_text().split()
         assert reqs and all("==" in r for r in reqs)
         assert ("torch" in "".join(reqs)) == (key == "cpu")         # the GPU image keeps NVIDIA's torch
+        for run in re.findall(r"^RUN (.*?)(?<!\\)$", text.replace("\\\n", ""), flags=re.M):
+            for i, word in enumerate(argv := shlex.split(run)):      # inline Python must at least compile
+                if word == "-c" and argv[i - 1] == "python3":
+                    compile(argv[i + 1], name, "exec")
         broken = tmp_path / f"{name}.broken"                      # negative control: hadolint notices
         broken.write_text(text.replace("USER 10001:10001\n", "RUN apt-get install curl\n"))
         r = hadolint(broken)
@@ -305,6 +317,13 @@ def test_schema_files_are_the_recorded_upstream_bytes():
             raw = gzip.decompress(raw)
         assert hashlib.sha256(raw).hexdigest() == src["sha256"], name
         assert len(src["commit"]) == 40 and src["repo"] and src["path"]
+
+
+def test_every_registry_gpu_has_a_node_label():
+    from spec.registry.gpus import GPUS
+    products = deploy_data("gpu_products.yaml")["products"]
+    assert set(products) == {n for n, g in GPUS.items() if g.arch != "cpu"}
+    assert all(p["label"].startswith("NVIDIA-") and " " not in p["label"] for p in products.values())
 
 
 def test_launch_scripts_parse():
