@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import re
 
+from deploy import launch
 from deploy.sizing import deploy_data
 
 PROJECT = "gptoss-trt"
@@ -49,11 +50,7 @@ def _env_block(d: dict) -> str:
 
 
 def _serve_cmd(d: dict) -> str:
-    ports = d["ports"]
-    args = ["serve-engine", d["paths"]["engine"], "--host", "0.0.0.0",
-            "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
-            "--metrics-port", str(ports["metrics"]), "--openai-port", str(ports["openai"])]
-    return "CMD [" + ", ".join(f'"{a}"' for a in args) + "]\n"
+    return "CMD [" + ", ".join(f'"{a}"' for a in launch.serve_args()) + "]\n"
 
 
 def _expose(d: dict) -> str:
@@ -75,7 +72,8 @@ def gpu_dockerfile() -> str:
         "ARG TARGETARCH=amd64\n"
         "# Python rather than curl: the container's Python is certain to be there.\n"
         "RUN python3 -c \"import hashlib, os, urllib.request as u; \\\n"
-        "url = 'https://dl.k8s.io/release/' + os.environ['KUBECTL_VERSION'] + '/bin/linux/' + os.environ['TARGETARCH'] + '/kubectl'; \\\n"
+        "env = os.environ; \\\n"
+        "url = 'https://dl.k8s.io/release/%s/bin/linux/%s/kubectl' % (env['KUBECTL_VERSION'], env['TARGETARCH']); \\\n"
         "data = u.urlopen(url).read(); want = u.urlopen(url + '.sha256').read().decode().split()[0]; \\\n"
         "assert hashlib.sha256(data).hexdigest() == want, 'kubectl checksum mismatch'; \\\n"
         "open('/usr/local/bin/kubectl', 'wb').write(data)\" \\\n"
@@ -84,7 +82,8 @@ def gpu_dockerfile() -> str:
         "COPY requirements-gpu.txt /tmp/requirements-gpu.txt\n"
         f"COPY dist/{wheel_name()} /tmp/\n"
         "# PIP_BREAK_SYSTEM_PACKAGES: the container's Python is the system one (PEP 668); older pips ignore it.\n"
-        "RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --requirement /tmp/requirements-gpu.txt \\\n"
+        "RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \\\n"
+        "      --requirement /tmp/requirements-gpu.txt \\\n"
         f" && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --no-deps /tmp/{wheel_name()} \\\n"
         f" && rm /tmp/requirements-gpu.txt /tmp/{wheel_name()}\n\n"
         + _user_block(d) + "\n" + _env_block(d) + "\n"

@@ -82,13 +82,6 @@ def _ports() -> list[dict]:
     return [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in deploy_data()["ports"].items()]
 
 
-def _serve_args() -> list[str]:
-    d = deploy_data()
-    p = d["ports"]
-    return ["serve-engine", d["paths"]["engine"], "--host", "0.0.0.0", "--http-port", str(p["http"]),
-            "--grpc-port", str(p["grpc"]), "--metrics-port", str(p["metrics"]), "--openai-port", str(p["openai"])]
-
-
 def _container_security() -> dict:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]}}
@@ -160,7 +153,7 @@ def _pod_spec(info: EngineInfo, place: Placement, opt: K8sOptions, claim: str, c
 
 def _serving_container(image: str, command: list[str] | None = None, env: list[dict] | None = None,
                        launcher: bool = False) -> dict:
-    c = {"name": "triton", "image": image, "command": command or _serve_args(), "ports": _ports(),
+    c = {"name": "triton", "image": image, "command": command or launch.serve_args(), "ports": _ports(),
          "securityContext": _container_security(), "volumeMounts": _mounts(launcher), **_probes()}
     if env:
         c["env"] = env
@@ -188,8 +181,8 @@ def _leader_worker_set(info: EngineInfo, place: Placement, opt: K8sOptions, clai
            {"name": "GPUS_PER_POD", "value": str(place.gpus_per_pod)},
            {"name": "WORLD_SIZE", "value": str(place.world_size)},
            {"name": "MPIRUN", "value": deploy_data()["images"]["mpirun"]}]
-    leader = _serving_container(opt.image, command=["/bin/sh", f"{p['launch']}/{launch.LEADER}"] + _serve_args(),
-                                env=env, launcher=True)
+    leader_cmd = ["/bin/sh", f"{p['launch']}/{launch.LEADER}"] + launch.serve_args()
+    leader = _serving_container(opt.image, command=leader_cmd, env=env, launcher=True)
     worker = {"name": "worker", "image": opt.image, "command": ["/bin/sh", f"{p['launch']}/{launch.WORKER}"],
               "securityContext": _container_security(), "volumeMounts": _mounts(launcher=True)}
     leader_spec = _pod_spec(info, place, opt, claim, leader, launcher=True,
@@ -250,7 +243,8 @@ def _service_account(opt: K8sOptions) -> dict:
 
 def _role(opt: K8sOptions) -> dict:
     # What the leader's kubectl needs to find its workers and start ranks in them, nothing more.
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(opt, f"{opt.name}-launcher"),
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _meta(opt, f"{opt.name}-launcher"),
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
                       {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]}
 

@@ -11,6 +11,8 @@ LeaderWorkerSet names the pods of group G of set NAME: the leader NAME-G, the wo
 
 from __future__ import annotations
 
+from deploy.sizing import deploy_data
+
 LEADER = "leader.sh"
 WORKER = "worker.sh"
 RSH_AGENT = "kubexec.sh"
@@ -54,3 +56,12 @@ exec kubectl exec "$pod" -c worker -- /bin/sh -c "$*"
 
 def scripts() -> dict[str, str]:
     return {LEADER: _LEADER, WORKER: _WORKER, RSH_AGENT: _RSH}
+
+
+def serve_args() -> list[str]:
+    """What every image and pod that serves starts: serve-engine on the mounted engine, all interfaces inside
+    the container (the host or the Service decides what is exposed), the ports of deploy/data/deploy.yaml."""
+    d = deploy_data()
+    p = d["ports"]
+    return ["serve-engine", d["paths"]["engine"], "--host", "0.0.0.0", "--http-port", str(p["http"]),
+            "--grpc-port", str(p["grpc"]), "--metrics-port", str(p["metrics"]), "--openai-port", str(p["openai"])]

