@@ -28,7 +28,7 @@ while [ "$i" -lt "$GROUP_SIZE" ]; do
   worker="${POD_NAME}-${i}"
   until [ "$(kubectl get pod "$worker" -o 'jsonpath={.status.phase}' 2>/dev/null)" = "Running" ]; do
     echo "leader: waiting for worker pod $worker"
-    sleep 5
+    sleep "${POLL_SECONDS:-5}"
   done
   hosts="${hosts},${worker}:${GPUS_PER_POD}"
   i=$((i + 1))

@@ -374,3 +374,38 @@ def test_the_containers_serve_command_is_what_serve_engine_accepts(capsys):
         pytest.skip("this serve-engine has no --openai-port, which the images and pods pass it")
     missing = [f for f in flags if f not in help_text]
     assert not missing, f"serve-engine does not accept {missing}"
+
+
+def test_leader_script_starts_one_rank_per_gpu_across_the_group(tmp_path):
+    """leader.sh and kubexec.sh run for real, with kubectl and mpirun replaced by recorders (no cluster here):
+    it waits for each worker pod, then hands mpirun the group's hosts, slots and the serve command."""
+    bin_dir, scripts = tmp_path / "bin", tmp_path / "launch"
+    bin_dir.mkdir()
+    scripts.mkdir()
+    for name, text in launch.scripts().items():
+        (scripts / name).write_text(text)
+    # kubectl: "Pending" for the first query about each pod, then "Running"; every call is logged.
+    (bin_dir / "kubectl").write_text(
+        '#!/bin/sh\necho "$*" >> "$LOG/kubectl"\n'
+        'case "$1" in get) f="$LOG/seen-$3"; if [ -e "$f" ]; then printf Running; else : > "$f"; '
+        'printf Pending; fi;; esac\n')
+    (bin_dir / "mpirun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$LOG/mpirun"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(tmp_path), "POLL_SECONDS": "0",
+           "POD_NAME": "chat-0", "GROUP_SIZE": "3", "GPUS_PER_POD": "2", "WORLD_SIZE": "6",
+           "MPIRUN": str(bin_dir / "mpirun")}
+    r = subprocess.run(["/bin/sh", str(scripts / launch.LEADER), *launch.serve_args()], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    argv = (tmp_path / "mpirun").read_text().split("\n")[:-1]
+    assert argv[argv.index("--host") + 1] == "chat-0:2,chat-0-1:2,chat-0-2:2"
+    assert argv[argv.index("-np") + 1] == "6"
+    assert argv[argv.index("plm_rsh_agent") + 1] == str(scripts / launch.RSH_AGENT)
+    assert argv[argv.index("trtllm-llmapi-launch") + 1:] == launch.serve_args()
+    gets = (tmp_path / "kubectl").read_text().splitlines()
+    assert [g.split()[2] for g in gets] == ["chat-0-1", "chat-0-1", "chat-0-2", "chat-0-2"]   # waited for both
+    r = subprocess.run(["/bin/sh", str(scripts / launch.RSH_AGENT), "chat-0-1", "orted", "-mca", "x", "1"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    assert (tmp_path / "kubectl").read_text().splitlines()[-1] == "exec chat-0-1 -c worker -- /bin/sh -c orted -mca x 1"
