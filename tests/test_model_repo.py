@@ -113,7 +113,7 @@ def test_needs_a_manifest_or_max_seq_len(tmp_path, engine):
 def test_bad_options_are_refused(engine):
     with pytest.raises(ModelRepoError, match="backend"):
         write_model_repo(engine, backend="vllm")
-    (engine / "engine.json").write_text(json.dumps({"model": "tiny"}), encoding="utf-8")
+    (engine / "engine.json").write_text(json.dumps({"schema_version": 2, "model": "tiny"}), encoding="utf-8")
     with pytest.raises(ModelRepoError, match="max_seq_len"):
         write_model_repo(engine)
 
