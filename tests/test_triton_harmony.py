@@ -82,7 +82,9 @@ def test_tokenizer_choice(tmp_path):
     assert choose_tokenizer(ASSETS) == "tokenizer.json"
     (tmp_path / "config.json").write_text('{"vocab_size": 201088}', encoding="utf-8")
     assert choose_tokenizer(tmp_path) == "o200k_harmony"
-    (tmp_path / "engine.json").write_text('{"model": "120b"}', encoding="utf-8")
+    from spec.manifest import EngineManifest
+    EngineManifest(model="120b", gpu="b200", quant="nvfp4", tp=1, ep=1, max_seq_len=4096, max_batch_size=8,
+                   sm=100).write(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
     assert choose_tokenizer(tmp_path) == "o200k_harmony"
 

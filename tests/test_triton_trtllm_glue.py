@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from deploy.testing import make_tiny_engine
-from model_repo.backends import TRTLLM_UNVALIDATED, make_backend
+from model_repo.backends import TRTLLM_UNVALIDATED, TrtllmBackend, make_backend
 from model_repo.inflight import GenRequest
 from model_repo.requests import StopCriteria
 
@@ -75,7 +75,8 @@ def test_llm_api_backend_streams_and_says_it_is_unvalidated(tmp_path, fake_trtll
     engine = make_tiny_engine(tmp_path / "engine")
     (engine / "llm_api_options.yaml").write_text("tensor_parallel_size: 1\nmax_batch_size: 8\n", encoding="utf-8")
     logs = []
-    b = make_backend(engine, "trtllm", max_batch_size=16, max_seq_len=512, log=logs.append)
+    # The glue itself (make_backend first checks that this machine has the engine's GPU; tests/test_target.py).
+    b = TrtllmBackend(engine, max_batch_size=16, max_seq_len=512, log=logs.append)
     import tensorrt_llm
     try:
         assert any(TRTLLM_UNVALIDATED in m for m in logs)
