@@ -103,6 +103,7 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
+    check_checkpoint_is(model, src)
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
     inputs = {
         "sources": source_hashes(src, cache.root),
@@ -157,6 +158,21 @@ def build(req: BuildRequest) -> Path:
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def check_checkpoint_is(model, src: Path) -> None:
+    """The checkpoint holds the architecture --model names (else the plan and the engine would disagree)."""
+    from checkpoint.config_io import architecture_diff, model_config_from_checkpoint
+    from checkpoint.errors import CheckpointError
+    try:
+        diff = architecture_diff(model_config_from_checkpoint(src), model)
+    except CheckpointError as e:
+        raise BuildError(str(e)) from None
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r}, {model.name} {b!r}" for k, (a, b) in list(diff.items())[:8])
+        raise BuildError(f"{src / 'config.json'} is not the {model.name} architecture ({shown}); fix: pass the "
+                         f"--model whose registry entry matches the checkpoint, or add one for it "
+                         f"(spec/registry/models.py)")
 
 
 def write_triton_repo(engine: Path) -> None:

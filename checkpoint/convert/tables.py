@@ -135,6 +135,38 @@ HF_MXFP4_EXPERT_WRITE = {
         (q.packed_pair, "layers.{layer}.moe.down.weight"),
 }
 
+# -- HF layout of the dense variant (model_type "gpt_oss_dense", e.g. 20b-dense) ----------------------
+# Everything but the MLP is gpt-oss's HF layout. The MLP is stored as one HF gpt-oss expert with the expert
+# dim dropped: `mlp.experts.gate_up_proj[e]` [H, 2I] (x @ W, gate/up interleaved on the last dim) becomes
+# `mlp.gate_up_proj`, and likewise its bias and down_proj; there is no router. So the gpt-oss quirks stay
+# the same ones, and a one-expert gpt-oss checkpoint (top-1: its routing weight is softmax over one
+# logit = 1) is this layout after taking expert 0 and dropping the router.
+D = L + "mlp."
+_MOE_ONLY = ("mlp.router.", "mlp.experts.", ".moe.")
+HF_DENSE_COMMON_SHAPES = {k: v for k, v in HF_COMMON_SHAPES.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_COMMON_READ = {k: v for k, v in HF_COMMON_READ.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_COMMON_WRITE = {k: v for k, v in HF_COMMON_WRITE.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_MLP_SHAPES = {
+    D + "gate_up_proj": ("float", lambda c: (c.hidden_size, 2 * c.intermediate_size)),
+    D + "gate_up_proj_bias": ("float", lambda c: (2 * c.intermediate_size,)),
+    D + "down_proj": ("float", lambda c: (c.intermediate_size, c.hidden_size)),
+    D + "down_proj_bias": ("float", lambda c: (c.hidden_size,)),
+}
+HF_DENSE_MLP_READ = {
+    "layers.{layer}.mlp.gate.weight": (q.dense_gate_from_hf, D + "gate_up_proj"),
+    "layers.{layer}.mlp.up.weight": (q.dense_up_from_hf, D + "gate_up_proj"),
+    "layers.{layer}.mlp.gate.bias": (q.dense_gate_bias, D + "gate_up_proj_bias"),
+    "layers.{layer}.mlp.up.bias": (q.dense_up_bias, D + "gate_up_proj_bias"),
+    "layers.{layer}.mlp.down.weight": (q.dense_down_from_hf, D + "down_proj"),
+    "layers.{layer}.mlp.down.bias": (q.same, D + "down_proj_bias"),
+}
+HF_DENSE_MLP_WRITE = {
+    D + "gate_up_proj": (q.hf_dense_gate_up, "layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.up.weight"),
+    D + "gate_up_proj_bias": (q.hf_dense_gate_up_bias, "layers.{layer}.mlp.gate.bias", "layers.{layer}.mlp.up.bias"),
+    D + "down_proj": (q.hf_dense_down, "layers.{layer}.mlp.down.weight"),
+    D + "down_proj_bias": (q.same, "layers.{layer}.mlp.down.bias"),
+}
+
 # -- OpenAI original (gpt_oss/torch/weights.py and model.py) ---------------------------------------
 B = "block.{layer}."
 
@@ -329,6 +361,12 @@ FORMATS: dict[str, Format] = {
                                            {**ATTN_INPUT_SCALE_READ, **EXPERT_INPUT_SCALE_READ},
                                            {**ATTN_INPUT_SCALE_WRITE, **EXPERT_INPUT_SCALE_WRITE}),
                       "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
+}
+# Layouts of the dense variant, by the same format names. Only the unquantized HF layout exists: gpt-oss's
+# MXFP4 and OpenAI formats and ModelOpt's gpt-oss exports have no dense MLP to follow.
+DENSE_FORMATS: dict[str, Format] = {
+    "hf": Format("hf", {**HF_DENSE_COMMON_SHAPES, **HF_DENSE_MLP_SHAPES}, {**HF_DENSE_COMMON_READ, **HF_DENSE_MLP_READ},
+                 {**HF_DENSE_COMMON_WRITE, **HF_DENSE_MLP_WRITE}, HF_DROPPED),
 }
 # Which part of a layout its quant config switches on: ModelOpt's quant_algo / kv_cache_quant_algo.
 FEATURES = ("input_scales", "kv_scales")
