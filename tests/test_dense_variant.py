@@ -186,3 +186,22 @@ def test_serve_engine_serves_the_dense_engine(engine, tmp_path):
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
     assert_stopped_cleanly(rc, log)
+
+
+def test_a_new_size_is_one_registry_entry(monkeypatch, tmp_path):
+    """An entry made from another with overrides is all a same-architecture size needs: it plans, reads back
+    from its checkpoint by architecture, builds, and runs like transformers."""
+    from builder.engine.build import BuildRequest, build
+    from builder.plan import plan
+    from checkpoint.config_io import read_model_config
+    from spec.registry import MODELS
+    wide = MODELS["tiny-dense"].with_overrides(name="tiny-dense-wide", num_layers=3, intermediate_size=384)
+    monkeypatch.setitem(MODELS, "tiny-dense-wide", wide)
+    assert plan("tiny-dense-wide", "h100").verdict == "runnable"
+    ckpt = write_dense_checkpoint(wide, tmp_path / "ckpt", seed=5)
+    assert read_model_config(ckpt)[0] == wide
+    out = build(BuildRequest(model="tiny-dense-wide", gpu="cpu", checkpoint=str(ckpt), output=str(tmp_path / "e"),
+                             cache_policy="off", progress=False))
+    assert json.loads((out / "engine.json").read_text())["model"] == "tiny-dense-wide"
+    ids = _ids(40, seed=6)
+    assert rel_diff(Runtime.from_dir(out).prompt_logits(ids), hf_logits(wide, ids, seed=5)) < TOL

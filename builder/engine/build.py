@@ -103,7 +103,6 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
-    check_checkpoint_is(model, src)
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
     inputs = {
         "sources": source_hashes(src, cache.root),
@@ -128,6 +127,8 @@ def build(req: BuildRequest) -> Path:
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
+    # After the cache lookup: a hit was checked when it was built, and this imports torch (seconds).
+    check_checkpoint_is(model, src)
     check_disk(out, model, quant)
     tmp = staging_dir(out)
     try:
