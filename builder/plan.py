@@ -206,6 +206,16 @@ def plan(model_name: str, gpu_name: str, quant: str = "auto", tp: int | None = N
     return best
 
 
+# What TensorRT-LLM's gpt-oss model (PyTorch backend, tensorrt_llm/_torch/models/modeling_gpt_oss.py) builds
+# whatever the config says: experts, q/k/v/o biases, learned sinks, a sliding window on even layers.
+TRTLLM_GPT_OSS_FIXED = {"mlp": "moe", "attention_bias": True, "learned_sinks": True, "alternating_layers": True}
+
+
+def trtllm_cannot_build(model: ModelConfig) -> dict[str, object]:
+    """{field: this model's value} where TensorRT-LLM's gpt-oss model would build something else."""
+    return {k: getattr(model, k) for k, v in TRTLLM_GPT_OSS_FIXED.items() if getattr(model, k) != v}
+
+
 def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep: int, seq_len: int,
               batch: int, kv_dtype: str) -> Plan:
     reasons: list[str] = []
@@ -218,6 +228,11 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
     if not qf.trtllm_loads_gpt_oss and gpu.sm is not None:
         reasons.append(f"TensorRT-LLM's gpt-oss loader does not read {qf.name} checkpoints: the engine is "
                        f"planned and emulated, serving it on {gpu.name} is unverified")
+    differs = trtllm_cannot_build(model)
+    if differs and gpu.sm is not None:
+        reasons.append(f"TensorRT-LLM's gpt-oss model hard-codes {TRTLLM_GPT_OSS_FIXED} and cannot build "
+                       f"{differs}: the engine is planned and runs on the reference runtime; serving it on "
+                       f"{gpu.name} needs a model definition TensorRT-LLM does not have")
     weights = weight_bytes_per_gpu(model, qf, tp)
     reserve = runtime_reserve_bytes(model, gpu, tp, batch)
     budget = max(0.0, (gpu.memory_bytes - weights - reserve) * KV_MEMORY_FRACTION)

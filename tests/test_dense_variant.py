@@ -151,7 +151,11 @@ def test_20b_dense_still_plans_for_b200():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
-    assert p["verdict"] == "runnable" and p["ep"] == 1
+    assert p["verdict"] == "runnable" and p["ep"] == 1 and p["quant"] == "nvfp4"
+    # It says what TensorRT-LLM cannot build; a model TensorRT-LLM's gpt-oss builds gets no such line.
+    assert any("cannot build {'mlp': 'dense'}" in r for r in p["reasons"])
+    from builder.plan import plan
+    assert not any("cannot build" in r for r in plan("20b", "b200").reasons)
 
 
 def test_serve_engine_serves_the_dense_engine(engine, tmp_path):
