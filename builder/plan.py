@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from spec.params import active_params, components, component_bytes, total_params
 from spec.registry.gpus import GpuProfile, get_gpu
 from spec.registry.models import ModelConfig, get_model
-from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat, get_quant
+from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QUANT_FORMATS, QuantFormat, get_quant
 from spec.capabilities import KERNELS, UNVERIFIED, kernel_status
 
 GB = 1e9
@@ -233,6 +233,12 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
         reasons.append(f"TensorRT-LLM's gpt-oss model hard-codes {TRTLLM_GPT_OSS_FIXED} and cannot build "
                        f"{differs}: the engine is planned and runs on the reference runtime; serving it on "
                        f"{gpu.name} needs a model definition TensorRT-LLM does not have")
+    if not model.is_moe:
+        from checkpoint.convert.tables import DENSE_FORMATS
+        if qf.checkpoint not in DENSE_FORMATS:
+            reasons.append(f"{qf.name} is planned, but dense checkpoints are written in the "
+                           f"{', '.join(DENSE_FORMATS)} layout only (no dense {qf.checkpoint}): build with "
+                           f"--quant {next(q for q, f in QUANT_FORMATS.items() if f.checkpoint in DENSE_FORMATS)}")
     weights = weight_bytes_per_gpu(model, qf, tp)
     reserve = runtime_reserve_bytes(model, gpu, tp, batch)
     budget = max(0.0, (gpu.memory_bytes - weights - reserve) * KV_MEMORY_FRACTION)

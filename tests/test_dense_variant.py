@@ -154,6 +154,8 @@ def test_20b_dense_still_plans_for_b200():
     assert p["verdict"] == "runnable" and p["ep"] == 1 and p["quant"] == "nvfp4"
     # It says what TensorRT-LLM cannot build; a model TensorRT-LLM's gpt-oss builds gets no such line.
     assert any("cannot build {'mlp': 'dense'}" in r for r in p["reasons"])
+    assert any("dense checkpoints are written in the hf layout only (no dense hf-nvfp4): build with --quant bf16" in r
+               for r in p["reasons"])
     from builder.plan import plan
     assert not any("cannot build" in r for r in plan("20b", "b200").reasons)
 
