@@ -236,9 +236,10 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
     if not model.is_moe:
         from checkpoint.convert.tables import DENSE_FORMATS
         if qf.checkpoint not in DENSE_FORMATS:
-            reasons.append(f"{qf.name} is planned, but dense checkpoints are written in the "
-                           f"{', '.join(DENSE_FORMATS)} layout only (no dense {qf.checkpoint}): build with "
-                           f"--quant {next(q for q, f in QUANT_FORMATS.items() if f.checkpoint in DENSE_FORMATS)}")
+            buildable = [q for q, f in QUANT_FORMATS.items() if f.checkpoint in DENSE_FORMATS]
+            reasons.append(f"{qf.name} is planned, but this pipeline writes dense checkpoints only in the "
+                           f"{', '.join(DENSE_FORMATS)} layouts (no dense {qf.checkpoint}): build with --quant "
+                           f"{' or '.join(buildable)}")
     weights = weight_bytes_per_gpu(model, qf, tp)
     reserve = runtime_reserve_bytes(model, gpu, tp, batch)
     budget = max(0.0, (gpu.memory_bytes - weights - reserve) * KV_MEMORY_FRACTION)

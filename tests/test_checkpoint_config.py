@@ -101,9 +101,10 @@ def test_plain_rope_4x(tmp_path):
     assert cfg.rope_scaling_factor == 1.0 and cfg.name == "c"
 
 
-def test_dense_models_have_only_the_hf_layout():
+def test_dense_models_have_the_hf_and_fp8_layouts_only():
     assert "model.layers.0.mlp.gate_up_proj" in expand("hf", get_model("20b-dense")).shapes
-    for fmt in ("hf-mxfp4", "openai", "hf-nvfp4", "hf-fp8"):
+    assert "model.layers.0.mlp.down_proj_weight_scale" in expand("hf-fp8", get_model("20b-dense")).shapes
+    for fmt in ("hf-mxfp4", "openai", "hf-nvfp4"):
         with pytest.raises(CheckpointError, match=f"dense MLP, which the {fmt} layout cannot hold"):
             expand(fmt, get_model("20b-dense"))
 

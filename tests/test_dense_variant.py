@@ -83,10 +83,41 @@ def test_convert_to_hf_is_bit_exact_and_other_layouts_are_refused(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt_oss_dense" and "num_local_experts" not in config
     assert (out / "tokenizer.json").is_file()
-    for to in ("hf-mxfp4", "openai", "hf-nvfp4"):
+    for to in ("hf-mxfp4", "openai", "hf-nvfp4"):     # hf-fp8: test_fp8_dense_is_the_fp8_one_expert_model
         with pytest.raises(CheckpointError, match=f"dense MLP, which the {to} layout cannot hold"):
             convert_checkpoint(src, tmp_path / to, to=to, progress=False)
         assert not (tmp_path / to).exists()
+
+
+def test_fp8_dense_is_the_fp8_one_expert_model(tmp_path):
+    """W8A8 FP8 with calibrated input scales and an FP8 KV cache: the dense checkpoint and the equivalent
+    one-expert MoE (whose FP8 path is checked against ModelOpt elsewhere) get the same bytes, the same scales
+    and the same logits; FP8's own error against bf16 is large on this random model, so equality is a real check."""
+    from builder.convert import convert_checkpoint as convert_calibrated
+    from dense_helpers import hf_one_expert
+    import shutil
+    moe = tmp_path / "moe"
+    hf_one_expert(DENSE).save_pretrained(moe)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(tiny_dense_checkpoint() / f, moe / f)
+    kw = dict(calibration="default", kv_cache="fp8", progress=False, calib_options={"max_tokens": 64})
+    d = convert_calibrated(tiny_dense_checkpoint(), tmp_path / "dense-fp8", "hf-fp8", **kw)
+    m = convert_calibrated(moe, tmp_path / "moe-fp8", "hf-fp8", **kw)
+    dt, mt = load_file(str(d / "model.safetensors")), load_file(str(m / "model.safetensors"))
+    assert dt["model.layers.0.mlp.gate_up_proj"].dtype == torch.float8_e4m3fn
+    for name, t in dt.items():
+        other = mt[name.replace(".mlp.", ".mlp.experts.")] if ".mlp." in name else mt[name]
+        other = other[0] if other.dim() == t.dim() + 1 else other
+        assert torch.equal(t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t,
+                           other.view(torch.uint8) if other.dtype == torch.float8_e4m3fn else other), name
+    cfg = json.loads((d / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_algo"] == "FP8" and not any("router" in m for m in cfg["ignore"])
+    ids = _ids(40, seed=7)
+    dense_logits, moe_logits = Runtime.from_dir(d).prompt_logits(ids), Runtime.from_dir(m).prompt_logits(ids)
+    assert rel_diff(dense_logits, moe_logits) < 1e-6
+    assert rel_diff(dense_logits, hf_logits(DENSE, ids)) > 1e-2          # it is quantized
+    back = convert_checkpoint(d, tmp_path / "back", to="hf", progress=False)
+    assert rel_diff(Runtime.from_dir(back).prompt_logits(ids), hf_logits(DENSE, ids)) < 0.5
 
 
 def test_transformers_refuses_the_dense_config_instead_of_inventing_experts():
@@ -154,8 +185,8 @@ def test_20b_dense_still_plans_for_b200():
     assert p["verdict"] == "runnable" and p["ep"] == 1 and p["quant"] == "nvfp4"
     # It says what TensorRT-LLM cannot build; a model TensorRT-LLM's gpt-oss builds gets no such line.
     assert any("cannot build {'mlp': 'dense'}" in r for r in p["reasons"])
-    assert any("dense checkpoints are written in the hf layout only (no dense hf-nvfp4): build with --quant bf16" in r
-               for r in p["reasons"])
+    assert any("dense checkpoints only in the hf, hf-fp8 layouts (no dense hf-nvfp4): build with --quant bf16 or fp8"
+               in r for r in p["reasons"])
     from builder.plan import plan
     assert not any("cannot build" in r for r in plan("20b", "b200").reasons)
 

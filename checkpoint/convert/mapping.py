@@ -60,8 +60,8 @@ def expand(fmt: str, config: ModelConfig, features=()) -> Expanded:
     """`fmt`'s tables for this model, with the optional parts named in `features` (tables.FEATURES)."""
     if not config.is_moe and fmt not in DENSE_FORMATS:
         raise CheckpointError(f"model {config.name!r} has a dense MLP, which the {fmt} layout cannot hold (dense "
-                              f"checkpoints exist in the {', '.join(DENSE_FORMATS)} layout only); fix: convert "
-                              f"to --to hf, or build with --quant bf16")
+                              f"checkpoints exist in the {', '.join(DENSE_FORMATS)} layouts only); fix: convert "
+                              f"to --to {' or '.join(DENSE_FORMATS)}, or build with --quant bf16 or fp8")
     multiple = BLOCK_MULTIPLE.get(fmt, DEFAULT_BLOCK_MULTIPLE)
     for dim, what in ((config.hidden_size, "hidden_size"), (config.intermediate_size, "intermediate_size")):
         if dim % multiple:

@@ -362,11 +362,58 @@ FORMATS: dict[str, Format] = {
                                            {**ATTN_INPUT_SCALE_WRITE, **EXPERT_INPUT_SCALE_WRITE}),
                       "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
 }
-# Layouts of the dense variant, by the same format names. Only the unquantized HF layout exists: gpt-oss's
-# MXFP4 and OpenAI formats and ModelOpt's gpt-oss exports have no dense MLP to follow.
+# FP8 dense MLP: the FP8 expert layout with the expert dim dropped, like the bf16 one above.
+HF_FP8_DENSE_MLP_SHAPES = {
+    D + "gate_up_proj": ("f8", lambda c: (c.hidden_size, 2 * c.intermediate_size)),
+    D + "gate_up_proj_weight_scale": ("scalar", lambda c: ()),
+    D + "gate_up_proj_bias": ("float", lambda c: (2 * c.intermediate_size,)),
+    D + "down_proj": ("f8", lambda c: (c.intermediate_size, c.hidden_size)),
+    D + "down_proj_weight_scale": ("scalar", lambda c: ()),
+    D + "down_proj_bias": ("float", lambda c: (c.hidden_size,)),
+}
+_FP8_GATE_UP = (D + "gate_up_proj", D + "gate_up_proj_weight_scale")
+_FP8_DOWN = (D + "down_proj", D + "down_proj_weight_scale")
+HF_FP8_DENSE_MLP_READ = {
+    **{k: v for k, v in HF_DENSE_MLP_READ.items() if k.endswith(".bias")},
+    "layers.{layer}.mlp.gate.weight": (qq.fp8_dense_gate_from_hf, *_FP8_GATE_UP),
+    "layers.{layer}.mlp.up.weight": (qq.fp8_dense_up_from_hf, *_FP8_GATE_UP),
+    "layers.{layer}.mlp.down.weight": (qq.fp8_dense_down_from_hf, *_FP8_DOWN),
+}
+HF_FP8_DENSE_MLP_WRITE = {
+    **{k: v for k, v in HF_DENSE_MLP_WRITE.items() if k.endswith("_bias")},
+    _FP8_GATE_UP: (qq.hf_fp8_dense_gate_up, "layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.up.weight"),
+    _FP8_DOWN: (qq.hf_fp8_dense_down, "layers.{layer}.mlp.down.weight"),
+}
+DENSE_INPUT_SCALE_SHAPES = {D + "gate_up_proj_input_scale": ("scalar", lambda c: ()),
+                            D + "down_proj_input_scale": ("scalar", lambda c: ())}
+DENSE_INPUT_SCALE_READ = {
+    "layers.{layer}.mlp.gate.input_scale": (qq.scale, D + "gate_up_proj_input_scale"),
+    "layers.{layer}.mlp.up.input_scale": (qq.scale, D + "gate_up_proj_input_scale"),
+    "layers.{layer}.mlp.down.input_scale": (qq.scale, D + "down_proj_input_scale"),
+}
+DENSE_INPUT_SCALE_WRITE = {
+    D + "gate_up_proj_input_scale": (qq.max_scale, "layers.{layer}.mlp.gate.input_scale",
+                                     "layers.{layer}.mlp.up.input_scale"),
+    D + "down_proj_input_scale": (qq.scale, "layers.{layer}.mlp.down.input_scale"),
+}
+_HF_DENSE_NO_ATTN = ({k: v for k, v in HF_DENSE_COMMON_SHAPES.items() if k not in _HF_ATTN_WEIGHTS},
+                     {k: v for k, v in HF_DENSE_COMMON_READ.items()
+                      if k not in ("layers.{layer}.attn.qkv.weight", "layers.{layer}.attn.out.weight")},
+                     {k: v for k, v in HF_DENSE_COMMON_WRITE.items() if k not in _HF_ATTN_WEIGHTS})
+
+# Layouts of the dense variant, by the same format names: unquantized HF, and FP8 (every linear but
+# embeddings and lm_head, as for the MoE). gpt-oss's MXFP4 and OpenAI formats and ModelOpt's NVFP4 gpt-oss
+# export quantize experts only, so they have no dense counterpart to follow.
 DENSE_FORMATS: dict[str, Format] = {
     "hf": Format("hf", {**HF_DENSE_COMMON_SHAPES, **HF_DENSE_MLP_SHAPES}, {**HF_DENSE_COMMON_READ, **HF_DENSE_MLP_READ},
                  {**HF_DENSE_COMMON_WRITE, **HF_DENSE_MLP_WRITE}, HF_DROPPED),
+    "hf-fp8": Format("hf-fp8", {**_HF_DENSE_NO_ATTN[0], **HF_FP8_ATTN_SHAPES, **HF_FP8_DENSE_MLP_SHAPES},
+                     {**_HF_DENSE_NO_ATTN[1], **HF_FP8_ATTN_READ, **HF_FP8_DENSE_MLP_READ},
+                     {**_HF_DENSE_NO_ATTN[2], **HF_FP8_ATTN_WRITE, **HF_FP8_DENSE_MLP_WRITE}, HF_DROPPED,
+                     {"input_scales": Part({**ATTN_INPUT_SCALE_SHAPES, **DENSE_INPUT_SCALE_SHAPES},
+                                           {**ATTN_INPUT_SCALE_READ, **DENSE_INPUT_SCALE_READ},
+                                           {**ATTN_INPUT_SCALE_WRITE, **DENSE_INPUT_SCALE_WRITE}),
+                      "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
 }
 # Which part of a layout its quant config switches on: ModelOpt's quant_algo / kv_cache_quant_algo.
 FEATURES = ("input_scales", "kv_scales")
