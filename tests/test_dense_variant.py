@@ -100,7 +100,9 @@ def test_fp8_dense_is_the_fp8_one_expert_model(tmp_path):
     hf_one_expert(DENSE).save_pretrained(moe)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(tiny_dense_checkpoint() / f, moe / f)
-    kw = dict(calibration="default", kv_cache="fp8", progress=False, calib_options={"max_tokens": 64})
+    texts = tmp_path / "calib.txt"
+    texts.write_text("To be, or not to be, that is the question.\nO Romeo, Romeo, wherefore art thou Romeo?\n")
+    kw = dict(calibration=texts, kv_cache="fp8", progress=False, calib_options={"max_tokens": 64})
     d = convert_calibrated(tiny_dense_checkpoint(), tmp_path / "dense-fp8", "hf-fp8", **kw)
     m = convert_calibrated(moe, tmp_path / "moe-fp8", "hf-fp8", **kw)
     dt, mt = load_file(str(d / "model.safetensors")), load_file(str(m / "model.safetensors"))
@@ -169,11 +171,13 @@ def test_run_engine_runs_the_dense_engine(engine, tmp_path):
 
 
 def test_model_and_checkpoint_must_agree(tmp_path):
-    r = subprocess.run([str(BIN / "build-engine"), "--model", "tiny", "--gpu", "cpu", "--checkpoint",
-                        str(tiny_dense_checkpoint()), "--output", str(tmp_path / "e"), "--cache-policy", "off",
-                        "--no-progress"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert "is not the tiny architecture" in r.stderr and "mlp: checkpoint 'dense', tiny 'moe'" in r.stderr
+    from builder.engine import BuildError
+    from builder.engine.build import BuildRequest, build
+    with pytest.raises(BuildError) as e:
+        build(BuildRequest(model="tiny", gpu="cpu", checkpoint=str(tiny_dense_checkpoint()),
+                           output=str(tmp_path / "e"), cache_policy="off", progress=False))
+    assert e.value.exit_code == 2            # what build-engine exits with
+    assert "is not the tiny architecture" in str(e.value) and "mlp: checkpoint 'dense', tiny 'moe'" in str(e.value)
     assert not (tmp_path / "e").exists()
 
 
