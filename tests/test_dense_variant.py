@@ -21,7 +21,7 @@ from checkpoint.convert import convert_checkpoint, load_canonical
 from checkpoint.errors import CheckpointError
 from dense_helpers import hf_logits, tiny_dense_checkpoint, write_dense_checkpoint
 from runtime import Runtime, SamplingParams
-from runtime_helpers import prompt, rel_diff
+from runtime_helpers import rel_diff
 from spec.network import DenseMLP, Network
 from spec.registry import get_model
 
