@@ -16,7 +16,7 @@ from spec.params import (KV_DTYPE_BYTES, active_params, component_bytes, compone
                          total_params)
 from spec.registry.gpus import GpuProfile
 from spec.registry.models import ModelConfig, get_model
-from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat
+from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QUANT_FORMATS, QuantFormat
 from spec.target import Target, quant_for, resolve_target
 
 GB = 1e9
@@ -215,6 +215,16 @@ def kernels_needed(model: ModelConfig, qf: QuantFormat) -> tuple[str, ...]:
     return network_from_config(model, qf.name).plugins
 
 
+# What TensorRT-LLM's gpt-oss model (PyTorch backend, tensorrt_llm/_torch/models/modeling_gpt_oss.py) builds
+# whatever the config says: experts, q/k/v/o biases, learned sinks, a sliding window on even layers.
+TRTLLM_GPT_OSS_FIXED = {"mlp": "moe", "attention_bias": True, "learned_sinks": True, "alternating_layers": True}
+
+
+def trtllm_cannot_build(model: ModelConfig) -> dict[str, object]:
+    """{field: this model's value} where TensorRT-LLM's gpt-oss model would build something else."""
+    return {k: getattr(model, k) for k, v in TRTLLM_GPT_OSS_FIXED.items() if getattr(model, k) != v}
+
+
 def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep: int, seq_len: int,
               batch: int, kv_dtype: str) -> Plan:
     reasons: list[str] = []
@@ -225,6 +235,18 @@ def _plan_one(model: ModelConfig, gpu: GpuProfile, qf: QuantFormat, tp: int, ep:
     if not qf.trtllm_loads_gpt_oss and gpu.sm is not None:
         reasons.append(f"TensorRT-LLM's gpt-oss loader does not read {qf.name} checkpoints: the engine is "
                        f"planned and emulated, serving it on {gpu.name} is unverified")
+    differs = trtllm_cannot_build(model)
+    if differs and gpu.sm is not None:
+        reasons.append(f"TensorRT-LLM's gpt-oss model hard-codes {TRTLLM_GPT_OSS_FIXED} and cannot build "
+                       f"{differs}: the engine is planned and runs on the reference runtime; serving it on "
+                       f"{gpu.name} needs a model definition TensorRT-LLM does not have")
+    if not model.is_moe:
+        from checkpoint.convert.tables import DENSE_FORMATS
+        if qf.checkpoint not in DENSE_FORMATS:
+            buildable = [q for q, f in QUANT_FORMATS.items() if f.checkpoint in DENSE_FORMATS]
+            reasons.append(f"{qf.name} is planned, but this pipeline writes dense checkpoints only in the "
+                           f"{', '.join(DENSE_FORMATS)} layouts (no dense {qf.checkpoint}): build with --quant "
+                           f"{' or '.join(buildable)}")
     weights = weight_bytes_per_gpu(model, qf, tp)
     reserve = runtime_reserve_bytes(model, gpu, tp, batch)
     budget = max(0.0, (gpu.memory_bytes - weights - reserve) * KV_MEMORY_FRACTION)

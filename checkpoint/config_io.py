@@ -3,6 +3,17 @@
 HF 5.x keeps RoPE in `rope_parameters` (rope_theta inside); 4.x used `rope_scaling` plus a top-level
 `rope_theta`. OpenAI's original config has exactly sixteen keys and its loader (`ModelConfig(**json)`)
 raises on any other, so we write exactly those and refuse unknown ones when reading.
+
+The dense variant (a ModelConfig with mlp="dense") has no upstream format. Its config.json is transformers'
+GptOssConfig with `model_type` "gpt_oss_dense" (architectures ["GptOssDenseForCausalLM"]) and without the
+expert keys (num_local_experts, num_experts_per_tok, router_aux_loss_coef, output_router_logits); its own
+model_type makes transformers refuse it instead of loading it as a MoE with random experts. Its tensors:
+checkpoint/convert/tables.py (HF_DENSE_*).
+
+Every architecture flag read here is honoured downstream or refused: `layer_types` (any per-layer
+sliding/full pattern, ModelConfig.attention_layers), `attention_bias` (false: no q/k/v/o bias tensors),
+`tie_word_embeddings`. Learned sinks have no flag in either format (gpt-oss always has them), so writing
+a model without them is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import json
 from pathlib import Path
 
 from checkpoint.errors import CheckpointError
-from spec.registry.models import MODELS, ModelConfig
+from spec.registry.models import LAYER_TYPES, MODELS, ModelConfig
 
 OPENAI_KEYS = ("num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
                "intermediate_size", "swiglu_limit", "head_dim", "num_attention_heads", "num_key_value_heads",
@@ -28,6 +39,10 @@ _ROPE_KEYS = {"rope_type", "type", "factor", "beta_fast", "beta_slow", "truncate
 # Fields that describe a registry entry rather than an architecture.
 _DESCRIPTIVE = ("name", "hf_repo", "source", "notes", "eos_token_ids")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# HF model_type -> the ModelConfig.mlp it declares.
+HF_MODEL_TYPES = {"gpt_oss": "moe", "gpt_oss_dense": "dense"}
+HF_ARCHITECTURES = {"moe": "GptOssForCausalLM", "dense": "GptOssDenseForCausalLM"}
+_HF_EXPERT_KEYS = ("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "output_router_logits")
 
 
 def read_json(path: Path) -> dict:
@@ -90,15 +105,34 @@ def _rope_from_hf(raw: dict, where: Path) -> dict:
             "rope_beta_slow": float(rope.get("beta_slow") or 1.0)}
 
 
+def _layer_types(raw: dict, n_layers: int, where: Path) -> tuple[str, ...]:
+    """HF `layer_types` -> ModelConfig.attention_layers (any pattern; the alternation normalises to ())."""
+    kinds = raw.get("layer_types")
+    if kinds is None:
+        return ()
+    if not isinstance(kinds, list) or len(kinds) != n_layers or any(k not in LAYER_TYPES for k in kinds):
+        raise CheckpointError(f"{where}: layer_types must list one of {list(LAYER_TYPES)} for each of the "
+                              f"{n_layers} layers (num_hidden_layers), got {kinds!r}; fix: correct it, or remove it "
+                              f"for gpt-oss's alternation (sliding on even layers, full on odd)")
+    return tuple(kinds)
+
+
+def _mlp_fields(raw: dict, mlp: str, where: Path) -> dict:
+    if mlp == "dense":
+        stray = [k for k in _HF_EXPERT_KEYS[:2] if raw.get(k) is not None]
+        if stray:
+            raise CheckpointError(f"{where}: model_type gpt_oss_dense (one dense MLP per layer) but the config has "
+                                  f"expert keys {stray}; fix: remove them, or use model_type gpt_oss for a MoE")
+        return {"mlp": "dense"}
+    return {"mlp": "moe", "num_experts": int(_need(raw, "num_local_experts", where)),
+            "experts_per_token": int(_need(raw, "num_experts_per_tok", where))}
+
+
 def model_config_from_hf(raw: dict, name: str, where: Path) -> ModelConfig:
     n_layers = int(_need(raw, "num_hidden_layers", where))
     heads = int(_need(raw, "num_attention_heads", where))
     hidden = int(_need(raw, "hidden_size", where))
-    layer_types = raw.get("layer_types")
-    expected = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
-    if layer_types is not None and list(layer_types) != expected:
-        raise CheckpointError(f"{where}: layer_types {layer_types} is not gpt-oss's alternation (sliding on "
-                              f"even layers, full on odd); fix: this pipeline only builds that pattern")
+    mlp = HF_MODEL_TYPES.get(raw.get("model_type", "gpt_oss"), "moe")
     if raw.get("sliding_window") is None:
         raise CheckpointError(f"{where}: sliding_window is null; fix: set it (gpt-oss uses 128)")
     eos = raw.get("eos_token_id")
@@ -107,10 +141,9 @@ def model_config_from_hf(raw: dict, name: str, where: Path) -> ModelConfig:
         name=name, num_layers=n_layers, hidden_size=hidden,
         head_dim=int(raw.get("head_dim") or hidden // heads), num_q_heads=heads,
         num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-        vocab_size=int(_need(raw, "vocab_size", where)), mlp="moe",
+        vocab_size=int(_need(raw, "vocab_size", where)), **_mlp_fields(raw, mlp, where),
         intermediate_size=int(_need(raw, "intermediate_size", where)),
-        num_experts=int(_need(raw, "num_local_experts", where)),
-        experts_per_token=int(_need(raw, "num_experts_per_tok", where)),
+        attention_layers=_layer_types(raw, n_layers, where),
         swiglu_alpha=float(raw.get("swiglu_alpha", 1.702)), swiglu_limit=float(raw.get("swiglu_limit", 7.0)),
         sliding_window=int(raw["sliding_window"]),
         max_position_embeddings=int(raw.get("max_position_embeddings", 131072)),
@@ -139,12 +172,16 @@ def model_config_from_openai(raw: dict, name: str, where: Path) -> ModelConfig:
         max_position_embeddings=int(ctx * max(factor, 1.0)), **OPENAI_FIXED)
 
 
+def architecture_diff(a: ModelConfig, b: ModelConfig) -> dict[str, tuple]:
+    """{field: (a's value, b's value)} over the architecture fields where two configs differ."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return {k: (da[k], db[k]) for k in da if k not in _DESCRIPTIVE and da[k] != db[k]}
+
+
 def match_registry(config: ModelConfig) -> ModelConfig:
     """The registry entry with the same architecture (its name and description), else `config` as is."""
-    def arch(c):
-        return {k: v for k, v in dataclasses.asdict(c).items() if k not in _DESCRIPTIVE}
     for model in MODELS.values():
-        if arch(model) == arch(config):
+        if not architecture_diff(model, config):
             return dataclasses.replace(model, eos_token_ids=config.eos_token_ids or model.eos_token_ids)
     return config
 
@@ -157,9 +194,9 @@ def read_model_config(folder: str | Path) -> tuple[ModelConfig, str, dict]:
     kind = config_kind(raw)
     name = folder.resolve().name
     if kind == "hf":
-        if raw.get("model_type", "gpt_oss") != "gpt_oss":
-            raise CheckpointError(f"{where}: model_type {raw['model_type']!r} is not gpt_oss; fix: convert a "
-                                  f"gpt-oss-family checkpoint")
+        if raw.get("model_type", "gpt_oss") not in HF_MODEL_TYPES:
+            raise CheckpointError(f"{where}: model_type {raw['model_type']!r} is not one of {list(HF_MODEL_TYPES)}; "
+                                  f"fix: convert a gpt-oss-family checkpoint")
         config = model_config_from_hf(raw, name, where)
     elif kind == "openai":
         config = model_config_from_openai(raw, name, where)
@@ -181,8 +218,15 @@ def hf_config_dict(config: ModelConfig, mxfp4: bool, dtype: str = "bfloat16") ->
              "original_max_position_embeddings": config.rope_original_max_position}
             if config.rope_scaling_factor > 1.0 else {"rope_type": "default"})
     rope["rope_theta"] = config.rope_theta
+    if not config.learned_sinks:
+        raise CheckpointError(f"model {config.name!r} has no learned sinks, which an HF gpt-oss config cannot say "
+                              f"(transformers always creates them); fix: keep learned_sinks=True")
+    if mxfp4 and not config.is_moe:
+        raise CheckpointError(f"model {config.name!r} has a dense MLP; MXFP4 checkpoints hold experts only; "
+                              f"fix: write it unquantized (--to hf)")
     out = {
-        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "dtype": dtype,
+        "architectures": [HF_ARCHITECTURES[config.mlp]],
+        "model_type": next(t for t, m in HF_MODEL_TYPES.items() if m == config.mlp), "dtype": dtype,
         "num_hidden_layers": config.num_layers, "hidden_size": config.hidden_size, "head_dim": config.head_dim,
         "num_attention_heads": config.num_q_heads, "num_key_value_heads": config.num_kv_heads,
         "vocab_size": config.vocab_size, "intermediate_size": config.intermediate_size,
@@ -194,6 +238,9 @@ def hf_config_dict(config: ModelConfig, mxfp4: bool, dtype: str = "bfloat16") ->
         "hidden_act": "silu", "initializer_range": 0.02, "tie_word_embeddings": config.tie_word_embeddings,
         "output_router_logits": False, "use_cache": True,
     }
+    if not config.is_moe:
+        for key in _HF_EXPERT_KEYS:
+            out.pop(key, None)
     if config.eos_token_ids:
         out["eos_token_id"] = (list(config.eos_token_ids) if len(config.eos_token_ids) > 1
                                else config.eos_token_ids[0])
@@ -206,10 +253,16 @@ def hf_config_dict(config: ModelConfig, mxfp4: bool, dtype: str = "bfloat16") ->
 
 
 def openai_config_dict(config: ModelConfig) -> dict:
-    lost = {k: getattr(config, k) for k, v in OPENAI_FIXED.items() if getattr(config, k) != v}
+    # OpenAI's reference (gpt_oss/torch/model.py) always builds experts, biased q/k/v/o, sinks, and slides
+    # on even layers; a model without one of those cannot be written in its format.
+    fixed = {"mlp": "moe", "attention_bias": True, "learned_sinks": True}
+    lost = {k: getattr(config, k) for k, v in {**OPENAI_FIXED, **fixed}.items() if getattr(config, k) != v}
+    if not config.alternating_layers:
+        lost["layer_types"] = config.layer_types
     if lost:
-        raise CheckpointError(f"the OpenAI original format hard-codes {OPENAI_FIXED} and cannot express {lost}; "
-                              f"fix: convert to --to hf or hf-mxfp4 instead")
+        raise CheckpointError(f"the OpenAI original format hard-codes {OPENAI_FIXED}, experts, q/k/v/o biases, "
+                              f"learned sinks and sliding windows on even layers, and cannot express {lost}; "
+                              f"fix: convert to --to hf" + (" or hf-mxfp4" if config.is_moe else "") + " instead")
     return {"num_hidden_layers": config.num_layers, "num_experts": config.num_experts,
             "experts_per_token": config.experts_per_token, "vocab_size": config.vocab_size,
             "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,

@@ -52,9 +52,11 @@ EXCLUDED_MODULES = {
 
 
 def exclude_modules(groups: dict[str, str], num_layers: int) -> list[str]:
+    """The HF modules of every unquantized group; a group missing from `groups` (the routers of a dense
+    model) has no modules to list."""
     out = []
     for group, modules in EXCLUDED_MODULES.items():
-        if groups.get(group, "bf16") == "bf16":
+        if groups.get(group) == "bf16":
             for m in modules:
                 out += [m.format(layer=i) for i in range(num_layers)] if "{layer}" in m else [m]
     return sorted(out)

@@ -50,13 +50,28 @@ DENSE_MLP_SHAPES = {
 }
 
 
+# Tensors a model has only when its config says so: the ModelConfig flag each one depends on.
+OPTIONAL = {
+    "layers.{layer}.attn.qkv.bias": "attention_bias",
+    "layers.{layer}.attn.out.bias": "attention_bias",
+    "layers.{layer}.attn.sinks": "learned_sinks",
+}
+
+
+def present(pattern: str, config: ModelConfig) -> bool:
+    """Whether this model has the canonical tensor `pattern` (OPTIONAL ones depend on a config flag)."""
+    flag = OPTIONAL.get(pattern)
+    return flag is None or bool(getattr(config, flag))
+
+
 def _qkv_rows(c: ModelConfig) -> int:
     return (c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim
 
 
 def canonical_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every canonical tensor of a model with its logical (dequantized) shape, in a stable order."""
-    per_layer = {**ATTENTION_SHAPES, **(MOE_SHAPES if config.is_moe else DENSE_MLP_SHAPES)}
+    per_layer = {p: shape for p, shape in {**ATTENTION_SHAPES, **(MOE_SHAPES if config.is_moe else DENSE_MLP_SHAPES)}
+                 .items() if present(p, config)}
     shapes = {"embed.weight": GLOBAL_SHAPES["embed.weight"](config)}
     for layer in range(config.num_layers):
         for pattern, shape in per_layer.items():

@@ -78,8 +78,10 @@ def test_openai_missing_keys(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c.update(layer_types=["full_attention"] * 4), "not gpt-oss's alternation"),
-    (lambda c: c.update(model_type="llama"), "model_type 'llama' is not gpt_oss"),
+    (lambda c: c.update(layer_types=["full_attention"] * 3), "layer_types must list one of"),
+    (lambda c: c.update(layer_types=["sliding_attention", "chunked_attention"] * 2), "layer_types must list one of"),
+    (lambda c: c.update(model_type="llama"), "model_type 'llama' is not one of"),
+    (lambda c: c.update(model_type="gpt_oss_dense"), r"expert keys \['num_local_experts', 'num_experts_per_tok'\]"),
     (lambda c: c["rope_parameters"].update(rope_type="longrope"), "RoPE keys|rope_type 'longrope'"),
     (lambda c: c["rope_parameters"].update(mscale=2.0), r"RoPE keys \['mscale'\]"),
     (lambda c: c.update(sliding_window=None), "sliding_window is null"),
@@ -99,9 +101,12 @@ def test_plain_rope_4x(tmp_path):
     assert cfg.rope_scaling_factor == 1.0 and cfg.name == "c"
 
 
-def test_dense_models_have_no_checkpoint_format():
-    with pytest.raises(CheckpointError, match="dense MLP"):
-        expand("hf", get_model("20b-dense"))
+def test_dense_models_have_the_hf_and_fp8_layouts_only():
+    assert "model.layers.0.mlp.gate_up_proj" in expand("hf", get_model("20b-dense")).shapes
+    assert "model.layers.0.mlp.down_proj_weight_scale" in expand("hf-fp8", get_model("20b-dense")).shapes
+    for fmt in ("hf-mxfp4", "openai", "hf-nvfp4"):
+        with pytest.raises(CheckpointError, match=f"dense MLP, which the {fmt} layout cannot hold"):
+            expand(fmt, get_model("20b-dense"))
 
 
 def test_mxfp4_formats_need_multiples_of_32():

@@ -137,6 +137,8 @@ def build(req: BuildRequest) -> Path:
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
+    # After the cache lookup: a hit was checked when it was built, and this imports torch (seconds).
+    check_checkpoint_is(model, src)
     check_disk(out, model, quant)
     tmp = staging_dir(out)
     try:
@@ -166,6 +168,21 @@ def build(req: BuildRequest) -> Path:
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def check_checkpoint_is(model, src: Path) -> None:
+    """The checkpoint holds the architecture --model names (else the plan and the engine would disagree)."""
+    from checkpoint.config_io import architecture_diff, model_config_from_checkpoint
+    from checkpoint.errors import CheckpointError
+    try:
+        diff = architecture_diff(model_config_from_checkpoint(src), model)
+    except CheckpointError as e:
+        raise BuildError(str(e)) from None
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r}, {model.name} {b!r}" for k, (a, b) in list(diff.items())[:8])
+        raise BuildError(f"{src / 'config.json'} is not the {model.name} architecture ({shown}); fix: pass the "
+                         f"--model whose registry entry matches the checkpoint, or add one for it "
+                         f"(spec/registry/models.py)")
 
 
 def write_triton_repo(engine: Path) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from spec.canonical import canonical_shapes
+from spec.canonical import OPTIONAL, canonical_shapes, present
 from checkpoint.errors import CheckpointError
-from checkpoint.convert.tables import FEATURES, FORMATS
+from checkpoint.convert.tables import DENSE_FORMATS, FEATURES, FORMATS
 from spec.registry.models import ModelConfig
 
 
@@ -58,16 +58,17 @@ def _layer_major(table: dict, config: ModelConfig):
 
 def expand(fmt: str, config: ModelConfig, features=()) -> Expanded:
     """`fmt`'s tables for this model, with the optional parts named in `features` (tables.FEATURES)."""
-    if not config.is_moe:
-        raise CheckpointError(f"model {config.name!r} has a dense MLP; the HF and OpenAI gpt-oss formats only "
-                              f"hold MoE models; fix: convert a gpt-oss MoE checkpoint")
+    if not config.is_moe and fmt not in DENSE_FORMATS:
+        raise CheckpointError(f"model {config.name!r} has a dense MLP, which the {fmt} layout cannot hold (dense "
+                              f"checkpoints exist in the {', '.join(DENSE_FORMATS)} layouts only); fix: convert "
+                              f"to --to {' or '.join(DENSE_FORMATS)}, or build with --quant bf16 or fp8")
     multiple = BLOCK_MULTIPLE.get(fmt, DEFAULT_BLOCK_MULTIPLE)
     for dim, what in ((config.hidden_size, "hidden_size"), (config.intermediate_size, "intermediate_size")):
         if dim % multiple:
             kind = "NVFP4 experts (blocks of 16)" if multiple == 16 else "MXFP4 experts (blocks of 32)"
             raise CheckpointError(f"{what}={dim} is not a multiple of {multiple}, which {fmt}'s {kind} need; "
                                   f"fix: convert to --to hf (bf16 experts) or hf-fp8 instead")
-    table = FORMATS[fmt]
+    table = (FORMATS if config.is_moe else DENSE_FORMATS)[fmt]
     features = tuple(f for f in FEATURES if f in set(features))
     unknown = set(features) - set(table.features or {})
     if unknown:
@@ -77,6 +78,7 @@ def expand(fmt: str, config: ModelConfig, features=()) -> Expanded:
     tshapes = {**table.shapes, **{k: v for p in parts for k, v in p.shapes.items()}}
     tread = {**table.read, **{k: v for p in parts for k, v in p.read.items()}}
     twrite = {**table.write, **{k: v for p in parts for k, v in p.write.items()}}
+    tshapes, tread, twrite = _without_absent(tshapes, tread, twrite, config)
     shapes = {_fill(p, layer): (kind, tuple(shape(config)))
               for p, (kind, shape), layer in _layer_major(tshapes, config)}
     read = {_fill(p, layer): (quirk, tuple(_fill(s, layer) for s in sources))
@@ -98,6 +100,18 @@ def expand(fmt: str, config: ModelConfig, features=()) -> Expanded:
     ex = Expanded(fmt, shapes, read, write, dropped, features, canonical)
     _check_tables(ex, config)
     return ex
+
+
+def _without_absent(shapes: dict, read: dict, write: dict, config: ModelConfig):
+    """Drop the rules of optional canonical tensors this model does not have (spec.canonical.OPTIONAL: no
+    attention biases, no learned sinks), with the stored tensors only they read and the targets only they feed."""
+    absent = {p for p in OPTIONAL if not present(p, config)}
+    if not absent:
+        return shapes, read, write
+    read = {k: v for k, v in read.items() if k not in absent}
+    used = {s for _, *sources in read.values() for s in sources}
+    write = {k: v for k, v in write.items() if not absent & set(v[1:])}
+    return {k: v for k, v in shapes.items() if k in used}, read, write
 
 
 def _check_tables(ex: Expanded, config: ModelConfig) -> None:

@@ -10,6 +10,8 @@ interleaved on `out`; ModelOpt quantizes NVFP4 experts on the [E, out, in] trans
   FP8 experts    gate_up_proj float8_e4m3fn [E, H, 2I] (HF's own layout), gate_up_proj_weight_scale float32 [];
                  down_proj [E, I, H], down_proj_weight_scale [].
   FP8 linears    q/k/v/o_proj.weight float8_e4m3fn [out, in], .weight_scale float32 [].
+  FP8 dense MLP  (the dense variant, our layout: one FP8 expert without the expert dim) gate_up_proj
+                 float8_e4m3fn [H, 2I] interleaved, gate_up_proj_weight_scale []; down_proj [I, H], down_proj_weight_scale [].
   W4A4 / W8A8    <weight>_input_scale (experts) or <proj>.input_scale (linears), float32 [].
   FP8 KV cache   self_attn.k_proj.k_scale, self_attn.v_proj.v_scale, float32 [] (amax / 448).
 
@@ -161,6 +163,22 @@ def fp8_down_from_hf(c, down, s):
     return _fp8_expert(down, s, slice(None))
 
 
+@makes_quant("fp8")
+def fp8_dense_gate_from_hf(c, gate_up, s):
+    """Dense FP8 gate_up_proj [H, 2I] (interleaved) -> gate FP8Tensor [I, H]. Not rowwise (a transpose)."""
+    return FP8Tensor(np.ascontiguousarray(_e4m3(gate_up)[:, 0::2].T), _scalar(s))
+
+
+@makes_quant("fp8")
+def fp8_dense_up_from_hf(c, gate_up, s):
+    return FP8Tensor(np.ascontiguousarray(_e4m3(gate_up)[:, 1::2].T), _scalar(s))
+
+
+@makes_quant("fp8")
+def fp8_dense_down_from_hf(c, down, s):
+    return FP8Tensor(np.ascontiguousarray(_e4m3(down).T), _scalar(s))
+
+
 @rowwise
 @makes_quant("fp8")
 def fp8_linear(c, w, s):
@@ -220,6 +238,19 @@ def hf_fp8_gate_up(c, gate, up, *, scale: SharedScale):
 def hf_fp8_down(c, down, *, scale: SharedScale):
     d = to_fp8(down, scale)
     return _t12(_u8(d.data)).view(F8), _f32(d.scale)
+
+
+@quantizes("fp8")
+def hf_fp8_dense_gate_up(c, gate, up, *, scale: SharedScale):
+    """Dense gate, up [I, H] -> (gate_up_proj float8 [H, 2I] interleaved, _weight_scale [])."""
+    g, u = to_fp8(gate, scale), to_fp8(up, scale)
+    return _interleave(_u8(g.data).t(), _u8(u.data).t(), dim=1).contiguous().view(F8), _f32(g.scale)
+
+
+@quantizes("fp8")
+def hf_fp8_dense_down(c, down, *, scale: SharedScale):
+    d = to_fp8(down, scale)
+    return _u8(d.data).t().contiguous().view(F8), _f32(d.scale)
 
 
 def _fp8_qkv_part(c, qkv, scale: SharedScale, i: int):

@@ -107,7 +107,9 @@ def config_dicts(to: str, ck: CanonicalCheckpoint, quant: str | None, kv_cache: 
     if quant is None:
         return config, None
     from checkpoint.quant_policy import policy
-    hf_quant, qc = quant_configs(get_quant(quant).trtllm_quant_algo, policy(quant).groups, ck.config.num_layers,
+    # A dense model has no routers to list as unquantized.
+    groups = {g: f for g, f in policy(quant).groups.items() if ck.config.is_moe or g != "router"}
+    hf_quant, qc = quant_configs(get_quant(quant).trtllm_quant_algo, groups, ck.config.num_layers,
                                  "FP8" if kv_cache == "fp8" else None,
                                  writer=f"gptoss-trt {spec.__version__} (ModelOpt 0.47 HF layout)")
     config["quantization_config"] = qc

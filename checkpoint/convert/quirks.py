@@ -12,6 +12,7 @@ The quirks, and why they exist:
 - HF stores expert weights as [E, in, out] (x @ W), canonical is nn.Linear's [E, out, in].
 - HF and OpenAI interleave gate and up along the output dim (gate = even, up = odd); canonical keeps
   them apart. Getting this wrong still runs, and talks nonsense.
+- The dense MLP (tables.py: HF_DENSE_*) is stored like one HF expert: [in, out], gate/up interleaved.
 - MXFP4 experts come as a _blocks/_scales (or .blocks/.scales) pair; canonical keeps them packed.
 - ModelOpt NVFP4/FP8 checkpoints: see checkpoint/convert/quant_quirks.py.
 """
@@ -135,6 +136,29 @@ def down_from_hf(c, down):
     return _t12(down)
 
 
+def dense_gate_from_hf(c, gate_up):
+    """Dense gate_up_proj [H, 2I] (x @ W, gate/up interleaved on the last dim) -> gate [I, H]."""
+    return gate_up[:, 0::2].t().contiguous()
+
+
+def dense_up_from_hf(c, gate_up):
+    return gate_up[:, 1::2].t().contiguous()
+
+
+def dense_gate_bias(c, gate_up_bias):
+    """Dense gate_up_proj_bias [2I] (interleaved) -> gate bias [I]. Not rowwise: output row i is input row 2i."""
+    return gate_up_bias[0::2].contiguous()
+
+
+def dense_up_bias(c, gate_up_bias):
+    return gate_up_bias[1::2].contiguous()
+
+
+def dense_down_from_hf(c, down):
+    """Dense down_proj [I, H] -> canonical [H, I]."""
+    return down.t().contiguous()
+
+
 @rowwise
 @makes_mxfp4
 def mxfp4_pair(c, blocks, scales):
@@ -194,6 +218,20 @@ def hf_gate_up(c, gate, up):
 @rowwise
 def hf_down(c, down):
     return _t12(_float(down))
+
+
+def hf_dense_gate_up(c, gate, up):
+    """gate, up [I, H] -> dense gate_up_proj [H, 2I] (interleaved on the last dim, as one HF expert)."""
+    return _interleave(_float(gate).t().contiguous(), _float(up).t().contiguous(), dim=1)
+
+
+def hf_dense_gate_up_bias(c, gate, up):
+    """gate, up biases [I] -> [2I] interleaved. Not rowwise (see dense_gate_bias)."""
+    return _interleave(gate, up, dim=0)
+
+
+def hf_dense_down(c, down):
+    return _float(down).t().contiguous()
 
 
 @rowwise

@@ -135,6 +135,38 @@ HF_MXFP4_EXPERT_WRITE = {
         (q.packed_pair, "layers.{layer}.moe.down.weight"),
 }
 
+# -- HF layout of the dense variant (model_type "gpt_oss_dense", e.g. 20b-dense) ----------------------
+# Everything but the MLP is gpt-oss's HF layout. The MLP is stored as one HF gpt-oss expert with the expert
+# dim dropped: `mlp.experts.gate_up_proj[e]` [H, 2I] (x @ W, gate/up interleaved on the last dim) becomes
+# `mlp.gate_up_proj`, and likewise its bias and down_proj; there is no router. So the gpt-oss quirks stay
+# the same ones, and a one-expert gpt-oss checkpoint (top-1: its routing weight is softmax over one
+# logit = 1) is this layout after taking expert 0 and dropping the router.
+D = L + "mlp."
+_MOE_ONLY = ("mlp.router.", "mlp.experts.", ".moe.")
+HF_DENSE_COMMON_SHAPES = {k: v for k, v in HF_COMMON_SHAPES.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_COMMON_READ = {k: v for k, v in HF_COMMON_READ.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_COMMON_WRITE = {k: v for k, v in HF_COMMON_WRITE.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_MLP_SHAPES = {
+    D + "gate_up_proj": ("float", lambda c: (c.hidden_size, 2 * c.intermediate_size)),
+    D + "gate_up_proj_bias": ("float", lambda c: (2 * c.intermediate_size,)),
+    D + "down_proj": ("float", lambda c: (c.intermediate_size, c.hidden_size)),
+    D + "down_proj_bias": ("float", lambda c: (c.hidden_size,)),
+}
+HF_DENSE_MLP_READ = {
+    "layers.{layer}.mlp.gate.weight": (q.dense_gate_from_hf, D + "gate_up_proj"),
+    "layers.{layer}.mlp.up.weight": (q.dense_up_from_hf, D + "gate_up_proj"),
+    "layers.{layer}.mlp.gate.bias": (q.dense_gate_bias, D + "gate_up_proj_bias"),
+    "layers.{layer}.mlp.up.bias": (q.dense_up_bias, D + "gate_up_proj_bias"),
+    "layers.{layer}.mlp.down.weight": (q.dense_down_from_hf, D + "down_proj"),
+    "layers.{layer}.mlp.down.bias": (q.same, D + "down_proj_bias"),
+}
+HF_DENSE_MLP_WRITE = {
+    D + "gate_up_proj": (q.hf_dense_gate_up, "layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.up.weight"),
+    D + "gate_up_proj_bias": (q.hf_dense_gate_up_bias, "layers.{layer}.mlp.gate.bias", "layers.{layer}.mlp.up.bias"),
+    D + "down_proj": (q.hf_dense_down, "layers.{layer}.mlp.down.weight"),
+    D + "down_proj_bias": (q.same, "layers.{layer}.mlp.down.bias"),
+}
+
 # -- OpenAI original (gpt_oss/torch/weights.py and model.py) ---------------------------------------
 B = "block.{layer}."
 
@@ -328,6 +360,59 @@ FORMATS: dict[str, Format] = {
                      {"input_scales": Part({**ATTN_INPUT_SCALE_SHAPES, **EXPERT_INPUT_SCALE_SHAPES},
                                            {**ATTN_INPUT_SCALE_READ, **EXPERT_INPUT_SCALE_READ},
                                            {**ATTN_INPUT_SCALE_WRITE, **EXPERT_INPUT_SCALE_WRITE}),
+                      "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
+}
+# FP8 dense MLP: the FP8 expert layout with the expert dim dropped, like the bf16 one above.
+HF_FP8_DENSE_MLP_SHAPES = {
+    D + "gate_up_proj": ("f8", lambda c: (c.hidden_size, 2 * c.intermediate_size)),
+    D + "gate_up_proj_weight_scale": ("scalar", lambda c: ()),
+    D + "gate_up_proj_bias": ("float", lambda c: (2 * c.intermediate_size,)),
+    D + "down_proj": ("f8", lambda c: (c.intermediate_size, c.hidden_size)),
+    D + "down_proj_weight_scale": ("scalar", lambda c: ()),
+    D + "down_proj_bias": ("float", lambda c: (c.hidden_size,)),
+}
+_FP8_GATE_UP = (D + "gate_up_proj", D + "gate_up_proj_weight_scale")
+_FP8_DOWN = (D + "down_proj", D + "down_proj_weight_scale")
+HF_FP8_DENSE_MLP_READ = {
+    **{k: v for k, v in HF_DENSE_MLP_READ.items() if k.endswith(".bias")},
+    "layers.{layer}.mlp.gate.weight": (qq.fp8_dense_gate_from_hf, *_FP8_GATE_UP),
+    "layers.{layer}.mlp.up.weight": (qq.fp8_dense_up_from_hf, *_FP8_GATE_UP),
+    "layers.{layer}.mlp.down.weight": (qq.fp8_dense_down_from_hf, *_FP8_DOWN),
+}
+HF_FP8_DENSE_MLP_WRITE = {
+    **{k: v for k, v in HF_DENSE_MLP_WRITE.items() if k.endswith("_bias")},
+    _FP8_GATE_UP: (qq.hf_fp8_dense_gate_up, "layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.up.weight"),
+    _FP8_DOWN: (qq.hf_fp8_dense_down, "layers.{layer}.mlp.down.weight"),
+}
+DENSE_INPUT_SCALE_SHAPES = {D + "gate_up_proj_input_scale": ("scalar", lambda c: ()),
+                            D + "down_proj_input_scale": ("scalar", lambda c: ())}
+DENSE_INPUT_SCALE_READ = {
+    "layers.{layer}.mlp.gate.input_scale": (qq.scale, D + "gate_up_proj_input_scale"),
+    "layers.{layer}.mlp.up.input_scale": (qq.scale, D + "gate_up_proj_input_scale"),
+    "layers.{layer}.mlp.down.input_scale": (qq.scale, D + "down_proj_input_scale"),
+}
+DENSE_INPUT_SCALE_WRITE = {
+    D + "gate_up_proj_input_scale": (qq.max_scale, "layers.{layer}.mlp.gate.input_scale",
+                                     "layers.{layer}.mlp.up.input_scale"),
+    D + "down_proj_input_scale": (qq.scale, "layers.{layer}.mlp.down.input_scale"),
+}
+_HF_DENSE_NO_ATTN = ({k: v for k, v in HF_DENSE_COMMON_SHAPES.items() if k not in _HF_ATTN_WEIGHTS},
+                     {k: v for k, v in HF_DENSE_COMMON_READ.items()
+                      if k not in ("layers.{layer}.attn.qkv.weight", "layers.{layer}.attn.out.weight")},
+                     {k: v for k, v in HF_DENSE_COMMON_WRITE.items() if k not in _HF_ATTN_WEIGHTS})
+
+# Layouts of the dense variant, by the same format names: unquantized HF, and FP8 (every linear but
+# embeddings and lm_head, as for the MoE). gpt-oss's MXFP4 and OpenAI formats and ModelOpt's NVFP4 gpt-oss
+# export quantize experts only, so they have no dense counterpart to follow.
+DENSE_FORMATS: dict[str, Format] = {
+    "hf": Format("hf", {**HF_DENSE_COMMON_SHAPES, **HF_DENSE_MLP_SHAPES}, {**HF_DENSE_COMMON_READ, **HF_DENSE_MLP_READ},
+                 {**HF_DENSE_COMMON_WRITE, **HF_DENSE_MLP_WRITE}, HF_DROPPED),
+    "hf-fp8": Format("hf-fp8", {**_HF_DENSE_NO_ATTN[0], **HF_FP8_ATTN_SHAPES, **HF_FP8_DENSE_MLP_SHAPES},
+                     {**_HF_DENSE_NO_ATTN[1], **HF_FP8_ATTN_READ, **HF_FP8_DENSE_MLP_READ},
+                     {**_HF_DENSE_NO_ATTN[2], **HF_FP8_ATTN_WRITE, **HF_FP8_DENSE_MLP_WRITE}, HF_DROPPED,
+                     {"input_scales": Part({**ATTN_INPUT_SCALE_SHAPES, **DENSE_INPUT_SCALE_SHAPES},
+                                           {**ATTN_INPUT_SCALE_READ, **DENSE_INPUT_SCALE_READ},
+                                           {**ATTN_INPUT_SCALE_WRITE, **DENSE_INPUT_SCALE_WRITE}),
                       "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
 }
 # Which part of a layout its quant config switches on: ModelOpt's quant_algo / kv_cache_quant_algo.

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+# Attention kind of a layer, as HF's `layer_types` names it.
+SLIDING_ATTENTION, FULL_ATTENTION = "sliding_attention", "full_attention"
+LAYER_TYPES = (SLIDING_ATTENTION, FULL_ATTENTION)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -28,7 +32,7 @@ class ModelConfig:
     # out = (up + 1) * gate * sigmoid(alpha * gate).
     swiglu_alpha: float = 1.702
     swiglu_limit: float = 7.0
-    # Sliding-window attention on even layers (layer_idx % 2 == 0), full attention on odd layers.
+    # Window of the sliding-attention layers. Which layers slide: `attention_layers`, see layer_is_sliding.
     sliding_window: int = 128
     # StreamingLLM sink tokens kept visible to sliding layers beyond the window (the leak's policy);
     # 0 for the released models, which use learned per-head sink logits instead.
@@ -49,14 +53,37 @@ class ModelConfig:
     source: str = ""
     notes: str = ""
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # Per-layer attention kinds (LAYER_TYPES), when they differ from gpt-oss's alternation; empty means the
+    # alternation. Always stored normalised (the alternation spelled out becomes empty), so two configs of
+    # the same architecture compare equal however their checkpoint wrote it.
+    attention_layers: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        kinds = tuple(self.attention_layers)
+        if kinds:
+            bad = sorted({k for k in kinds if k not in LAYER_TYPES})
+            if bad or len(kinds) != self.num_layers:
+                raise ValueError(f"model {self.name!r}: attention_layers must list one of {LAYER_TYPES} per layer "
+                                 f"({self.num_layers}); got {len(kinds)} entries" + (f", unknown {bad}" if bad else ""))
+            if all((k == SLIDING_ATTENTION) == _alternation_is_sliding(i) for i, k in enumerate(kinds)):
+                kinds = ()
+        object.__setattr__(self, "attention_layers", kinds)
 
     def layer_is_sliding(self, layer: int) -> bool:
-        return layer % 2 == 0
+        """The one sliding-layer rule: `attention_layers` if given, else gpt-oss's alternation."""
+        if self.attention_layers:
+            return self.attention_layers[layer] == SLIDING_ATTENTION
+        return _alternation_is_sliding(layer)
 
     @property
     def layer_types(self) -> list[str]:
-        return ["sliding_attention" if self.layer_is_sliding(i) else "full_attention"
-                for i in range(self.num_layers)]
+        """HF's `layer_types` list for this model."""
+        return [SLIDING_ATTENTION if self.layer_is_sliding(i) else FULL_ATTENTION for i in range(self.num_layers)]
+
+    @property
+    def alternating_layers(self) -> bool:
+        """Whether the layers follow gpt-oss's alternation (formats without a layer-type list need it)."""
+        return not self.attention_layers
 
     @property
     def num_sliding_layers(self) -> int:
@@ -72,6 +99,12 @@ class ModelConfig:
 
     def with_overrides(self, **kw) -> "ModelConfig":
         return replace(self, **kw)
+
+
+def _alternation_is_sliding(layer: int) -> bool:
+    # gpt-oss's pattern (transformers GptOssConfig's default layer_types, OpenAI's reference model.py):
+    # sliding window on even layers, full attention on odd layers.
+    return layer % 2 == 0
 
 
 _RELEASED_SOURCE = ("config.json of huggingface.co/{repo} (Aug 2025) and OpenAI's gpt-oss model card "
@@ -127,6 +160,14 @@ MODELS: dict[str, ModelConfig] = {
         eos_token_ids=_HARMONY_EOS,
     ),
 }
+
+# A same-architecture size is one entry: an existing entry with the fields that differ. The tiny dense
+# model is `tiny` with its experts replaced by one clamped-SwiGLU MLP (the 20b-dense design at CPU size);
+# no weights ship for it: build it from a checkpoint (--checkpoint), e.g. one written by the tests.
+MODELS["tiny-dense"] = MODELS["tiny"].with_overrides(
+    name="tiny-dense", mlp="dense", num_experts=0, experts_per_token=0, intermediate_size=256,
+    source="this project: the tiny architecture with a dense MLP; no shipped weights",
+    notes="sinks, alternating sliding/full layers, YaRN, one clamped-SwiGLU MLP with biases per layer")
 
 
 def get_model(name: str) -> ModelConfig:
