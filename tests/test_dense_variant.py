@@ -22,7 +22,7 @@ from checkpoint.errors import CheckpointError
 from dense_helpers import hf_logits, tiny_dense_checkpoint, write_dense_checkpoint
 from runtime import Runtime, SamplingParams
 from runtime_helpers import rel_diff
-from spec.network import DenseMLP, Network
+from spec.network import DenseMLP, load_network
 from spec.registry import get_model
 
 TOL = 1e-5
@@ -142,7 +142,7 @@ def engine(tmp_path_factory):
 def test_build_engine_builds_the_dense_engine(engine):
     m = json.loads((engine / "engine.json").read_text())
     assert (m["model"], m["gpu"], m["quant"]) == ("tiny-dense", "cpu", "bf16")
-    net = Network.load(engine / "network.json")
+    net = load_network(engine / "network.json")
     assert all(isinstance(layer.mlp, DenseMLP) for layer in net.layers)
     assert "moe_bf16" not in net.plugins
     assert all(v["ok"] for v in m["validated_on"] if v["runtime"] == "reference")
