@@ -22,7 +22,8 @@ from builder.engine.cache import BuildCache, cache_key, default_cache_dir, sourc
 from builder.engine.gpu import detect_gpus, check_target_matches
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
-from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
+from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_replaceable, install_dir,
+                              remove_stale_staging, staging_dir)
 from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, plan
 from spec.registry.gpus import get_gpu
 from spec.registry.models import get_model
@@ -103,7 +104,10 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
+    check_checkpoint_is_model(src, model)
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
+    out = Path(req.output) if req.output else default_output(p)
+    check_output_safe(out, src, req.calib_file, cache.root)
     inputs = {
         "sources": source_hashes(src, cache.root),
         "model": model.name, "gpu_sm": gpu.sm, "gpu": gpu.name, "quant": quant.name, "tp": p.tp, "ep": p.ep,
@@ -112,7 +116,6 @@ def build(req: BuildRequest) -> Path:
         "engine_layout": ENGINE_LAYOUT_VERSION,
     }
     key = cache_key(inputs)
-    out = Path(req.output) if req.output else default_output(p)
     _say(f"      {src} ({len(inputs['sources'])} files), cache key {key[:16]}")
     for stale in remove_stale_staging(out):
         _say(f"      removed {stale.name}, left by an interrupted build")
@@ -123,7 +126,9 @@ def build(req: BuildRequest) -> Path:
             tmp = staging_dir(out)
             shutil.rmtree(tmp)
             shutil.copytree(hit, tmp)
-            install_dir(tmp, out)
+            from builder.engine.validate import repoint_notes
+            repoint_notes(tmp, out)
+            install_dir(tmp, out, _engine_replaceable)
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
@@ -151,12 +156,52 @@ def build(req: BuildRequest) -> Path:
             "build_seconds": round(time.perf_counter() - t0, 3), "validated_on": validated,
         })
         write_triton_repo(engine)
-        install_dir(engine, out)
+        install_dir(engine, out, _engine_replaceable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def is_engine_dir(path: Path) -> bool:
+    return (path / manifest.MANIFEST).is_file()
+
+
+def _engine_replaceable(out: Path) -> None:
+    try:
+        check_replaceable(out, is_engine_dir, "--output", f"an engine directory (no {manifest.MANIFEST})")
+    except UnsafeOutputError as e:
+        raise BuildError(str(e)) from None
+
+
+def check_output_safe(out: Path, src: Path, calib_file: str | None, cache_root: Path) -> None:
+    """--output must stay apart from every input and the cache, and may replace only an engine or an empty folder."""
+    try:
+        check_output_apart(out, {"--checkpoint": src, "--calib-file": calib_file, "the build cache": cache_root},
+                           "--output")
+    except UnsafeOutputError as e:
+        raise BuildError(str(e)) from None
+    _engine_replaceable(out)
+
+
+def check_checkpoint_is_model(src: Path, model) -> None:
+    """A checkpoint whose architecture is not --model's is refused, never built under the wrong name."""
+    import dataclasses
+    from checkpoint.config_io import model_config_from_checkpoint
+    from checkpoint.errors import CheckpointError
+    try:
+        found = model_config_from_checkpoint(src)
+    except CheckpointError as e:
+        raise BuildError(str(e)) from None
+    descriptive = {"name", "hf_repo", "source", "notes", "eos_token_ids"}
+    diff = {k: (v, getattr(found, k)) for k, v in dataclasses.asdict(model).items()
+            if k not in descriptive and getattr(found, k) != v}
+    if diff:
+        shown = "; ".join(f"{k} {mine!r} in {model.name}, {theirs!r} in the checkpoint"
+                          for k, (mine, theirs) in list(diff.items())[:6])
+        raise BuildError(f"--checkpoint {src} is not a {model.name} checkpoint ({shown}); fix: pass the --model "
+                         f"this checkpoint is, or the checkpoint of {model.name}")
 
 
 def write_triton_repo(engine: Path) -> None:
