@@ -66,10 +66,22 @@ def read_manifest(engine_dir: Path) -> dict:
                              f"(or give --max-seq-len to serve a plain checkpoint folder)")
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ModelRepoError(f"{f}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ModelRepoError(f"{f}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(data, dict):
         raise ModelRepoError(f"{f}: expected a JSON object")
+    for key in ("max_seq_len", "max_batch_size"):
+        v = data.get(key)
+        if v is not None and (type(v) is not int or v < 1):
+            raise ModelRepoError(f"{f}: {key} is {v!r}, not a positive integer; fix: rebuild the engine, or pass "
+                                 f"--{key.replace('_', '-')}")
+    stops = data.get("stop_token_ids")
+    if stops is not None and not (isinstance(stops, list) and all(type(t) is int and t >= 0 for t in stops)):
+        raise ModelRepoError(f"{f}: stop_token_ids is {str(stops)[:80]!r}, not a list of token ids; fix: rebuild "
+                             f"the engine")
+    for key in ("model", "gpu", "quant"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ModelRepoError(f"{f}: {key} is {str(data[key])[:80]!r}, not a string; fix: rebuild the engine")
     return data
 
 

@@ -87,6 +87,9 @@ def parse_history(text: str | None) -> list[dict]:
         hist = json.loads(text)
     except json.JSONDecodeError as e:
         raise HarmonyRequestError(f"chat history is not valid JSON: {e}") from None
+    except RecursionError:
+        raise HarmonyRequestError("chat history is nested too deeply; send a flat JSON list of "
+                                  "{\"role\", \"content\"} objects") from None
     if not isinstance(hist, list):
         raise HarmonyRequestError("chat history must be a JSON list of {\"role\", \"content\"} objects")
     return hist

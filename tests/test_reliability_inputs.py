@@ -226,3 +226,29 @@ def test_cache_hit_manifest_names_the_new_output(tmp_path):
     notes = [v.get("note", "") for v in json.loads((tmp_path / "second" / "engine.json").read_text())["validated_on"]]
     assert any(f"build-engine --validate {tmp_path / 'second'}`" in n for n in notes), notes
     assert not any(str(tmp_path / "first") in n for n in notes)
+
+
+# -- 10. errors are messages ----------------------------------------------------------------------------
+def test_deeply_nested_chat_history_is_a_request_error():
+    from model_repo.harmony import HarmonyRequestError, parse_history
+    with pytest.raises(HarmonyRequestError, match="nested too deeply"):
+        parse_history("[" * 200_000 + "]" * 200_000)
+
+
+@pytest.mark.parametrize("manifest", [{"max_seq_len": "4096"}, {"max_seq_len": 64, "max_batch_size": [2]},
+                                      {"max_seq_len": 64, "stop_token_ids": "2"}, {"max_seq_len": 64, "model": 5},
+                                      "[" * 100_000])
+def test_wrong_types_in_the_manifest_are_messages(tmp_path, capsys, manifest):
+    from model_repo.generate import main
+    engine = tmp_path / "eng"
+    engine.mkdir()
+    (engine / "engine.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    assert main([str(engine)]) == 2
+    err = capsys.readouterr().err
+    assert "engine.json" in err and "Traceback" not in err
+
+
+def test_generation_past_max_position_embeddings_is_refused(capsys):
+    from runtime.cli import main
+    assert main([str(shipped_checkpoint(get_model("tiny"))), "--prompt", "hi", "--max-tokens", "100000000"]) == 2
+    assert "past the model's max_position_embeddings 4096" in capsys.readouterr().err

@@ -156,3 +156,54 @@ def test_64_streams_with_poisoned_requests(server, model):
     # and the server keeps serving
     assert solo.generate("hello", 2, raw=True).num_output_tokens == 2
     assert time.perf_counter() - t0 < 600
+
+
+def _stream_llm(url, request_id, prompt, n):
+    """Start one streaming request on the tensorrt_llm model; -> (queue of (result, error), client)."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+    arrays = {"input_ids": np.array([prompt], dtype=np.int32), "input_lengths": np.array([[len(prompt)]], dtype=np.int32),
+              "request_output_len": np.array([[n]], dtype=np.int32), "streaming": np.array([[True]]),
+              "end_id": np.array([[-1]], dtype=np.int32), "stop_words_list": np.array([[[0], [-1]]], dtype=np.int32)}
+    inputs = []
+    for name, arr in arrays.items():
+        i = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    c = grpcclient.InferenceServerClient(url)
+    q: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    c.async_stream_infer("tensorrt_llm", inputs, request_id=request_id, enable_empty_final_response=True)
+    return q, c
+
+
+def _drain(q, c, pending=()):
+    tokens, error = [], None
+    pending = list(pending)
+    while True:
+        result, err = pending.pop(0) if pending else q.get(timeout=120)
+        if err is not None:
+            error = err
+            break
+        out = result.as_numpy("output_ids")
+        if out is not None:
+            tokens += out.reshape(-1).tolist()
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+    c.stop_stream()
+    c.close()
+    return tokens, error
+
+
+def test_a_reused_request_id_is_refused_and_stops_nothing(server):
+    first = _stream_llm(server.grpc_url, "dup", [17, 18, 19, 20], 60)
+    head = first[0].get(timeout=120)                 # the first is decoding: its first token is out
+    second_tokens, second_error = _drain(*_stream_llm(server.grpc_url, "dup", [5, 6, 7], 4))
+    tokens, error = _drain(*first, pending=[head])
+    assert error is None and len(tokens) == 60, (error, len(tokens))
+    assert second_tokens == [] and "request id 'dup' is already in flight" in str(second_error)
+    again, error = _drain(*_stream_llm(server.grpc_url, "dup", [5, 6, 7], 4))   # free again once finished
+    assert error is None and len(again) == 4

@@ -12,9 +12,10 @@ MANIFEST = "engine.json"
 
 def read(engine_dir: Path) -> dict:
     try:
-        return json.loads((Path(engine_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
+        data = json.loads((Path(engine_dir) / MANIFEST).read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write(engine_dir: Path, data: dict) -> None:
