@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = convert_checkpoint(args.src, args.dst, args.to, force=args.force, progress=not args.no_progress,
                                  max_shard_bytes=args.max_shard_size, calibration=calibration,
-                                 kv_cache=args.kv_cache, calib_options=options)
+                                 kv_cache=args.kv_cache,
+                                 calib_options=options if calibration else None)
     except CheckpointError as e:
         print(f"convert-checkpoint: error: {e}", file=sys.stderr)
         return 2

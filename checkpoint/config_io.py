@@ -22,6 +22,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from checkpoint import limits
 from checkpoint.errors import CheckpointError
 from spec.registry.models import LAYER_TYPES, MODELS, ModelConfig
 
@@ -52,8 +53,11 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; fix: point at a checkpoint folder with its config.json") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); fix: restore the checkpoint's config.json") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]}); fix: restore the "
+                              f"checkpoint's config.json") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror}); fix: check the file and its permissions") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object; fix: restore the checkpoint's config.json")
     return data
@@ -193,6 +197,19 @@ def read_model_config(folder: str | Path) -> tuple[ModelConfig, str, dict]:
     raw = read_json(where)
     kind = config_kind(raw)
     name = folder.resolve().name
+    limits.check_raw_types(raw, where)
+    try:
+        config = _parse(raw, kind, name, where)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise CheckpointError(f"{where}: a value has the wrong type or size ({type(e).__name__}: {e}); fix: "
+                              f"restore the config.json that came with these weights") from None
+    limits.check_config(config, where)
+    return match_registry(config), kind, raw
+
+
+def _parse(raw: dict, kind: str, name: str, where: Path) -> ModelConfig:
     if kind == "hf":
         if raw.get("model_type", "gpt_oss") not in HF_MODEL_TYPES:
             raise CheckpointError(f"{where}: model_type {raw['model_type']!r} is not one of {list(HF_MODEL_TYPES)}; "
@@ -203,7 +220,7 @@ def read_model_config(folder: str | Path) -> tuple[ModelConfig, str, dict]:
     else:
         raise CheckpointError(f"{where}: neither an HF gpt_oss config (model_type, num_local_experts) nor an OpenAI "
                               f"original one (num_experts, experts_per_token); fix: point at a gpt-oss checkpoint")
-    return match_registry(config), kind, raw
+    return config
 
 
 def model_config_from_checkpoint(folder: str | Path) -> ModelConfig:

@@ -6,6 +6,59 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable, Mapping
+
+from checkpoint.errors import CheckpointError
+
+
+class UnsafeOutputError(CheckpointError):
+    """An output path that would overwrite or delete what the user has (a source, or a folder not ours)."""
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """Absolute, with every symlink resolved, also for a path that does not exist yet."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def check_output_apart(output: str | os.PathLike, sources: Mapping[str, str | os.PathLike | None],
+                       what: str = "output", inside_ok: bool = False) -> None:
+    """Refuse an output that is a source, contains one, or (unless inside_ok) lies inside one. Paths are
+    compared after resolving symlinks, so a link to the source folder is the source folder."""
+    out = real_path(output)
+    for label, src in sources.items():
+        if src is None:
+            continue
+        s = real_path(src)
+        if out == s:
+            how = "is"
+        elif s.is_relative_to(out):
+            how = "contains"
+        elif out.is_relative_to(s) and not inside_ok:
+            how = "lies inside"
+        else:
+            continue
+        raise UnsafeOutputError(f"{what} {output} overlaps {label} {src}: resolved, {out} {how} {s}, so writing "
+                                f"it could replace or delete the source; fix: choose a {what} apart from {label}")
+
+
+def check_replaceable(dst: str | os.PathLike, is_ours: Callable[[Path], bool], what: str, kind: str) -> None:
+    """An existing dst may be replaced only if it is one of ours (`is_ours`, e.g. has our manifest) or empty."""
+    dst = Path(dst)
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if dst.is_symlink() and not dst.exists():
+        raise UnsafeOutputError(f"{what} {dst} is a dangling symlink; fix: remove it or choose another {what}")
+    if not dst.is_dir():
+        raise UnsafeOutputError(f"{what} {dst} exists and is not a directory; fix: choose another {what}")
+    if is_ours(dst):
+        return
+    try:
+        empty = next(dst.iterdir(), None) is None
+    except OSError as e:
+        raise UnsafeOutputError(f"{what} {dst} cannot be listed ({e.strerror}); fix: choose another {what}") from None
+    if not empty:
+        raise UnsafeOutputError(f"{what} {dst} exists and is not {kind} (nor empty); replacing it would delete "
+                                f"its files; fix: choose a new or empty {what}, or remove that folder yourself")
 
 
 def staging_dir(dst: Path, tag: str = "partial") -> Path:
@@ -28,10 +81,12 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def install_dir(tmp: Path, dst: Path) -> None:
+def install_dir(tmp: Path, dst: Path, replaceable: Callable[[Path], None] | None = None) -> None:
     """Move a finished folder to dst. An existing dst is swapped with it in one atomic step where the OS
     allows (so dst is never missing, whenever the process dies), else moved aside first and restored on
-    failure; the old contents are then deleted."""
+    failure; the old contents are then deleted. `replaceable(dst)` raises if an existing dst must stay."""
+    if replaceable is not None:
+        replaceable(dst)
     if not (dst.exists() or dst.is_symlink()):
         os.rename(tmp, dst)
         return

@@ -24,9 +24,11 @@ import torch
 
 from checkpoint.errors import CheckpointError
 
-# A real header is about 100 bytes per tensor; 120b has ~700 tensors. Anything near this bound is not
-# a checkpoint, and reading it would only exhaust memory.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# A real header is about 100 bytes per tensor; 120b has ~700 tensors (under 100 KB). Anything near this
+# bound is not a checkpoint, and parsing it would only exhaust memory (a JSON object costs ~10x its text).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+# The same bound over all shards of one checkpoint together, so many shards cannot multiply it.
+MAX_TOTAL_HEADER_BYTES = 32 * 1024 * 1024
 
 DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16,
@@ -78,6 +80,9 @@ class SafetensorsFile:
             self.infos, self.metadata = self._parse_header()
             if self.size:
                 self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            self.close()
+            raise self._fail(f"cannot be read ({e.strerror or e})", "check the file, its permissions and the disk") from None
         except BaseException:
             self.close()
             raise
@@ -90,6 +95,7 @@ class SafetensorsFile:
         if self.size < 8:
             raise self._fail(f"truncated: {self.size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", self._file.read(8))
+        self.header_bytes = n
         if n > MAX_HEADER_BYTES:
             raise self._fail(f"header length {n} bytes is absurd (limit {MAX_HEADER_BYTES}); "
                              f"this is not a safetensors file or it is corrupt")
@@ -99,8 +105,8 @@ class SafetensorsFile:
         raw = self._file.read(n)
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise self._fail(f"corrupt header, not valid JSON ({e})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise self._fail(f"corrupt header, not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(header, dict):
             raise self._fail("corrupt header: the JSON is not an object")
         metadata = header.pop("__metadata__", None) or {}

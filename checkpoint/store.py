@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from checkpoint.errors import CheckpointError
-from checkpoint.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorInfo, TensorSpec
+from checkpoint.safetensors_io import MAX_TOTAL_HEADER_BYTES, SafetensorsFile, SafetensorsWriter, TensorInfo, TensorSpec
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -45,12 +45,18 @@ class TensorStore:
         if not names:
             raise CheckpointError(f"{self.folder}: no *.safetensors files (and no {INDEX_NAME}); fix: point "
                                   f"at the folder that holds the checkpoint's config.json and weights")
+        header_bytes = 0
         for fname in names:
             path = self.folder / fname
             if not path.is_file():
                 raise CheckpointError(f"{index}: lists shard {fname!r}, which is missing from {self.folder}; "
                                       f"fix: download the missing shard")
             f = self.files[fname] = SafetensorsFile(path)
+            header_bytes += f.header_bytes
+            if header_bytes > MAX_TOTAL_HEADER_BYTES:
+                raise CheckpointError(f"{self.folder}: the headers of {len(self.files)} of {len(names)} shard(s) "
+                                      f"already hold {header_bytes} bytes (limit {MAX_TOTAL_HEADER_BYTES}); this is "
+                                      f"not a gpt-oss checkpoint or it is corrupt; fix: re-download it")
             for name, info in f.infos.items():
                 if name in self.infos:
                     raise CheckpointError(f"{self.folder}: tensor {name!r} is in both "
@@ -76,7 +82,7 @@ class TensorStore:
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) and "/" not in v
                                                            for v in weight_map.values()):
                 raise ValueError("weight_map must map tensor names to file names in this folder")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError, OSError) as e:
             raise CheckpointError(f"{index}: corrupt index ({e}); fix: regenerate or re-download it") from None
         return weight_map
 

@@ -88,6 +88,11 @@ def serve_main(argv: list[str] | None = None) -> int:
         print(f"serve-engine: starting {srv.binary}", flush=True)
         rc = 0
         try:
+            try:
+                srv.launch()            # in this thread: the server is tied to it (see TritonServer.launch)
+            except ServerError as e:
+                print(f"serve-engine: error: {e}", file=sys.stderr)
+                return 2
             start_error: list[Exception] = []
             starter = threading.Thread(target=_start, args=(srv, args.ready_timeout, start_error), daemon=True)
             starter.start()
@@ -119,7 +124,7 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 def _start(srv, timeout, errors):
     try:
-        srv.start(timeout)
+        srv.wait_ready(timeout)
     except Exception as e:  # noqa: BLE001
         errors.append(e)
 

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +44,56 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_answering(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def port_owner(port: int) -> str | None:
+    """'PID (command line)' of the process listening on TCP `port`, from /proc (None if it cannot be told)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:   # 0A: LISTEN
+                inodes.add(f[9])
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                    return f"{proc.name} ({cmd[:160]})"
+        except OSError:
+            continue
+    return None
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: the server gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    def set_pdeathsig():
+        import ctypes
+        pr_set_pdeathsig = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent_pid:          # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_pdeathsig
 
 
 def _pytriton_root() -> Path | None:
@@ -169,8 +220,31 @@ class TritonServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def check_ports(self) -> None:
+        """Refuse to start while another process answers on one of our ports: the readiness check would
+        otherwise talk to it (a server left by a killed serve-engine, say) and report ready."""
+        for what, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            if port_answering(self._client_host.strip("[]"), port):
+                owner = port_owner(port)
+                raise ServerError(f"port {port} ({what}) on {self.host} is already answering"
+                                  + (f": process {owner}" if owner else " (its process is not visible to this user)")
+                                  + f"; fix: stop that process or choose another {what}")
+
+    def launch(self) -> None:
+        """Start the process (not waiting for readiness). Call it from a thread that outlives the server: on
+        Linux the server is tied to it (parent-death signal) and is stopped if this process is killed."""
         if self.proc is not None:
             raise ServerError("already started")
+        self.check_ports()
         backend_dir = None
         if self.bundled_root is not None:
             self._tmp = tempfile.TemporaryDirectory(prefix="gptoss-triton-")
@@ -183,15 +257,12 @@ class TritonServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="gptoss-triton-")
         # The stubs put the working directory on sys.path: run in our own empty folder, so a `tensorrt_llm`
         # folder wherever the user stands (a model repository, say) can never shadow the real package.
+        # Its own process group (stop() can kill it with its stubs), and tied to this process: a parent-death
+        # signal is per thread, so only a launch from the main thread (which lives as long as we do) sets it.
+        tie = _die_with_parent(os.getpid()) if threading.current_thread() is threading.main_thread() else None
         self.proc = subprocess.Popen(self.command(backend_dir), env=server_env(self.env), stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout is not None else None,
-                                     start_new_session=True, cwd=self._tmp.name)
-        try:
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+                                     start_new_session=True, cwd=self._tmp.name, preexec_fn=tie)
 
     def is_ready(self) -> bool:
         try:
@@ -207,7 +278,7 @@ class TritonServer:
             if rc is not None:
                 raise ServerError(f"tritonserver exited with status {rc} before becoming ready"
                                   + (f"; see {self.log_file}" if self.log_file else ""))
-            if self.is_ready():
+            if self.is_ready() and self.proc.poll() is None:
                 return
             time.sleep(0.1)
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s")

@@ -25,7 +25,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
+from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, install_dir, remove_stale_staging,
+                               staging_dir)
 from model_repo.requests import MAX_CONTEXT_LOGITS_BYTES
 from model_repo.tokenizer import choose_tokenizer
 
@@ -129,6 +130,10 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
     if not engine_dir.is_dir():
         raise ModelRepoError(f"{engine_dir}: not a directory")
     out = Path(output) if output is not None else engine_dir / "triton"
+    try:
+        check_output_apart(out, {"ENGINE_DIR": engine_dir}, "--output", inside_ok=True)
+    except UnsafeOutputError as e:
+        raise ModelRepoError(str(e)) from None
     values = repo_values(engine_dir, out, **options)
     if out.exists():
         if not out.is_dir():

@@ -1,8 +1,9 @@
 """Harmony chat rendering (openai-harmony) and a token-level streaming decoder of the Harmony channels.
 
 Rendering always goes through openai-harmony (o200k_harmony). For an engine with its own tokenizer, the rendered
-tokens are turned back into text (special tokens as their strings) and encoded with that tokenizer, whose added
-tokens must include the Harmony specials.
+tokens are mapped over: each special token to that tokenizer's token of the same name (its added tokens must
+include the Harmony specials), each run of text between them encoded as plain text, so text a user typed never
+becomes a control token.
 
 HarmonyStreamDecoder turns generated token ids into text deltas per channel, exactly the same whether it is fed
 one token at a time (streaming) or all at once, so a streamed answer always equals the non-streamed one:
@@ -86,6 +87,9 @@ def parse_history(text: str | None) -> list[dict]:
         hist = json.loads(text)
     except json.JSONDecodeError as e:
         raise HarmonyRequestError(f"chat history is not valid JSON: {e}") from None
+    except RecursionError:
+        raise HarmonyRequestError("chat history is nested too deeply; send a flat JSON list of "
+                                  "{\"role\", \"content\"} objects") from None
     if not isinstance(hist, list):
         raise HarmonyRequestError("chat history must be a JSON list of {\"role\", \"content\"} objects")
     return hist
@@ -101,7 +105,34 @@ def render_chat(tokenizer: ServingTokenizer, user: str, reasoning_effort: str = 
     if missing:
         raise HarmonyRequestError(f"the engine's tokenizer lacks the Harmony special tokens {missing}; "
                                   f"send raw prompts (raw_prompt=true) or add them to tokenizer.json")
-    return tokenizer.encode(harmony_encoding().decode_utf8(ids))
+    return _reencode(tokenizer, ids)
+
+
+def _reencode(tokenizer: ServingTokenizer, ids: Sequence[int]) -> list[int]:
+    """o200k_harmony ids -> the same conversation in `tokenizer`'s ids: each special token the renderer emitted
+    becomes that tokenizer's special token; every run of text between them is encoded as plain text, so a
+    `<|start|>` typed by a user (in the message, system prompt or history) stays text, as the renderer meant."""
+    enc = harmony_encoding()
+    out: list[int] = []
+    run: list[int] = []
+
+    def flush():
+        if run:
+            out.extend(tokenizer.encode_plain(enc.decode_utf8(run)))
+            run.clear()
+    for i in ids:
+        if enc.is_special_token(int(i)):
+            flush()
+            name = enc.decode_utf8([int(i)])
+            sid = tokenizer.special_id(name)
+            if sid is None:
+                raise HarmonyRequestError(f"the engine's tokenizer lacks the Harmony special token {name}; "
+                                          f"send raw prompts (raw_prompt=true) or add it to tokenizer.json")
+            out.append(sid)
+        else:
+            run.append(int(i))
+    flush()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -270,10 +270,32 @@ class InflightBatcher:
             logits = self._keep_context_logits(logits, rows, [len(p) for p in prompts])
         for k, i in enumerate(rows):
             copy_cache_row(self._cache, i, small, k)
-        tokens = self._sample(logits, [self._slots[i].params for i in rows], [self._slots[i].generator for i in rows])
+        tokens, failed = self._sample_rows(logits, rows)
         lps = self._log_probs(logits, tokens, rows)
         for k, i in enumerate(rows):
-            self._advance(i, int(tokens[k]), lps[k])
+            if k in failed:
+                self._finish(i, "error", failed[k])
+            else:
+                self._advance(i, int(tokens[k]), lps[k])
+
+    def _sample_rows(self, logits, rows: list):
+        """Sample each row's next token; a row whose sampling fails is that request's error, not the batch's.
+        -> (tokens [len(rows)] long, {k: error message} for the rows that failed)."""
+        params = [self._slots[i].params for i in rows]
+        gens = [self._slots[i].generator for i in rows]
+        if all(p.greedy for p in params):
+            return self._sample(logits, params, gens), {}
+        # Row by row: a failure after another row has drawn from its generator would otherwise force a redraw
+        # and change what a seeded request samples.
+        tokens = torch.zeros(len(rows), dtype=torch.long)
+        failed = {}
+        for k, i in enumerate(rows):
+            try:
+                tokens[k] = self._sample(logits[k:k + 1], params[k:k + 1], gens[k:k + 1])[0]
+            except Exception as e:  # noqa: BLE001 - one request's sampling failure is that request's error
+                failed[k] = f"sampling failed for this request: {type(e).__name__}: {e}"
+                self.log(f"request {self._slots[i].req.request_id}: {failed[k]}")
+        return tokens, failed
 
     def _keep_context_logits(self, logits, rows: list, lens: list):
         """logits [B, T, V] of a prefill -> each requesting row's prompt logits kept; -> the last-token logits."""
@@ -319,13 +341,15 @@ class InflightBatcher:
             picked = full[torch.arange(len(live)), torch.tensor(lens) - 1]
         else:
             picked = logits[rows]
-        tokens = self._sample(picked, [self._slots[i].params for i in live],
-                              [self._slots[i].generator for i in live])
+        tokens, failed = self._sample_rows(picked, live)
         lps = self._log_probs(picked, tokens, live)
         self.steps += 1
         self.max_active = max(self.max_active, len(live))
         for k, i in enumerate(live):
-            self._advance(i, int(tokens[k]), lps[k])
+            if k in failed:
+                self._finish(i, "error", failed[k])
+            else:
+                self._advance(i, int(tokens[k]), lps[k])
 
     def _advance(self, i: int, tok: int, logprob: float | None = None) -> None:
         """Row i produced `tok`: record it, then stream it or finish the request."""

@@ -15,6 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
+# Smallest positive temperature (runtime.sampling.MIN_TEMPERATURE, not imported: this module must stay torch-free)
+MIN_TEMPERATURE = 1e-4
+
 INVALID_ARG_PREFIX = "invalid argument: "
 
 
@@ -99,8 +102,8 @@ def sampling(temperature=None, top_p=None, top_k=None, seed=None) -> Sampling:
     t = scalar(temperature, "temperature")
     if t is not None:
         t = float(t)
-        if not math.isfinite(t) or t < 0:
-            raise RequestError(f"temperature must be a finite number >= 0 (0 = greedy), got {t}")
+        if not (t == 0.0 or (math.isfinite(t) and t >= MIN_TEMPERATURE)):
+            raise RequestError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t}")
         s.temperature = t
     p = scalar(top_p, "top_p")
     if p is not None:

@@ -95,6 +95,10 @@ class ServingTokenizer(abc.ABC):
         ...
 
     @abc.abstractmethod
+    def encode_plain(self, text: str) -> list[int]:
+        """text -> ids with every special-token string in it encoded as ordinary text."""
+
+    @abc.abstractmethod
     def token_bytes(self, token_id: int) -> bytes:
         ...
 
@@ -130,6 +134,9 @@ class O200kHarmonyTokenizer(ServingTokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode(text, allowed_special="all")
+
+    def encode_plain(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.enc.decode_single_token_bytes(token_id)
@@ -169,9 +176,24 @@ class HFTokenizer(ServingTokenizer):
         self._byte_level = "ByteLevel" in kinds
         self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
         self._cache: dict[int, bytes] = {}
+        self._plain = None
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        if self._plain is None:
+            from tokenizers import Tokenizer
+            plain = Tokenizer.from_file(str(self.path))
+            plain.encode_special_tokens = True       # special added tokens in the text are split like any text
+            self._plain = plain
+        ids = self._plain.encode(text, add_special_tokens=False).ids
+        # Added tokens not marked special are still matched whole; no user text may produce a Harmony control token.
+        control = {i for t, i in self._added.items() if t in HARMONY_SPECIAL_TOKENS}
+        if control.intersection(ids):
+            raise TokenizerError(f"{self.path}: its Harmony tokens are not all marked special, so text cannot be "
+                                 f"kept apart from them; fix: set \"special\": true on them in added_tokens")
+        return ids
 
     def token_bytes(self, token_id: int) -> bytes:
         b = self._cache.get(token_id)

@@ -234,6 +234,8 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     try:
+        if args.report:
+            check_report_dir(args.report, args.engines)
         targets = make_targets(args)
         suite = pick_suite(args, targets)
         check_runnable(suite, targets, args)
@@ -246,9 +248,33 @@ def _main(args) -> int:
     print_summary(report)
     if args.report:
         from regression.report import write_report
-        paths = write_report(report, args.report)
-        print(f"report: {paths['md']} ({paths['json'].name}, {paths['png'].name})")
+        try:
+            paths = write_report(report, args.report)
+        except OSError as e:
+            _say(f"error: --report {args.report}: could not write the report ({e.strerror or e}); the run "
+                 f"{'passed' if report['passed'] else 'found a regression'}, see above")
+            return EXIT_BAD_INPUT
+        print(f"report: {paths['md']} ({paths['json'].name}" + (f", {paths['png'].name})" if paths["png"] else ")"))
+        if paths.get("note"):
+            _say(paths["note"])
     return EXIT_OK if report["passed"] else EXIT_REGRESSION
+
+
+def check_report_dir(report: str, engines) -> None:
+    """--report stays apart from the engines it reports on, and is writable, before anything runs."""
+    import tempfile
+    from checkpoint.fsutil import UnsafeOutputError, check_output_apart
+    try:
+        check_output_apart(report, {f"ENGINE_DIR {e}": e for e in engines}, "--report")
+    except UnsafeOutputError as e:
+        raise BadInput(str(e)) from None
+    try:
+        Path(report).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=report, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise BadInput(f"--report {report}: not writable ({e.strerror or e}); fix: choose a folder you can "
+                       f"write to") from None
 
 
 if __name__ == "__main__":

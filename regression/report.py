@@ -40,11 +40,22 @@ def short_name(result: dict) -> str:
     return f"{q} ({Path(t).name if result['kind'] == 'engine' else t})"
 
 
-def write_report(report: dict, out: str | Path) -> dict[str, Path]:
+def write_report(report: dict, out: str | Path) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
     paths["json"].write_text(json.dumps(_json_safe(report), indent=1) + "\n", encoding="utf-8")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        # The numbers are in report.json and report.md; only the picture needs matplotlib.
+        paths["png"] = None
+        note = ("plot skipped: matplotlib is not installed in this environment "
+                "(`python -m pip install matplotlib`, or reinstall the project: it is a dependency)")
+        paths["md"].write_text(markdown(report).replace("![metrics against thresholds](report.png)", f"_{note}_"),
+                               encoding="utf-8")
+        paths["note"] = note
+        return paths
     paths["md"].write_text(markdown(report), encoding="utf-8")
     plot(report, paths["png"])
     return paths

@@ -71,6 +71,11 @@ def generate_stream(model: ReferenceModel, prompts: Sequence[Sequence[int]],
     lens = torch.tensor([len(p) for p in prompts])
     T = int(lens.max())
     max_new = max(p.max_tokens for p in plist)
+    limit = model.network.max_position_embeddings
+    for i, (p, q) in enumerate(zip(prompts, plist)):
+        if len(p) + q.max_tokens > limit:
+            raise ValueError(f"prompt {i} is {len(p)} tokens and asks for {q.max_tokens} more, past the model's "
+                             f"max_position_embeddings {limit}; fix: ask for at most {max(limit - len(p), 0)} tokens")
     ids = torch.zeros(B, T, dtype=torch.long)
     pos = torch.full((B, T), -1, dtype=torch.long)
     for i, p in enumerate(prompts):

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import torch
 
 
+# The smallest positive temperature: logits / temperature must stay finite in float32 (|logit| ~ 1e2 here
+# gives 1e6); below it a request is an error up front, not a NaN distribution in the middle of a batch.
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
@@ -27,8 +32,9 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature < float("inf")):
+            raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
+                             f"got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

@@ -152,3 +152,6 @@ def _check_type(where: str, name: str, value, types: tuple) -> None:
         raise ManifestError(f"{where}: field {name!r} must be at least 1, got {value}")
     if name == "validated_on" and not all(isinstance(r, dict) for r in value):
         raise ManifestError(f"{where}: field 'validated_on' must be an array of objects")
+    if name == "stop_token_ids" and not all(type(t) is int and t >= 0 for t in value):
+        raise ManifestError(f"{where}: field 'stop_token_ids' must be an array of token ids, got "
+                            f"{json.dumps(value)[:80]}")

@@ -113,6 +113,7 @@ def test_bad_input_exits_2_and_dst_untouched(tmp_path, capsys, case):
     mutate(src)
     dst = tmp_path / "dst"
     dst.mkdir()
+    (dst / "config.json").write_text("{}")          # an earlier conversion: --force may replace it
     (dst / "keep.txt").write_text("precious")
     rc = cli_main([str(src), str(dst), "--to", "hf-mxfp4", "--force", "--no-progress"])
     err = capsys.readouterr().err
@@ -120,7 +121,8 @@ def test_bad_input_exits_2_and_dst_untouched(tmp_path, capsys, case):
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
     assert "fix:" in err
-    assert sorted(p.name for p in dst.iterdir()) == ["keep.txt"] and (dst / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "keep.txt"]
+    assert (dst / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
 
 
@@ -158,6 +160,10 @@ def test_existing_dst_needs_force(tmp_path, capsys):
     (dst / "keep.txt").write_text("precious")
     assert cli_main([str(src), str(dst), "--to", "hf", "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err and (dst / "keep.txt").exists()
+    # --force replaces an earlier checkpoint (or an empty folder), never a folder of other files
+    assert cli_main([str(src), str(dst), "--to", "hf", "--no-progress", "--force"]) == 2
+    assert "is not a checkpoint folder" in capsys.readouterr().err and (dst / "keep.txt").exists()
+    (dst / "config.json").write_text("{}")
     assert cli_main([str(src), str(dst), "--to", "hf", "--no-progress", "--force"]) == 0
     assert not (dst / "keep.txt").exists() and (dst / "config.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]

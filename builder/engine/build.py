@@ -23,8 +23,9 @@ from builder.engine.gpu import check_target_matches, detect_gpus
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
 from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, PlanError, plan_for
-from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
-from spec.manifest import EngineManifest, ManifestError
+from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_replaceable, install_dir,
+                               remove_stale_staging, staging_dir)
+from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
 from spec.network import Network, check_config_matches
 from spec.registry.models import get_model
 from spec.target import Target, resolve_target
@@ -114,6 +115,8 @@ def build(req: BuildRequest) -> Path:
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
+    out = Path(req.output) if req.output else default_output(p)
+    check_output_safe(out, src, req.calib_file, cache.root)
     inputs = {
         "sources": source_hashes(src, cache.root),
         "model": model.name, "gpu_sm": gpu.sm, "gpu": gpu.name, "quant": quant.name, "tp": p.tp, "ep": p.ep,
@@ -122,7 +125,6 @@ def build(req: BuildRequest) -> Path:
         "engine_layout": ENGINE_LAYOUT_VERSION,
     }
     key = cache_key(inputs)
-    out = Path(req.output) if req.output else default_output(p)
     _say(f"      {src} ({len(inputs['sources'])} files), cache key {key[:16]}")
     for stale in remove_stale_staging(out):
         _say(f"      removed {stale.name}, left by an interrupted build")
@@ -133,7 +135,9 @@ def build(req: BuildRequest) -> Path:
             tmp = staging_dir(out)
             shutil.rmtree(tmp)
             shutil.copytree(hit, tmp)
-            install_dir(tmp, out)
+            from builder.engine.validate import repoint_notes
+            repoint_notes(tmp, out)
+            install_dir(tmp, out, _engine_replaceable)
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
@@ -162,7 +166,7 @@ def build(req: BuildRequest) -> Path:
             build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated,
         ).write(engine)
         write_triton_repo(engine)
-        install_dir(engine, out)
+        install_dir(engine, out, _engine_replaceable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cache.store(key, out)
@@ -183,6 +187,23 @@ def check_checkpoint_is(model, src: Path) -> None:
         raise BuildError(f"{src / 'config.json'} is not the {model.name} architecture ({shown}); fix: pass the "
                          f"--model whose registry entry matches the checkpoint, or add one for it "
                          f"(spec/registry/models.py)")
+
+
+def _engine_replaceable(out: Path) -> None:
+    try:
+        check_replaceable(out, is_engine_dir, "--output", f"an engine directory (no {MANIFEST_FILE})")
+    except UnsafeOutputError as e:
+        raise BuildError(str(e)) from None
+
+
+def check_output_safe(out: Path, src: Path, calib_file: str | None, cache_root: Path) -> None:
+    """--output must stay apart from every input and the cache, and may replace only an engine or an empty folder."""
+    try:
+        check_output_apart(out, {"--checkpoint": src, "--calib-file": calib_file, "the build cache": cache_root},
+                           "--output")
+    except UnsafeOutputError as e:
+        raise BuildError(str(e)) from None
+    _engine_replaceable(out)
 
 
 def write_triton_repo(engine: Path) -> None:

@@ -22,6 +22,17 @@ def _validate_command(engine: Path) -> str:
     return f"build-engine --validate {engine}"
 
 
+def repoint_notes(engine: Path, installed_at: Path) -> None:
+    """A cached engine copied to a new place: its instructions name the new place, not the first build's."""
+    import re
+    m = EngineManifest.read(engine)
+    for r in m.validated_on:
+        if isinstance(r.get("note"), str):
+            r["note"] = re.sub(r"`build-engine --validate [^`]*`", lambda _: f"`{_validate_command(installed_at)}`",
+                               r["note"])
+    m.write(engine)
+
+
 def _ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

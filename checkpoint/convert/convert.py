@@ -27,31 +27,39 @@ from checkpoint.calibration import Calibration
 from checkpoint.errors import CheckpointError
 from checkpoint.modelopt_config import HF_QUANT_CONFIG
 from checkpoint.safetensors_io import DTYPE_NAMES, TensorSpec
-from checkpoint.store import DEFAULT_SHARD_BYTES, INDEX_NAME, ShardedWriter
+from checkpoint.store import DEFAULT_SHARD_BYTES, ShardedWriter
 from checkpoint.convert.load import load_canonical
 from checkpoint.convert.mapping import Expanded, expand
 from checkpoint.convert.quirks import DEQUANT_DTYPE, is_rowwise
 from checkpoint.convert.quant_write import MODELOPT_TARGETS, Inputs, calibrated_scales, config_dicts, quant_format, shared_scale
 from checkpoint.convert.tables import TARGETS
 from checkpoint.quant_policy import policy
-from checkpoint.fsutil import install_dir, staging_dir
+from checkpoint.fsutil import check_output_apart, check_replaceable, install_dir, real_path, staging_dir
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
-# Files next to the weights that belong to the model (tokenizer, chat template, generation defaults)
-# are copied; weights, configs and index files are regenerated.
-# hf_quant_config.json is regenerated too: a stale one would make a bf16 target look quantized.
-_NOT_COPIED = {"config.json", INDEX_NAME, "dtypes.json", HF_QUANT_CONFIG}
+# Files next to the weights that belong to the model (tokenizer, chat template, generation defaults,
+# licence) are copied by name, nothing else: weights, configs and index files are regenerated (a stale
+# hf_quant_config.json would make a bf16 target look quantized), and an unknown file may be anything.
+AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+             "generation_config.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
+             "tokenizer.model", "LICENSE", "USAGE_POLICY", "README.md", "heldout.txt")
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _dst_replaceable(dst: Path) -> None:
+    check_replaceable(dst, _is_checkpoint_dir, "DST", "a checkpoint folder (no config.json)")
 
 
 def _check_paths(src: Path, dst: Path, force: bool) -> None:
-    s, d = src.resolve(), dst.resolve()
-    if s == d or s in d.parents or d in s.parents:
-        raise CheckpointError(f"DST {dst} overlaps SRC {src}; fix: write the converted checkpoint to a separate "
-                              f"folder (DST must not be SRC, inside it, or contain it)")
+    check_output_apart(dst, {"SRC": src}, "DST")
     if dst.exists() or dst.is_symlink():
         if not force:
             raise CheckpointError(f"DST {dst} already exists; fix: choose another DST, or pass --force "
                                   f"(force=True) to replace it once the conversion has succeeded")
+        _dst_replaceable(dst)
 
 
 _KIND_DTYPES = {"u8": "U8", "f8": "F8_E4M3", "scalar": "F32"}
@@ -101,9 +109,22 @@ def _write_rule(src: Inputs, writer, specs, quirk, inputs, chunk_bytes, bar) -> 
 
 
 def _copy_aux(src: Path, dst: Path) -> None:
-    for f in sorted(src.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and f.suffix != ".safetensors" and f.name not in _NOT_COPIED:
-            shutil.copy2(f, dst / f.name)
+    """The allow-listed files, as regular files that resolve inside src (a link out of the folder could
+    carry anything into the output and its manifest)."""
+    roots = [real_path(src)]
+    if roots[0].parent.name == "snapshots":      # the Hugging Face cache links snapshot files to ../../blobs
+        roots.append(roots[0].parent.parent / "blobs")
+    for name in AUX_FILES:
+        f = src / name
+        if not (f.exists() or f.is_symlink()):
+            continue
+        target = real_path(f)
+        if not any(target.is_relative_to(r) for r in roots):
+            raise CheckpointError(f"{f}: a link to {target}, outside the checkpoint folder; fix: copy the file "
+                                  f"into {src} instead of linking it")
+        if not target.is_file():
+            raise CheckpointError(f"{f}: not a regular file; fix: replace it with the file itself")
+        shutil.copyfile(target, dst / name)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -168,7 +189,7 @@ def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = 
             if hf_quant is not None:
                 (tmp / HF_QUANT_CONFIG).write_text(json.dumps(hf_quant, indent=4) + "\n")
             _copy_aux(src, tmp)
-            install_dir(tmp, dst)
+            install_dir(tmp, dst, _dst_replaceable)
         except BaseException:
             if writer is not None:
                 writer.abort()

@@ -23,6 +23,7 @@ import numpy as np
 from numerics.mxfp4 import MXFP4Weight
 from checkpoint.config_io import read_model_config
 from checkpoint.errors import CheckpointError
+from checkpoint.limits import check_against_tensors
 from checkpoint.modelopt_config import read_quant_config
 from checkpoint.safetensors_io import DTYPES, FLOAT_DTYPES
 from checkpoint.store import TensorStore
@@ -96,6 +97,7 @@ class CanonicalCheckpoint:
         self.quant_config = read_quant_config(self.path, self.raw_config) if kind == "hf" else None
         self._store = TensorStore(self.path)
         try:
+            check_against_tensors(self.config, self._store.infos, self.path)
             self.format, self.features, self.quant = detect(kind, self._store.infos, self.quant_config)
             self._ex: Expanded = expand(self.format, self.config, self.features)
             self._check_headers(kind)

@@ -39,6 +39,8 @@ class TritonPythonModel:
                                     cpu_threads=int(p.get("cpu_threads") or 0), log=log_warn)
         self.vocab_size = self.backend.vocab_size
         self.max_context_logits_bytes = int(p.get("max_context_logits_bytes") or rq.MAX_CONTEXT_LOGITS_BYTES)
+        self._ids_in_flight: set[str] = set()
+        self._ids_lock = threading.Lock()
         self.default_stop_ids = tuple(int(x) for x in p.get("default_stop_ids", "").split(",") if x.strip()) \
             or self.backend.default_stop_ids
         log_info(f"tensorrt_llm: {self.backend.name} backend, engine {self.engine_dir}, in-flight batch "
@@ -87,11 +89,24 @@ class TritonPythonModel:
         if want_ctx:
             rq.check_context_logits_size(len(ids), self.vocab_size, self.max_context_logits_bytes)
         rid = request.request_id() or f"anon-{id(request)}"
-        out = _Responder(sender, streaming)
+        with self._ids_lock:
+            # Cancellation is by request id: a second request under an id in flight would share its fate.
+            if rid in self._ids_in_flight:
+                raise rq.RequestError(f"request id {rid!r} is already in flight; give each request its own id")
+            self._ids_in_flight.add(rid)
+        out = _Responder(sender, streaming, on_final=lambda: self._release_id(rid))
         out.req = GenRequest(rid, ids, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, stop,
                              emit=out.emit, is_cancelled=out.is_cancelled, return_log_probs=want_lp,
                              return_context_logits=want_ctx)
-        self.backend.submit(out.req)
+        try:
+            self.backend.submit(out.req)
+        except BaseException:
+            self._release_id(rid)
+            raise
+
+    def _release_id(self, rid: str) -> None:
+        with self._ids_lock:
+            self._ids_in_flight.discard(rid)
 
     def finalize(self):
         self.backend.shutdown()
@@ -100,7 +115,8 @@ class TritonPythonModel:
 class _Responder:
     """Turns batcher events into Triton responses for one request."""
 
-    def __init__(self, sender, streaming: bool):
+    def __init__(self, sender, streaming: bool, on_final=None):
+        self.on_final = on_final
         self.sender = sender
         self.streaming = streaming
         self.req = None                # the GenRequest: its log_probs / context_logits (when asked for)
@@ -119,6 +135,8 @@ class _Responder:
         return self.sender.is_cancelled()
 
     def emit(self, tokens, reason, message):
+        if reason is not None and self.on_final is not None:
+            self.on_final()
         with self.lock:
             self.tokens.extend(tokens)
             if reason == "error":
