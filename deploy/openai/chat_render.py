@@ -7,7 +7,8 @@ The mapping (the one vLLM's and TensorRT-LLM's gpt-oss servers use):
   function namespace (`tool_choice: "none"` leaves them out);
 - `user` -> user; `assistant` -> its `reasoning_content` (or `reasoning`) on the analysis channel, its `content` on
   the final channel, and each of its `tool_calls` as a commentary message `to=functions.NAME` with JSON content;
-- `tool` -> a message from `functions.NAME` on the commentary channel, NAME found from `tool_call_id` among the
+- `tool` -> a message from `functions.NAME` to the assistant on the commentary channel (the Harmony format's
+  tool result), NAME found from `tool_call_id` among the
   earlier assistant tool calls (or the message's own `name`).
 """
 
@@ -79,7 +80,8 @@ def harmony_messages(messages: Sequence[dict], tools: Sequence[Any] | None, reas
                 raise bad_request(f"{where}: tool_call_id {m.get('tool_call_id')!r} matches no earlier assistant "
                                   f"tool call (and the message has no name)", "messages")
             body.append(Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{name}"),
-                                                        _text(m.get("content"), where)).with_channel("commentary"))
+                                                        _text(m.get("content"), where))
+                        .with_recipient("assistant").with_channel("commentary"))
         else:
             raise bad_request(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}",
                               "messages")

@@ -78,10 +78,11 @@ async def run(job: Job, triton: TritonStream, metrics: Metrics):
                         yield tail
                     job.finish_reason = "length" if why == "length" else \
                         ("tool_calls" if job.parser.called_tools else "stop")
-                    metrics.e2e.labels(job.endpoint).observe(time.perf_counter() - job.t0)
                     return
     finally:
         metrics.running.dec()
+        if job.finish_reason is not None:
+            metrics.e2e.labels(job.endpoint).observe(time.perf_counter() - job.t0)
 
 
 async def collect(job: Job, triton: TritonStream, metrics: Metrics) -> Delta:
