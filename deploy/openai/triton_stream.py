@@ -3,7 +3,11 @@
 seed, end_id, stop_words_list -> output_ids, finish_reason), on one shared asyncio channel.
 
 Closing the generator before the answer ends (the HTTP client went away, a stop string matched) cancels the gRPC
-call; Triton marks the request cancelled and the model frees its batch slot at its next step.
+call, which Triton turns into a cancelled request, and also sends TensorRT-LLM's own stop request (`stop`=true with
+the same request id), which the model acts on at its next step rather than at its next cancellation poll (every
+0.1 s). Measured on the tiny engine: a disconnected request stops after 2-22 tokens with both, 2-145 with the gRPC
+cancellation alone; and about 1 disconnect in 15-30 is still not seen by the model and runs to its end (both
+signals lost; see the endpoint tests).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class TritonStream:
         self.model = model
         self._client = None
         self._ready = False
+        self._stopping: set = set()
 
     async def client(self):
         if self._client is None:
@@ -107,6 +112,34 @@ class TritonStream:
                 raise classify(e.details() or str(e), str(e.code())) from None
             raise
         finally:
-            done.set()
             if not finished:
                 call.cancel()
+            done.set()
+            if not finished:
+                if request_id:
+                    task = asyncio.get_running_loop().create_task(self._send_stop(request_id))
+                    self._stopping.add(task)
+                    task.add_done_callback(self._stopping.discard)
+
+    async def _send_stop(self, request_id: str, timeout_s: float = 5.0) -> None:
+        """Ask the model to stop `request_id`. It answers with an empty final response, which this stream does not
+        ask for, so the call ends when our side closes and Triton has handled the request."""
+        arrays = {"stop": np.asarray([[True]], dtype=np.bool_)}
+        request = {"model_name": self.model, "inputs": infer_inputs(arrays), "request_id": request_id}
+
+        async def requests():
+            yield request
+
+        try:
+            call = (await self.client()).stream_infer(requests())
+            try:
+                await asyncio.wait_for(_drain(call), timeout_s)
+            finally:
+                call.cancel()
+        except Exception:  # noqa: BLE001 - best effort: the gRPC cancellation was sent already
+            pass
+
+
+async def _drain(call) -> None:
+    async for _ in call:
+        pass
