@@ -29,6 +29,20 @@ from model_repo.tokenizer import ServingTokenizer
 DISCONNECT_POLL_S = 0.25
 
 
+class EventStream(StreamingResponse):
+    """Server-sent events whose generator is always closed when the response ends. Starlette cancels the sending
+    task when the client disconnects; if that lands while a chunk is being sent (not inside our generator), the
+    generator is left suspended until garbage collection closes it, and its Triton request runs on meanwhile."""
+
+    async def stream_response(self, send) -> None:
+        import anyio
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -291,7 +305,7 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
                     metrics.cancelled.labels(job.endpoint).inc()
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
+        return EventStream(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app

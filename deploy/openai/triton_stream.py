@@ -3,11 +3,10 @@
 seed, end_id, stop_words_list -> output_ids, finish_reason), on one shared asyncio channel.
 
 Closing the generator before the answer ends (the HTTP client went away, a stop string matched) cancels the gRPC
-call, which Triton turns into a cancelled request, and also sends TensorRT-LLM's own stop request (`stop`=true with
-the same request id), which the model acts on at its next step rather than at its next cancellation poll (every
-0.1 s). Measured on the tiny engine: a disconnected request stops after 2-22 tokens with both, 2-145 with the gRPC
-cancellation alone; and about 1 disconnect in 15-30 is still not seen by the model and runs to its end (both
-signals lost; see the endpoint tests).
+call, which Triton turns into a cancelled request that the model notices at its next cancellation poll (every
+0.1 s), and also sends TensorRT-LLM's own stop request (`stop`=true with the same request id), which the model acts
+on at its next step: measured on the tiny engine, 60 disconnects in a row took at most 0.11 s each to free the slot
+with the cancellation alone and mostly about 0.015 s with both.
 """
 
 from __future__ import annotations
@@ -136,7 +135,7 @@ class TritonStream:
                 await asyncio.wait_for(_drain(call), timeout_s)
             finally:
                 call.cancel()
-        except Exception:  # noqa: BLE001 - best effort: the gRPC cancellation was sent already
+        except Exception:  # noqa: BLE001 - best effort: the gRPC cancellation is on its way too
             pass
 
 
