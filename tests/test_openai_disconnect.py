@@ -91,6 +91,17 @@ def test_disconnect_frees_the_slot_at_once(served, client):
     assert _cancel_lines(served) == before + 1
 
 
+def test_a_non_streamed_request_is_cancelled_too_when_its_client_gives_up(served):
+    impatient = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=0.5)
+    before = _cancel_lines(served)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.completions.create(model="tiny", prompt="ROMEO:", max_tokens=LONG, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=60)
+    assert _short(client) < 2.0       # the endpoint polls for a disconnect every 0.25 s
+    assert _settled_cancel_lines(served) == before + 1
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

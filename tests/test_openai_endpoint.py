@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -19,10 +21,19 @@ from tests.openai_helpers import ServedTiny, metric
 def served(tmp_path_factory):
     s = ServedTiny(tmp_path_factory.mktemp("openai"), max_batch_size=16)
     try:
-        # Before Triton has loaded the model the endpoint is up and says so with a 503.
-        first = s.status("/health")
+        # The endpoint is up before Triton has loaded the model, and says so with a 503 in OpenAI's shape.
+        s.while_loading = None
+        deadline = time.monotonic() + 60
+        while s.status() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        req = urllib.request.Request(f"{s.base_url}/chat/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                                      "max_tokens": 2}).encode())
+        try:
+            urllib.request.urlopen(req, timeout=10)
+        except urllib.error.HTTPError as e:
+            s.while_loading = (e.code, json.loads(e.read()))
         s.wait_ready()
-        s.first_health = first
         yield s
     finally:
         s.stop()
@@ -46,7 +57,9 @@ def _streamed(stream):
 
 
 def test_503_while_loading_then_models_list(served, client):
-    assert served.first_health in (0, 503)    # 0: not listening yet in the first instant
+    assert served.while_loading is not None, "the first request after the endpoint came up was answered 200"
+    code, body = served.while_loading
+    assert code == 503 and body["error"]["code"] == "model_loading" and body["error"]["type"] == "service_unavailable"
     models = client.models.list()
     assert [m.id for m in models.data] == ["tiny"]
     assert client.models.retrieve("tiny").id == "tiny"

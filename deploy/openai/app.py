@@ -43,6 +43,26 @@ class EventStream(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
+class CountRequests:
+    """Counts /v1/ responses by path and status. A plain ASGI middleware: Starlette's BaseHTTPMiddleware would sit
+    between the handler and the connection and hide a client's disconnect from Request.is_disconnected()."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(scope["path"], str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -87,12 +107,7 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
     async def _crash(request: Request, e: Exception):
         return fail(request.url.path, errors.server_error(f"internal error: {type(e).__name__}: {e}"))
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/"):
-            metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     # -- info --------------------------------------------------------------------------------------------------
     @app.get("/v1/models")
