@@ -98,7 +98,7 @@ def serve_main(argv: list[str] | None = None) -> int:
                     openai = OpenAIServer(repo, srv.grpc_url, host=args.host, port=args.openai_port,
                                           model_name=args.served_model_name).start()
                 except Exception as e:  # noqa: BLE001
-                    print(f"serve-engine: error: the OpenAI endpoint: {e}", file=sys.stderr)
+                    print(f"serve-engine: error: {e}", file=sys.stderr)
                     return 2
                 print(f"serve-engine: openai {openai.url} (model {openai.model.name!r}; 503 until loaded)",
                       flush=True)

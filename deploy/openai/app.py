@@ -43,6 +43,10 @@ class EventStream(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its non-streamed answer was ready."""
+
+
 class CountRequests:
     """Counts /v1/ responses by path and status. A plain ASGI middleware: Starlette's BaseHTTPMiddleware would sit
     between the handler and the connection and hide a client's disconnect from Request.is_disconnected()."""
@@ -102,6 +106,10 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
         return fail(request.url.path, OpenAIError(e.status_code, str(e.detail), "invalid_request_error"))
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, e: ClientDisconnected):
+        return Response(status_code=499)       # nginx's "client closed request"; nobody reads it
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception):
@@ -273,7 +281,7 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
                 if await request.is_disconnected():
                     task.cancel()
                     metrics.cancelled.labels(job.endpoint).inc()
-                    return Response(status_code=499)
+                    raise ClientDisconnected()
             try:
                 return task.result()
             except Exception as e:  # noqa: BLE001
