@@ -7,6 +7,9 @@ completions), and optionally aiperf (NVIDIA's load generator, PyPI `aiperf`) aga
     from benchmarks.openai_load import openai_load                 # rows for bench_serving.py's table
     rows = openai_load("http://127.0.0.1:9000/v1", "tiny", concurrencies=(1, 16, 64))
 
+Served here (no --url), the same levels also run straight against Triton's front model over gRPC (the peer), and
+the table ends with the endpoint's tok/s ratio and added TTFT against it.
+
 Per level, `requests` (default 2 x concurrency, at least 8) requests run with at most `concurrency` in flight; each
 asks for exactly `max_tokens` tokens (ignore_eos) so levels compare like for like. TTFT: request sent -> first
 token chunk. ITL: gaps between token chunks within a request (the endpoint sends one chunk per token). tok/s: all
@@ -87,6 +90,41 @@ def openai_load(base_url: str, model: str, concurrencies=(1, 16, 64), max_tokens
     return rows
 
 
+def triton_load(grpc_url: str, concurrencies=(1, 16, 64), max_tokens: int = 32, requests: int | None = None,
+                prompt: str = PROMPT) -> list[dict]:
+    """The peer: the same load straight to Triton's front model over gRPC streams (deploy.client, raw prompts, one
+    thread per request in flight), so the endpoint's cost shows as a ratio measured in the same run."""
+    import concurrent.futures as cf
+    import threading
+    from deploy.client import LLMClient
+    rows = []
+    for c in concurrencies:
+        n = requests or max(8, 2 * c)
+        out = {"ttft": [], "itl": [], "tokens": 0}
+        lock = threading.Lock()
+
+        def one(i):
+            stamps = []
+            t0 = time.perf_counter()
+            r = LLMClient(grpc_url).generate(f"{prompt} ({i})", max_tokens, stream=True, raw=True, temperature=0.0,
+                                             on_chunk=lambda ch: stamps.append(time.perf_counter()) if ch.text else None)
+            with lock:
+                if stamps:
+                    out["ttft"].append(stamps[0] - t0)
+                    out["itl"] += [b - a for a, b in zip(stamps, stamps[1:])]
+                out["tokens"] += r.num_output_tokens or 0
+
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(c) as pool:
+            list(pool.map(one, range(n)))
+        wall = time.perf_counter() - t0
+        rows.append({"path": "triton gRPC (tensorrt_llm_bls)", "concurrency": c, "requests": n,
+                     "tokens": out["tokens"], "tok_per_s": out["tokens"] / wall,
+                     "ttft_ms_p50": 1e3 * _pct(out["ttft"], 50), "ttft_ms_p99": 1e3 * _pct(out["ttft"], 99),
+                     "itl_ms_p50": 1e3 * _pct(out["itl"], 50), "itl_ms_p99": 1e3 * _pct(out["itl"], 99)})
+    return rows
+
+
 def aiperf_load(base_url: str, model: str, tokenizer_dir: str, concurrency: int, requests: int, max_tokens: int,
                 artifacts: Path) -> dict | None:
     """aiperf against the endpoint (streamed completions, fixed output length); None where aiperf is not installed.
@@ -125,6 +163,10 @@ def print_table(rows) -> None:
         print(f"{r['path']:34} {r['concurrency']:>4} {r['requests']:>5} {r['tok_per_s']:>9.1f} {r['ttft_ms_p50']:>9.1f} "
               f"{r['ttft_ms_p99']:>9.1f} {r['itl_ms_p50']:>8.2f} {r['itl_ms_p99']:>8.2f}")
     print("(ms; tok/s: all generated tokens / wall time of the level)")
+    for r in rows:
+        if "vs_triton_tok_per_s" in r:
+            print(f"openai endpoint vs triton gRPC at concurrency {r['concurrency']}: tok/s x{r['vs_triton_tok_per_s']:.2f}, "
+                  f"TTFT p50 {r['vs_triton_ttft_ms_p50']:+.1f} ms")
 
 
 def main(argv=None) -> int:
@@ -156,6 +198,12 @@ def main(argv=None) -> int:
             base, args.model = srv.url, srv.model.name
         try:
             rows = openai_load(base, args.model, args.concurrency, args.max_tokens, args.requests)
+            if srv is not None:
+                peer = triton_load(triton.grpc_url, args.concurrency, args.max_tokens, args.requests)
+                for o, t in zip(rows, peer):
+                    o["vs_triton_tok_per_s"] = o["tok_per_s"] / t["tok_per_s"]
+                    o["vs_triton_ttft_ms_p50"] = o["ttft_ms_p50"] - t["ttft_ms_p50"]
+                rows += peer
             if args.aiperf:
                 tok = args.tokenizer or (str(engine) if engine else None)
                 for c in args.concurrency:

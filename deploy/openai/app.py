@@ -43,6 +43,16 @@ class EventStream(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
+ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded metrics label: a route, or "other" (any path a client tries must not add a time series)."""
+    if path in ROUTES:
+        return path
+    return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+
 class ClientDisconnected(Exception):
     """The client went away before its non-streamed answer was ready."""
 
@@ -61,7 +71,7 @@ class CountRequests:
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                self.metrics.requests.labels(scope["path"], str(message["status"])).inc()
+                self.metrics.requests.labels(endpoint_label(scope["path"]), str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, counting_send)
@@ -95,8 +105,8 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
     app = FastAPI(title="gptoss-trt OpenAI-compatible endpoint", lifespan=lifespan)
     app.state.metrics = metrics
 
-    def fail(endpoint: str, e: OpenAIError) -> JSONResponse:
-        metrics.errors.labels(endpoint, e.type).inc()
+    def fail(path: str, e: OpenAIError) -> JSONResponse:
+        metrics.errors.labels(endpoint_label(path), e.type).inc()
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(OpenAIError)
