@@ -43,7 +43,6 @@ class ScriptedTriton(TritonStream):
 
 
 def _turn(*messages):
-    from openai_harmony import Message, Role  # noqa: F401
     enc = harmony_encoding()
     ids = []
     for m in messages:

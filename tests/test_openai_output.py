@@ -86,7 +86,7 @@ def test_tool_call_with_json_arguments(enc):
 def test_tool_result_turn_renders_and_the_answer_parses(enc):
     """A tool loop: the assistant's call and the tool's result come back as chat messages; they must render as
     openai-harmony renders the same conversation, and the model's next turn parses to a final answer."""
-    from openai_harmony import Author, Conversation, Message, Role
+    from openai_harmony import Message, Role
     tools = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [
         {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}).tools
