@@ -2,6 +2,7 @@
 
     serve-engine ENGINE_DIR [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--host 127.0.0.1]
                  [--backend auto|reference|trtllm] [--log-file F] [--chat "message"]
+                 [--openai-port P [--served-model-name NAME]]   (an OpenAI-compatible endpoint in front of Triton)
     gptoss-client generate "prompt" [--url 127.0.0.1:8001] [--max-tokens N] [--no-stream] [--temperature T] ...
     gptoss-client chat ["message"]      (no message: an interactive chat on stdin)
 """
@@ -60,6 +61,11 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat", metavar="MESSAGE",
                    help="demo: once ready, stream one chat answer to MESSAGE over gRPC, then stop the server")
     p.add_argument("--max-tokens", type=int, default=64, help="with --chat")
+    p.add_argument("--openai-port", type=int, metavar="P",
+                   help="also serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions, "
+                        "/metrics) on this port, same --host; it answers 503 until the model is loaded")
+    p.add_argument("--served-model-name", help="the model name the OpenAI API answers to (default: the engine's "
+                                               "model, e.g. gpt-oss-20b)")
     args = p.parse_args(argv)
 
     from deploy.server import ServerError, TritonServer
@@ -87,7 +93,18 @@ def serve_main(argv: list[str] | None = None) -> int:
             return 2
         print(f"serve-engine: starting {srv.binary}", flush=True)
         rc = 0
+        openai = None
         try:
+            if args.openai_port is not None:
+                from deploy.openai.serve import OpenAIServer
+                try:
+                    openai = OpenAIServer(repo, srv.grpc_url, host=args.host, port=args.openai_port,
+                                          model_name=args.served_model_name).start()
+                except Exception as e:  # noqa: BLE001
+                    print(f"serve-engine: error: {e}", file=sys.stderr)
+                    return 2
+                print(f"serve-engine: openai {openai.url} (model {openai.model.name!r}; 503 until loaded)",
+                      flush=True)
             try:
                 srv.launch()            # in this thread: the server is tied to it (see TritonServer.launch)
             except ServerError as e:
@@ -116,6 +133,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             print("serve-engine: stopping", flush=True)
             return 0
         finally:
+            if openai is not None:
+                openai.stop()
             code = srv.stop()
             print(f"serve-engine: stopped (tritonserver status {code})", flush=True)
             for s, h in old.items():

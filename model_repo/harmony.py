@@ -50,20 +50,25 @@ def harmony_encoding():
         return _enc
 
 
+def system_message(reasoning_effort: str = "medium"):
+    """The Harmony system message (openai-harmony's defaults: identity, knowledge cutoff, channels) with this
+    reasoning effort."""
+    from openai_harmony import Message, ReasoningEffort, Role, SystemContent
+    effort = (reasoning_effort or "medium").strip().lower()
+    if effort not in REASONING_EFFORTS:
+        raise HarmonyRequestError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, got {reasoning_effort!r}")
+    levels = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+    return Message.from_role_and_content(Role.SYSTEM, SystemContent.new().with_reasoning_effort(levels[effort]))
+
+
 def render_chat_tokens(user: str, reasoning_effort: str = "medium", system_prompt: str | None = None,
                        history: Sequence[dict] = ()) -> list[int]:
     """A conversation rendered for completion by the assistant, as o200k_harmony ids:
     system (reasoning effort) [+ developer instructions] + history + the user turn + `<|start|>assistant`.
     history: [{"role": "user"|"assistant", "content": str}, ...] (assistant turns as `final` channel)."""
-    from openai_harmony import (Conversation, DeveloperContent, Message, ReasoningEffort, Role,
-                                SystemContent)
-    effort = (reasoning_effort or "medium").strip().lower()
-    if effort not in REASONING_EFFORTS:
-        raise HarmonyRequestError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, got {reasoning_effort!r}")
+    from openai_harmony import Conversation, DeveloperContent, Message, Role
     enc = harmony_encoding()
-    msgs = [Message.from_role_and_content(
-        Role.SYSTEM, SystemContent.new().with_reasoning_effort(
-            {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}[effort]))]
+    msgs = [system_message(reasoning_effort)]
     if system_prompt:
         msgs.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(system_prompt)))
     for i, turn in enumerate(history):
@@ -98,7 +103,13 @@ def parse_history(text: str | None) -> list[dict]:
 def render_chat(tokenizer: ServingTokenizer, user: str, reasoning_effort: str = "medium",
                 system_prompt: str | None = None, history: Sequence[dict] = ()) -> list[int]:
     """The rendered conversation as ids of `tokenizer` (o200k_harmony ids directly; otherwise re-encoded text)."""
-    ids = render_chat_tokens(user, reasoning_effort, system_prompt, history)
+    return to_engine_ids(tokenizer, render_chat_tokens(user, reasoning_effort, system_prompt, history))
+
+
+def to_engine_ids(tokenizer: ServingTokenizer, ids: Sequence[int]) -> list[int]:
+    """o200k_harmony ids rendered by openai-harmony -> ids of `tokenizer` (the same ids for o200k_harmony; else the
+    text, special tokens as their strings, encoded with the engine's tokenizer, which must have the specials)."""
+    ids = list(ids)
     if tokenizer.kind == "o200k_harmony":
         return ids
     missing = [t for t in ("<|start|>", "<|end|>", "<|message|>", "<|channel|>") if tokenizer.special_id(t) is None]
