@@ -1,8 +1,10 @@
 """run-engine DIR (--prompt TEXT | --input-ids 1,2,3) [--max-tokens N] [--temperature T] [--seed S]
-[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json]
+[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json] [--executor {onnxruntime,reference}]
 
 DIR is an engine directory (network.json + checkpoint) or any checkpoint folder the converter reads.
 --logits-out saves the float32 logits of every prompt position, shape [prompt_len, vocab].
+--executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), or the torch reference runtime
+(any dtype; the quant formats it emulates). The default is the faster one on CPU (benchmarks/bench_executors.py).
 --json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer)}.
 """
 
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits-out", help="save float32 prompt logits [prompt_len, vocab] to this .npy file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    from runtime.executors import DEFAULT_EXECUTOR, EXECUTORS
+    p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
+                   help=f"what runs the network (default {DEFAULT_EXECUTOR}: the fastest on CPU)")
     return p
 
 
@@ -50,13 +55,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from checkpoint.errors import CheckpointError
     from spec.network import NetworkError
-    from runtime.engine import Runtime, RuntimeLoadError
+    from runtime.engine import RuntimeLoadError
+    from runtime.executors import load_runtime
     from runtime.model import WeightError
     from runtime.sampling import SamplingParams
     from plugins.reference.linear import UnsupportedQuantError
 
     try:
-        rt = Runtime.from_dir(args.dir, dtype=getattr(torch, args.dtype))
+        if args.executor == "onnxruntime" and args.dtype != "float32":
+            raise RuntimeLoadError(f"--executor onnxruntime runs float32 graphs on CPU; got --dtype {args.dtype} "
+                                   f"(use --executor reference for bfloat16)")
+        rt = load_runtime(args.dir, args.executor, dtype=getattr(torch, args.dtype))
         if args.prompt is not None:
             if rt.tokenizer is None:
                 raise RuntimeLoadError(f"{args.dir}: --prompt needs a tokenizer.json in the directory; "
@@ -69,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                                 stop_token_ids=None if args.stop_ids is None else tuple(args.stop_ids),
                                 prompt_logits=bool(args.logits_out))
         [res] = rt.generate([ids], params)
-    except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError) as e:
+    except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError,
+            NotImplementedError) as e:
         print(f"run-engine: error: {e}", file=sys.stderr)
         return 2
     if args.logits_out:

@@ -1,0 +1,38 @@
+"""Executors behind one step interface (runtime.executors.base.Executor), loaded by name.
+
+    rt = load_runtime("engines/tiny-cpu", executor="onnxruntime")   # a runtime.engine.Runtime
+    rt.generate([[1, 2, 3]], SamplingParams(max_tokens=8))
+
+"reference": the torch reference runtime (runtime.model.ReferenceModel, any dtype and quant format it emulates).
+"onnxruntime": the network exported to an fp32 ONNX graph (plugins.onnx) run by ONNX Runtime on CPU.
+DEFAULT_EXECUTOR is the faster of the two on CPU, by benchmarks/bench_executors.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime.executors.base import Executor  # noqa: F401
+
+DEFAULT_EXECUTOR = "onnxruntime"
+
+
+def _reference(path: Path, dtype):
+    from runtime.engine import Runtime
+    return Runtime.from_dir(path, dtype=dtype)
+
+
+def _onnxruntime(path: Path, dtype):
+    from runtime.executors.onnxruntime import load_onnxruntime
+    return load_onnxruntime(path, dtype)
+
+
+EXECUTORS = {"reference": _reference, "onnxruntime": _onnxruntime}
+
+
+def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None):
+    """An engine directory or checkpoint folder -> runtime.engine.Runtime driving the named executor."""
+    import torch
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[executor](Path(path), dtype or torch.float32)
