@@ -1,10 +1,12 @@
 """run-engine DIR (--prompt TEXT | --input-ids 1,2,3) [--max-tokens N] [--temperature T] [--seed S]
-[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json] [--executor {onnxruntime,reference}]
+[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json] [--executor {auto,onnxruntime,reference}]
 
 DIR is an engine directory (network.json + checkpoint) or any checkpoint folder the converter reads.
 --logits-out saves the float32 logits of every prompt position, shape [prompt_len, vocab].
 --executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), or the torch reference runtime
-(any dtype; the quant formats it emulates). The default is the faster one on CPU (benchmarks/bench_executors.py).
+(any dtype; every quant format it emulates). auto (default): onnxruntime, the faster on CPU
+(benchmarks/bench_executors.py), when it runs the engine exactly (float32, unquantized or weight-only formats),
+else reference.
 --json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer)}.
 """
 
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     from runtime.executors import DEFAULT_EXECUTOR, EXECUTORS
     p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
-                   help=f"what runs the network (default {DEFAULT_EXECUTOR}: the fastest on CPU)")
+                   help="what runs the network (default auto: onnxruntime, the fastest on CPU, when it runs this "
+                        "engine exactly, else reference)")
     return p
 
 

@@ -5,7 +5,8 @@
 
 "reference": the torch reference runtime (runtime.model.ReferenceModel, any dtype and quant format it emulates).
 "onnxruntime": the network exported to an fp32 ONNX graph (plugins.onnx) run by ONNX Runtime on CPU.
-DEFAULT_EXECUTOR is the faster of the two on CPU, by benchmarks/bench_executors.py.
+"auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
+engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS); otherwise reference.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from runtime.executors.base import Executor  # noqa: F401
 
-DEFAULT_EXECUTOR = "onnxruntime"
+DEFAULT_EXECUTOR = "auto"
 
 
 def _reference(path: Path, dtype):
@@ -27,7 +28,15 @@ def _onnxruntime(path: Path, dtype):
     return load_onnxruntime(path, dtype)
 
 
-EXECUTORS = {"reference": _reference, "onnxruntime": _onnxruntime}
+def _auto(path: Path, dtype):
+    import torch
+    from runtime.executors.onnxruntime import cpu_can_run
+    if dtype == torch.float32 and cpu_can_run(path):
+        return _onnxruntime(path, dtype)
+    return _reference(path, dtype)
+
+
+EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime}
 
 
 def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None):

@@ -2,7 +2,8 @@
 
 The rewrite (exact; no rounding happens in it):
 - a FLOAT4E2M1 initializer becomes a uint8 initializer of its codes (one per byte), decoded by a Gather
-  on the 16-entry e2m1 table: the fp32 values the codes stand for;
+  on the 16-entry e2m1 table (indices cast to int32): the fp32 values the codes stand for. ONNX Runtime
+  folds this constant subgraph once at session start, so the session holds the weights in fp32;
 - a DequantizeLinear whose input is such a tensor, blocked on the last axis, becomes
   reshape(values, [..., K/block, block]) * unsqueeze(scale, -1), reshaped back (its scale input, an FP8
   block scale through DequantizeLinear with the global scale, runs on ORT as it is).
@@ -52,7 +53,8 @@ def rewrite_fp4(model):
     for name, t in fp4.items():
         new_inits.append(numpy_helper.from_array(_codes(t), name + "_codes"))
         decoded[name] = name + "_values"
-        nodes.append(helper.make_node("Gather", ["fp4_e2m1_table", name + "_codes"], [decoded[name]], axis=0,
+        nodes.append(helper.make_node("Cast", [name + "_codes"], [name + "_index"], to=6, name=name + "_int"))
+        nodes.append(helper.make_node("Gather", ["fp4_e2m1_table", name + "_index"], [decoded[name]], axis=0,
                                       name=name + "_decode"))
     for n in g.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in decoded:

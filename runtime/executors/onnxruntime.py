@@ -24,6 +24,9 @@ import torch
 from spec.network import Network
 
 ELEM = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+# Quant formats this executor runs exactly: unquantized, and weight-only formats whose weights dequantize
+# exactly into the fp32 graph. Activation-quantizing formats (FP8, NVFP4 W4A4) need their Q/DQ graph.
+CPU_FORMATS = ("bf16", "mxfp4", "w4a16-nvfp4")
 
 
 @dataclass
@@ -110,13 +113,26 @@ def _roll_rows(a: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
 
 
+def _network(path: Path, ck) -> Network:
+    from runtime.engine import NETWORK_FILE
+    from spec.network import network_from_checkpoint
+    net_file = path / NETWORK_FILE
+    return Network.load(net_file) if net_file.is_file() else network_from_checkpoint(ck)
+
+
+def cpu_can_run(path: str | Path) -> bool:
+    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats)."""
+    from checkpoint.convert import load_canonical
+    from runtime.engine import find_checkpoint
+    with load_canonical(find_checkpoint(Path(path))) as ck:
+        return set(_network(Path(path), ck).quant_formats()) <= set(CPU_FORMATS)
+
+
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
     """An engine directory or checkpoint folder -> runtime.engine.Runtime over ONNX Runtime. Without
     onnx_path the network is exported to a temporary fp32 graph (removed when the executor is closed)."""
     from checkpoint.convert import load_canonical
-    from runtime.engine import (NETWORK_FILE, Runtime, RuntimeLoadError, _check_agrees, find_checkpoint,
-                                load_tokenizer)
-    from spec.network import network_from_checkpoint
+    from runtime.engine import Runtime, RuntimeLoadError, _check_agrees, find_checkpoint, load_tokenizer
     if dtype is not None and dtype != torch.float32:
         raise RuntimeLoadError(f"the onnxruntime executor runs float32 graphs on CPU (no bf16 GEMMs there); "
                                f"got dtype {dtype}: use --dtype float32 or --executor reference")
@@ -126,9 +142,12 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
     ckpt_dir = find_checkpoint(path)
     workdir = None
     with load_canonical(ckpt_dir) as ck:
-        net_file = path / NETWORK_FILE
-        network = Network.load(net_file) if net_file.is_file() else network_from_checkpoint(ck)
+        network = _network(path, ck)
         _check_agrees(network, ck.config, path)
+        other = set(network.quant_formats()) - set(CPU_FORMATS)
+        if onnx_path is None and other:
+            raise RuntimeLoadError(f"{path}: the onnxruntime executor runs quant formats {', '.join(CPU_FORMATS)}; "
+                                   f"this engine uses {', '.join(sorted(other))}: use --executor reference")
         if onnx_path is None:
             from plugins.onnx.export import export_onnx
             workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
