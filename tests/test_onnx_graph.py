@@ -134,3 +134,17 @@ def test_sliding_layers_hold_exactly_window_rows():
         got = cache.tensors[f"past_key_{layer.index}"].shape[2]
         assert got == (W if layer.attention.kind == "sliding" else 4 * W + 3)
     assert sorted(cache.tensors[f"past_window{W}_pos"][0].tolist()) == list(range(4 * W + 3 - W, 4 * W + 3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_graph_passes_onnx_checker_and_strict_shape_inference(dtype):
+    """Every compute dtype TensorRT may build from: ONNX's full checker and strict typed shape inference."""
+    import onnx
+    from checkpoint.convert import load_canonical
+    from plugins.onnx.export import build_graph
+    with load_canonical(hf_model("odd")[1]) as ck:
+        model = build_graph(network("odd"), ck, dtype).model()
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    logits = [o for o in inferred.graph.output if o.name == "logits"][0].type.tensor_type
+    assert logits.elem_type == onnx.TensorProto.FLOAT
