@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
                    help="what runs the network (default auto: onnxruntime, the fastest on CPU, when it runs this "
                         "engine exactly, else reference)")
+    p.add_argument("--onnx", help="with --executor onnxruntime: run this fp32 ONNX graph (e.g. one under the "
+                   "engine's tensorrt/; FP4 weights and TRT_FP4DynamicQuantize are rewritten for the CPU) "
+                   "instead of exporting the network")
     return p
 
 
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.executor == "onnxruntime" and args.dtype != "float32":
             raise RuntimeLoadError(f"--executor onnxruntime runs float32 graphs on CPU; got --dtype {args.dtype} "
                                    f"(use --executor reference for bfloat16)")
-        rt = load_runtime(args.dir, args.executor, dtype=getattr(torch, args.dtype))
+        if args.onnx is not None and not Path(args.onnx).is_file():
+            raise RuntimeLoadError(f"--onnx {args.onnx}: no such file")
+        rt = load_runtime(args.dir, args.executor, dtype=getattr(torch, args.dtype), onnx_path=args.onnx)
         if args.prompt is not None:
             if rt.tokenizer is None:
                 raise RuntimeLoadError(f"{args.dir}: --prompt needs a tokenizer.json in the directory; "

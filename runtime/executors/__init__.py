@@ -23,9 +23,9 @@ def _reference(path: Path, dtype):
     return Runtime.from_dir(path, dtype=dtype)
 
 
-def _onnxruntime(path: Path, dtype):
+def _onnxruntime(path: Path, dtype, onnx_path=None):
     from runtime.executors.onnxruntime import load_onnxruntime
-    return load_onnxruntime(path, dtype)
+    return load_onnxruntime(path, dtype, onnx_path=onnx_path)
 
 
 def _auto(path: Path, dtype):
@@ -39,9 +39,15 @@ def _auto(path: Path, dtype):
 EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime}
 
 
-def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None):
-    """An engine directory or checkpoint folder -> runtime.engine.Runtime driving the named executor."""
+def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None):
+    """An engine directory or checkpoint folder -> runtime.engine.Runtime driving the named executor.
+    onnx_path: (onnxruntime only) run this fp32 graph instead of exporting one; FP4 graphs are rewritten
+    (runtime.executors.fp4_rewrite)."""
     import torch
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if onnx_path is not None:
+        if executor not in ("onnxruntime", "auto"):
+            raise ValueError(f"an ONNX graph ({onnx_path}) runs with executor 'onnxruntime', not {executor!r}")
+        return _onnxruntime(Path(path), dtype or torch.float32, onnx_path)
     return EXECUTORS[executor](Path(path), dtype or torch.float32)
