@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from onnx_helpers import empty_feeds, exported, gemm_flops, gemm_shapes, network, ort_logits, session
-from runtime_helpers import CONFIGS, hf_model, prompt, rel_diff
+from runtime_helpers import CONFIGS, ROOT, hf_model, prompt, rel_diff
 
 TOL = 1e-5
 KEYS = ["tiny", "odd", "mha", "gqa3", "gqa5"]
@@ -148,3 +148,31 @@ def test_graph_passes_onnx_checker_and_strict_shape_inference(dtype):
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     logits = [o for o in inferred.graph.output if o.name == "logits"][0].type.tensor_type
     assert logits.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_dense_mlp_network_matches_the_reference_runtime():
+    """The dense variant (20b-dense's layout; transformers has no dense gpt-oss, so the reference runtime is
+    the oracle), with random canonical tensors, through a prefill and decode steps past the window."""
+    from plugins.onnx.export import export_onnx
+    from runtime import Runtime, SamplingParams
+    from runtime.executors.onnxruntime import OnnxRuntimeExecutor
+    from spec.canonical import canonical_shapes
+    from spec.network import network_from_config
+    from spec.registry.models import ModelConfig
+    c = ModelConfig(name="dense-rand", num_layers=3, hidden_size=32, head_dim=8, num_q_heads=4, num_kv_heads=2,
+                    vocab_size=97, mlp="dense", intermediate_size=40, sliding_window=3, rope_scaling_factor=4.0,
+                    rope_original_max_position=64, max_position_embeddings=256, swiglu_limit=1.0)
+    g = torch.Generator().manual_seed(11)
+    tensors = {n: (1 + 0.2 * torch.randn(s, generator=g)) if "norm" in n or n == "norm.scale"
+               else 0.3 * torch.randn(s, generator=g) for n, s in canonical_shapes(c).items()}
+    net = network_from_config(c, dtype="float32")
+    path = export_onnx(net, tensors, ROOT / "dense-rand.onnx").path
+    ref = Runtime(net, tensors)
+    ours = Runtime(net, None, executor=OnnxRuntimeExecutor(net, path))
+    ids = torch.randint(0, c.vocab_size, (11,), generator=g).tolist()
+    assert rel_diff(ours.prompt_logits(ids), ref.prompt_logits(ids)) < TOL
+    params = SamplingParams(max_tokens=8, stop_token_ids=())
+    assert ours.generate([ids], params)[0].output_ids == ref.generate([ids], params)[0].output_ids
+    unclamped = export_onnx(net, tensors, ROOT / "dense-rand-bad.onnx", faults=("unclamped_swiglu",)).path
+    bad = Runtime(net, None, executor=OnnxRuntimeExecutor(net, unclamped))
+    assert rel_diff(bad.prompt_logits(ids), ref.prompt_logits(ids)) > 100 * TOL
