@@ -133,3 +133,23 @@ def test_fp4_rewrite_names_what_it_cannot_run():
     model = _fp4_linear_graph(with_trt_node=True)
     with pytest.raises(NotImplementedError, match="TRT_SomethingElse"):
         rewrite_fp4(model)
+
+
+def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_path):
+    """Graph.packed_weight (what quantized linear emitters use): FP4 codes packed two per byte, inline and
+    as external data, read back by onnx as the same e2m1 values."""
+    import onnx
+    from onnx import numpy_helper
+    from plugins.onnx.graph import Graph
+    from runtime.executors.fp4_rewrite import E2M1_VALUES
+    codes = np.random.default_rng(3).integers(0, 16, (4, 32)).astype(np.uint8)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    for external in (False, True):
+        g = Graph("fp4")
+        w = g.packed_weight("w", "float4e2m1", (4, 32), lambda: [packed[:2], packed[2:]])
+        x = g.input("x", "float32", [1])
+        g.output(x, "y", "float32", [1])
+        saved = g.save(tmp_path / f"m{external}.onnx", external=external)
+        assert bool(saved.data_files) == external
+        t = [t for t in onnx.load(str(saved.path)).graph.initializer if t.name == w][0]
+        np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), E2M1_VALUES[codes])
