@@ -6,7 +6,8 @@
 "reference": the torch reference runtime (runtime.model.ReferenceModel, any dtype and quant format it emulates).
 "onnxruntime": the network exported to an fp32 ONNX graph (plugins.onnx) run by ONNX Runtime on CPU.
 "auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
-engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS); otherwise reference.
+engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS) and its fp32 graph fits in half
+the memory; otherwise reference.
 """
 
 from __future__ import annotations
