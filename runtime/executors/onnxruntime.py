@@ -68,7 +68,10 @@ class OnnxRuntimeExecutor:
             self._workdir = None
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:           # interpreter shutdown: the temporary directory may outlive us
+            pass
 
     # -- the Executor protocol ----------------------------------------------------------------------------
     def new_cache(self, batch_size: int, capacity: int = 0) -> OrtCache:
@@ -127,7 +130,9 @@ def cpu_can_run(path: str | Path) -> bool:
     from runtime.engine import find_checkpoint
     from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
-        exact = set(_network(Path(path), ck).quant_formats()) <= set(CPU_FORMATS)
+        net = _network(Path(path), ck)
+        exact = set(net.quant_formats()) <= set(CPU_FORMATS) and \
+            not any(layer.attention.sink_tokens for layer in net.layers)    # not exported yet
         graph_bytes = 4 * total_params(ck.config)
     return exact and graph_bytes <= _memory_bytes() // 2
 
