@@ -18,7 +18,7 @@ applied as batched mat-vecs, so only the selected experts' weights are read.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 from plugins.onnx.graph import Graph
 from plugins.onnx.weights import WeightSource

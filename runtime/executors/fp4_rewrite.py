@@ -95,9 +95,10 @@ def _blocks(base: str, x: str, block: int, inits) -> tuple[list, str, str]:
     inits.append(numpy_helper.from_array(np.array([-1, block], np.int64), base + "_tail"))
     inits.append(numpy_helper.from_array(np.array([0], np.int64), base + "_0"))
     inits.append(numpy_helper.from_array(np.array([-1], np.int64), base + "_m1"))
-    nodes = [helper.make_node("Shape", [x], [base + "_shape"], name=base + "_shape"),
-             helper.make_node("Slice", [base + "_shape", base + "_0", base + "_m1"], [base + "_lead"], name=base + "_lead"),
-             helper.make_node("Concat", [base + "_lead", base + "_tail"], [base + "_bshape"], axis=0, name=base + "_cat"),
+    mk = helper.make_node
+    nodes = [mk("Shape", [x], [base + "_shape"], name=base + "_shape"),
+             mk("Slice", [base + "_shape", base + "_0", base + "_m1"], [base + "_lead"], name=base + "_lead"),
+             mk("Concat", [base + "_lead", base + "_tail"], [base + "_bshape"], axis=0, name=base + "_cat"),
              helper.make_node("Reshape", [x, base + "_bshape"], [base + "_blocked"], name=base + "_rs")]
     return nodes, base + "_blocked", base + "_shape"
 
