@@ -96,6 +96,33 @@ def test_fp4_rewrite_runs_on_onnxruntime_and_matches_onnx_reference():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_fp4_rewrite_handles_gathered_expert_weights():
+    """Experts as TensorRT graphs read them: Gather the selected experts' FP4 weights and FP8 block scales,
+    then the two DequantizeLinear levels; ONNX Runtime after the rewrite = onnx.reference before it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    from runtime.executors.fp4_rewrite import rewrite_fp4
+    rng = np.random.default_rng(4)
+    E, out_f, in_f = 4, 3, 32
+    w = rng.choice(np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -.5, -1, -3, -6], np.float32), (E, out_f, in_f))
+    scales = rng.uniform(0.1, 3.0, (E, out_f, in_f // 16)).astype(ml_dtypes.float8_e4m3fn)
+    inits = [numpy_helper.from_array(w.astype(ml_dtypes.float4_e2m1fn), "w"),
+             numpy_helper.from_array(scales, "w_scale"), numpy_helper.from_array(np.float32(0.5), "g")]
+    nodes = [helper.make_node("Gather", ["w", "idx"], ["wk"], axis=0),
+             helper.make_node("Gather", ["w_scale", "idx"], ["sk"], axis=0),
+             helper.make_node("DequantizeLinear", ["sk", "g"], ["s"]),
+             helper.make_node("DequantizeLinear", ["wk", "s"], ["y"], axis=-1, block_size=16)]
+    graph = helper.make_graph(nodes, "experts", [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, out_f, in_f])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    idx = np.array([[3, 1]], np.int64)
+    want = ReferenceEvaluator(model).run(None, {"idx": idx})[0]
+    fixed = rewrite_fp4(model)
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"idx": idx})[0]
+    np.testing.assert_array_equal(got, want)
+
+
 def _w4a4_activation_graph(global_scale: float, k: int = 64):
     """x -> trt::TRT_FP4DynamicQuantize -> DQ(block scales, global) -> DQ(x codes, that): TensorRT's W4A4
     activation pattern."""
