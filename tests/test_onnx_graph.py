@@ -194,3 +194,41 @@ def test_float16_graph_runs_within_half_precision(key):
     feeds.update(input_ids=np.array([ids]), position_ids=np.arange(len(ids))[None])
     got = torch.from_numpy(sess.run(["logits"], feeds)[0][0])
     assert rel_diff(got, reference(key).prompt_logits(ids)) < 1e-2
+
+
+@pytest.mark.parametrize("sinks", [1, 3])
+def test_streaming_sink_tokens_match_the_reference_runtime(sinks):
+    """StreamingLLM sink tokens on sliding layers (the leak's policy; transformers has none, so the reference
+    runtime is the oracle): prompt logits, decode far past the window, batched prompts of unequal length."""
+    import dataclasses
+    from plugins.onnx.export import export_onnx
+    from runtime import Runtime, SamplingParams
+    from runtime.executors.onnxruntime import OnnxRuntimeExecutor
+    from spec.canonical import canonical_shapes
+    from spec.network import network_from_config
+    c = dataclasses.replace(CONFIGS["gqa3"], name=f"sinks{sinks}", sink_tokens=sinks, num_layers=3)
+    g = torch.Generator().manual_seed(12)
+    tensors = {n: (1 + 0.2 * torch.randn(s, generator=g)) if "norm" in n
+               else 0.3 * torch.randn(s, generator=g) for n, s in canonical_shapes(c).items()}
+    net = network_from_config(c, dtype="float32")
+    path = export_onnx(net, tensors, ROOT / f"sinks{sinks}.onnx").path
+    ex = OnnxRuntimeExecutor(net, path)
+    ref, ours = Runtime(net, tensors), Runtime(net, None, executor=ex)
+    ids = torch.randint(0, c.vocab_size, (4 * c.sliding_window,), generator=g).tolist()
+    assert rel_diff(ours.prompt_logits(ids), ref.prompt_logits(ids)) < TOL
+    params = SamplingParams(max_tokens=3 * c.sliding_window, stop_token_ids=(), return_logits=True)
+    prompts = [ids[:2], ids[:7], ids]
+    for a, b in zip(ours.generate(prompts, params), ref.generate(prompts, params)):
+        assert a.output_ids == b.output_ids
+        assert rel_diff(a.logits, b.logits) < TOL
+    # negative control: the same weights exported without sink tokens decode differently past the window
+    plain = network_from_config(dataclasses.replace(c, sink_tokens=0), dtype="float32")
+    no_sinks = Runtime(plain, None, executor=OnnxRuntimeExecutor(plain, export_onnx(
+        plain, tensors, ROOT / f"sinks{sinks}-off.onnx").path))
+    [off] = no_sinks.generate([ids], params)
+    assert rel_diff(off.logits, ref.generate([ids], params)[0].logits) > 100 * TOL
+    sliding = [i for i in ex.session.get_inputs() if "sink" in i.name]
+    assert sliding and all(i.shape[-1] == c.sliding_window + sinks for i in sliding)
+    for layer in net.layers:
+        rows = ex.new_cache(1).tensors[f"past_key_{layer.index}"].shape[2]
+        assert rows == (c.sliding_window + sinks if layer.attention.kind == "sliding" else 0)

@@ -9,18 +9,13 @@ The mask is computed once per forward and layer kind from token positions (never
 a key at position j is visible from a query at i when 0 <= j <= i, and, on sliding layers, i - j < window.
 Masked scores get -1e30 rather than -inf, so a row that sees nothing (padding) stays finite.
 
-KV cache, per layer: `past_key_i` / `past_value_i` [b, kv_heads, rows, D] in, `present_*` out.
-Full layers: present = concat(past, new), growing by the chunk length each call.
-Sliding layers: present = the last `window` rows of concat(past, new), so they hold exactly `window` rows
-(oldest first) however long the sequence. The positions those rows hold travel beside them, one tensor per
-layer kind (`past_full_pos` [b, past], `past_window{W}_pos` [b, W], -1 = empty), which is what the masks
-are computed from. Pad prompts on the left (position -1): a right-padded row would push real keys out of a
-sliding buffer.
+KV cache, per layer: `past_key_i` / `past_value_i` [b, kv_heads, rows, D] in, `present_*` out; which rows
+are kept, and the positions they hold, is plugins/onnx/kv_cache.py. Pad prompts on the left (position -1):
+a right-padded row would push real keys out of a sliding buffer.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from onnx import TensorProto
 
 from spec.network import Attention
@@ -30,17 +25,20 @@ from plugins.onnx.rope import apply_rope
 from plugins.onnx.weights import WeightSource
 
 MASKED = -1e30
-INT_MAX = np.iinfo(np.int64).max
 
 
-def emit_mask(g: Graph, q_pos: str, k_pos: str, window: int | None, name: str) -> str:
-    """q_pos [b, s], k_pos [b, S] int64 -> additive fp32 bias [b, 1, 1, s, S] (0 visible, -1e30 not)."""
+def emit_mask(g: Graph, q_pos: str, k_pos: str, window: int | None, name: str, sink_tokens: int = 0) -> str:
+    """q_pos [b, s], k_pos [b, S] int64 -> additive fp32 bias [b, 1, 1, s, S] (0 visible, -1e30 not).
+    sink_tokens: StreamingLLM, keys at positions < sink_tokens stay visible beyond the window."""
     q = g.op("Unsqueeze", q_pos, g.ints([2]))
     k = g.op("Unsqueeze", k_pos, g.ints([1]))
     zero = g.ints(0)
     visible = g.op("And", g.op("GreaterOrEqual", k, zero), g.op("LessOrEqual", k, q))
     if window is not None:
-        visible = g.op("And", visible, g.op("Less", g.op("Sub", q, k), g.ints(window)))
+        in_window = g.op("Less", g.op("Sub", q, k), g.ints(window))
+        if sink_tokens:
+            in_window = g.op("Or", in_window, g.op("Less", k, g.ints(sink_tokens)))
+        visible = g.op("And", visible, in_window)
     bias = g.op("Where", visible, g.f32(0.0), g.f32(MASKED))
     return g.op("Unsqueeze", bias, g.ints([1, 2]), name=name)
 
@@ -50,8 +48,9 @@ def _cast32(g: Graph, x: str) -> str:
 
 
 def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: tuple[str, str], mask: str,
-                   past_k: str, past_v: str, use_sinks: bool = True) -> tuple[str, str, str]:
-    """h [b, s, hidden] -> (attention output [b, s, hidden], present_k, present_v)."""
+                   past_k: str, past_v: str, keep, use_sinks: bool = True) -> tuple[str, str, str]:
+    """h [b, s, hidden] -> (attention output [b, s, hidden], present_k, present_v); keep(g, rows) picks the
+    present rows out of concat(past, new) (plugins.onnx.kv_cache)."""
     Hq, Hkv, D = a.num_q_heads, a.num_kv_heads, a.head_dim
     G = Hq // Hkv
     qkv = emit_linear(g, h, a.qkv, weights)                                   # [b, s, (Hq + 2 Hkv) D]
@@ -60,11 +59,7 @@ def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: 
     q, k = g.op("Split", apply_rope(g, qk, *rope, D), g.ints([Hq, Hkv]), axis=1, outputs=2)
     k_all = g.op("Concat", past_k, k, axis=2, name="keys")
     v_all = g.op("Concat", past_v, v, axis=2, name="values")
-    if a.kind == "sliding":
-        last = [g.ints([-a.window]), g.ints([INT_MAX]), g.ints([2])]
-        present_k, present_v = g.op("Slice", k_all, *last), g.op("Slice", v_all, *last)
-    else:
-        present_k, present_v = k_all, v_all
+    present_k, present_v = keep(g, k_all), keep(g, v_all)
     # q heads grouped under their kv head: [b, Hkv, G*s, D] against k [b, Hkv, S, D]
     qg = g.op("Reshape", g.op("Mul", _cast32(g, q), g.f32(a.sm_scale)), g.ints([0, Hkv, -1, D]))
     scores = g.op("MatMul", qg, g.op("Transpose", _cast32(g, k_all), perm=[0, 1, 3, 2]), name="scores")

@@ -4,11 +4,11 @@
     saved.path, saved.data_files ({external data file: sha256}, empty when the weights are inline)
 
 Graph inputs: input_ids, position_ids int64 [batch, seq] (position -1 = padding), the slot positions of each
-cache kind (`past_full_pos` [batch, past], `past_window{W}_pos` [batch, W]) and per layer `past_key_i`,
-`past_value_i` [batch, kv_heads, past | W, head_dim]. Outputs: logits float32 [batch, seq, vocab], and the
-`present_*` counterparts of every cache input. Prefill is a call with seq = prompt length; decode, seq = 1;
-an empty cache has past = 0 rows for full layers and W rows at position -1 for sliding layers.
-See plugins/onnx/attention.py for the cache and masks.
+cache kind (`past_full_pos` [batch, past], `past_window{W}_pos` [batch, W], `past_window{W}_sink{S}_pos`
+[batch, S + W]) and per layer `past_key_i`, `past_value_i` [batch, kv_heads, past | W | S + W, head_dim].
+Outputs: logits float32 [batch, seq, vocab], and the `present_*` counterparts of every cache input. Prefill is
+a call with seq = prompt length; decode, seq = 1; an empty cache has 0 rows for full layers and its fixed
+rows at position -1 for sliding layers. plugins/onnx/kv_cache.py keeps the rows, attention.py the masks.
 
 `faults` breaks the graph on purpose (negative controls for tests): FAULTS names what each does.
 """
@@ -20,9 +20,10 @@ from pathlib import Path
 from onnx import TensorProto
 
 from spec.network import MoE, Network
-from plugins.onnx.attention import emit_attention, emit_mask
+from plugins.onnx.attention import emit_attention
 from plugins.onnx.embedding import emit_embedding
 from plugins.onnx.graph import Graph, SavedGraph
+from plugins.onnx.kv_cache import emit_cache_kind, kind_of
 from plugins.onnx.linear import emit_linear
 from plugins.onnx.moe import emit_dense_mlp, emit_moe
 from plugins.onnx.norm import emit_rmsnorm
@@ -36,17 +37,6 @@ FAULTS = {
     "no_router_bias": "router logits without the router bias",
 }
 
-FULL_POS = "past_full_pos"
-
-
-def window_pos_name(window: int) -> str:
-    return f"past_window{window}_pos"
-
-
-def present_name(name: str) -> str:
-    return "present_" + name.removeprefix("past_")
-
-
 def build_graph(network: Network, weights, dtype: str = "float32", faults=()) -> Graph:
     bad = set(faults) - set(FAULTS)
     if bad:
@@ -58,43 +48,28 @@ def build_graph(network: Network, weights, dtype: str = "float32", faults=()) ->
     pos0 = g.op("Max", pos, g.ints(0), name="positions_clamped")     # padding rows read table row 0
     x = emit_embedding(g, ids, network.embedding, weights)
 
-    # One slot-position tensor and one mask per cache kind, shared by that kind's layers.
-    masks, ropes = {}, {}
+    # One slot-position tensor, one mask and one row policy per cache kind, shared by that kind's layers.
+    kinds, ropes = {}, {}
     for layer in network.layers:
         a = layer.attention
-        if a.sink_tokens:
-            raise NotImplementedError(f"layers[{layer.index}]: StreamingLLM sink tokens ({a.sink_tokens}) are not "
-                                      f"exported to ONNX yet; export a network with sink_tokens = 0")
-        kind = a.window if a.kind == "sliding" else None
-        if kind not in masks:
-            if kind is None:
-                past_pos = g.input(FULL_POS, "int64", ["batch", "past"])
-                k_pos = g.op("Concat", past_pos, pos, axis=1, name="full_key_pos")
-                g.output(k_pos, present_name(FULL_POS), "int64", ["batch", "total"])
-            else:
-                past_pos = g.input(window_pos_name(kind), "int64", ["batch", kind])
-                k_pos = g.op("Concat", past_pos, pos, axis=1, name=f"window{kind}_key_pos")
-                kept = g.op("Slice", k_pos, g.ints([-kind]), g.ints([2 ** 62]), g.ints([1]))
-                g.output(kept, present_name(window_pos_name(kind)), "int64", ["batch", kind])
-            mask_window = None if "window_off" in faults else kind
-            masks[kind] = emit_mask(g, pos, k_pos, mask_window, f"mask_{kind or 'full'}")
+        kind = kind_of(a)
+        if kind not in kinds:
+            kinds[kind] = emit_cache_kind(g, kind, pos, window_off="window_off" in faults)
         key = rope_key(a.rope)
         if key not in ropes:
             ropes[key] = emit_rope_tables(g, a.rope, pos0, network.max_position_embeddings)
 
     for layer in network.layers:
         a, i = layer.attention, layer.index
-        rows = a.window if a.kind == "sliding" else "past"
-        kv_shape = ["batch", a.num_kv_heads, rows, a.head_dim]
-        past_k = g.input(f"past_key_{i}", dtype, kv_shape)
-        past_v = g.input(f"past_value_{i}", dtype, kv_shape)
+        kind = kinds[kind_of(a)]
+        past_k = g.input(f"past_key_{i}", dtype, ["batch", a.num_kv_heads, kind.rows, a.head_dim])
+        past_v = g.input(f"past_value_{i}", dtype, ["batch", a.num_kv_heads, kind.rows, a.head_dim])
         h = emit_rmsnorm(g, x, layer.attn_norm, weights)
-        attn, present_k, present_v = emit_attention(
-            g, h, a, weights, ropes[rope_key(a.rope)], masks[a.window if a.kind == "sliding" else None],
-            past_k, past_v, use_sinks="no_sinks" not in faults)
-        out_rows = a.window if a.kind == "sliding" else "total"
-        g.output(present_k, f"present_key_{i}", dtype, ["batch", a.num_kv_heads, out_rows, a.head_dim])
-        g.output(present_v, f"present_value_{i}", dtype, ["batch", a.num_kv_heads, out_rows, a.head_dim])
+        attn, present_k, present_v = emit_attention(g, h, a, weights, ropes[rope_key(a.rope)], kind.mask,
+                                                    past_k, past_v, kind.keep, use_sinks="no_sinks" not in faults)
+        out_shape = ["batch", a.num_kv_heads, kind.out_rows, a.head_dim]
+        g.output(present_k, f"present_key_{i}", dtype, out_shape)
+        g.output(present_v, f"present_value_{i}", dtype, out_shape)
         x = g.op("Add", x, attn, name=f"layer{i}_attn_residual")
         h = emit_rmsnorm(g, x, layer.mlp_norm, weights)
         clamp = "unclamped_swiglu" not in faults
