@@ -8,20 +8,42 @@ import functools
 import numpy as np
 import torch
 
-from runtime_helpers import CONFIGS, ROOT, hf_model
+import runtime_helpers
+from runtime_helpers import ROOT
 from spec.registry.models import ModelConfig
 
 # Configs nobody tuned the exporter to: odd layer counts, GQA 3:1 and 5:1, windows smaller than the prompts,
 # 5-7 experts with top-3, YaRN factors and thetas off the defaults.
-CONFIGS.setdefault("gqa3", ModelConfig(
+CONFIGS = dict(runtime_helpers.CONFIGS)     # a copy: the runtime tests parametrize over theirs
+CONFIGS["gqa3"] = ModelConfig(
     name="gqa3", num_layers=5, hidden_size=48, head_dim=8, num_q_heads=6, num_kv_heads=2, vocab_size=257,
     mlp="moe", intermediate_size=24, num_experts=5, experts_per_token=3, sliding_window=3,
     rope_theta=10000.0, rope_scaling_factor=16.0, rope_original_max_position=64, max_position_embeddings=512,
-    eos_token_ids=(3,)))
-CONFIGS.setdefault("gqa5", ModelConfig(
+    eos_token_ids=(3,))
+CONFIGS["gqa5"] = ModelConfig(
     name="gqa5", num_layers=3, hidden_size=40, head_dim=12, num_q_heads=10, num_kv_heads=2, vocab_size=131,
     mlp="moe", intermediate_size=20, num_experts=7, experts_per_token=3, sliding_window=4,
-    rope_scaling_factor=2.0, rope_original_max_position=32, swiglu_limit=5.0, max_position_embeddings=256))
+    rope_scaling_factor=2.0, rope_original_max_position=32, swiglu_limit=5.0, max_position_embeddings=256)
+
+
+@functools.cache
+def hf_model(key: str):
+    """(transformers GptOssForCausalLM fp32, its saved folder), as runtime_helpers.hf_model, for CONFIGS here."""
+    if key in runtime_helpers.CONFIGS:
+        return runtime_helpers.hf_model(key)
+    from transformers import GptOssForCausalLM
+    torch.manual_seed(0)
+    model = GptOssForCausalLM(runtime_helpers.hf_config(CONFIGS[key]))
+    runtime_helpers.randomize_(model, seed=sum(map(ord, key)))
+    model = model.float().eval()
+    out = ROOT / f"hf-{key}"
+    model.save_pretrained(out)
+    return model, out
+
+
+def prompt(key: str, length: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, CONFIGS[key].vocab_size, (length,), generator=g).tolist()
 
 
 @functools.cache

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from onnx_helpers import empty_feeds, exported, gemm_flops, gemm_shapes, network, ort_logits, session
-from runtime_helpers import CONFIGS, ROOT, hf_model, prompt, rel_diff
+from onnx_helpers import (CONFIGS, empty_feeds, exported, gemm_flops, gemm_shapes, hf_model, network, ort_logits,
+                          prompt, session)
+from runtime_helpers import ROOT, rel_diff
 
 TOL = 1e-5
 KEYS = ["tiny", "odd", "mha", "gqa3", "gqa5"]
