@@ -11,6 +11,7 @@ import torch
 from model_repo.trtllm import EngineLoadError, check_network_matches_checkpoint, llm_kwargs
 from regression import faults
 from runtime import Runtime
+from runtime.executors import load_runtime
 from spec.network import config_mismatches, load_network
 from checkpoint.config_io import read_model_config
 
@@ -33,8 +34,12 @@ def _logits(engine_dir):
 def test_a_network_json_edit_is_seen_or_refused_by_every_target(engine, tmp_path, fault):
     broken = tmp_path / fault
     faults.FAULTS[fault](engine, broken)
-    # Executes network.json: the reference runtime runs the edited network.
+    # Executes network.json: the reference runtime and the ONNX graph (plugins.onnx, run by ONNX Runtime)
+    # run the edited network, and agree with each other on it.
     assert not torch.allclose(_logits(engine), _logits(broken), atol=1e-3)
+    onnx = load_runtime(broken, "onnxruntime").prompt_logits(PROMPT)
+    assert torch.allclose(onnx, _logits(broken), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(load_runtime(engine, "onnxruntime").prompt_logits(PROMPT), onnx, atol=1e-3)
     # Reads config.json: TensorRT-LLM's loader refuses the engine before anything is imported.
     llm_kwargs(engine)                                    # the intact engine passes the check
     with pytest.raises(EngineLoadError, match="network.json and config.json disagree"):

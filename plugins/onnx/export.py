@@ -1,0 +1,95 @@
+"""spec.network.Network + canonical weights -> one ONNX graph for prefill and decode.
+
+    saved = export_onnx(network, weights, "model.onnx", dtype="float32")   # weights: dict or load_canonical(...)
+    saved.path, saved.data_files ({external data file: sha256}, empty when the weights are inline)
+
+Graph inputs: input_ids, position_ids int64 [batch, seq] (position -1 = padding), the slot positions of each
+cache kind (`past_full_pos` [batch, past], `past_window{W}_pos` [batch, W], `past_window{W}_sink{S}_pos`
+[batch, S + W]) and per layer `past_key_i`, `past_value_i` [batch, kv_heads, past | W | S + W, head_dim].
+Outputs: logits float32 [batch, seq, vocab], and the `present_*` counterparts of every cache input. Prefill is
+a call with seq = prompt length; decode, seq = 1; an empty cache has 0 rows for full layers and its fixed
+rows at position -1 for sliding layers. plugins/onnx/kv_cache.py keeps the rows, attention.py the masks.
+
+`faults` breaks the graph on purpose (negative controls for tests): FAULTS names what each does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnx import TensorProto
+
+from spec.network import MoE, Network
+from plugins.onnx.attention import emit_attention
+from plugins.onnx.embedding import emit_embedding
+from plugins.onnx.graph import Graph, SavedGraph
+from plugins.onnx.kv_cache import emit_cache_kind, kind_of
+from plugins.onnx.linear import emit_linear
+from plugins.onnx.moe import emit_dense_mlp, emit_moe
+from plugins.onnx.norm import emit_rmsnorm
+from plugins.onnx.rope import emit_rope_tables, rope_key
+from plugins.onnx.weights import WeightSource
+
+FAULTS = {
+    "no_sinks": "attention without the learned sink column",
+    "window_off": "sliding layers attend like full layers (causal mask only)",
+    "unclamped_swiglu": "SwiGLU without its clamps",
+    "no_router_bias": "router logits without the router bias",
+}
+
+def build_graph(network: Network, weights, dtype: str = "float32", faults=()) -> Graph:
+    bad = set(faults) - set(FAULTS)
+    if bad:
+        raise ValueError(f"unknown faults {sorted(bad)}; known: {sorted(FAULTS)}")
+    weights = weights if isinstance(weights, WeightSource) else WeightSource(weights)
+    g = Graph(network.name or "gpt-oss", dtype)
+    ids = g.input("input_ids", "int64", ["batch", "seq"])
+    pos = g.input("position_ids", "int64", ["batch", "seq"])
+    pos0 = g.op("Max", pos, g.ints(0), name="positions_clamped")     # padding rows read table row 0
+    x = emit_embedding(g, ids, network.embedding, weights)
+
+    # One slot-position tensor, one mask and one row policy per cache kind, shared by that kind's layers.
+    kinds, ropes = {}, {}
+    for layer in network.layers:
+        a = layer.attention
+        kind = kind_of(a)
+        if kind not in kinds:
+            kinds[kind] = emit_cache_kind(g, kind, pos, window_off="window_off" in faults)
+        key = rope_key(a.rope)
+        if key not in ropes:
+            ropes[key] = emit_rope_tables(g, a.rope, pos0, network.max_position_embeddings)
+
+    for layer in network.layers:
+        a, i = layer.attention, layer.index
+        kind = kinds[kind_of(a)]
+        past_k = g.input(f"past_key_{i}", dtype, ["batch", a.num_kv_heads, kind.rows, a.head_dim])
+        past_v = g.input(f"past_value_{i}", dtype, ["batch", a.num_kv_heads, kind.rows, a.head_dim])
+        h = emit_rmsnorm(g, x, layer.attn_norm, weights)
+        attn, present_k, present_v = emit_attention(g, h, a, weights, ropes[rope_key(a.rope)], kind.mask,
+                                                    past_k, past_v, kind.keep, use_sinks="no_sinks" not in faults)
+        out_shape = ["batch", a.num_kv_heads, kind.out_rows, a.head_dim]
+        g.output(present_k, f"present_key_{i}", dtype, out_shape)
+        g.output(present_v, f"present_value_{i}", dtype, out_shape)
+        x = g.op("Add", x, attn, name=f"layer{i}_attn_residual")
+        h = emit_rmsnorm(g, x, layer.mlp_norm, weights)
+        clamp = "unclamped_swiglu" not in faults
+        if isinstance(layer.mlp, MoE):
+            y = emit_moe(g, h, layer.mlp, weights, router_bias="no_router_bias" not in faults, clamp=clamp)
+        else:
+            y = emit_dense_mlp(g, h, layer.mlp, weights, clamp=clamp)
+        x = g.op("Add", x, y, name=f"layer{i}_mlp_residual")
+
+    x = emit_rmsnorm(g, x, network.final_norm, weights)
+    logits = emit_linear(g, x, network.lm_head, weights)
+    if dtype != "float32":
+        logits = g.op("Cast", logits, to=TensorProto.FLOAT)
+    g.output(logits, "logits", "float32", ["batch", "seq", network.vocab_size])
+    return g
+
+
+def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32", faults=(),
+                external: bool | None = None) -> SavedGraph:
+    """Build and write the graph. external=None: weights inline below 1.8 GB, else one external data file
+    written tensor by tensor (its sha256 in the result)."""
+    g = build_graph(network, weights, dtype, faults)
+    return g.save(path, external=external)
