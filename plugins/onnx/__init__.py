@@ -1,0 +1,1 @@
+"""ONNX graph pieces: the network definition TensorRT (and ONNX Runtime) imports."""
