@@ -1,1 +1,2 @@
-"""ONNX graph pieces: the network definition TensorRT (and ONNX Runtime) imports."""
+"""ONNX export of the network definition: one op family per module, the graph TensorRT imports and ONNX
+Runtime runs on CPU. Entry point: plugins.onnx.export.export_onnx (imports onnx lazily from here)."""

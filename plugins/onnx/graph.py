@@ -1,0 +1,223 @@
+"""A small ONNX graph builder whose weights are written lazily, one tensor (and one chunk) at a time.
+
+Nodes are added with `g.op("MatMul", a, b)` (returns the output name, or a list for several outputs).
+Weights are registered as `g.weight(name, shape, chunks)`: `chunks` is a callable that yields torch
+tensors which, concatenated along axis 0, form the initializer; nothing is read until `save`. So a graph
+over a checkpoint on disk (checkpoint.convert.load_canonical reads row slices) is written with at most one
+chunk in memory, whatever the model's size.
+
+`save` writes either one self-contained .onnx (weights inline, when they total under INLINE_LIMIT) or a
+graph plus one external data file written streaming, with its sha256 computed on the way. ONNX protobufs
+cannot exceed 2 GiB, hence the limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+OPSET = 23
+INLINE_LIMIT = 1_800_000_000          # bytes of weights kept inside the protobuf; above it, external data
+EXTERNAL_ALIGN = 4096                 # external tensors start on page boundaries (mmap-friendly)
+
+# Graph compute dtypes: name -> (ONNX element type name, torch dtype name, bytes per element)
+DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 2),
+          "bfloat16": ("BFLOAT16", "bfloat16", 2)}
+
+
+def onnx_type(dtype: str) -> int:
+    from onnx import TensorProto
+    if dtype in DTYPES:
+        return getattr(TensorProto, DTYPES[dtype][0])
+    return getattr(TensorProto, dtype.upper())     # "int64", "uint8", "float8e4m3fn", "float4e2m1", ...
+
+
+@dataclass
+class LazyWeight:
+    name: str
+    elem_type: int                    # onnx TensorProto data type
+    shape: tuple[int, ...]
+    nbytes: int
+    chunks: Callable[[], Iterable[bytes]]
+
+
+@dataclass
+class SavedGraph:
+    path: Path                        # the .onnx file
+    data_files: dict[str, str] = field(default_factory=dict)   # external data file name -> sha256
+    weight_bytes: int = 0
+
+
+def _bytes_of(t, dtype: str) -> bytes:
+    """A torch tensor chunk -> its bytes in the graph's dtype (bf16 through an int16 view: numpy has none)."""
+    import torch
+    t = t.detach().to(getattr(torch, DTYPES[dtype][1]) if dtype in DTYPES else t.dtype).contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().tobytes()
+    return t.numpy().tobytes()
+
+
+class Graph:
+    """Nodes, inputs, outputs and lazy weights of one ONNX graph in compute dtype `dtype`."""
+
+    def __init__(self, name: str, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"graph dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.name = name
+        self.dtype = dtype
+        self.elem = onnx_type(dtype)
+        self.nodes = []
+        self.inputs = []
+        self.outputs = []
+        self.weights: dict[str, LazyWeight] = {}
+        self.small: list = []          # constant TensorProtos built in memory (tables, shapes, scalars)
+        self._names: dict[str, int] = {}
+        self.opset_imports: dict[str, int] = {"": OPSET}
+
+    # -- names and nodes ------------------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        n = self._names.get(hint, 0)
+        self._names[hint] = n + 1
+        return hint if n == 0 else f"{hint}_{n}"
+
+    def op(self, op_type: str, *inputs: str | None, outputs: int | list[str] = 1, name: str | None = None,
+           domain: str = "", **attrs):
+        """Add a node; None inputs are ONNX's omitted optional inputs. Returns one name or a list."""
+        from onnx import helper
+        base = self.fresh(name or op_type.lower())
+        outs = [f"{base}:{i}" for i in range(outputs)] if isinstance(outputs, int) else list(outputs)
+        self.nodes.append(helper.make_node(op_type, ["" if i is None else i for i in inputs], outs, name=base,
+                                           domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def input(self, name: str, elem: int | str, shape) -> str:
+        from onnx import helper
+        self.inputs.append(helper.make_tensor_value_info(name, elem if isinstance(elem, int) else onnx_type(elem),
+                                                         list(shape)))
+        return name
+
+    def output(self, value: str, name: str, elem: int | str, shape) -> None:
+        from onnx import helper
+        self.op("Identity", value, outputs=[name], name=f"out_{name}")
+        self.outputs.append(helper.make_tensor_value_info(name, elem if isinstance(elem, int) else onnx_type(elem),
+                                                          list(shape)))
+
+    # -- constants ------------------------------------------------------------------------------------------
+    def const(self, array, name: str | None = None) -> str:
+        """A small constant (shapes, axes, tables, scalars) as an in-memory initializer."""
+        from onnx import numpy_helper
+        arr = np.asarray(array)
+        name = self.fresh(name or "const")
+        self.small.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def ints(self, values, name: str | None = None) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), name or "ints")
+
+    def scalar(self, value: float, name: str | None = None) -> str:
+        """A scalar in the graph's compute dtype."""
+        import torch
+        t = torch.tensor(float(value)).to(getattr(torch, DTYPES[self.dtype][1]))
+        return self.raw(name or "scalar", self.elem, (), [_bytes_of(t, self.dtype)])
+
+    def f32(self, value, name: str | None = None) -> str:
+        return self.const(np.asarray(value, dtype=np.float32), name or "f32")
+
+    def raw(self, name: str, elem: int, shape, chunks: list[bytes]) -> str:
+        from onnx import TensorProto
+        t = TensorProto(name=self.fresh(name), data_type=elem, dims=list(shape), raw_data=b"".join(chunks))
+        self.small.append(t)
+        return t.name
+
+    # -- weights --------------------------------------------------------------------------------------------
+    def weight(self, name: str, shape, chunks: Callable[[], Iterator], dtype: str | None = None) -> str:
+        """A weight initializer in `dtype` (default: the graph's compute dtype), produced lazily by `chunks`
+        (torch tensors, concatenated along axis 0)."""
+        dtype = dtype or self.dtype
+        if name in self.weights:
+            return name
+        shape = tuple(int(s) for s in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][2]
+        self.weights[name] = LazyWeight(name, onnx_type(dtype), shape, nbytes,
+                                        lambda: (_bytes_of(c, dtype) for c in chunks()))
+        return name
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(w.nbytes for w in self.weights.values())
+
+    # -- output ---------------------------------------------------------------------------------------------
+    def model(self, inline: bool = True):
+        """The ModelProto. inline=True materializes every weight (small graphs only)."""
+        from onnx import TensorProto, helper
+        inits = list(self.small)
+        for w in self.weights.values():
+            t = TensorProto(name=w.name, data_type=w.elem_type, dims=list(w.shape))
+            if inline:
+                t.raw_data = _collect(w)
+            inits.append(t)
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, inits)
+        opsets = [helper.make_opsetid(d, v) for d, v in self.opset_imports.items()]
+        return helper.make_model(graph, opset_imports=opsets, producer_name="gptoss-trt")
+
+    def save(self, path: str | Path, external: bool | None = None) -> SavedGraph:
+        """Write the graph to `path` (.onnx). external=None: inline below INLINE_LIMIT, else one data file
+        `<path>.data` written tensor by tensor, its sha256 returned."""
+        from onnx import TensorProto
+        path = Path(path)
+        if external is None:
+            external = self.weight_bytes > INLINE_LIMIT
+        if not external:
+            model = self.model(inline=True)
+            _atomic_write(path, model.SerializeToString())
+            return SavedGraph(path, {}, self.weight_bytes)
+        data_name = path.name + ".data"
+        model = self.model(inline=False)
+        by_name = {t.name: t for t in model.graph.initializer}
+        digest = hashlib.sha256()
+        tmp = path.with_name(data_name + ".partial")
+        offset = 0
+        with open(tmp, "wb") as f:
+            for w in self.weights.values():
+                pad = (-offset) % EXTERNAL_ALIGN
+                if pad:
+                    f.write(b"\0" * pad)
+                    digest.update(b"\0" * pad)
+                    offset += pad
+                start, written = offset, 0
+                for chunk in w.chunks():
+                    f.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                if written != w.nbytes:
+                    raise ValueError(f"weight {w.name}: produced {written} bytes, its shape {w.shape} needs {w.nbytes}")
+                offset += written
+                t = by_name[w.name]
+                t.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", data_name), ("offset", str(start)), ("length", str(written))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path.with_name(data_name))
+        _atomic_write(path, model.SerializeToString())
+        return SavedGraph(path, {data_name: digest.hexdigest()}, self.weight_bytes)
+
+
+def _collect(w: LazyWeight) -> bytes:
+    data = b"".join(w.chunks())
+    if len(data) != w.nbytes:
+        raise ValueError(f"weight {w.name}: produced {len(data)} bytes, its shape {w.shape} needs {w.nbytes}")
+    return data
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

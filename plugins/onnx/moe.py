@@ -1,0 +1,51 @@
+"""The MLP: MoE (biased router, top-k then softmax over k, only the k experts' weights read) or dense; both
+with gpt-oss's clamped SwiGLU.
+
+MoE per token: logits = x @ Wr.T + br; TopK(k) of the logits; softmax over those k; the k experts' gate|up
+and down weights gathered on the expert axis (plugins.onnx.linear.emit_expert_linear) and applied as
+mat-vecs; outputs summed with the routing weights. No pass over all experts, for any number of tokens.
+SwiGLU: gate clamped above at `limit`, up clamped to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha*gate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from spec.network import DenseMLP, MoE
+from plugins.onnx.graph import Graph
+from plugins.onnx.linear import emit_expert_linear, emit_linear
+from plugins.onnx.weights import WeightSource
+
+
+def emit_clamped_swiglu(g: Graph, gate_up: str, inter: int, alpha: float, limit: float | None) -> str:
+    """gate_up [..., 2I] (gate first) -> [..., I]."""
+    gate, up = g.op("Split", gate_up, g.ints([inter, inter]), axis=-1, outputs=2)
+    if limit is not None:
+        gate = g.op("Clip", gate, None, g.scalar(limit, "swiglu_limit"))                # above only
+        up = g.op("Clip", up, g.scalar(-limit, "swiglu_neg_limit"), g.scalar(limit, "swiglu_limit"))
+    glu = g.op("Mul", gate, g.op("Sigmoid", g.op("Mul", gate, g.scalar(alpha, "swiglu_alpha"))))
+    return g.op("Mul", g.op("Add", up, g.scalar(1.0, "one")), glu, name="swiglu")
+
+
+def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource, *, router_bias: bool = True,
+             clamp: bool = True) -> str:
+    """h [b, s, hidden] -> [b, s, hidden]."""
+    H = m.router.in_features
+    inter = m.gate.out_features
+    x = g.op("Reshape", h, g.ints([-1, H]))                                     # [N, H]
+    router = m.router if router_bias else dataclasses.replace(m.router, bias=None)
+    logits = emit_linear(g, x, router, weights)                                 # [N, E]
+    top_vals, top_idx = g.op("TopK", logits, g.ints([m.top_k]), axis=-1, largest=1, sorted=1, outputs=2,
+                             name="router_topk")
+    route_w = g.op("Softmax", top_vals, axis=-1, name="route_weights")          # softmax over the k
+    gate_up = emit_expert_linear(g, g.op("Unsqueeze", x, g.ints([1])), top_idx, (m.gate, m.up), weights)
+    act = emit_clamped_swiglu(g, gate_up, inter, m.swiglu_alpha, m.swiglu_limit if clamp else None)
+    y = emit_expert_linear(g, act, top_idx, m.down, weights)                    # [N, k, H]
+    y = g.op("ReduceSum", g.op("Mul", y, g.op("Unsqueeze", route_w, g.ints([-1]))), g.ints([1]), keepdims=0)
+    return g.op("Reshape", y, g.op("Shape", h), name="moe_out")
+
+
+def emit_dense_mlp(g: Graph, h: str, m: DenseMLP, weights: WeightSource, *, clamp: bool = True) -> str:
+    gate_up = emit_linear(g, h, (m.gate, m.up), weights)
+    act = emit_clamped_swiglu(g, gate_up, m.gate.out_features, m.swiglu_alpha, m.swiglu_limit if clamp else None)
+    return emit_linear(g, act, m.down, weights)

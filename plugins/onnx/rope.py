@@ -1,0 +1,47 @@
+"""YaRN rotary embedding (half-split) with cos/sin tables baked from the network's rope parameters.
+
+The tables come from the reference implementation (plugins.reference.rope), one row per position up to
+the network's max_position_embeddings, in the full-width form (cos|cos, -sin|sin), so the graph applies
+x * cos + (x2|x1) * sin: a Gather, a Concat and three elementwise ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spec.network import Rope
+from plugins.onnx.graph import Graph
+from plugins.reference.rope import rope_cos_sin, rope_full_tables, yarn_inv_freq
+
+
+def rope_tables(rope: Rope, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (cos_full, sin_signed) [positions, head_dim]."""
+    inv, conc = yarn_inv_freq(rope.head_dim, rope.theta, rope.factor, rope.original_max_position,
+                              rope.beta_fast, rope.beta_slow, rope.truncate, rope.kind)
+    return rope_full_tables(*rope_cos_sin(torch.arange(positions), inv, conc))
+
+
+def rope_key(rope: Rope) -> str:
+    return "rope_" + "_".join(str(v).replace(".", "p") for v in (
+        rope.kind, rope.head_dim, rope.theta, rope.factor, rope.original_max_position, rope.beta_fast,
+        rope.beta_slow, int(rope.truncate)))
+
+
+def emit_rope_tables(g: Graph, rope: Rope, positions: str, max_positions: int) -> tuple[str, str]:
+    """positions int64 [b, s] (clamped >= 0) -> (cos, sin) [b, 1, s, head_dim], shared by layers with the same
+    rope parameters."""
+    key = rope_key(rope)
+    cos_t = g.weight(key + ".cos", (max_positions, rope.head_dim), lambda: [rope_tables(rope, max_positions)[0]])
+    sin_t = g.weight(key + ".sin", (max_positions, rope.head_dim), lambda: [rope_tables(rope, max_positions)[1]])
+    axis1 = g.ints([1])
+    cos = g.op("Unsqueeze", g.op("Gather", cos_t, positions, axis=0), axis1, name=key + "_cos")
+    sin = g.op("Unsqueeze", g.op("Gather", sin_t, positions, axis=0), axis1, name=key + "_sin")
+    return cos, sin
+
+
+def apply_rope(g: Graph, x: str, cos: str, sin: str, head_dim: int) -> str:
+    """x [b, heads, s, D] -> rotated: x * (cos|cos) + (x2|x1) * (-sin|sin)."""
+    half = g.ints([head_dim // 2, head_dim // 2])
+    x1, x2 = g.op("Split", x, half, axis=-1, outputs=2)
+    rolled = g.op("Concat", x2, x1, axis=-1)
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rolled, sin), name="rope")
