@@ -27,12 +27,12 @@ class Limits:
 
 # Symbolic dimension name -> (min, opt, max) from the limits. The exporter names every dynamic axis with
 # one of these; an unknown name is an error, never a guess.
+# (plugins.onnx.export: batch, seq = new tokens per call, past = full-attention cache rows; sliding layers'
+# caches have a fixed `window` rows.) Optimal point: decode, one token on half a context.
 DIM_RANGES = {
     "batch": lambda lim: (1, 1, lim.max_batch_size),
-    "tokens": lambda lim: (1, 1, lim.max_tokens),
+    "seq": lambda lim: (1, 1, lim.max_tokens),
     "past": lambda lim: (0, lim.max_seq_len // 2, lim.max_seq_len - 1),
-    "kv_len": lambda lim: (1, lim.max_seq_len // 2, lim.max_seq_len),
-    "total": lambda lim: (1, lim.max_seq_len // 2, lim.max_seq_len),
 }
 
 

@@ -25,6 +25,9 @@ selected experts' bytes, then integer Mod/Div split the words into bytes, a 256-
 byte into its two e2m1 values (or one e4m3 value), and the block scales (bytes too) multiply in. Same
 values, bit for bit; 4.5 bits per NVFP4 weight read, only for the top-k experts. These expert GEMMs run
 in the graph's float dtype (their activations still through the W4A4 quantize when the format has one).
+
+Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_EMITTERS (`quant_linear`, `quant_expert`).
+Large quantized initializers are written lazily like the exporter's other weights (one tensor at a time).
 """
 
 from __future__ import annotations
@@ -36,36 +39,46 @@ from numerics.fp8 import E4M3_VALUES, FP8Tensor
 from numerics.mxfp4 import FP4_PAIR_VALUES, MXFP4Weight
 from numerics.nvfp4 import BLOCK as NV_BLOCK
 from numerics.nvfp4 import NVFP4Tensor
-from plugins.onnx.parts import TRT_DOMAIN
+from spec.canonical import input_scale_name
 
 FLOAT = TensorProto.FLOAT
+# Custom-op domain of TensorRT's ONNX parser (TRT_FP4DynamicQuantize and friends).
+TRT_DOMAIN = "trt"
 
 
 class QuantGraphError(ValueError):
     """A weight or scale that cannot be put into the graph as declared."""
 
 
-# -- initializers --------------------------------------------------------------------------------------------
-def fp4_initializer(packed: np.ndarray, shape: tuple[int, ...]) -> TensorProto:
-    """Packed e2m1 bytes (low nibble = even element, ONNX's 4-bit packing too) -> FLOAT4E2M1 tensor."""
-    t = TensorProto()
-    t.data_type = TensorProto.FLOAT4E2M1
-    t.dims.extend(shape)
-    t.raw_data = np.ascontiguousarray(packed, dtype=np.uint8).tobytes()
-    return t
+# -- initializers (lazy: bytes produced when the graph is saved) ---------------------------------------------
+def _lazy(g, name: str, elem: int, shape, produce) -> str:
+    """Register an initializer of `elem` whose raw bytes `produce()` returns, read only at save time."""
+    from plugins.onnx.graph import LazyWeight
+    shape = tuple(int(d) for d in shape)
+    nbytes = _nbytes(elem, shape)
+    name = g.fresh(name)
+    g.weights[name] = LazyWeight(name, elem, shape, nbytes, lambda: [produce()])
+    return name
 
 
-def fp8_initializer(data: np.ndarray) -> TensorProto:
-    """float8_e4m3fn array (or its bytes) -> FLOAT8E4M3FN tensor."""
-    t = TensorProto()
-    t.data_type = TensorProto.FLOAT8E4M3FN
-    t.dims.extend(data.shape)
-    t.raw_data = np.ascontiguousarray(data).view(np.uint8).tobytes()
-    return t
+def _nbytes(elem: int, shape) -> int:
+    n = int(np.prod(shape, dtype=np.int64))
+    if elem == TensorProto.FLOAT4E2M1:
+        return (n + 1) // 2
+    return n * {TensorProto.FLOAT8E4M3FN: 1, TensorProto.INT32: 4, TensorProto.FLOAT: 4}[elem]
 
 
-def _f32(v) -> np.ndarray:
-    return np.asarray(v, dtype=np.float32).reshape(())
+def _f32(g, value, name: str) -> str:
+    return g.const(np.asarray(value, dtype=np.float32).reshape(()), name)
+
+
+def _fp8_zero(g, name: str) -> str:
+    """An FP8 E4M3 zero: QuantizeLinear's zero point, which also types its output as FP8."""
+    return g.raw(name, TensorProto.FLOAT8E4M3FN, (), [b"\x00"])
+
+
+def _bytes(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).view(np.uint8).tobytes()
 
 
 # -- weight values -----------------------------------------------------------------------------------------
@@ -79,11 +92,12 @@ def as_nvfp4(weight, name: str) -> NVFP4Tensor:
         lossy = lossy_blocks(weight.blocks, weight.scales)
         if lossy.any():
             first = tuple(int(i) for i in np.argwhere(lossy)[0])
+            axes = "expert, row, block of 32" if lossy.ndim == 3 else "row, block of 32"
             raise QuantGraphError(
-                f"{name}: {int(lossy.sum())} MXFP4 block(s) cannot be represented exactly in NVFP4, first at "
-                f"block index {first} (axes {'expert, ' if lossy.ndim == 3 else ''}row, block of 32): its "
-                f"exponent is more than 17 below the tensor's largest; TensorRT cannot take E8M0 scales, so "
-                f"quantize this tensor to NVFP4 from its float weights (convert-checkpoint --to hf-nvfp4)")
+                f"{name}: {int(lossy.sum())} MXFP4 block(s) cannot be represented exactly in NVFP4, the first at "
+                f"{first} ({axes}): its exponent is more than 17 below the tensor's largest, beyond an e4m3 "
+                f"block scale. TensorRT cannot take E8M0 scales; quantize this model to NVFP4 from float "
+                f"weights instead (--quant nvfp4 from a bf16 checkpoint)")
         return mxfp4_to_nvfp4_lossless(weight.blocks, weight.scales)
     raise QuantGraphError(f"{name}: expected an NVFP4 (or MXFP4) weight, got {type(weight).__name__}; the "
                           f"network declares this module in an FP4 format")
@@ -97,11 +111,12 @@ def as_fp8(weight, name: str) -> FP8Tensor:
 
 
 def input_scale_value(input_scale, name: str) -> np.float32:
-    """The calibrated activation scale (per expert ones share their max, as the reference does)."""
+    """The calibrated activation scale (several, e.g. per expert or gate and up, share their max, as the
+    reference runtime does)."""
     if input_scale is None:
         raise QuantGraphError(f"{name}: this format quantizes activations and needs the calibrated input_scale "
-                              f"({name.removesuffix('.weight')}.input_scale), which the checkpoint lacks; "
-                              f"build with calibration (--calib-file) or use a weight-only format")
+                              f"({input_scale_name(name)}), which the checkpoint lacks; build with calibration "
+                              f"(--calib-file) or use a weight-only format")
     s = np.float32(np.max(np.asarray(input_scale, dtype=np.float32)))
     if not (np.isfinite(s) and s > 0):
         raise QuantGraphError(f"{name}: input_scale must be a finite positive number, got {s}")
@@ -109,48 +124,52 @@ def input_scale_value(input_scale, name: str) -> np.float32:
 
 
 # -- dequantized weights (all rows; the pattern TensorRT fuses into its GEMMs) -------------------------------
-def _cast(g, x: str, dtype: int, name: str) -> str:
-    return x if dtype == FLOAT else g.node("Cast", [x], name=f"{name}/cast", to=dtype)[0]
+def _cast(g, x: str, dtype: int) -> str:
+    return x if dtype == FLOAT else g.op("Cast", x, to=dtype)
 
 
 def emit_nvfp4_weight(g, w: NVFP4Tensor, name: str, dtype: int = FLOAT) -> str:
     """[..., out, in] dequantized: DQ(DQ(e4m3 block scales, global), FLOAT4E2M1 weight; block 16)."""
-    codes = g.const(f"{name}/fp4", fp4_initializer(w.packed, w.shape))
-    s8 = g.const(f"{name}/block_scale", fp8_initializer(w.block_scale))
-    g2 = g.const(f"{name}/global_scale", _f32(w.global_scale))
-    scale = g.node("DequantizeLinear", [s8, g2], name=f"{name}/dq_scale")[0]
-    deq = g.node("DequantizeLinear", [codes, scale], name=f"{name}/dq", axis=-1, block_size=NV_BLOCK)[0]
-    return _cast(g, deq, dtype, name)
+    codes = _lazy(g, f"{name}.fp4", TensorProto.FLOAT4E2M1, w.shape, lambda: _bytes(w.packed))
+    s8 = _lazy(g, f"{name}.block_scale", TensorProto.FLOAT8E4M3FN, w.block_scale.shape,
+               lambda: _bytes(w.block_scale))
+    scale = g.op("DequantizeLinear", s8, _f32(g, w.global_scale, f"{name}.global_scale"), name=f"{name}.dq_scale")
+    deq = g.op("DequantizeLinear", codes, scale, name=f"{name}.dq", axis=-1, block_size=NV_BLOCK)
+    return _cast(g, deq, dtype)
 
 
 def emit_fp8_weight(g, w: FP8Tensor, name: str, dtype: int = FLOAT) -> str:
-    data = g.const(f"{name}/fp8", fp8_initializer(w.data))
-    scale = g.const(f"{name}/scale", _f32(w.scale))
-    return _cast(g, g.node("DequantizeLinear", [data, scale], name=f"{name}/dq")[0], dtype, name)
+    data = _lazy(g, f"{name}.fp8", TensorProto.FLOAT8E4M3FN, w.shape, lambda: _bytes(w.data))
+    return _cast(g, g.op("DequantizeLinear", data, _f32(g, w.scale, f"{name}.scale"), name=f"{name}.dq"), dtype)
 
 
 # -- activations ---------------------------------------------------------------------------------------------
 def emit_nvfp4_activation(g, x: str, input_scale, name: str, dtype: int = FLOAT) -> str:
     """x -> NVFP4 fake-quantized x: TRT_FP4DynamicQuantize with the calibrated global scale, two DQs."""
-    gs = g.const(f"{name}/input_scale", input_scale_value(input_scale, name))
-    x_fp4, x_sf = g.node("TRT_FP4DynamicQuantize", [x, gs], 2, name=f"{name}/act_fp4", domain=TRT_DOMAIN,
-                         axis=-1, block_size=NV_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN)
-    sf = g.node("DequantizeLinear", [x_sf, gs], name=f"{name}/act_dq_scale")[0]
-    deq = g.node("DequantizeLinear", [x_fp4, sf], name=f"{name}/act_dq", axis=-1, block_size=NV_BLOCK)[0]
-    return _cast(g, deq, dtype, f"{name}/act")
+    g.opset_imports[TRT_DOMAIN] = 1
+    gs = _f32(g, input_scale_value(input_scale, name), f"{name}.input_scale")
+    x_fp4, x_sf = g.op("TRT_FP4DynamicQuantize", x, gs, outputs=2, name=f"{name}.act_fp4", domain=TRT_DOMAIN,
+                       axis=-1, block_size=NV_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN)
+    sf = g.op("DequantizeLinear", x_sf, gs, name=f"{name}.act_dq_scale")
+    deq = g.op("DequantizeLinear", x_fp4, sf, name=f"{name}.act_dq", axis=-1, block_size=NV_BLOCK)
+    return _cast(g, deq, dtype)
+
+
+_NUMPY_DTYPE = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
 
 def emit_fp8_activation(g, x: str, input_scale, name: str, dtype: int = FLOAT) -> str:
     """x -> QuantizeLinear (e4m3, saturating) -> DequantizeLinear with the calibrated per-tensor scale.
-    The scale takes x's dtype: TensorRT's strongly typed Q/DQ wants them to agree."""
+    The scale takes x's dtype, as TensorRT's strongly typed Q/DQ wants; bf16 graphs (numpy has no bf16
+    constant) quantize a float32 copy of x."""
     s = input_scale_value(input_scale, name)
-    scale = g.const(f"{name}/input_scale", np.asarray(s, dtype=_NUMPY_DTYPE.get(dtype, np.float32)))
-    zero = g.const(f"{name}/zero_point", fp8_initializer(np.zeros((), dtype=np.uint8)))
-    q = g.node("QuantizeLinear", [x, scale, zero], name=f"{name}/act_q")[0]
-    return g.node("DequantizeLinear", [q, scale], name=f"{name}/act_dq")[0]
-
-
-_NUMPY_DTYPE = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+    via_float = dtype not in _NUMPY_DTYPE
+    if via_float:
+        x = g.op("Cast", x, to=FLOAT)
+    scale = g.const(np.asarray(s, dtype=_NUMPY_DTYPE.get(dtype, np.float32)), f"{name}.input_scale")
+    q = g.op("QuantizeLinear", x, scale, _fp8_zero(g, f"{name}.zero_point"), name=f"{name}.act_q")
+    dq = g.op("DequantizeLinear", q, scale, name=f"{name}.act_dq")
+    return g.op("Cast", dq, to=dtype) if via_float else dq
 
 
 def _no_activation(g, x, input_scale, name, dtype):
@@ -164,6 +183,7 @@ _FORMATS = {
     "mxfp4": (as_nvfp4, emit_nvfp4_weight, _no_activation),
     "fp8": (as_fp8, emit_fp8_weight, emit_fp8_activation),
 }
+QUANT_FORMATS_WITH_PATTERN = tuple(_FORMATS)
 
 
 def _format(quant: str, name: str):
@@ -172,9 +192,6 @@ def _format(quant: str, name: str):
     except KeyError:
         raise QuantGraphError(f"{name}: no ONNX pattern for quant format {quant!r}; quantized formats with one: "
                               f"{', '.join(_FORMATS)} ('bf16' modules are plain MatMuls)") from None
-
-
-QUANT_FORMATS_WITH_PATTERN = tuple(_FORMATS)
 
 
 def emit_activation_quant(g, x: str, quant: str, input_scale, name: str, dtype: int = FLOAT) -> str:
@@ -186,15 +203,6 @@ def emit_dequantized_weight(g, weight, quant: str, name: str, dtype: int = FLOAT
     """The whole weight [..., out, in], dequantized in the graph from its quantized initializers."""
     check, emit_weight, _ = _format(quant, name)
     return emit_weight(g, check(weight, name), name, dtype)
-
-
-def emit_quant_linear(g, x: str, weight, quant: str, name: str, *, input_scale=None, dtype: int = FLOAT) -> str:
-    """y = act(x) @ deq(W).T for x [..., in], W [out, in] (no bias: the caller adds it)."""
-    check, emit_weight, emit_act = _format(quant, name)
-    w = emit_weight(g, check(weight, name), name, dtype)
-    wt = g.node("Transpose", [w], name=f"{name}/transpose", perm=[1, 0])[0]
-    xq = emit_act(g, x, input_scale, name, dtype)
-    return g.node("MatMul", [xq, wt], name=f"{name}/matmul")[0]
 
 
 # -- gatherable expert weights -------------------------------------------------------------------------------
@@ -210,31 +218,28 @@ def pack_words(b: np.ndarray) -> np.ndarray:
     return b.view("<i4").astype(np.int32)
 
 
-def _emit_reshape_tail(g, x: str, like: str, drop: int, tail: list[int], name: str) -> str:
+def _reshape_tail(g, x: str, like: str, drop: int, tail: list[int]) -> str:
     """Reshape x to like.shape[:-drop] + tail (the leading dims are dynamic: the index's shape)."""
-    lead = g.node("Shape", [like], name=f"{name}/shape", end=-drop)[0]
-    target = g.node("Concat", [lead, g.const(f"{name}/tail", np.asarray(tail, np.int64))], name=f"{name}/target",
-                    axis=0)[0]
-    return g.node("Reshape", [x, target], name=f"{name}/reshape")[0]
+    lead = g.op("Shape", like, end=-drop)
+    return g.op("Reshape", x, g.op("Concat", lead, g.ints(tail), axis=0))
 
 
-def _emit_gathered_bytes(g, words: np.ndarray, n_bytes: int, index: str, name: str) -> str:
-    """int32 word initializer [E, rows, W] -> the selected experts' bytes, int32 [*index, rows, n_bytes].
-    Word -> bytes with floor Mod and exact Div (w - w mod d is a multiple of d), so negative words (top
-    byte >= 128) split correctly whether the backend's integer division truncates or floors."""
-    table = g.const(f"{name}/words", words)
-    picked = g.node("Gather", [table, index], name=f"{name}/gather", axis=0)[0]         # [*I, rows, W]
-    u = g.node("Unsqueeze", [picked, g.const(f"{name}/axis", np.array([-1], np.int64))], name=f"{name}/unsq")[0]
-    d = g.const(f"{name}/byte_shift", _BYTE_SHIFTS)
-    low = g.node("Mod", [u, d], name=f"{name}/mod", fmod=0)[0]
-    shifted = g.node("Div", [g.node("Sub", [u, low], name=f"{name}/sub")[0], d], name=f"{name}/div")[0]
-    byte = g.node("Mod", [shifted, g.const(f"{name}/c256", np.array(256, np.int32))], name=f"{name}/byte",
-                  fmod=0)[0]                                                              # [*I, rows, W, 4]
-    flat = _emit_reshape_tail(g, byte, picked, 1, [words.shape[-1] * 4], f"{name}/bytes")
-    if words.shape[-1] * 4 != n_bytes:
-        flat = g.node("Slice", [flat, g.const(f"{name}/start", np.array([0], np.int64)),
-                                g.const(f"{name}/end", np.array([n_bytes], np.int64)),
-                                g.const(f"{name}/slice_axis", np.array([-1], np.int64))], name=f"{name}/trim")[0]
+def _gathered_bytes(g, byte_array: np.ndarray, index: str, name: str) -> str:
+    """uint8 [E, rows, n] stored as int32 words -> the selected experts' bytes, int32 [*index, rows, n].
+    Words split into bytes with floor Mod and exact Div (w - w mod d is a multiple of d), so negative words
+    (top byte >= 128) split correctly whether a backend's integer division truncates or floors."""
+    n_bytes = byte_array.shape[-1]
+    n_words = -(-n_bytes // 4)
+    table = _lazy(g, f"{name}.words", TensorProto.INT32, byte_array.shape[:-1] + (n_words,),
+                  lambda: pack_words(byte_array).tobytes())
+    picked = g.op("Gather", table, index, axis=0, name=f"{name}.gather")            # [*I, rows, W]
+    u = g.op("Unsqueeze", picked, g.ints([-1]))
+    d = g.const(_BYTE_SHIFTS, f"{name}.byte_shift")
+    low = g.op("Mod", u, d, fmod=0)
+    byte = g.op("Mod", g.op("Div", g.op("Sub", u, low), d), g.const(np.array(256, np.int32), "c256"), fmod=0)
+    flat = _reshape_tail(g, byte, picked, 1, [n_words * 4])                          # [*I, rows, 4W]
+    if n_words * 4 != n_bytes:
+        flat = g.op("Slice", flat, g.ints([0]), g.ints([n_bytes]), g.ints([-1]))
     return flat
 
 
@@ -247,20 +252,53 @@ def emit_gathered_expert_weights(g, weight, quant: str, name: str, index: str, d
         raise QuantGraphError(f"{name}: expert weights must be [experts, out, in], got shape {w.shape}")
     _, out_f, in_f = w.shape
     if isinstance(w, NVFP4Tensor):
-        code_bytes = _emit_gathered_bytes(g, pack_words(w.packed), in_f // 2, index, f"{name}/codes")
-        pairs = g.node("Gather", [g.const(f"{name}/e2m1_pairs", FP4_PAIR_VALUES.astype(np.float32)), code_bytes],
-                       name=f"{name}/decode", axis=0)[0]                           # [*I, out, in/2, 2]
-        values = _emit_reshape_tail(g, pairs, code_bytes, 2, [out_f, in_f // NV_BLOCK, NV_BLOCK], f"{name}/blocks")
-        s_bytes = _emit_gathered_bytes(g, pack_words(w.block_scale.view(np.uint8)), in_f // NV_BLOCK, index,
-                                       f"{name}/scales")
-        s = g.node("Gather", [g.const(f"{name}/e4m3", E4M3_VALUES), s_bytes], name=f"{name}/scale_decode",
-                   axis=0)[0]
-        s = g.node("Mul", [s, g.const(f"{name}/global_scale", _f32(w.global_scale))], name=f"{name}/scale")[0]
-        s = g.node("Unsqueeze", [s, g.const(f"{name}/axis_s", np.array([-1], np.int64))], name=f"{name}/scale_b")[0]
-        deq = g.node("Mul", [values, s], name=f"{name}/dequant")[0]
-        deq = _emit_reshape_tail(g, deq, code_bytes, 2, [out_f, in_f], f"{name}/weight")
+        code_bytes = _gathered_bytes(g, w.packed, index, f"{name}.codes")            # [*I, out, in/2]
+        pairs = g.op("Gather", g.const(FP4_PAIR_VALUES.astype(np.float32), "e2m1_pairs"), code_bytes, axis=0)
+        values = _reshape_tail(g, pairs, code_bytes, 2, [out_f, in_f // NV_BLOCK, NV_BLOCK])
+        s_bytes = _gathered_bytes(g, w.block_scale.view(np.uint8), index, f"{name}.scales")
+        s = g.op("Gather", g.const(E4M3_VALUES, "e4m3_values"), s_bytes, axis=0)
+        s = g.op("Mul", s, _f32(g, w.global_scale, f"{name}.global_scale"))
+        deq = g.op("Mul", values, g.op("Unsqueeze", s, g.ints([-1])), name=f"{name}.dequant")
+        deq = _reshape_tail(g, deq, code_bytes, 2, [out_f, in_f])
     else:
-        data = _emit_gathered_bytes(g, pack_words(w.data.view(np.uint8)), in_f, index, f"{name}/codes")
-        vals = g.node("Gather", [g.const(f"{name}/e4m3", E4M3_VALUES), data], name=f"{name}/decode", axis=0)[0]
-        deq = g.node("Mul", [vals, g.const(f"{name}/scale", _f32(w.scale))], name=f"{name}/dequant")[0]
-    return _cast(g, deq, dtype, name)
+        data = _gathered_bytes(g, w.data.view(np.uint8), index, f"{name}.codes")
+        vals = g.op("Gather", g.const(E4M3_VALUES, "e4m3_values"), data, axis=0)
+        deq = g.op("Mul", vals, _f32(g, w.scale, f"{name}.scale"), name=f"{name}.dequant")
+    return _cast(g, deq, dtype)
+
+
+# -- the emitters plugins.onnx.linear dispatches to ----------------------------------------------------------
+def _input_scale(linears, weights):
+    names = [input_scale_name(lin.weight) for lin in linears]
+    found = [np.asarray(weights.value(n), dtype=np.float32) for n in names if n in weights]
+    return max(float(v.max()) for v in found) if found else None
+
+
+def quant_linear(g, x: str, linears, weights) -> str:
+    """act(x) @ deq(W).T + b for one or several linears of one quantized format (outputs concatenated)."""
+    from plugins.onnx.linear import dense_bias, gemm
+    quant, first = linears[0].quant, linears[0].weight
+    for lin in linears:
+        weights.check(lin.weight, (lin.out_features, lin.in_features))
+    xq = emit_activation_quant(g, x, quant, _input_scale(linears, weights), first, g.elem)
+    ws = [emit_dequantized_weight(g, weights.value(lin.weight), quant, lin.weight, g.elem) for lin in linears]
+    w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=0)
+    b = dense_bias(g, linears, weights)
+    return gemm(g, xq, w, b, linears[0].in_features, sum(lin.out_features for lin in linears))
+
+
+def quant_expert(g, x: str, idx: str, linears, weights) -> str:
+    """x [N, 1|k, in], idx [N, k] -> [N, k, out]: the k experts' quantized weights gathered, dequantized,
+    applied as mat-vecs (x through the format's activation quantizer first)."""
+    from plugins.onnx.linear import dense_bias
+    quant, first = linears[0].quant, linears[0].weight
+    E, n_in = linears[0].num_experts, linears[0].in_features
+    for lin in linears:
+        weights.check(lin.weight, (E, lin.out_features, n_in))
+    xq = emit_activation_quant(g, x, quant, _input_scale(linears, weights), first, g.elem)
+    ws = [emit_gathered_expert_weights(g, weights.value(lin.weight), quant, lin.weight, idx, g.elem)
+          for lin in linears]
+    w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=-2)                      # [N, k, out, in]
+    y = g.op("Squeeze", g.op("MatMul", w, g.op("Unsqueeze", xq, g.ints([-1]))), g.ints([-1]))
+    b = dense_bias(g, linears, weights, lead=(E,))
+    return y if b is None else g.op("Add", y, g.op("Gather", b, idx, axis=0))

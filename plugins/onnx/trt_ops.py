@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference.op_run import OpRun
 
-from plugins.onnx.parts import TRT_DOMAIN
+from plugins.onnx.quant import TRT_DOMAIN
 
 
 class TRT_FP4DynamicQuantize(OpRun):
