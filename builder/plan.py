@@ -172,10 +172,12 @@ def prefill_speed(model: ModelConfig, gpu: GpuProfile, quant: QuantFormat, tp: i
     return _compute_tflops(gpu, quant) * 1e12 * tp / flops_per_token
 
 
-def plan(model_name: str, gpu_name: str, quant: str = "auto", tp: int | None = None, ep: int | None = None,
+def plan(model_name: str | ModelConfig, gpu_name: str, quant: str = "auto", tp: int | None = None, ep: int | None = None,
          max_seq_len: int | None = None, max_batch_size: int = 1, kv_dtype: str = "bf16") -> Plan:
     try:
-        model, gpu = get_model(model_name), get_gpu(gpu_name)
+        # A ModelConfig (read from a checkpoint) plans like a registry entry.
+        model = model_name if isinstance(model_name, ModelConfig) else get_model(model_name)
+        gpu = get_gpu(gpu_name)
         qf = resolve_quant(gpu, quant)
     except KeyError as e:
         raise PlanError(e.args[0]) from None

@@ -25,20 +25,20 @@ from builder.engine.sources import resolve_checkpoint
 from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
 from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, plan
 from spec.registry.gpus import get_gpu
-from spec.registry.models import get_model
+from spec.registry.models import ModelConfig, get_model
 from spec.registry.quant_formats import get_quant
 from spec.registry.serving import SERVING_BY_ARCH
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
-ENGINE_LAYOUT_VERSION = 2
+ENGINE_LAYOUT_VERSION = 3
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 
 
 @dataclass
 class BuildRequest:
-    model: str
+    model: str | ModelConfig
     gpu: str
     checkpoint: str | None = None
     quant: str = "auto"
@@ -62,12 +62,17 @@ def tool_versions() -> dict[str, str]:
     # Read from package metadata: importing torch just to ask costs seconds on a cache hit.
     from importlib.metadata import PackageNotFoundError, version
     versions = {"gptoss-trt": spec.__version__, "python": platform.python_version()}
-    for package in ("torch", "numpy", "ml_dtypes", "safetensors", "tensorrt_llm"):
+    for package in ("torch", "numpy", "ml_dtypes", "safetensors", "onnx", "tensorrt_llm", "tensorrt-rtx-cu13"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             pass
     return versions
+
+
+def _model(model):
+    """A registry name, or a ModelConfig read from a checkpoint's config (--checkpoint without --model)."""
+    return model if isinstance(model, ModelConfig) else get_model(model)
 
 
 def make_plan(req: BuildRequest) -> Plan:
@@ -88,11 +93,11 @@ def default_output(p: Plan) -> Path:
 
 def build(req: BuildRequest) -> Path:
     t0 = time.perf_counter()
-    model, gpu = get_model(req.model), get_gpu(req.gpu)
+    model, gpu = _model(req.model), get_gpu(req.gpu)
     if not req.cross_build:
         check_target_matches(gpu, detect_gpus())
 
-    _say(f"[1/6] plan: {req.model} on {req.gpu}")
+    _say(f"[1/6] plan: {model.name} on {req.gpu}")
     p = make_plan(req)
     if p.verdict == INCOMPATIBLE:
         raise BuildError("the plan is incompatible: " + "; ".join(p.reasons), exit_code=3)
@@ -139,6 +144,7 @@ def build(req: BuildRequest) -> Path:
             (engine / "llm_api_options.yaml").write_text(
                 "# TensorRT-LLM LLM-API options for this engine (trtllm-serve --extra_llm_api_options)\n"
                 + yaml.safe_dump(options, sort_keys=False))
+        trt = write_tensorrt_dir(engine, network, gpu, p)
         _say("[5/6] validate")
         validated = validate_after_build(engine, gpu, installed_at=out)
         _say("[6/6] manifest, Triton model repository, install")
@@ -148,7 +154,7 @@ def build(req: BuildRequest) -> Path:
             "tp": p.tp, "ep": p.ep, "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size,
             "inputs": {"checkpoint": str(src.resolve()), "sha256": inputs["sources"], "calib_file": req.calib_file},
             "tools": inputs["tools"], "plan": p.to_dict(), "network_plugins": list(network.plugins),
-            "build_seconds": round(time.perf_counter() - t0, 3), "validated_on": validated,
+            "build_seconds": round(time.perf_counter() - t0, 3), "validated_on": validated, "tensorrt": trt,
         })
         write_triton_repo(engine)
         install_dir(engine, out)
@@ -206,6 +212,13 @@ def write_network(engine: Path, model, quant: str):
         network = network_from_checkpoint(ck, quant=quant)
     network.save(engine / "network.json")
     return network
+
+
+def write_tensorrt_dir(engine: Path, network, gpu, p: Plan) -> dict:
+    """engine/tensorrt/: the ONNX graph, and the TensorRT plan where this machine can build it; returns
+    engine.json's "tensorrt" section."""
+    from builder.tensorrt.engine_dir import write_tensorrt
+    return write_tensorrt(engine, network, gpu.sm, p.max_batch_size, p.max_seq_len)
 
 
 def validate_after_build(engine: Path, gpu, installed_at: Path) -> list[dict]:
