@@ -134,8 +134,8 @@ def _plain_expert(g: Graph, x: str, idx: str, linears, weights: WeightSource) ->
 
 
 # quant format -> emitter. Keys are spec.registry.quant_formats names. Quantized formats keep their weights
-# quantized in the graph (FP4/FP8 initializers, Q/DQ; experts as gatherable packed words): plugins/onnx/quant.py.
-from plugins.onnx.quant import quant_expert, quant_linear  # noqa: E402  (quant imports this module lazily)
+# quantized in the graph (FP4/FP8 initializers and Q/DQ, experts sorted by expert): plugins/onnx/quant.py.
+from plugins.onnx.quant import quant_expert, quant_linear  # noqa: E402
 
 LINEAR_EMITTERS: dict[str, Callable] = {
     "bf16": _plain_linear,

@@ -16,15 +16,13 @@ Per format (spec.registry.quant_formats names), for a linear y = act(x) @ deq(W)
 Every DequantizeLinear here outputs fp32 (its scale's type); a Cast follows when the graph runs in
 fp16/bf16, as in ModelOpt's graphs. Values are bit-identical to numerics' dequantize.
 
-Experts (gatherable): TensorRT accepts FP4/FP8 tensors only as inputs of DequantizeLinear (or
-reshape/concat): a Gather of an FP4 initializer fails to build ("has datatype FP4 but is not consumed
-by ... IDequantizeLayer"), and Gather after a DequantizeLinear of all experts would dequantize all of
-them. So expert weights are stored as their raw bytes packed four to an int32 word (UINT8 initializers
-are widened to INT32 by the parser, four times the memory): Gather(words, expert index) reads only the
-selected experts' bytes, then integer Mod/Div split the words into bytes, a 256-entry table turns each
-byte into its two e2m1 values (or one e4m3 value), and the block scales (bytes too) multiply in. Same
-values, bit for bit; 4.5 bits per NVFP4 weight read, only for the top-k experts. These expert GEMMs run
-in the graph's float dtype (their activations still through the W4A4 quantize when the format has one).
+Experts: TensorRT accepts FP4/FP8 tensors only as inputs of DequantizeLinear (or reshape/concat): a
+Gather of an FP4 initializer by expert index fails to build ("has datatype FP4 but is not consumed by
+... IDequantizeLayer"), and a Gather after dequantizing all experts would read all of them. So the
+(token, slot) pairs are sorted by expert with standard ops (TensorRT-RTX has no NonZero) and every
+expert runs one GEMM on its own rows, with its weights in the pattern above: FP4 GEMMs, and an expert
+no token chose runs zero rows and reads nothing. Same values as the reference runtime, bit for bit
+before the GEMM's float accumulation.
 
 Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_EMITTERS (`quant_linear`, `quant_expert`).
 Large quantized initializers are written lazily like the exporter's other weights (one tensor at a time).
@@ -35,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from numerics.fp8 import E4M3_VALUES, FP8Tensor
-from numerics.mxfp4 import FP4_PAIR_VALUES, MXFP4Weight
+from numerics.fp8 import FP8Tensor
+from numerics.mxfp4 import MXFP4Weight
 from numerics.nvfp4 import BLOCK as NV_BLOCK
 from numerics.nvfp4 import NVFP4Tensor
 from spec.canonical import input_scale_name
@@ -205,68 +203,6 @@ def emit_dequantized_weight(g, weight, quant: str, name: str, dtype: int = FLOAT
     return emit_weight(g, check(weight, name), name, dtype)
 
 
-# -- gatherable expert weights -------------------------------------------------------------------------------
-_BYTE_SHIFTS = np.array([1, 1 << 8, 1 << 16, 1 << 24], dtype=np.int32)
-
-
-def pack_words(b: np.ndarray) -> np.ndarray:
-    """uint8 [..., n] -> int32 [..., ceil(n/4)], four bytes per word, little-endian (zero padded)."""
-    b = np.ascontiguousarray(b, dtype=np.uint8)
-    pad = (-b.shape[-1]) % 4
-    if pad:
-        b = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,), np.uint8)], axis=-1)
-    return b.view("<i4").astype(np.int32)
-
-
-def _reshape_tail(g, x: str, like: str, drop: int, tail: list[int]) -> str:
-    """Reshape x to like.shape[:-drop] + tail (the leading dims are dynamic: the index's shape)."""
-    lead = g.op("Shape", like, end=-drop)
-    return g.op("Reshape", x, g.op("Concat", lead, g.ints(tail), axis=0))
-
-
-def _gathered_bytes(g, byte_array: np.ndarray, index: str, name: str) -> str:
-    """uint8 [E, rows, n] stored as int32 words -> the selected experts' bytes, int32 [*index, rows, n].
-    Words split into bytes with floor Mod and exact Div (w - w mod d is a multiple of d), so negative words
-    (top byte >= 128) split correctly whether a backend's integer division truncates or floors."""
-    n_bytes = byte_array.shape[-1]
-    n_words = -(-n_bytes // 4)
-    table = _lazy(g, f"{name}.words", TensorProto.INT32, byte_array.shape[:-1] + (n_words,),
-                  lambda: pack_words(byte_array).tobytes())
-    picked = g.op("Gather", table, index, axis=0, name=f"{name}.gather")            # [*I, rows, W]
-    u = g.op("Unsqueeze", picked, g.ints([-1]))
-    d = g.const(_BYTE_SHIFTS, f"{name}.byte_shift")
-    low = g.op("Mod", u, d, fmod=0)
-    byte = g.op("Mod", g.op("Div", g.op("Sub", u, low), d), g.const(np.array(256, np.int32), "c256"), fmod=0)
-    flat = _reshape_tail(g, byte, picked, 1, [n_words * 4])                          # [*I, rows, 4W]
-    if n_words * 4 != n_bytes:
-        flat = g.op("Slice", flat, g.ints([0]), g.ints([n_bytes]), g.ints([-1]))
-    return flat
-
-
-def emit_gathered_expert_weights(g, weight, quant: str, name: str, index: str, dtype: int = FLOAT) -> str:
-    """Experts' weight [E, out, in] -> the selected ones, dequantized: [*index.shape, out, in].
-    Only the selected experts' bytes are read (see the module docstring)."""
-    check, _, _ = _format(quant, name)
-    w = check(weight, name)
-    if len(w.shape) != 3:
-        raise QuantGraphError(f"{name}: expert weights must be [experts, out, in], got shape {w.shape}")
-    _, out_f, in_f = w.shape
-    if isinstance(w, NVFP4Tensor):
-        code_bytes = _gathered_bytes(g, w.packed, index, f"{name}.codes")            # [*I, out, in/2]
-        pairs = g.op("Gather", g.const(FP4_PAIR_VALUES.astype(np.float32), "e2m1_pairs"), code_bytes, axis=0)
-        values = _reshape_tail(g, pairs, code_bytes, 2, [out_f, in_f // NV_BLOCK, NV_BLOCK])
-        s_bytes = _gathered_bytes(g, w.block_scale.view(np.uint8), index, f"{name}.scales")
-        s = g.op("Gather", g.const(E4M3_VALUES, "e4m3_values"), s_bytes, axis=0)
-        s = g.op("Mul", s, _f32(g, w.global_scale, f"{name}.global_scale"))
-        deq = g.op("Mul", values, g.op("Unsqueeze", s, g.ints([-1])), name=f"{name}.dequant")
-        deq = _reshape_tail(g, deq, code_bytes, 2, [out_f, in_f])
-    else:
-        data = _gathered_bytes(g, w.data.view(np.uint8), index, f"{name}.codes")
-        vals = g.op("Gather", g.const(E4M3_VALUES, "e4m3_values"), data, axis=0)
-        deq = g.op("Mul", vals, _f32(g, w.scale, f"{name}.scale"), name=f"{name}.dequant")
-    return _cast(g, deq, dtype)
-
-
 # -- the emitters plugins.onnx.linear dispatches to ----------------------------------------------------------
 def _input_scale(linears, weights):
     names = [input_scale_name(lin.weight) for lin in linears]
@@ -287,18 +223,70 @@ def quant_linear(g, x: str, linears, weights) -> str:
     return gemm(g, xq, w, b, linears[0].in_features, sum(lin.out_features for lin in linears))
 
 
+# -- experts: (token, slot) pairs sorted by expert ----------------------------------------------------------
+def _expert_slice(w, e: int, name: str):
+    """Expert e's [out, in] weight of a quantized [E, out, in] one (the global scale stays shared)."""
+    if isinstance(w, NVFP4Tensor):
+        return NVFP4Tensor(w.packed[e], w.block_scale[e], w.global_scale, tuple(w.shape[1:]))
+    return FP8Tensor(w.data[e], w.scale)
+
+
+def _sort_pairs_by_expert(g, idx: str, E: int, tag: str):
+    """idx [N, k] -> (starts [E], ends [E], order [M], dest [M]) over the M = N*k (token, slot) pairs:
+    `order` lists the pairs expert by expert (expert e's are order[starts[e]:ends[e]]) and dest[p] is pair
+    p's place in that list. Standard ops only (TensorRT-RTX has no NonZero): one-hot, CumSum, ScatterND."""
+    flat = g.op("Reshape", idx, g.ints([-1]), name=f"{tag}.pairs")                 # [M] expert of each pair
+    onehot = g.op("Cast", g.op("Equal", g.op("Unsqueeze", flat, g.ints([1])), g.ints(list(range(E)))),
+                  to=TensorProto.INT64)                                             # [M, E]
+    counts = g.op("ReduceSum", onehot, g.ints([0]), keepdims=0)                      # [E]
+    ends = g.op("CumSum", counts, g.ints(0))
+    starts = g.op("Sub", ends, counts)
+    rank = g.op("Sub", g.op("ReduceSum", g.op("Mul", g.op("CumSum", onehot, g.ints(0)), onehot), g.ints([1]),
+                            keepdims=0), g.ints(1))                                 # [M] rank within its expert
+    dest = g.op("Add", g.op("Gather", starts, flat, axis=0), rank, name=f"{tag}.dest")
+    m = g.op("Shape", flat)
+    arange = g.op("Range", g.ints(0), g.op("Squeeze", m, g.ints([0])), g.ints(1))
+    order = g.op("ScatterND", g.op("ConstantOfShape", m, value=_int64_zero()), g.op("Unsqueeze", dest, g.ints([-1])),
+                 arange, name=f"{tag}.order")
+    return starts, ends, order, dest
+
+
+def _int64_zero():
+    from onnx import helper
+    return helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+
+
 def quant_expert(g, x: str, idx: str, linears, weights) -> str:
-    """x [N, 1|k, in], idx [N, k] -> [N, k, out]: the k experts' quantized weights gathered, dequantized,
-    applied as mat-vecs (x through the format's activation quantizer first)."""
-    from plugins.onnx.linear import dense_bias
+    """x [N, 1|k, in], idx [N, k] -> [N, k, out]. The (token, slot) pairs are sorted by expert; each expert
+    runs one GEMM on its own pairs' inputs with its quantized weights in the format's pattern
+    (FLOAT4E2M1 / FLOAT8E4M3FN initializers and Q/DQ: what TensorRT turns into FP4/FP8 GEMMs); the
+    results, in sorted order, are gathered back to their pairs. An expert no token chose runs a GEMM of
+    zero rows: its weights are not read."""
     quant, first = linears[0].quant, linears[0].weight
+    check, emit_weight, emit_act = _format(quant, first)
     E, n_in = linears[0].num_experts, linears[0].in_features
+    outs = [lin.out_features for lin in linears]
     for lin in linears:
         weights.check(lin.weight, (E, lin.out_features, n_in))
-    xq = emit_activation_quant(g, x, quant, _input_scale(linears, weights), first, g.elem)
-    ws = [emit_gathered_expert_weights(g, weights.value(lin.weight), quant, lin.weight, idx, g.elem)
-          for lin in linears]
-    w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=-2)                      # [N, k, out, in]
-    y = g.op("Squeeze", g.op("MatMul", w, g.op("Unsqueeze", xq, g.ints([-1]))), g.ints([-1]))
+    values = [check(weights.value(lin.weight), lin.weight) for lin in linears]
+    in_scale = _input_scale(linears, weights)
+    lead = g.op("Shape", idx)                                                        # [N, k]
+    x_flat = g.op("Reshape", g.op("Expand", x, g.op("Concat", lead, g.ints([n_in]), axis=0)), g.ints([-1, n_in]))
+    starts, ends, order, dest = _sort_pairs_by_expert(g, idx, E, first)
+    results = []
+    for e in range(E):
+        tag = f"{first}.expert{e}"
+        rows = g.op("Slice", order, g.op("Slice", starts, g.ints([e]), g.ints([e + 1])),
+                    g.op("Slice", ends, g.ints([e]), g.ints([e + 1])), g.ints([0]), name=f"{tag}.rows")
+        xq = emit_act(g, g.op("Gather", x_flat, rows, axis=0), in_scale, tag, g.elem)   # [m_e, in]
+        ys = []
+        for lin, v in zip(linears, values):
+            w = emit_weight(g, _expert_slice(v, e, lin.weight), f"{lin.weight}.expert{e}", g.elem)
+            ys.append(g.op("Gemm", xq, w, transB=1, name=f"{lin.weight}.expert{e}.gemm"))
+        results.append(ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1))
+    y_sorted = g.op("Concat", *results, axis=0)                                     # [M, out], by expert
+    y = g.op("Reshape", g.op("Gather", y_sorted, dest, axis=0),
+             g.op("Concat", lead, g.ints([sum(outs)]), axis=0), name=f"{first}.experts_out")
+    from plugins.onnx.linear import dense_bias
     b = dense_bias(g, linears, weights, lead=(E,))
     return y if b is None else g.op("Add", y, g.op("Gather", b, idx, axis=0))

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_23
 
 from plugins.onnx.quant import TRT_DOMAIN
 
@@ -34,6 +35,10 @@ class TRT_FP4DynamicQuantize(OpRun):
             raise NotImplementedError(f"TRT_FP4DynamicQuantize: only axis=-1, block_size={BLOCK}, FLOAT8E4M3FN "
                                       f"scales are implemented on the CPU (got axis={axis}, block_size="
                                       f"{block_size}, scale_type={scale_type})")
+        x = np.asarray(x)
+        if x.size == 0:  # an expert no token chose: zero rows
+            sf_shape = x.shape[:-1] + (x.shape[-1] // block_size,) if x.ndim else (0,)
+            return np.zeros(x.shape, ml_dtypes.float4_e2m1fn), np.zeros(sf_shape, ml_dtypes.float8_e4m3fn)
         codes, sf8 = quantize_nvfp4_activations(np.asarray(x, dtype=np.float32), np.float32(global_scale))
         return _fp4(codes), sf8
 
@@ -44,7 +49,25 @@ def _fp4(codes: np.ndarray) -> np.ndarray:
     return FP4_VALUES[codes].astype(ml_dtypes.float4_e2m1fn)
 
 
-CUSTOM_OPS = [TRT_FP4DynamicQuantize]
+class DequantizeLinear(DequantizeLinear_23):
+    """onnx.reference's DequantizeLinear (opset 23), except that an empty input keeps its shape."""
+
+    def _run(self, x, *args, axis=1, block_size=0, output_dtype=None):
+        if np.asarray(x).size == 0:
+            return (np.zeros(np.asarray(x).shape, dtype=np.asarray(args[0]).dtype),)
+        return super()._run(x, *args, axis=axis, block_size=block_size, output_dtype=output_dtype)
+
+
+class Gather(OpRun):
+    """onnx.reference's Gather returns shape (0,) for empty indices; numpy's take keeps the right shape."""
+
+    def _run(self, x, indices, axis=0):
+        return (np.take(np.asarray(x), np.asarray(indices, dtype=np.int64), axis=axis),)
+
+
+# Registered with onnx.reference: TensorRT's op, and two standard ops whose reference implementations lose the
+# shape of empty tensors (the rows of an expert no token chose).
+CUSTOM_OPS = [TRT_FP4DynamicQuantize, DequantizeLinear, Gather]
 
 
 def reference_evaluator(model, **kw):
