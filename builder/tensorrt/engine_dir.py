@@ -74,7 +74,7 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
 def _build_here(engine: Path, out: Path, section: dict, sm: int, lim) -> dict:
     from builder.tensorrt.plan import build_plan
     try:
-        import tensorrt_rtx  # noqa: F401
+        import tensorrt_rtx  # noqa: F401  (is the builder installed?)
     except ImportError:
         section["note"] = ("no plan: tensorrt_rtx is not installed (./tools/bootstrap.sh installs it, or "
                            "pip install '.[tensorrt-rtx]'); the ONNX graph is there")
@@ -113,3 +113,75 @@ def export_graph(engine: Path, network, path: Path):
     _say(f"      tensorrt: {path.name} ({saved.weight_bytes / 2**20:.1f} MiB of weights, "
          f"{time.perf_counter() - t0:.1f} s)")
     return saved
+
+
+# -- on a GPU box: `build-engine --validate DIR` ------------------------------------------------------------
+SMOKE_PROMPT_IDS = (1, 2, 3)
+SMOKE_TOKENS = 16
+
+
+def validate_tensorrt(engine: Path, present_sms: list[int]) -> dict | None:
+    """On a GPU of the engine's SM: build the plan with standard TensorRT where this engine's builder is
+    'tensorrt' (SM90/100/103) and none exists yet, then greedy-generate with the TensorRT executor and
+    compare with the reference smoke run. Updates engine.json's "tensorrt" section (ran_on_gpu only when
+    tokens came out) and returns a validated_on record; None when the engine has no TensorRT graph or this
+    machine has no GPU of its SM. Written against the TensorRT Python API; never run in this project."""
+    from builder.engine import manifest
+    m = manifest.read(engine)
+    t = m.get("tensorrt") or {}
+    sm = t.get("sm")
+    if not t.get("onnx") or sm is None or sm not in present_sms:
+        return None
+    record = {"runtime": f"tensorrt plan ({t.get('builder')})", "device": f"SM {sm}", "ok": False}
+    try:
+        if t.get("plan") is None and t.get("builder") == TENSORRT:
+            from builder.tensorrt.plan import UNVALIDATED_GPU_BUILD, Limits, build_plan
+            _say(f"tensorrt: building the SM {sm} plan with standard TensorRT ({UNVALIDATED_GPU_BUILD})")
+            result = build_plan(engine / t["onnx"], engine / TENSORRT_DIR / plan_file(sm), TENSORRT, sm,
+                                Limits(**t["limits"]))
+            t.update(plan=f"{TENSORRT_DIR}/{plan_file(sm)}", plan_sha256=sha256_of(result.plan),
+                     builder_version=result.builder_version, plan_bytes=result.plan_bytes,
+                     note=f"built on this SM {sm} GPU by standard TensorRT {result.builder_version}")
+        if t.get("plan") is None:
+            record["note"] = f"no plan to run: {t.get('note', 'none was built')}"
+        else:
+            record.update(_run_plan(engine, t))
+            t["ran_on_gpu"] = bool(record["ok"])
+    except Exception as e:  # the GPU path has not been validated: report, do not crash the validation
+        record["note"] = f"{type(e).__name__}: {e}"
+    m["tensorrt"] = t
+    manifest.write(engine, m)
+    return record
+
+
+def _run_plan(engine: Path, t: dict) -> dict:
+    from runtime.tensorrt_executor import UNVALIDATED, TensorRTExecutor
+    import torch
+    from spec.network import Network
+    module = "tensorrt_rtx" if t["builder"] == RTX else "tensorrt"
+    ex = TensorRTExecutor(engine / t["plan"], Network.load(engine / "network.json"), module=module)
+    cache = ex.new_cache(1)
+    ids = list(SMOKE_PROMPT_IDS)
+    pos = list(range(len(ids)))
+    out = []
+    t0 = time.perf_counter()
+    for _ in range(SMOKE_TOKENS):
+        logits = ex.forward(torch.tensor([ids]), torch.tensor([pos]), cache)
+        out.append(int(logits[0].argmax()))
+        ids, pos = [out[-1]], [pos[-1] + 1]
+    seconds = time.perf_counter() - t0
+    ref = _reference_tokens(engine)
+    return {"ok": len(out) == SMOKE_TOKENS, "prompt_ids": list(SMOKE_PROMPT_IDS), "output_ids": out,
+            "tokens_per_s": round(SMOKE_TOKENS / seconds, 2), "matches_reference": ref == out if ref else None,
+            "note": UNVALIDATED}
+
+
+def _reference_tokens(engine: Path) -> list[int] | None:
+    from runtime import Runtime, SamplingParams
+    try:
+        rt = Runtime.from_dir(engine)
+        [r] = rt.generate([list(SMOKE_PROMPT_IDS)], SamplingParams(max_tokens=SMOKE_TOKENS, temperature=0.0,
+                                                                  stop_token_ids=()))
+        return list(r.output_ids)
+    except MemoryError:
+        return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from plugins.onnx.graph import Graph
+from plugins.onnx.quant import quant_expert, quant_linear
 from plugins.onnx.weights import WeightSource
 
 
@@ -135,7 +136,6 @@ def _plain_expert(g: Graph, x: str, idx: str, linears, weights: WeightSource) ->
 
 # quant format -> emitter. Keys are spec.registry.quant_formats names. Quantized formats keep their weights
 # quantized in the graph (FP4/FP8 initializers and Q/DQ, experts sorted by expert): plugins/onnx/quant.py.
-from plugins.onnx.quant import quant_expert, quant_linear  # noqa: E402
 
 LINEAR_EMITTERS: dict[str, Callable] = {
     "bf16": _plain_linear,

@@ -24,7 +24,8 @@ expert runs one GEMM on its own rows, with its weights in the pattern above: FP4
 no token chose runs zero rows and reads nothing. Same values as the reference runtime, bit for bit
 before the GEMM's float accumulation.
 
-Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_EMITTERS (`quant_linear`, `quant_expert`).
+Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_EMITTERS (`quant_linear`, `quant_expert`); this
+module does not import that one.
 Large quantized initializers are written lazily like the exporter's other weights (one tensor at a time).
 """
 
@@ -210,17 +211,39 @@ def _input_scale(linears, weights):
     return max(float(v.max()) for v in found) if found else None
 
 
+def _bias(g, linears, weights, lead: tuple[int, ...] = ()) -> str | None:
+    """The linears' biases side by side, [*lead, sum(out)], in the graph dtype (None if they have none)."""
+    if all(lin.bias is None for lin in linears):
+        return None
+    if any(lin.bias is None for lin in linears):
+        raise QuantGraphError(f"linears {[lin.weight for lin in linears]}: some have a bias and some not")
+    import torch
+    for lin in linears:
+        weights.check(lin.bias, lead + (lin.out_features,))
+
+    def chunks():
+        yield torch.cat([torch.as_tensor(weights.value(lin.bias)).float() for lin in linears], dim=-1)
+    return g.weight("+".join(lin.bias for lin in linears), lead + (sum(lin.out_features for lin in linears),),
+                    chunks)
+
+
+def _gemm(g, x: str, w: str, b: str | None, n_in: int, n_out: int) -> str:
+    """x [..., in] @ w[out, in].T + b -> [..., out] as one 2-D Gemm (the pattern TensorRT fuses with DQ)."""
+    lead = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([-1]))
+    y2 = g.op("Gemm", g.op("Reshape", x, g.ints([-1, n_in])), w, *([b] if b is not None else []), transB=1)
+    return g.op("Reshape", y2, g.op("Concat", lead, g.ints([n_out]), axis=0))
+
+
 def quant_linear(g, x: str, linears, weights) -> str:
     """act(x) @ deq(W).T + b for one or several linears of one quantized format (outputs concatenated)."""
-    from plugins.onnx.linear import dense_bias, gemm
     quant, first = linears[0].quant, linears[0].weight
     for lin in linears:
         weights.check(lin.weight, (lin.out_features, lin.in_features))
     xq = emit_activation_quant(g, x, quant, _input_scale(linears, weights), first, g.elem)
     ws = [emit_dequantized_weight(g, weights.value(lin.weight), quant, lin.weight, g.elem) for lin in linears]
     w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=0)
-    b = dense_bias(g, linears, weights)
-    return gemm(g, xq, w, b, linears[0].in_features, sum(lin.out_features for lin in linears))
+    return _gemm(g, xq, w, _bias(g, linears, weights), linears[0].in_features,
+                 sum(lin.out_features for lin in linears))
 
 
 # -- experts: (token, slot) pairs sorted by expert ----------------------------------------------------------
@@ -287,6 +310,5 @@ def quant_expert(g, x: str, idx: str, linears, weights) -> str:
     y_sorted = g.op("Concat", *results, axis=0)                                     # [M, out], by expert
     y = g.op("Reshape", g.op("Gather", y_sorted, dest, axis=0),
              g.op("Concat", lead, g.ints([sum(outs)]), axis=0), name=f"{first}.experts_out")
-    from plugins.onnx.linear import dense_bias
-    b = dense_bias(g, linears, weights, lead=(E,))
+    b = _bias(g, linears, weights, lead=(E,))
     return y if b is None else g.op("Add", y, g.op("Gather", b, idx, axis=0))
