@@ -141,10 +141,18 @@ def test_missing_builder_gives_graph_without_plan(engines, tmp_path, monkeypatch
     assert not list((engine / "tensorrt").glob("*.plan"))
 
 
-def test_hopper_target_gets_graph_and_gpu_build_instructions(tmp_path):
+def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_instructions(engines, tmp_path):
+    import shutil
+    from builder.tensorrt.engine_dir import write_tensorrt
     from builder.tensorrt.targets import builder_for
+    from spec.network import Network
     assert [builder_for(sm) for sm in (75, 80, 86, 89, 120, 121, 90, 100, 103, None)] == \
         ["tensorrt-rtx"] * 6 + ["tensorrt"] * 3 + [None]
+    engine = tmp_path / "e"
+    shutil.copytree(engines["rtx-5090"], engine)
+    t = write_tensorrt(engine, Network.load(engine / "network.json"), 100, 4, 256)
+    assert (t["builder"], t["plan"], t["builder_version"], t["ran_on_gpu"]) == ("tensorrt", None, None, False)
+    assert "build-engine --validate" in t["note"] and (engine / t["onnx"]).is_file()
 
 
 def test_model_read_from_checkpoint_when_not_given(tmp_path):
