@@ -1,8 +1,12 @@
 """run-engine DIR (--prompt TEXT | --input-ids 1,2,3) [--max-tokens N] [--temperature T] [--seed S]
-[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json]
+[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json] [--executor {auto,onnxruntime,reference}]
 
 DIR is an engine directory (network.json + checkpoint) or any checkpoint folder the converter reads.
 --logits-out saves the float32 logits of every prompt position, shape [prompt_len, vocab].
+--executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), or the torch reference runtime
+(any dtype; every quant format it emulates). auto (default): onnxruntime, the faster on CPU
+(benchmarks/bench_executors.py), when it runs the engine exactly (float32, unquantized or weight-only formats),
+else reference.
 --json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer)}.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -40,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits-out", help="save float32 prompt logits [prompt_len, vocab] to this .npy file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    from runtime.executors import DEFAULT_EXECUTOR, EXECUTORS
+    p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
+                   help="what runs the network (default auto: onnxruntime, the fastest on CPU, when it runs this "
+                        "engine exactly, else reference)")
+    p.add_argument("--onnx", help="with --executor onnxruntime: run this fp32 ONNX graph (e.g. one under the "
+                   "engine's tensorrt/; FP4 weights and TRT_FP4DynamicQuantize are rewritten for the CPU) "
+                   "instead of exporting the network")
     return p
 
 
@@ -50,13 +62,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from checkpoint.errors import CheckpointError
     from spec.network import NetworkError
-    from runtime.engine import Runtime, RuntimeLoadError
+    from runtime.engine import RuntimeLoadError
+    from runtime.executors import load_runtime
     from runtime.model import WeightError
     from runtime.sampling import SamplingParams
     from plugins.reference.linear import UnsupportedQuantError
 
     try:
-        rt = Runtime.from_dir(args.dir, dtype=getattr(torch, args.dtype))
+        if args.executor == "onnxruntime" and args.dtype != "float32":
+            raise RuntimeLoadError(f"--executor onnxruntime runs float32 graphs on CPU; got --dtype {args.dtype} "
+                                   f"(use --executor reference for bfloat16)")
+        if args.onnx is not None and not Path(args.onnx).is_file():
+            raise RuntimeLoadError(f"--onnx {args.onnx}: no such file")
+        rt = load_runtime(args.dir, args.executor, dtype=getattr(torch, args.dtype), onnx_path=args.onnx)
         if args.prompt is not None:
             if rt.tokenizer is None:
                 raise RuntimeLoadError(f"{args.dir}: --prompt needs a tokenizer.json in the directory; "
@@ -69,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                 stop_token_ids=None if args.stop_ids is None else tuple(args.stop_ids),
                                 prompt_logits=bool(args.logits_out))
         [res] = rt.generate([ids], params)
-    except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError) as e:
+    except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError,
+            NotImplementedError) as e:
         print(f"run-engine: error: {e}", file=sys.stderr)
         return 2
     if args.logits_out:

@@ -53,10 +53,14 @@ def load_tokenizer(*folders: Path):
 
 
 class Runtime:
-    def __init__(self, network: Network, tensors: Mapping[str, object], tokenizer=None,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", source: str = ""):
+    """Generation over an executor: the reference model by default, or any runtime.executors.Executor."""
+
+    def __init__(self, network: Network, tensors: Mapping[str, object] | None, tokenizer=None,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", source: str = "",
+                 executor=None):
         self.network = network
-        self.model = ReferenceModel(network, tensors, dtype=dtype, device=device)
+        self.model = executor if executor is not None else ReferenceModel(network, tensors, dtype=dtype,
+                                                                          device=device)
         self.tokenizer = tokenizer
         self.source = source
 

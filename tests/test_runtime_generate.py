@@ -122,7 +122,7 @@ def test_cli_json_and_logits_out(rt, tmp_path, capsys):
     folder = hf_model(KEY)[1]
     ids = prompt(KEY, 13, seed=8)
     rc, out, _ = _cli([str(folder), "--input-ids", ",".join(map(str, ids)), "--max-tokens", "5",
-                       "--logits-out", str(tmp_path / "l.npy"), "--json"], capsys)
+                       "--logits-out", str(tmp_path / "l.npy"), "--json", "--executor", "reference"], capsys)
     assert rc == 0
     data = json.loads(out)
     expect = rt.generate([ids], SamplingParams(max_tokens=5))[0]

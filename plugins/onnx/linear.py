@@ -122,7 +122,7 @@ def gathered_matvec(g: Graph, x: str, idx: str, w_all: str, b_all: str | None) -
     """x [N, 1|k, in], idx [N, k], w_all [E, out, in], b_all [E, out] -> [N, k, out]: each token's k experts,
     their weights gathered ([N, k, out, in]) and applied as mat-vecs."""
     w = g.op("Gather", w_all, idx, axis=0, name="gather_experts")
-    y = g.op("Squeeze", g.op("MatMul", w, g.op("Unsqueeze", x, g.ints([-1]))), g.ints([-1]))
+    y = g.op("Squeeze", g.op("MatMul", w, g.op("Unsqueeze", x, g.ints([-1])), name="expert_matvec"), g.ints([-1]))
     if b_all is not None:
         y = g.op("Add", y, g.op("Gather", b_all, idx, axis=0))
     return y

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from onnx import TensorProto
+
 from spec.network import DenseMLP, MoE
 from plugins.onnx.graph import Graph
 from plugins.onnx.linear import emit_expert_linear, emit_linear
@@ -35,9 +37,13 @@ def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource, *, router_bias: bo
     x = g.op("Reshape", h, g.ints([-1, H]))                                     # [N, H]
     router = m.router if router_bias else dataclasses.replace(m.router, bias=None)
     logits = emit_linear(g, x, router, weights)                                 # [N, E]
+    if g.dtype != "float32":          # routing in fp32 (TopK takes no bf16 before opset 24)
+        logits = g.op("Cast", logits, to=TensorProto.FLOAT)
     top_vals, top_idx = g.op("TopK", logits, g.ints([m.top_k]), axis=-1, largest=1, sorted=1, outputs=2,
                              name="router_topk")
     route_w = g.op("Softmax", top_vals, axis=-1, name="route_weights")          # softmax over the k
+    if g.dtype != "float32":
+        route_w = g.op("Cast", route_w, to=g.elem)
     gate_up = emit_expert_linear(g, g.op("Unsqueeze", x, g.ints([1])), top_idx, (m.gate, m.up), weights)
     act = emit_clamped_swiglu(g, gate_up, inter, m.swiglu_alpha, m.swiglu_limit if clamp else None)
     y = emit_expert_linear(g, act, top_idx, m.down, weights)                    # [N, k, H]

@@ -1,0 +1,53 @@
+"""Executors behind one step interface (runtime.executors.base.Executor), loaded by name.
+
+    rt = load_runtime("engines/tiny-cpu", executor="onnxruntime")   # a runtime.engine.Runtime
+    rt.generate([[1, 2, 3]], SamplingParams(max_tokens=8))
+
+"reference": the torch reference runtime (runtime.model.ReferenceModel, any dtype and quant format it emulates).
+"onnxruntime": the network exported to an fp32 ONNX graph (plugins.onnx) run by ONNX Runtime on CPU.
+"auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
+engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS); otherwise reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime.executors.base import Executor  # noqa: F401
+
+DEFAULT_EXECUTOR = "auto"
+
+
+def _reference(path: Path, dtype):
+    from runtime.engine import Runtime
+    return Runtime.from_dir(path, dtype=dtype)
+
+
+def _onnxruntime(path: Path, dtype, onnx_path=None):
+    from runtime.executors.onnxruntime import load_onnxruntime
+    return load_onnxruntime(path, dtype, onnx_path=onnx_path)
+
+
+def _auto(path: Path, dtype):
+    import torch
+    from runtime.executors.onnxruntime import cpu_can_run
+    if dtype == torch.float32 and cpu_can_run(path):
+        return _onnxruntime(path, dtype)
+    return _reference(path, dtype)
+
+
+EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime}
+
+
+def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None):
+    """An engine directory or checkpoint folder -> runtime.engine.Runtime driving the named executor.
+    onnx_path: (onnxruntime only) run this fp32 graph instead of exporting one; FP4 graphs are rewritten
+    (runtime.executors.fp4_rewrite)."""
+    import torch
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if onnx_path is not None:
+        if executor not in ("onnxruntime", "auto"):
+            raise ValueError(f"an ONNX graph ({onnx_path}) runs with executor 'onnxruntime', not {executor!r}")
+        return _onnxruntime(Path(path), dtype or torch.float32, onnx_path)
+    return EXECUTORS[executor](Path(path), dtype or torch.float32)

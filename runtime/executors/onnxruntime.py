@@ -1,0 +1,165 @@
+"""ONNX Runtime (CPU) executing the graph plugins.onnx exports from the network definition.
+
+The executor's cache is the graph's own cache tensors (plugins/onnx/attention.py): `present_*` outputs
+become the next call's `past_*` inputs. Prompts may come right-padded (the reference runtime's convention);
+rows are rolled to left padding before the call and the logits rolled back, because a sliding layer keeps
+the last `window` rows it is given.
+
+Precision: ONNX Runtime's CPU provider has no bf16 GEMMs and no FP4 DequantizeLinear, so this executor runs
+an fp32 graph. Weight-only formats (MXFP4, NVFP4 W4A16) are exported dequantized (exact). Graphs carrying
+FP4 initializers go through runtime.executors.fp4_rewrite first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spec.network import Network
+
+ELEM = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+# Quant formats this executor runs exactly: unquantized, and weight-only formats whose weights dequantize
+# exactly into the fp32 graph. Activation-quantizing formats (FP8, NVFP4 W4A4) need their Q/DQ graph.
+CPU_FORMATS = ("bf16", "mxfp4", "w4a16-nvfp4")
+
+
+@dataclass
+class OrtCache:
+    batch_size: int
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)    # graph input name -> array
+
+
+class OnnxRuntimeExecutor:
+    def __init__(self, network: Network, onnx_path: str | Path, threads: int | None = None, workdir=None):
+        import onnxruntime as ort
+        self.network = network
+        self.device = torch.device("cpu")
+        self.path = Path(onnx_path)
+        self._workdir = workdir                   # a temporary export directory this executor owns
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        from runtime.executors.fp4_rewrite import needs_rewrite, rewrite_fp4
+        import onnx
+        model = onnx.load(str(self.path), load_external_data=False)
+        if needs_rewrite(model):
+            onnx.load_external_data_for_model(model, str(self.path.parent))
+            source = rewrite_fp4(model).SerializeToString()
+        else:
+            source = str(self.path)
+        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        self.cache_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_")]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        for i in self.session.get_inputs():
+            if i.type not in ELEM:
+                raise ValueError(f"{self.path}: input {i.name} is {i.type}; the CPU executor runs fp32 graphs only "
+                                 f"(export with dtype='float32')")
+
+    def close(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __del__(self):
+        self.close()
+
+    # -- the Executor protocol ----------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, capacity: int = 0) -> OrtCache:
+        """Empty cache: full layers 0 rows, sliding layers `window` rows at position -1."""
+        cache = OrtCache(batch_size)
+        for i in self.cache_inputs:
+            shape = [batch_size if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape]
+            dt = ELEM[i.type]
+            cache.tensors[i.name] = np.full(shape, -1, dt) if dt == np.int64 else np.zeros(shape, dt)
+        return cache
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: OrtCache,
+                logits: str = "last") -> torch.Tensor:
+        ids = input_ids.detach().cpu().numpy().astype(np.int64)
+        pos = positions.detach().cpu().numpy().astype(np.int64)
+        B, T = ids.shape
+        if B != cache.batch_size:
+            raise ValueError(f"input has batch {B}, the cache was made for {cache.batch_size}")
+        valid = pos >= 0
+        shift = T - 1 - np.where(valid.any(1), T - 1 - np.argmax(valid[:, ::-1], axis=1), T - 1)
+        if shift.any():                          # right padding -> left padding (roll each row)
+            ids, pos = _roll_rows(ids, shift), _roll_rows(pos, shift)
+        feeds = dict(cache.tensors)
+        feeds["input_ids"] = np.where(pos >= 0, ids, 0)
+        feeds["position_ids"] = pos
+        outs = dict(zip(self.output_names, self.session.run(None, feeds)))
+        for name in cache.tensors:
+            cache.tensors[name] = outs["present_" + name.removeprefix("past_")]
+        out = outs["logits"]                     # [B, T, V], left-padded order
+        if logits == "none":
+            raise ValueError("the onnxruntime executor returns logits only (logits='all' or 'last')")
+        if logits == "last":
+            return torch.from_numpy(np.ascontiguousarray(out[:, -1]))
+        if shift.any():
+            out = _roll_rows(out, -shift)
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def _roll_rows(a: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    T = a.shape[1]
+    idx = (np.arange(T)[None, :] - shift[:, None]) % T
+    return np.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
+
+
+def _network(path: Path, ck) -> Network:
+    from runtime.engine import NETWORK_FILE
+    from spec.network import network_from_checkpoint
+    net_file = path / NETWORK_FILE
+    return Network.load(net_file) if net_file.is_file() else network_from_checkpoint(ck)
+
+
+def cpu_can_run(path: str | Path) -> bool:
+    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats)."""
+    from checkpoint.convert import load_canonical
+    from runtime.engine import find_checkpoint
+    with load_canonical(find_checkpoint(Path(path))) as ck:
+        return set(_network(Path(path), ck).quant_formats()) <= set(CPU_FORMATS)
+
+
+def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
+    """An engine directory or checkpoint folder -> runtime.engine.Runtime over ONNX Runtime. Without
+    onnx_path the network is exported to a temporary fp32 graph (removed when the executor is closed)."""
+    from checkpoint.convert import load_canonical
+    from runtime.engine import Runtime, RuntimeLoadError, _check_agrees, find_checkpoint, load_tokenizer
+    if dtype is not None and dtype != torch.float32:
+        raise RuntimeLoadError(f"the onnxruntime executor runs float32 graphs on CPU (no bf16 GEMMs there); "
+                               f"got dtype {dtype}: use --dtype float32 or --executor reference")
+    path = Path(path)
+    if not path.is_dir():
+        raise RuntimeLoadError(f"{path}: not a directory")
+    ckpt_dir = find_checkpoint(path)
+    workdir = None
+    with load_canonical(ckpt_dir) as ck:
+        network = _network(path, ck)
+        _check_agrees(network, ck.config, path)
+        other = set(network.quant_formats()) - set(CPU_FORMATS)
+        if onnx_path is None and other:
+            raise RuntimeLoadError(f"{path}: the onnxruntime executor runs quant formats {', '.join(CPU_FORMATS)}; "
+                                   f"this engine uses {', '.join(sorted(other))}: use --executor reference")
+        if onnx_path is None:
+            from plugins.onnx.export import export_onnx
+            workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
+            try:
+                onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32").path
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+    ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
+    return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+def _threads() -> int | None:
+    value = os.environ.get("GPTOSS_ORT_THREADS")
+    return int(value) if value else None
