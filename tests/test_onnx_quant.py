@@ -15,7 +15,8 @@ from numerics.nvfp4 import fake_quantize_nvfp4_activations, quantize_nvfp4, quan
 from numerics.mxfp4 import FP4_VALUES
 from plugins.onnx import quant
 from plugins.onnx.graph import Graph
-from plugins.onnx.trt_ops import reference_evaluator, rewrite_fp4_dynamic_quantize
+from plugins.onnx.trt_ops import reference_evaluator
+from runtime.executors.fp4_rewrite import rewrite_fp4
 from plugins.onnx.weights import WeightSource
 from plugins.reference.linear import activation_quantizer, prepare_linear
 from spec.network import ExpertLinear, Linear
@@ -65,7 +66,7 @@ def test_linear_matches_reference_runtime(fmt):
         assert np.abs(got - unquantized_x).max() > 1e-3
 
 
-def test_trt_fp4_dynamic_quantize_on_cpu_matches_numerics_and_ort_rewrite():
+def test_trt_fp4_dynamic_quantize_on_cpu_matches_numerics_and_the_ort_rewrite():
     import onnxruntime as ort
     s = input_scale("nvfp4")
     g = Graph("t")
@@ -75,7 +76,7 @@ def test_trt_fp4_dynamic_quantize_on_cpu_matches_numerics_and_ort_rewrite():
     assert [n.op_type for n in model.graph.node if n.domain == "trt"] == ["TRT_FP4DynamicQuantize"]
     ref = reference_evaluator(model).run(None, {"x": X})[0]
     np.testing.assert_array_equal(ref, fake_quantize_nvfp4_activations(X, s))
-    rewritten = rewrite_fp4_dynamic_quantize(model)
+    rewritten = rewrite_fp4(model)      # the ONNX Runtime executor's standard-op rewrite, an independent implementation
     assert not any(n.domain == "trt" for n in rewritten.graph.node)
     got = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
     np.testing.assert_array_equal(got, ref)

@@ -119,6 +119,12 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
     model = onnx.load(engine / "tensorrt" / "model.onnx")
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
+    # the same graph through ONNX Runtime (its FP4 rewrite): the CPU executor's path
+    r = subprocess.run([str(BIN / "run-engine"), str(engine), "--executor", "onnxruntime", "--onnx",
+                        str(engine / "tensorrt" / "model.onnx"), "--input-ids", ",".join(map(str, prompt)),
+                        "--max-tokens", str(GREEDY_TOKENS), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output_ids"] == list(ref.output_ids)
     # negative control: the same graph with its calibrated activation scales 1000x too small (activations
     # saturate at 6 * 448 * scale) decodes differently
     for t in model.graph.initializer:
