@@ -64,7 +64,7 @@ def _nbytes(elem: int, shape) -> int:
     n = int(np.prod(shape, dtype=np.int64))
     if elem == TensorProto.FLOAT4E2M1:
         return (n + 1) // 2
-    return n * {TensorProto.FLOAT8E4M3FN: 1, TensorProto.INT32: 4, TensorProto.FLOAT: 4}[elem]
+    return n * {TensorProto.FLOAT8E4M3FN: 1, TensorProto.FLOAT: 4}[elem]
 
 
 def _f32(g, value, name: str) -> str:
@@ -127,19 +127,27 @@ def _cast(g, x: str, dtype: int) -> str:
     return x if dtype == FLOAT else g.op("Cast", x, to=dtype)
 
 
-def emit_nvfp4_weight(g, w: NVFP4Tensor, name: str, dtype: int = FLOAT) -> str:
-    """[..., out, in] dequantized: DQ(DQ(e4m3 block scales, global), FLOAT4E2M1 weight; block 16)."""
-    codes = _lazy(g, f"{name}.fp4", TensorProto.FLOAT4E2M1, w.shape, lambda: _bytes(w.packed))
-    s8 = _lazy(g, f"{name}.block_scale", TensorProto.FLOAT8E4M3FN, w.block_scale.shape,
-               lambda: _bytes(w.block_scale))
-    scale = g.op("DequantizeLinear", s8, _f32(g, w.global_scale, f"{name}.global_scale"), name=f"{name}.dq_scale")
+def _f32_bytes(v) -> bytes:
+    return np.asarray(v, dtype=np.float32).reshape(()).tobytes()
+
+
+def emit_nvfp4_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOAT) -> str:
+    """[..., out, in] dequantized: DQ(DQ(e4m3 block scales, global), FLOAT4E2M1 weight; block 16).
+    `get()` returns the NVFP4Tensor; it is called only when the graph is written."""
+    shape = tuple(shape)
+    codes = _lazy(g, f"{name}.fp4", TensorProto.FLOAT4E2M1, shape, lambda: _bytes(get().packed))
+    s8 = _lazy(g, f"{name}.block_scale", TensorProto.FLOAT8E4M3FN, shape[:-1] + (shape[-1] // NV_BLOCK,),
+               lambda: _bytes(get().block_scale))
+    g2 = _lazy(g, f"{name}.global_scale", FLOAT, (), lambda: _f32_bytes(get().global_scale))
+    scale = g.op("DequantizeLinear", s8, g2, name=f"{name}.dq_scale")
     deq = g.op("DequantizeLinear", codes, scale, name=f"{name}.dq", axis=-1, block_size=NV_BLOCK)
     return _cast(g, deq, dtype)
 
 
-def emit_fp8_weight(g, w: FP8Tensor, name: str, dtype: int = FLOAT) -> str:
-    data = _lazy(g, f"{name}.fp8", TensorProto.FLOAT8E4M3FN, w.shape, lambda: _bytes(w.data))
-    return _cast(g, g.op("DequantizeLinear", data, _f32(g, w.scale, f"{name}.scale"), name=f"{name}.dq"), dtype)
+def emit_fp8_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOAT) -> str:
+    data = _lazy(g, f"{name}.fp8", TensorProto.FLOAT8E4M3FN, tuple(shape), lambda: _bytes(get().data))
+    scale = _lazy(g, f"{name}.scale", FLOAT, (), lambda: _f32_bytes(get().scale))
+    return _cast(g, g.op("DequantizeLinear", data, scale, name=f"{name}.dq"), dtype)
 
 
 # -- activations ---------------------------------------------------------------------------------------------
@@ -201,7 +209,24 @@ def emit_activation_quant(g, x: str, quant: str, input_scale, name: str, dtype: 
 def emit_dequantized_weight(g, weight, quant: str, name: str, dtype: int = FLOAT) -> str:
     """The whole weight [..., out, in], dequantized in the graph from its quantized initializers."""
     check, emit_weight, _ = _format(quant, name)
-    return emit_weight(g, check(weight, name), name, dtype)
+    return emit_weight(g, lambda: check(weight, name), tuple(weight.shape), name, dtype)
+
+
+# Whole quantized tensors (an MXFP4 one transcoded) are produced when the graph is written, not when it is
+# built, and only the last few are kept: the writer asks for one expert slice after another, and a graph of
+# a large model never holds more than these in memory.
+KEEP_VALUES = 3
+
+
+def _loader(g, weights, name: str, check):
+    def get():
+        cache = g.__dict__.setdefault("_quant_values", {})
+        if name not in cache:
+            cache[name] = check(weights.value(name), name)
+            while len(cache) > KEEP_VALUES:
+                cache.pop(next(iter(cache)))
+        return cache[name]
+    return get
 
 
 # -- the emitters plugins.onnx.linear dispatches to ----------------------------------------------------------
@@ -239,15 +264,17 @@ def quant_linear(g, x: str, linears, weights) -> str:
     quant, first = linears[0].quant, linears[0].weight
     for lin in linears:
         weights.check(lin.weight, (lin.out_features, lin.in_features))
+    check, emit_weight, _ = _format(quant, first)
     xq = emit_activation_quant(g, x, quant, _input_scale(linears, weights), first, g.elem)
-    ws = [emit_dequantized_weight(g, weights.value(lin.weight), quant, lin.weight, g.elem) for lin in linears]
+    ws = [emit_weight(g, _loader(g, weights, lin.weight, check), (lin.out_features, lin.in_features), lin.weight,
+                      g.elem) for lin in linears]
     w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=0)
     return _gemm(g, xq, w, _bias(g, linears, weights), linears[0].in_features,
                  sum(lin.out_features for lin in linears))
 
 
 # -- experts: (token, slot) pairs sorted by expert ----------------------------------------------------------
-def _expert_slice(w, e: int, name: str):
+def _expert_slice(w, e: int):
     """Expert e's [out, in] weight of a quantized [E, out, in] one (the global scale stays shared)."""
     if isinstance(w, NVFP4Tensor):
         return NVFP4Tensor(w.packed[e], w.block_scale[e], w.global_scale, tuple(w.shape[1:]))
@@ -291,7 +318,7 @@ def quant_expert(g, x: str, idx: str, linears, weights) -> str:
     outs = [lin.out_features for lin in linears]
     for lin in linears:
         weights.check(lin.weight, (E, lin.out_features, n_in))
-    values = [check(weights.value(lin.weight), lin.weight) for lin in linears]
+    loaders = [_loader(g, weights, lin.weight, check) for lin in linears]
     in_scale = _input_scale(linears, weights)
     lead = g.op("Shape", idx)                                                        # [N, k]
     x_flat = g.op("Reshape", g.op("Expand", x, g.op("Concat", lead, g.ints([n_in]), axis=0)), g.ints([-1, n_in]))
@@ -303,8 +330,9 @@ def quant_expert(g, x: str, idx: str, linears, weights) -> str:
                     g.op("Slice", ends, g.ints([e]), g.ints([e + 1])), g.ints([0]), name=f"{tag}.rows")
         xq = emit_act(g, g.op("Gather", x_flat, rows, axis=0), in_scale, tag, g.elem)   # [m_e, in]
         ys = []
-        for lin, v in zip(linears, values):
-            w = emit_weight(g, _expert_slice(v, e, lin.weight), f"{lin.weight}.expert{e}", g.elem)
+        for lin, get in zip(linears, loaders):
+            w = emit_weight(g, lambda get=get, e=e: _expert_slice(get(), e), (lin.out_features, n_in),
+                            f"{lin.weight}.expert{e}", g.elem)
             ys.append(g.op("Gemm", xq, w, transB=1, name=f"{lin.weight}.expert{e}.gemm"))
         results.append(ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1))
     y_sorted = g.op("Concat", *results, axis=0)                                     # [M, out], by expert
