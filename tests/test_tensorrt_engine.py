@@ -181,3 +181,13 @@ def test_model_read_from_checkpoint_when_not_given(tmp_path):
     r = subprocess.run([str(BIN / "build-engine"), "--checkpoint", str(tmp_path / "nope"), "--gpu", "b200", "--plan"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "config.json" in r.stderr
+
+
+def test_a_failed_gpu_run_is_recorded_as_not_run(engines):
+    """--validate's TensorRT step on a machine that claims the SM but cannot run the plan (no CUDA here):
+    a record that says why, and ran_on_gpu stays false."""
+    from builder.tensorrt.engine_dir import validate_tensorrt
+    section = dict(manifest(engines["rtx-5090"])["tensorrt"])
+    assert validate_tensorrt(engines["rtx-5090"], section, present_sms=[89]) is None    # no GPU of its SM
+    record = validate_tensorrt(engines["rtx-5090"], section, present_sms=[120])
+    assert record["ok"] is False and "CUDA" in record["note"] and section["ran_on_gpu"] is False

@@ -99,9 +99,9 @@ def validate_command(engine_dir: str) -> dict:
         raise BuildError(f"{engine}: no engine.json; pass a directory written by build-engine")
     gpu = get_gpu(m["gpu"])
     from builder.tensorrt.engine_dir import validate_tensorrt
-    trt_record = validate_tensorrt(engine, [g.sm for g in detect_gpus()])
-    if trt_record is not None:
-        manifest.add_validation(engine, trt_record)
+    trt_record = validate_tensorrt(engine, m.get("tensorrt"), [g.sm for g in detect_gpus()])
+    if trt_record is not None:     # the section was updated in place (plan built here, ran_on_gpu)
+        manifest.write(engine, {**m, "validated_on": m.get("validated_on", []) + [trt_record]})
     [record] = validate_on_gpu_if_possible(engine, gpu) or [smoke_reference(engine, emulating=gpu.name)]
     manifest.add_validation(engine, record)
     if not record["ok"]:

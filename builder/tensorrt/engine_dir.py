@@ -120,15 +120,14 @@ SMOKE_PROMPT_IDS = (1, 2, 3)
 SMOKE_TOKENS = 16
 
 
-def validate_tensorrt(engine: Path, present_sms: list[int]) -> dict | None:
+def validate_tensorrt(engine: Path, section: dict | None, present_sms: list[int]) -> dict | None:
     """On a GPU of the engine's SM: build the plan with standard TensorRT where this engine's builder is
     'tensorrt' (SM90/100/103) and none exists yet, then greedy-generate with the TensorRT executor and
-    compare with the reference smoke run. Updates engine.json's "tensorrt" section (ran_on_gpu only when
-    tokens came out) and returns a validated_on record; None when the engine has no TensorRT graph or this
-    machine has no GPU of its SM. Written against the TensorRT Python API; never run in this project."""
-    from builder.engine import manifest
-    m = manifest.read(engine)
-    t = m.get("tensorrt") or {}
+    compare with the reference smoke run. Updates `section` (engine.json's "tensorrt"; ran_on_gpu only when
+    tokens came out) in place for the caller to write, and returns a validated_on record; None when the
+    engine has no TensorRT graph or this machine has no GPU of its SM. Written against the TensorRT Python
+    API; never run in this project."""
+    t = section or {}
     sm = t.get("sm")
     if not t.get("onnx") or sm is None or sm not in present_sms:
         return None
@@ -149,8 +148,6 @@ def validate_tensorrt(engine: Path, present_sms: list[int]) -> dict | None:
             t["ran_on_gpu"] = bool(record["ok"])
     except Exception as e:  # the GPU path has not been validated: report, do not crash the validation
         record["note"] = f"{type(e).__name__}: {e}"
-    m["tensorrt"] = t
-    manifest.write(engine, m)
     return record
 
 
