@@ -152,7 +152,7 @@ def validate_tensorrt(engine: Path, section: dict | None, present_sms: list[int]
 
 
 def _run_plan(engine: Path, t: dict) -> dict:
-    from runtime.tensorrt_executor import UNVALIDATED, TensorRTExecutor
+    from runtime.executors.tensorrt import UNVALIDATED, TensorRTExecutor
     import torch
     from spec.network import Network
     module = "tensorrt_rtx" if t["builder"] == RTX else "tensorrt"

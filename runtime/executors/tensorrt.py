@@ -39,17 +39,22 @@ class DeviceCache:
 class TensorRTExecutor:
     def __init__(self, plan_path, network: Network, module: str = "tensorrt_rtx", device: str = "cuda"):
         import importlib
+        from runtime.engine import RuntimeLoadError
         print(UNVALIDATED, file=sys.stderr, flush=True)
         if not torch.cuda.is_available():
-            raise RuntimeError("the TensorRT executor needs a CUDA GPU; use --executor reference or onnxruntime here")
-        trt = importlib.import_module(module)
+            raise RuntimeLoadError("the TensorRT executor needs a CUDA GPU; use --executor reference or onnxruntime "
+                                   "here")
+        try:
+            trt = importlib.import_module(module)
+        except ImportError:
+            raise RuntimeLoadError(f"the plan needs the {module} Python package, which is not installed") from None
         self.trt, self.network, self.device = trt, network, torch.device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with open(plan_path, "rb") as f:
             self.engine = self._runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
-            raise RuntimeError(f"{plan_path}: {module} could not deserialize the plan (built for another GPU or "
+            raise RuntimeLoadError(f"{plan_path}: {module} could not deserialize the plan (built for another GPU or "
                                f"TensorRT version?)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -100,3 +105,23 @@ class TensorRTExecutor:
             return all_logits.cpu()
         last = (positions >= 0).sum(dim=1).clamp(min=1) - 1                     # right-padded sequences
         return all_logits[torch.arange(all_logits.shape[0]), last.to(self.device)].cpu()
+
+
+def load_tensorrt(path, dtype=None):
+    """An engine directory with a TensorRT plan (engine.json "tensorrt".plan) -> runtime.engine.Runtime over
+    the TensorRT executor. GPU only; see UNVALIDATED."""
+    import json
+    from pathlib import Path
+    from runtime.engine import Runtime, RuntimeLoadError, load_tokenizer
+    path = Path(path)
+    try:
+        section = json.loads((path / "engine.json").read_text()).get("tensorrt") or {}
+    except (OSError, ValueError):
+        section = {}
+    if not section.get("plan"):
+        raise RuntimeLoadError(f"{path}: no TensorRT plan in engine.json ({section.get('note', 'no tensorrt section')});"
+                               f" build one with build-engine (RTX-class GPUs) or build-engine --validate on the GPU")
+    module = "tensorrt_rtx" if section.get("builder") == "tensorrt-rtx" else "tensorrt"
+    network = Network.load(path / "network.json")
+    ex = TensorRTExecutor(path / section["plan"], network, module=module)
+    return Runtime(network, None, tokenizer=load_tokenizer(path), source=str(path), executor=ex)
