@@ -320,6 +320,8 @@ def quant_expert(g, x: str, idx: str, linears, weights) -> str:
         weights.check(lin.weight, (E, lin.out_features, n_in))
     loaders = [_loader(g, weights, lin.weight, check) for lin in linears]
     in_scale = _input_scale(linears, weights)
+    if emit_act is not _no_activation:
+        in_scale = input_scale_value(in_scale, first)        # a missing scale is named by its module
     lead = g.op("Shape", idx)                                                        # [N, k]
     x_flat = g.op("Reshape", g.op("Expand", x, g.op("Concat", lead, g.ints([n_in]), axis=0)), g.ints([-1, n_in]))
     starts, ends, order, dest = _sort_pairs_by_expert(g, idx, E, first)
