@@ -96,6 +96,33 @@ def test_fp4_rewrite_runs_on_onnxruntime_and_matches_onnx_reference():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_fp4_rewrite_handles_gathered_expert_weights():
+    """Experts as TensorRT graphs read them: Gather the selected experts' FP4 weights and FP8 block scales,
+    then the two DequantizeLinear levels; ONNX Runtime after the rewrite = onnx.reference before it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    from runtime.executors.fp4_rewrite import rewrite_fp4
+    rng = np.random.default_rng(4)
+    E, out_f, in_f = 4, 3, 32
+    w = rng.choice(np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -.5, -1, -3, -6], np.float32), (E, out_f, in_f))
+    scales = rng.uniform(0.1, 3.0, (E, out_f, in_f // 16)).astype(ml_dtypes.float8_e4m3fn)
+    inits = [numpy_helper.from_array(w.astype(ml_dtypes.float4_e2m1fn), "w"),
+             numpy_helper.from_array(scales, "w_scale"), numpy_helper.from_array(np.float32(0.5), "g")]
+    nodes = [helper.make_node("Gather", ["w", "idx"], ["wk"], axis=0),
+             helper.make_node("Gather", ["w_scale", "idx"], ["sk"], axis=0),
+             helper.make_node("DequantizeLinear", ["sk", "g"], ["s"]),
+             helper.make_node("DequantizeLinear", ["wk", "s"], ["y"], axis=-1, block_size=16)]
+    graph = helper.make_graph(nodes, "experts", [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, out_f, in_f])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    idx = np.array([[3, 1]], np.int64)
+    want = ReferenceEvaluator(model).run(None, {"idx": idx})[0]
+    fixed = rewrite_fp4(model)
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"idx": idx})[0]
+    np.testing.assert_array_equal(got, want)
+
+
 def _w4a4_activation_graph(global_scale: float, k: int = 64):
     """x -> trt::TRT_FP4DynamicQuantize -> DQ(block scales, global) -> DQ(x codes, that): TensorRT's W4A4
     activation pattern."""
@@ -133,3 +160,23 @@ def test_fp4_rewrite_names_what_it_cannot_run():
     model = _fp4_linear_graph(with_trt_node=True)
     with pytest.raises(NotImplementedError, match="TRT_SomethingElse"):
         rewrite_fp4(model)
+
+
+def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_path):
+    """Graph.packed_weight (what quantized linear emitters use): FP4 codes packed two per byte, inline and
+    as external data, read back by onnx as the same e2m1 values."""
+    import onnx
+    from onnx import numpy_helper
+    from plugins.onnx.graph import Graph
+    from runtime.executors.fp4_rewrite import E2M1_VALUES
+    codes = np.random.default_rng(3).integers(0, 16, (4, 32)).astype(np.uint8)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    for external in (False, True):
+        g = Graph("fp4")
+        w = g.packed_weight("w", "float4e2m1", (4, 32), lambda: [packed[:2], packed[2:]])
+        x = g.input("x", "float32", [1])
+        g.output(x, "y", "float32", [1])
+        saved = g.save(tmp_path / f"m{external}.onnx", external=external)
+        assert bool(saved.data_files) == external
+        t = [t for t in onnx.load(str(saved.path)).graph.initializer if t.name == w][0]
+        np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), E2M1_VALUES[codes])

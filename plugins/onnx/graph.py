@@ -30,6 +30,10 @@ DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 
           "bfloat16": ("BFLOAT16", "bfloat16", 2)}
 
 
+PACKED_ITEMSIZE = {"uint8": 1, "int8": 1, "float8e4m3fn": 1, "float8e5m2": 1, "float8e8m0": 1, "int32": 4,
+                   "int64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
 def onnx_type(dtype: str) -> int:
     from onnx import TensorProto
     if dtype in DTYPES:
@@ -145,6 +149,20 @@ class Graph:
         nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][2]
         self.weights[name] = LazyWeight(name, onnx_type(dtype), shape, nbytes,
                                         lambda: (_bytes_of(c, dtype) for c in chunks()))
+        return name
+
+    def packed_weight(self, name: str, elem: str, shape, chunks: Callable[[], Iterator]) -> str:
+        """An initializer of any ONNX element type ("uint8", "float8e4m3fn", "float4e2m1", ...) from its raw
+        bytes as ONNX stores them (FP4: two codes per byte, low nibble first), produced lazily by `chunks`
+        (bytes or numpy arrays, concatenated in order)."""
+        if name in self.weights:
+            return name
+        shape = tuple(int(s) for s in shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = (count + 1) // 2 if elem == "float4e2m1" else count * PACKED_ITEMSIZE[elem]
+        self.weights[name] = LazyWeight(name, onnx_type(elem), shape, nbytes,
+                                        lambda: (c if isinstance(c, bytes) else np.ascontiguousarray(c).tobytes()
+                                                 for c in chunks()))
         return name
 
     @property

@@ -5,7 +5,8 @@
     y = emit_expert_linear(g, x, idx, expert_linear, weights)   # x [N, 1|k, in], idx [N, k] -> [N, k, out]
 
 `linear` is a spec.network.Linear (or ExpertLinear), `weights` a plugins.onnx.weights.WeightSource. Formats
-register in LINEAR_EMITTERS / EXPERT_EMITTERS with these signatures (the linears of one call share a format).
+register in LINEAR_EMITTERS / EXPERT_EMITTERS with these signatures (the linears of one call share a format);
+quantized weights go in with Graph.packed_weight (FP4 / FP8 / uint8 bytes, streamed), scales likewise.
 "bf16" is the unquantized format: weights are written in the graph's compute dtype (float32, float16 or
 bfloat16). Weight-only formats whose weights dequantize exactly into that dtype (MXFP4, NVFP4 W4A16) are
 written dequantized, which is the reference runtime's numerics for them.
@@ -17,7 +18,7 @@ applied as batched mat-vecs, so only the selected experts' weights are read.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 from plugins.onnx.graph import Graph
 from plugins.onnx.quant import quant_expert, quant_linear

@@ -8,7 +8,8 @@
 "tensorrt": the engine's TensorRT plan (tensorrt/ in the engine directory) on a GPU, KV cache on the device;
 written against the TensorRT Python API and not yet run on a GPU (it says so when it loads).
 "auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
-engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS); otherwise reference.
+engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS) and its fp32 graph fits in half
+the memory; otherwise reference.
 """
 
 from __future__ import annotations

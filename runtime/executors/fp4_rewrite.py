@@ -3,7 +3,9 @@
 The rewrite (exact; no rounding happens in it):
 - a FLOAT4E2M1 initializer becomes a uint8 initializer of its codes (one per byte), decoded by a Gather
   on the 16-entry e2m1 table (indices cast to int32): the fp32 values the codes stand for. ONNX Runtime
-  folds this constant subgraph once at session start, so the session holds the weights in fp32;
+  folds this constant subgraph once at session start, so the session holds the weights in fp32; ops that
+  only move elements (Gather of the selected experts, Reshape, Transpose, ...) run on those values, and FP8
+  block scales they move are cast to fp32 first (exact), their DequantizeLinear becoming a Mul;
 - a DequantizeLinear whose input is such a tensor, blocked on the last axis, becomes
   reshape(values, [..., K/block, block]) * unsqueeze(scale, -1), reshaped back (its scale input, an FP8
   block scale through DequantizeLinear with the global scale, runs on ORT as it is).
@@ -27,6 +29,11 @@ def _fp4():
     return TensorProto.FLOAT4E2M1
 
 
+# Ops that only move FP4 elements (e.g. gathering the selected experts' weights): they run on the decoded
+# values and their output stays "FP4 values" for the DequantizeLinear that follows.
+LAYOUT_OPS = ("Gather", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Expand")
+
+
 def needs_rewrite(model) -> bool:
     return any(t.data_type == _fp4() for t in model.graph.initializer) or \
         any(n.domain == "trt" for n in model.graph.node)
@@ -42,7 +49,7 @@ def _codes(tensor) -> np.ndarray:
 
 def rewrite_fp4(model):
     """The model, rewritten in place so that no FP4 tensor remains (see the module docstring)."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
     g = model.graph
     fp4 = {t.name: t for t in g.initializer if t.data_type == _fp4()}
     keep = [t for t in g.initializer if t.name not in fp4]
@@ -56,6 +63,14 @@ def rewrite_fp4(model):
         nodes.append(helper.make_node("Cast", [name + "_codes"], [name + "_index"], to=6, name=name + "_int"))
         nodes.append(helper.make_node("Gather", ["fp4_e2m1_table", name + "_index"], [decoded[name]], axis=0,
                                       name=name + "_decode"))
+    # FP8 initializers that layout ops move (ORT's Gather takes no FP8): cast to fp32 first, exactly.
+    fp8 = {t.name for t in keep if t.data_type in (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2)}
+    for n in g.node:
+        if n.op_type in LAYOUT_OPS and n.input and n.input[0] in fp8 and n.input[0] not in decoded:
+            decoded[n.input[0]] = n.input[0] + "_values"
+            nodes.append(helper.make_node("Cast", [n.input[0]], [decoded[n.input[0]]], to=TensorProto.FLOAT,
+                                          name=n.input[0] + "_to_f32"))
+    scalars = {t.name for t in keep if int(np.prod(t.dims, dtype=np.int64)) == 1}
     for n in g.node:
         if n.domain == "trt" and n.op_type == "TRT_FP4DynamicQuantize":
             nodes.extend(_dynamic_quantize(n, new_inits, {t.name: t for t in keep}))
@@ -63,9 +78,17 @@ def rewrite_fp4(model):
         elif n.domain == "trt":
             raise NotImplementedError(f"node {n.name}: TensorRT-only op trt::{n.op_type} has no CPU rewrite; run "
                                       f"the graph with --executor reference")
+        elif n.op_type in LAYOUT_OPS and n.input and n.input[0] in decoded:
+            moved = helper.make_node(n.op_type, [decoded[n.input[0]]] + list(n.input[1:]), [n.output[0] + "_values"],
+                                     name=n.name, **_attrs(n))
+            decoded[n.output[0]] = n.output[0] + "_values"
+            nodes.append(moved)
         elif n.op_type == "DequantizeLinear" and n.input[0] in decoded:
             rank = len(fp4[n.input[0]].dims) if n.input[0] in fp4 else None
-            nodes.extend(_blocked_dq(n, decoded[n.input[0]], new_inits, rank))
+            if int(_attrs(n).get("block_size", 0)) == 0 and n.input[1] in scalars:
+                nodes.extend(_per_tensor_dq(n, decoded[n.input[0]]))
+            else:
+                nodes.extend(_blocked_dq(n, decoded[n.input[0]], new_inits, rank))
         else:
             for x in n.input:
                 if x in decoded:
@@ -98,13 +121,29 @@ def _blocks(base: str, x: str, block: int, inits) -> tuple[list, str, str]:
     inits.append(numpy_helper.from_array(np.array([-1], np.int64), base + "_m1"))
     inits.append(numpy_helper.from_array(np.array([2 ** 62], np.int64), base + "_end"))
     nodes = [helper.make_node("Shape", [x], [base + "_shape"], name=base + "_shape"),
-             helper.make_node("Slice", [base + "_shape", base + "_0", base + "_m1"], [base + "_lead"], name=base + "_lead"),
+             helper.make_node("Slice", [base + "_shape", base + "_0", base + "_m1"], [base + "_lead"],
+                              name=base + "_lead"),
              helper.make_node("Slice", [base + "_shape", base + "_m1", base + "_end"], [base + "_k"], name=base + "_k"),
              helper.make_node("Div", [base + "_k", base + "_tail"], [base + "_nb"], name=base + "_nb"),
              helper.make_node("Concat", [base + "_lead", base + "_nb", base + "_tail"], [base + "_bshape"], axis=0,
                               name=base + "_cat"),
              helper.make_node("Reshape", [x, base + "_bshape"], [base + "_blocked"], name=base + "_rs")]
     return nodes, base + "_blocked", base + "_shape"
+
+
+def _per_tensor_dq(node, values: str) -> list:
+    """DequantizeLinear(x, scalar scale) on values already in fp32: values * scale."""
+    from onnx import helper
+    if len(node.input) > 2 and node.input[2]:
+        raise NotImplementedError(f"{node.name}: DequantizeLinear with a zero point on moved FP8 values")
+    base = (node.name or node.output[0]) + "_dq"
+    to = _attrs(node).get("output_dtype", 0)
+    nodes = [helper.make_node("Cast", [node.input[1]], [base + "_s32"], to=1, name=base + "_cast"),
+             helper.make_node("Mul", [values, base + "_s32"], [node.output[0] if to in (0, 1) else base + "_m"],
+                              name=base + "_mul")]
+    if to not in (0, 1):
+        nodes.append(helper.make_node("Cast", [base + "_m"], [node.output[0]], to=to, name=base + "_out"))
+    return nodes
 
 
 def _blocked_dq(node, values: str, inits, rank: int | None = None) -> list:

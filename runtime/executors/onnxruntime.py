@@ -68,7 +68,10 @@ class OnnxRuntimeExecutor:
             self._workdir = None
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:           # interpreter shutdown: the temporary directory may outlive us
+            pass
 
     # -- the Executor protocol ----------------------------------------------------------------------------
     def new_cache(self, batch_size: int, capacity: int = 0) -> OrtCache:
@@ -121,11 +124,21 @@ def _network(path: Path, ck) -> Network:
 
 
 def cpu_can_run(path: str | Path) -> bool:
-    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats)."""
+    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats) and its fp32
+    graph (written to a temporary file, then held by the session) fits in half the machine's memory."""
     from checkpoint.convert import load_canonical
     from runtime.engine import find_checkpoint
+    from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
-        return set(_network(Path(path), ck).quant_formats()) <= set(CPU_FORMATS)
+        net = _network(Path(path), ck)
+        exact = set(net.quant_formats()) <= set(CPU_FORMATS) and \
+            not any(layer.attention.sink_tokens for layer in net.layers)    # not exported yet
+        graph_bytes = 4 * total_params(ck.config)
+    return exact and graph_bytes <= _memory_bytes() // 2
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
