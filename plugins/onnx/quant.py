@@ -50,21 +50,12 @@ class QuantGraphError(ValueError):
 
 
 # -- initializers (lazy: bytes produced when the graph is saved) ---------------------------------------------
+_ELEM_NAMES = {TensorProto.FLOAT4E2M1: "float4e2m1", TensorProto.FLOAT8E4M3FN: "float8e4m3fn", TensorProto.FLOAT: "float32"}
+
+
 def _lazy(g, name: str, elem: int, shape, produce) -> str:
-    """Register an initializer of `elem` whose raw bytes `produce()` returns, read only at save time."""
-    from plugins.onnx.graph import LazyWeight
-    shape = tuple(int(d) for d in shape)
-    nbytes = _nbytes(elem, shape)
-    name = g.fresh(name)
-    g.weights[name] = LazyWeight(name, elem, shape, nbytes, lambda: [produce()])
-    return name
-
-
-def _nbytes(elem: int, shape) -> int:
-    n = int(np.prod(shape, dtype=np.int64))
-    if elem == TensorProto.FLOAT4E2M1:
-        return (n + 1) // 2
-    return n * {TensorProto.FLOAT8E4M3FN: 1, TensorProto.FLOAT: 4}[elem]
+    """An initializer of `elem` whose raw bytes `produce()` returns, called only when the graph is written."""
+    return g.packed_weight(g.fresh(name), _ELEM_NAMES[elem], shape, lambda: [produce()])
 
 
 def _f32(g, value, name: str) -> str:
