@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Plan a gpt-oss engine for a GPU: memory fit, parallelism, quant format, speed ceilings.",
         epilog=f"models: {', '.join(MODELS)}; gpus: {', '.join(GPUS)}; quants: auto, {', '.join(QUANT_FORMATS)}. "
                f"Exit status: 0 runnable or low-memory, {EXIT_INCOMPATIBLE} incompatible, 2 bad request.")
-    p.add_argument("--model", help="registry model name")
+    p.add_argument("--model", help="registry model name (optional with --checkpoint: read from its config.json)")
     p.add_argument("--gpu", help="target GPU profile")
     p.add_argument("--quant", default="auto", help="quant format, or auto (looked up per GPU architecture)")
     p.add_argument("--tp", type=int, help="tensor parallelism (default: the smallest that fits)")
@@ -78,11 +78,27 @@ def build_engine_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.validate:
         return _run_validate(args.validate)
-    if not (args.model and args.gpu):
-        parser.error("--model and --gpu are required (or --validate DIR)")
+    if not args.gpu or not (args.model or args.checkpoint):
+        parser.error("--gpu and --model (or --checkpoint, whose config names the model) are required "
+                     "(or --validate DIR)")
+    if not args.model:
+        try:
+            args.model = model_from_checkpoint(args.checkpoint)
+        except Exception as e:
+            if type(e).__name__ != "CheckpointError":
+                raise
+            print(f"build-engine: {e}", file=sys.stderr)
+            return 2
     if args.plan:
         return _run_plan(args)
     return _run_build(args)
+
+
+def model_from_checkpoint(folder: str):
+    """The checkpoint's architecture: its registry entry when one matches, else a config named after the
+    folder (fine-tunes and new sizes build without a registry entry)."""
+    from checkpoint.config_io import model_config_from_checkpoint
+    return model_config_from_checkpoint(folder)
 
 
 def _run_plan(args) -> int:

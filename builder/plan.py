@@ -170,11 +170,14 @@ def prefill_speed(model: ModelConfig, gpu: GpuProfile, quant: QuantFormat, tp: i
     return _compute_tflops(gpu, quant) * 1e12 * tp / flops_per_token
 
 
-def plan(model_name: str, gpu_name: str, quant: str = "auto", tp: int | None = None, ep: int | None = None,
-         max_seq_len: int | None = None, max_batch_size: int = 1, kv_dtype: str | None = None) -> Plan:
-    """The plan by names (the CLI's `--plan`): resolves the target, then plan_for."""
+def plan(model_name: str | ModelConfig, gpu_name: str, quant: str = "auto", tp: int | None = None,
+         ep: int | None = None, max_seq_len: int | None = None, max_batch_size: int = 1,
+         kv_dtype: str | None = None) -> Plan:
+    """The plan by names (the CLI's `--plan`): resolves the target, then plan_for. A ModelConfig (read from a
+    checkpoint) plans like a registry entry."""
     try:
-        model, target = get_model(model_name), resolve_target(gpu_name, quant, kv_dtype)
+        model = model_name if isinstance(model_name, ModelConfig) else get_model(model_name)
+        target = resolve_target(gpu_name, quant, kv_dtype)
     except KeyError as e:
         raise PlanError(e.args[0]) from None
     return plan_for(model, target, tp=tp, ep=ep, max_seq_len=max_seq_len, max_batch_size=max_batch_size)

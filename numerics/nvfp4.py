@@ -270,3 +270,32 @@ def fake_quantize_nvfp4_activations(x, input_scale, *, chunk_rows: int | None = 
 
     _codec.run_chunks(work, x2.shape[0], _codec.pick_chunk_rows(chunk_rows, k), workers)
     return out.reshape(x.shape)
+
+
+def quantize_nvfp4_activations(x, input_scale) -> tuple[np.ndarray, np.ndarray]:
+    """The codes and block scales behind `fake_quantize_nvfp4_activations` (same arithmetic, one pass):
+    x [..., K] -> (e2m1 codes uint8 [..., K], one per element, unpacked; e4m3 block scales [..., K/16]).
+    `FP4_VALUES[codes] * (float32(sf8) * input_scale)` per block is the fake-quantized activation,
+    bit for bit. This is what a dynamic-quantize graph op (TensorRT's TRT_FP4DynamicQuantize) outputs."""
+    x = _codec.as_array(x)
+    if x.ndim == 0 or x.shape[-1] % BLOCK:
+        raise ValueError(f"NVFP4 needs the last dimension to be a multiple of {BLOCK}, got shape {x.shape}")
+    in_scale = _check_global_scale(input_scale)
+    sf_scale = np.float32(1.0) / in_scale
+    inv_sf_scale = np.float32(1.0) / sf_scale
+    k = x.shape[-1]
+    xf = _codec.to_f32(x.reshape(-1, k))
+    amax = _codec.block_amax(_codec.f32_bits_abs(xf), BLOCK)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        sf = sf_scale * (amax * (np.float32(1.0) / E2M1_MAX))
+        sf8 = np.minimum(sf, E4M3_MAX).astype(E4M3)
+        sf8f = sf8.astype(np.float32)
+        denom = sf8f * inv_sf_scale
+        scale = np.where(sf8f != 0, np.float32(1.0) / denom, np.float32(0.0)).astype(np.float32)
+        xb = xf.reshape(-1, k // BLOCK, BLOCK)
+        q = xb * scale[..., None]
+        bad = ~np.isfinite(scale)
+        if bad.any():
+            q[bad] = xb[bad] / denom[bad][..., None]
+        codes = E2M1(q)
+    return codes.reshape(x.shape), sf8.reshape(x.shape[:-1] + (k // BLOCK,))

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     from runtime.executors import DEFAULT_EXECUTOR, EXECUTORS
     p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
                    help="what runs the network (default auto: onnxruntime, the fastest on CPU, when it runs this "
-                        "engine exactly, else reference)")
+                        "engine exactly, else reference; tensorrt: the engine's TensorRT plan, on a GPU, unvalidated)")
     p.add_argument("--onnx", help="with --executor onnxruntime: run this fp32 ONNX graph (e.g. one under the "
                    "engine's tensorrt/; FP4 weights and TRT_FP4DynamicQuantize are rewritten for the CPU) "
                    "instead of exporting the network")

@@ -34,6 +34,16 @@ class RuntimeLoadError(ValueError):
     pass
 
 
+def check_manifest(path: Path) -> None:
+    """An engine directory whose manifest this code cannot read (another schema_version, a broken file) is
+    refused by every executor; a plain checkpoint folder has none and passes."""
+    if is_engine_dir(path):
+        try:
+            EngineManifest.read(path)
+        except ManifestError as e:
+            raise RuntimeLoadError(str(e)) from None
+
+
 def find_checkpoint(path: Path) -> Path:
     """Where an engine (or a folder given as one) keeps its checkpoint: config.json + safetensors."""
     if (path / "config.json").is_file():
@@ -74,11 +84,7 @@ class Runtime:
         path = Path(path)
         if not path.is_dir():
             raise RuntimeLoadError(f"{path}: not a directory")
-        if is_engine_dir(path):
-            try:
-                EngineManifest.read(path)          # an engine of a manifest version we do not read is refused
-            except ManifestError as e:
-                raise RuntimeLoadError(str(e)) from None
+        check_manifest(path)
         ckpt_dir = find_checkpoint(path)
         with load_canonical(ckpt_dir) as ck:
             if network is None:

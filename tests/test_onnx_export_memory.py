@@ -75,8 +75,8 @@ def test_20b_shaped_export_streams_under_4gb(tmp_path):
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(r.stdout.strip().splitlines()[-1])
-    assert "mxfp4" in info["quant"]                    # experts as shipped, dequantized into the graph
-    assert info["weight_bytes"] > 5 * 10**9             # the graph is far past protobuf's 2 GiB
+    assert "mxfp4" in info["quant"]                    # experts as shipped, FP4 (NVFP4-transcoded) in the graph
+    assert info["weight_bytes"] > 1.5 * 2**31           # the graph is far past protobuf's 2 GiB
     assert info["rss"] < RSS_LIMIT, f"peak RSS {info['rss'] / 2**30:.2f} GiB"
     print(f"peak RSS {info['rss'] / 2**30:.2f} GiB for {info['weight_bytes'] / 2**30:.2f} GiB of graph weights")
     [(name, digest)] = info["data_files"].items()

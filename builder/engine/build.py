@@ -27,19 +27,19 @@ from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_repl
                                remove_stale_staging, staging_dir)
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
 from spec.network import Network, check_config_matches
-from spec.registry.models import get_model
+from spec.registry.models import ModelConfig, get_model
 from spec.target import Target, resolve_target
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
-ENGINE_LAYOUT_VERSION = 2
+ENGINE_LAYOUT_VERSION = 3
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 
 
 @dataclass
 class BuildRequest:
-    model: str
+    model: str | ModelConfig
     gpu: str
     checkpoint: str | None = None
     quant: str = "auto"
@@ -64,12 +64,20 @@ def tool_versions() -> dict[str, str]:
     # Read from package metadata: importing torch just to ask costs seconds on a cache hit.
     from importlib.metadata import PackageNotFoundError, version
     versions = {"gptoss-trt": spec.__version__, "python": platform.python_version()}
-    for package in ("torch", "numpy", "ml_dtypes", "safetensors", "tensorrt_llm"):
+    for package in ("torch", "numpy", "ml_dtypes", "safetensors", "onnx", "tensorrt_llm", "tensorrt-rtx-cu13"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             pass
     return versions
+
+
+def _model(model):
+    """A registry name, or a ModelConfig read from a checkpoint's config (--checkpoint without --model)."""
+    try:
+        return model if isinstance(model, ModelConfig) else get_model(model)
+    except KeyError as e:
+        raise PlanError(e.args[0]) from None
 
 
 def resolve(req: BuildRequest) -> Target:
@@ -96,16 +104,13 @@ def default_output(p: Plan) -> Path:
 
 def build(req: BuildRequest) -> Path:
     t0 = time.perf_counter()
-    try:
-        model = get_model(req.model)
-    except KeyError as e:
-        raise PlanError(e.args[0]) from None
+    model = _model(req.model)
     target = resolve(req)
     gpu, quant = target.gpu, target.quant
     if not req.cross_build:
         check_target_matches(gpu, detect_gpus())
 
-    _say(f"[1/6] plan: {req.model} on {req.gpu}")
+    _say(f"[1/6] plan: {model.name} on {req.gpu}")
     p = make_plan(req, model, target)
     if p.verdict == INCOMPATIBLE:
         raise BuildError("the plan is incompatible: " + "; ".join(p.reasons), exit_code=3)
@@ -153,6 +158,7 @@ def build(req: BuildRequest) -> Path:
         network = write_network(engine, quant.name)
         if target.is_gpu:
             write_llm_api_options(engine, llm_api_options(p, target, network))
+        trt = write_tensorrt_dir(engine, network, target, p)
         _say("[5/6] validate")
         validated = validate_after_build(engine, target, installed_at=out)
         _say("[6/6] manifest, Triton model repository, install")
@@ -163,7 +169,7 @@ def build(req: BuildRequest) -> Path:
             inputs={"checkpoint": str(src.resolve()), "sha256": inputs["sources"], "calib_file": req.calib_file},
             tools=inputs["tools"], plan=p.to_dict(), network_plugins=list(network.plugins),
             stop_token_ids=list(network.eos_token_ids),
-            build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated,
+            build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated, tensorrt=trt,
         ).write(engine)
         write_triton_repo(engine)
         install_dir(engine, out, _engine_replaceable)
@@ -268,6 +274,13 @@ def write_network(engine: Path, quant: str) -> Network:
         check_config_matches(network, ck.config, where=str(engine))
     network.save(engine / "network.json")
     return network
+
+
+def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: Plan) -> dict:
+    """engine/tensorrt/: the ONNX graph, and the TensorRT plan where this machine can build it; returns
+    engine.json's "tensorrt" section."""
+    from builder.tensorrt.engine_dir import write_tensorrt
+    return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len)
 
 
 def validate_after_build(engine: Path, target: Target, installed_at: Path) -> list[dict]:

@@ -104,6 +104,10 @@ def validate_command(engine_dir: str) -> dict:
     except ManifestError as e:
         raise BuildError(str(e)) from None
     target = target_of_manifest(m)
+    from builder.tensorrt.engine_dir import validate_tensorrt
+    trt_record = validate_tensorrt(engine, m.tensorrt, [g.sm for g in detect_gpus()])
+    if trt_record is not None:     # the section was updated in place (plan built here, ran_on_gpu)
+        m.add_validation(engine, trt_record)
     [record] = validate_on_gpu_if_possible(engine, target) or [smoke_reference(engine, emulating=target.name)]
     m.add_validation(engine, record)
     if not record["ok"]:

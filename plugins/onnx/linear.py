@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from plugins.onnx.graph import Graph
+from plugins.onnx.quant import quant_expert, quant_linear
 from plugins.onnx.weights import WeightSource
 
 
@@ -89,7 +90,8 @@ def gemm(g: Graph, x: str, w: str, b: str | None, in_features: int, out_features
     """x [..., in] @ w[out, in].T + b -> [..., out], as a 2-D Gemm between two reshapes."""
     lead = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([-1]))
     x2 = g.op("Reshape", x, g.ints([-1, in_features]))
-    y2 = g.op("Gemm", x2, w, b, transB=1)
+    # No bias: two inputs, not an empty third name (TensorRT's parser rejects Gemm with C = "").
+    y2 = g.op("Gemm", x2, w, *([b] if b is not None else []), transB=1)
     return g.op("Reshape", y2, g.op("Concat", lead, g.ints([out_features]), axis=0))
 
 
@@ -133,14 +135,20 @@ def _plain_expert(g: Graph, x: str, idx: str, linears, weights: WeightSource) ->
     return gathered_matvec(g, x, idx, w, b)
 
 
-# quant format -> emitter. Keys are spec.registry.quant_formats names.
+# quant format -> emitter. Keys are spec.registry.quant_formats names. Quantized formats keep their weights
+# quantized in the graph (FP4/FP8 initializers and Q/DQ, experts sorted by expert): plugins/onnx/quant.py.
+
 LINEAR_EMITTERS: dict[str, Callable] = {
     "bf16": _plain_linear,
-    "mxfp4": _plain_linear,
-    "w4a16-nvfp4": _plain_linear,
+    "mxfp4": quant_linear,
+    "w4a16-nvfp4": quant_linear,
+    "nvfp4": quant_linear,
+    "fp8": quant_linear,
 }
 EXPERT_EMITTERS: dict[str, Callable] = {
     "bf16": _plain_expert,
-    "mxfp4": _plain_expert,
-    "w4a16-nvfp4": _plain_expert,
+    "mxfp4": quant_expert,
+    "w4a16-nvfp4": quant_expert,
+    "nvfp4": quant_expert,
+    "fp8": quant_expert,
 }

@@ -5,6 +5,8 @@
 
 "reference": the torch reference runtime (runtime.model.ReferenceModel, any dtype and quant format it emulates).
 "onnxruntime": the network exported to an fp32 ONNX graph (plugins.onnx) run by ONNX Runtime on CPU.
+"tensorrt": the engine's TensorRT plan (tensorrt/ in the engine directory) on a GPU, KV cache on the device;
+written against the TensorRT Python API and not yet run on a GPU (it says so when it loads).
 "auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
 engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS) and its fp32 graph fits in half
 the memory; otherwise reference.
@@ -37,7 +39,12 @@ def _auto(path: Path, dtype):
     return _reference(path, dtype)
 
 
-EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime}
+def _tensorrt(path: Path, dtype):
+    from runtime.executors.tensorrt import load_tensorrt
+    return load_tensorrt(path, dtype)
+
+
+EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
 
 
 def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None):
@@ -45,6 +52,8 @@ def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None,
     onnx_path: (onnxruntime only) run this fp32 graph instead of exporting one; FP4 graphs are rewritten
     (runtime.executors.fp4_rewrite)."""
     import torch
+    from runtime.engine import check_manifest
+    check_manifest(Path(path))
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if onnx_path is not None:

@@ -113,15 +113,20 @@ def _attrs(node) -> dict:
 
 
 def _blocks(base: str, x: str, block: int, inits) -> tuple[list, str, str]:
-    """Nodes reshaping x [..., K] to [..., K/block, block]; -> (nodes, blocked name, x's shape name)."""
+    """Nodes reshaping x [..., K] to [..., K/block, block]; -> (nodes, blocked name, x's shape name).
+    K/block comes from x's shape, not -1: x may have zero rows (an expert no token chose)."""
     from onnx import helper, numpy_helper
-    inits.append(numpy_helper.from_array(np.array([-1, block], np.int64), base + "_tail"))
+    inits.append(numpy_helper.from_array(np.array([block], np.int64), base + "_tail"))
     inits.append(numpy_helper.from_array(np.array([0], np.int64), base + "_0"))
     inits.append(numpy_helper.from_array(np.array([-1], np.int64), base + "_m1"))
-    mk = helper.make_node
-    nodes = [mk("Shape", [x], [base + "_shape"], name=base + "_shape"),
-             mk("Slice", [base + "_shape", base + "_0", base + "_m1"], [base + "_lead"], name=base + "_lead"),
-             mk("Concat", [base + "_lead", base + "_tail"], [base + "_bshape"], axis=0, name=base + "_cat"),
+    inits.append(numpy_helper.from_array(np.array([2 ** 62], np.int64), base + "_end"))
+    nodes = [helper.make_node("Shape", [x], [base + "_shape"], name=base + "_shape"),
+             helper.make_node("Slice", [base + "_shape", base + "_0", base + "_m1"], [base + "_lead"],
+                              name=base + "_lead"),
+             helper.make_node("Slice", [base + "_shape", base + "_m1", base + "_end"], [base + "_k"], name=base + "_k"),
+             helper.make_node("Div", [base + "_k", base + "_tail"], [base + "_nb"], name=base + "_nb"),
+             helper.make_node("Concat", [base + "_lead", base + "_nb", base + "_tail"], [base + "_bshape"], axis=0,
+                              name=base + "_cat"),
              helper.make_node("Reshape", [x, base + "_bshape"], [base + "_blocked"], name=base + "_rs")]
     return nodes, base + "_blocked", base + "_shape"
 

@@ -1,0 +1,335 @@
+"""Quantized linears in ONNX, in the patterns TensorRT imports as FP8 / FP4 GEMMs (ModelOpt's export).
+
+Per format (spec.registry.quant_formats names), for a linear y = act(x) @ deq(W).T:
+- "fp8" (W8A8): W is a FLOAT8E4M3FN initializer, DequantizeLinear(W, weight_scale); x goes through
+  QuantizeLinear/DequantizeLinear with the calibrated per-tensor input_scale (saturating, as numerics.fp8).
+- "nvfp4" (W4A4): W is a FLOAT4E2M1 initializer; DequantizeLinear(FP8 E4M3 block scales, fp32 global
+  scale) gives the fp32 block scales, then DequantizeLinear(W, those, axis=-1, block_size=16): two
+  levels, because a DequantizeLinear scale cannot itself be FP8. x goes through
+  `trt::TRT_FP4DynamicQuantize(x, global; axis=-1, block_size=16, scale_type=FLOAT8E4M3FN)` -> (x_fp4,
+  e4m3 block scales) and the same two DequantizeLinears; the global scale is the calibrated input_scale,
+  a build-time constant. TensorRT fuses this into an FP4 GEMM on Blackwell.
+- "w4a16-nvfp4": the NVFP4 weight pattern, x unquantized.
+- "mxfp4" (W4A16): MXFP4 weights reach the graph as NVFP4 through the lossless transcode
+  (numerics.transcode): TensorRT's parser rejects E8M0 initializers. A block NVFP4 cannot hold exactly
+  is an error naming the tensor and the block.
+Every DequantizeLinear here outputs fp32 (its scale's type); a Cast follows when the graph runs in
+fp16/bf16, as in ModelOpt's graphs. Values are bit-identical to numerics' dequantize.
+
+Experts: TensorRT accepts FP4/FP8 tensors only as inputs of DequantizeLinear (or reshape/concat): a
+Gather of an FP4 initializer by expert index fails to build ("has datatype FP4 but is not consumed by
+... IDequantizeLayer"), and a Gather after dequantizing all experts would read all of them. So the
+(token, slot) pairs are sorted by expert with standard ops (TensorRT-RTX has no NonZero) and every
+expert runs one GEMM on its own rows, with its weights in the pattern above: FP4 GEMMs, and an expert
+no token chose runs zero rows and reads nothing. Same values as the reference runtime, bit for bit
+before the GEMM's float accumulation.
+
+Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_EMITTERS (`quant_linear`, `quant_expert`); this
+module does not import that one.
+Large quantized initializers are written lazily like the exporter's other weights (one tensor at a time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from numerics.fp8 import FP8Tensor
+from numerics.mxfp4 import MXFP4Weight
+from numerics.nvfp4 import BLOCK as NV_BLOCK
+from numerics.nvfp4 import NVFP4Tensor
+from spec.canonical import input_scale_name
+
+FLOAT = TensorProto.FLOAT
+# Custom-op domain of TensorRT's ONNX parser (TRT_FP4DynamicQuantize and friends).
+TRT_DOMAIN = "trt"
+
+
+class QuantGraphError(ValueError):
+    """A weight or scale that cannot be put into the graph as declared."""
+
+
+# -- initializers (lazy: bytes produced when the graph is saved) ---------------------------------------------
+_ELEM_NAMES = {TensorProto.FLOAT4E2M1: "float4e2m1", TensorProto.FLOAT8E4M3FN: "float8e4m3fn", TensorProto.FLOAT: "float32"}
+
+
+def _lazy(g, name: str, elem: int, shape, produce) -> str:
+    """An initializer of `elem` whose raw bytes `produce()` returns, called only when the graph is written."""
+    return g.packed_weight(g.fresh(name), _ELEM_NAMES[elem], shape, lambda: [produce()])
+
+
+def _f32(g, value, name: str) -> str:
+    return g.const(np.asarray(value, dtype=np.float32).reshape(()), name)
+
+
+def _fp8_zero(g, name: str) -> str:
+    """An FP8 E4M3 zero: QuantizeLinear's zero point, which also types its output as FP8."""
+    return g.raw(name, TensorProto.FLOAT8E4M3FN, (), [b"\x00"])
+
+
+def _bytes(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).view(np.uint8).tobytes()
+
+
+# -- weight values -----------------------------------------------------------------------------------------
+def as_nvfp4(weight, name: str) -> NVFP4Tensor:
+    """An NVFP4 weight, or an MXFP4 one transcoded losslessly (one global scale for the whole tensor:
+    all experts of a projection share it). A lossy block is an error naming it."""
+    if isinstance(weight, NVFP4Tensor):
+        return weight
+    if isinstance(weight, MXFP4Weight):
+        from numerics.transcode import lossy_blocks, mxfp4_to_nvfp4_lossless
+        lossy = lossy_blocks(weight.blocks, weight.scales)
+        if lossy.any():
+            first = tuple(int(i) for i in np.argwhere(lossy)[0])
+            axes = "expert, row, block of 32" if lossy.ndim == 3 else "row, block of 32"
+            raise QuantGraphError(
+                f"{name}: {int(lossy.sum())} MXFP4 block(s) cannot be represented exactly in NVFP4, the first at "
+                f"{first} ({axes}): its exponent is more than 17 below the tensor's largest, beyond an e4m3 "
+                f"block scale. TensorRT cannot take E8M0 scales; quantize this model to NVFP4 from float "
+                f"weights instead (--quant nvfp4 from a bf16 checkpoint)")
+        return mxfp4_to_nvfp4_lossless(weight.blocks, weight.scales)
+    raise QuantGraphError(f"{name}: expected an NVFP4 (or MXFP4) weight, got {type(weight).__name__}; the "
+                          f"network declares this module in an FP4 format")
+
+
+def as_fp8(weight, name: str) -> FP8Tensor:
+    if isinstance(weight, FP8Tensor):
+        return weight
+    raise QuantGraphError(f"{name}: the network declares this module 'fp8' but the checkpoint holds "
+                          f"{type(weight).__name__}; expected numerics.fp8.FP8Tensor")
+
+
+def input_scale_value(input_scale, name: str) -> np.float32:
+    """The calibrated activation scale (several, e.g. per expert or gate and up, share their max, as the
+    reference runtime does)."""
+    if input_scale is None:
+        raise QuantGraphError(f"{name}: this format quantizes activations and needs the calibrated input_scale "
+                              f"({input_scale_name(name)}), which the checkpoint lacks; build with calibration "
+                              f"(--calib-file) or use a weight-only format")
+    s = np.float32(np.max(np.asarray(input_scale, dtype=np.float32)))
+    if not (np.isfinite(s) and s > 0):
+        raise QuantGraphError(f"{name}: input_scale must be a finite positive number, got {s}")
+    return s
+
+
+# -- dequantized weights (all rows; the pattern TensorRT fuses into its GEMMs) -------------------------------
+def _cast(g, x: str, dtype: int) -> str:
+    return x if dtype == FLOAT else g.op("Cast", x, to=dtype)
+
+
+def _f32_bytes(v) -> bytes:
+    return np.asarray(v, dtype=np.float32).reshape(()).tobytes()
+
+
+def emit_nvfp4_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOAT) -> str:
+    """[..., out, in] dequantized: DQ(DQ(e4m3 block scales, global), FLOAT4E2M1 weight; block 16).
+    `get()` returns the NVFP4Tensor; it is called only when the graph is written."""
+    shape = tuple(shape)
+    codes = _lazy(g, f"{name}.fp4", TensorProto.FLOAT4E2M1, shape, lambda: _bytes(get().packed))
+    s8 = _lazy(g, f"{name}.block_scale", TensorProto.FLOAT8E4M3FN, shape[:-1] + (shape[-1] // NV_BLOCK,),
+               lambda: _bytes(get().block_scale))
+    g2 = _lazy(g, f"{name}.global_scale", FLOAT, (), lambda: _f32_bytes(get().global_scale))
+    scale = g.op("DequantizeLinear", s8, g2, name=f"{name}.dq_scale")
+    deq = g.op("DequantizeLinear", codes, scale, name=f"{name}.dq", axis=-1, block_size=NV_BLOCK)
+    return _cast(g, deq, dtype)
+
+
+def emit_fp8_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOAT) -> str:
+    data = _lazy(g, f"{name}.fp8", TensorProto.FLOAT8E4M3FN, tuple(shape), lambda: _bytes(get().data))
+    scale = _lazy(g, f"{name}.scale", FLOAT, (), lambda: _f32_bytes(get().scale))
+    return _cast(g, g.op("DequantizeLinear", data, scale, name=f"{name}.dq"), dtype)
+
+
+# -- activations ---------------------------------------------------------------------------------------------
+def emit_nvfp4_activation(g, x: str, input_scale, name: str, dtype: int = FLOAT) -> str:
+    """x -> NVFP4 fake-quantized x: TRT_FP4DynamicQuantize with the calibrated global scale, two DQs."""
+    g.opset_imports[TRT_DOMAIN] = 1
+    gs = _f32(g, input_scale_value(input_scale, name), f"{name}.input_scale")
+    x_fp4, x_sf = g.op("TRT_FP4DynamicQuantize", x, gs, outputs=2, name=f"{name}.act_fp4", domain=TRT_DOMAIN,
+                       axis=-1, block_size=NV_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN)
+    sf = g.op("DequantizeLinear", x_sf, gs, name=f"{name}.act_dq_scale")
+    deq = g.op("DequantizeLinear", x_fp4, sf, name=f"{name}.act_dq", axis=-1, block_size=NV_BLOCK)
+    return _cast(g, deq, dtype)
+
+
+_NUMPY_DTYPE = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+
+
+def emit_fp8_activation(g, x: str, input_scale, name: str, dtype: int = FLOAT) -> str:
+    """x -> QuantizeLinear (e4m3, saturating) -> DequantizeLinear with the calibrated per-tensor scale.
+    The scale takes x's dtype, as TensorRT's strongly typed Q/DQ wants; bf16 graphs (numpy has no bf16
+    constant) quantize a float32 copy of x."""
+    s = input_scale_value(input_scale, name)
+    via_float = dtype not in _NUMPY_DTYPE
+    if via_float:
+        x = g.op("Cast", x, to=FLOAT)
+    scale = g.const(np.asarray(s, dtype=_NUMPY_DTYPE.get(dtype, np.float32)), f"{name}.input_scale")
+    q = g.op("QuantizeLinear", x, scale, _fp8_zero(g, f"{name}.zero_point"), name=f"{name}.act_q")
+    dq = g.op("DequantizeLinear", q, scale, name=f"{name}.act_dq")
+    return g.op("Cast", dq, to=dtype) if via_float else dq
+
+
+def _no_activation(g, x, input_scale, name, dtype):
+    return x
+
+
+# format -> (weight value check, weight emitter, activation emitter)
+_FORMATS = {
+    "nvfp4": (as_nvfp4, emit_nvfp4_weight, emit_nvfp4_activation),
+    "w4a16-nvfp4": (as_nvfp4, emit_nvfp4_weight, _no_activation),
+    "mxfp4": (as_nvfp4, emit_nvfp4_weight, _no_activation),
+    "fp8": (as_fp8, emit_fp8_weight, emit_fp8_activation),
+}
+QUANT_FORMATS_WITH_PATTERN = tuple(_FORMATS)
+
+
+def _format(quant: str, name: str):
+    try:
+        return _FORMATS[quant]
+    except KeyError:
+        raise QuantGraphError(f"{name}: no ONNX pattern for quant format {quant!r}; quantized formats with one: "
+                              f"{', '.join(_FORMATS)} ('bf16' modules are plain MatMuls)") from None
+
+
+def emit_activation_quant(g, x: str, quant: str, input_scale, name: str, dtype: int = FLOAT) -> str:
+    """What a format does to a GEMM's input (identity for weight-only formats)."""
+    return _format(quant, name)[2](g, x, input_scale, name, dtype)
+
+
+def emit_dequantized_weight(g, weight, quant: str, name: str, dtype: int = FLOAT) -> str:
+    """The whole weight [..., out, in], dequantized in the graph from its quantized initializers."""
+    check, emit_weight, _ = _format(quant, name)
+    return emit_weight(g, lambda: check(weight, name), tuple(weight.shape), name, dtype)
+
+
+# Whole quantized tensors (an MXFP4 one transcoded) are produced when the graph is written, not when it is
+# built, and only the last few are kept: the writer asks for one expert slice after another, and a graph of
+# a large model never holds more than these in memory.
+KEEP_VALUES = 3
+
+
+def _loader(g, weights, name: str, check):
+    def get():
+        cache = g.__dict__.setdefault("_quant_values", {})
+        if name not in cache:
+            cache[name] = check(weights.value(name), name)
+            while len(cache) > KEEP_VALUES:
+                cache.pop(next(iter(cache)))
+        return cache[name]
+    return get
+
+
+# -- the emitters plugins.onnx.linear dispatches to ----------------------------------------------------------
+def _input_scale(linears, weights):
+    names = [input_scale_name(lin.weight) for lin in linears]
+    found = [np.asarray(weights.value(n), dtype=np.float32) for n in names if n in weights]
+    return max(float(v.max()) for v in found) if found else None
+
+
+def _bias(g, linears, weights, lead: tuple[int, ...] = ()) -> str | None:
+    """The linears' biases side by side, [*lead, sum(out)], in the graph dtype (None if they have none)."""
+    if all(lin.bias is None for lin in linears):
+        return None
+    if any(lin.bias is None for lin in linears):
+        raise QuantGraphError(f"linears {[lin.weight for lin in linears]}: some have a bias and some not")
+    import torch
+    for lin in linears:
+        weights.check(lin.bias, lead + (lin.out_features,))
+
+    def chunks():
+        yield torch.cat([torch.as_tensor(weights.value(lin.bias)).float() for lin in linears], dim=-1)
+    return g.weight("+".join(lin.bias for lin in linears), lead + (sum(lin.out_features for lin in linears),),
+                    chunks)
+
+
+def _gemm(g, x: str, w: str, b: str | None, n_in: int, n_out: int) -> str:
+    """x [..., in] @ w[out, in].T + b -> [..., out] as one 2-D Gemm (the pattern TensorRT fuses with DQ)."""
+    lead = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([-1]))
+    y2 = g.op("Gemm", g.op("Reshape", x, g.ints([-1, n_in])), w, *([b] if b is not None else []), transB=1)
+    return g.op("Reshape", y2, g.op("Concat", lead, g.ints([n_out]), axis=0))
+
+
+def quant_linear(g, x: str, linears, weights) -> str:
+    """act(x) @ deq(W).T + b for one or several linears of one quantized format (outputs concatenated)."""
+    quant, first = linears[0].quant, linears[0].weight
+    for lin in linears:
+        weights.check(lin.weight, (lin.out_features, lin.in_features))
+    check, emit_weight, _ = _format(quant, first)
+    xq = emit_activation_quant(g, x, quant, _input_scale(linears, weights), first, g.elem)
+    ws = [emit_weight(g, _loader(g, weights, lin.weight, check), (lin.out_features, lin.in_features), lin.weight,
+                      g.elem) for lin in linears]
+    w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=0)
+    return _gemm(g, xq, w, _bias(g, linears, weights), linears[0].in_features,
+                 sum(lin.out_features for lin in linears))
+
+
+# -- experts: (token, slot) pairs sorted by expert ----------------------------------------------------------
+def _expert_slice(w, e: int):
+    """Expert e's [out, in] weight of a quantized [E, out, in] one (the global scale stays shared)."""
+    if isinstance(w, NVFP4Tensor):
+        return NVFP4Tensor(w.packed[e], w.block_scale[e], w.global_scale, tuple(w.shape[1:]))
+    return FP8Tensor(w.data[e], w.scale)
+
+
+def _sort_pairs_by_expert(g, idx: str, E: int, tag: str):
+    """idx [N, k] -> (starts [E], ends [E], order [M], dest [M]) over the M = N*k (token, slot) pairs:
+    `order` lists the pairs expert by expert (expert e's are order[starts[e]:ends[e]]) and dest[p] is pair
+    p's place in that list. Standard ops only (TensorRT-RTX has no NonZero): one-hot, CumSum, ScatterND."""
+    flat = g.op("Reshape", idx, g.ints([-1]), name=f"{tag}.pairs")                 # [M] expert of each pair
+    onehot = g.op("Cast", g.op("Equal", g.op("Unsqueeze", flat, g.ints([1])), g.ints(list(range(E)))),
+                  to=TensorProto.INT64)                                             # [M, E]
+    counts = g.op("ReduceSum", onehot, g.ints([0]), keepdims=0)                      # [E]
+    ends = g.op("CumSum", counts, g.ints(0))
+    starts = g.op("Sub", ends, counts)
+    rank = g.op("Sub", g.op("ReduceSum", g.op("Mul", g.op("CumSum", onehot, g.ints(0)), onehot), g.ints([1]),
+                            keepdims=0), g.ints(1))                                 # [M] rank within its expert
+    dest = g.op("Add", g.op("Gather", starts, flat, axis=0), rank, name=f"{tag}.dest")
+    m = g.op("Shape", flat)
+    arange = g.op("Range", g.ints(0), g.op("Squeeze", m, g.ints([0])), g.ints(1))
+    order = g.op("ScatterND", g.op("ConstantOfShape", m, value=_int64_zero()), g.op("Unsqueeze", dest, g.ints([-1])),
+                 arange, name=f"{tag}.order")
+    return starts, ends, order, dest
+
+
+def _int64_zero():
+    from onnx import helper
+    return helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+
+
+def quant_expert(g, x: str, idx: str, linears, weights) -> str:
+    """x [N, 1|k, in], idx [N, k] -> [N, k, out]. The (token, slot) pairs are sorted by expert; each expert
+    runs one GEMM on its own pairs' inputs with its quantized weights in the format's pattern
+    (FLOAT4E2M1 / FLOAT8E4M3FN initializers and Q/DQ: what TensorRT turns into FP4/FP8 GEMMs); the
+    results, in sorted order, are gathered back to their pairs. An expert no token chose runs a GEMM of
+    zero rows: its weights are not read."""
+    quant, first = linears[0].quant, linears[0].weight
+    check, emit_weight, emit_act = _format(quant, first)
+    E, n_in = linears[0].num_experts, linears[0].in_features
+    outs = [lin.out_features for lin in linears]
+    for lin in linears:
+        weights.check(lin.weight, (E, lin.out_features, n_in))
+    loaders = [_loader(g, weights, lin.weight, check) for lin in linears]
+    in_scale = _input_scale(linears, weights)
+    if emit_act is not _no_activation:
+        in_scale = input_scale_value(in_scale, first)        # a missing scale is named by its module
+    lead = g.op("Shape", idx)                                                        # [N, k]
+    x_flat = g.op("Reshape", g.op("Expand", x, g.op("Concat", lead, g.ints([n_in]), axis=0)), g.ints([-1, n_in]))
+    starts, ends, order, dest = _sort_pairs_by_expert(g, idx, E, first)
+    results = []
+    for e in range(E):
+        tag = f"{first}.expert{e}"
+        rows = g.op("Slice", order, g.op("Slice", starts, g.ints([e]), g.ints([e + 1])),
+                    g.op("Slice", ends, g.ints([e]), g.ints([e + 1])), g.ints([0]), name=f"{tag}.rows")
+        xq = emit_act(g, g.op("Gather", x_flat, rows, axis=0), in_scale, tag, g.elem)   # [m_e, in]
+        ys = []
+        for lin, get in zip(linears, loaders):
+            w = emit_weight(g, lambda get=get, e=e: _expert_slice(get(), e), (lin.out_features, n_in),
+                            f"{lin.weight}.expert{e}", g.elem)
+            ys.append(g.op("Gemm", xq, w, transB=1, name=f"{lin.weight}.expert{e}.gemm"))
+        results.append(ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1))
+    y_sorted = g.op("Concat", *results, axis=0)                                     # [M, out], by expert
+    y = g.op("Reshape", g.op("Gather", y_sorted, dest, axis=0),
+             g.op("Concat", lead, g.ints([sum(outs)]), axis=0), name=f"{first}.experts_out")
+    b = _bias(g, linears, weights, lead=(E,))
+    return y if b is None else g.op("Add", y, g.op("Gather", b, idx, axis=0))
