@@ -66,8 +66,8 @@ def test_chat_streams_tokens_and_equals_the_unstreamed_answer(client):
     assert streamed.num_output_tokens == whole.num_output_tokens == 16
     assert streamed.finish_reason == whole.finish_reason == "length"
     assert streamed.num_input_tokens == whole.num_input_tokens > 50      # the rendered Harmony conversation
-    # one response per generated token, the text arriving piece by piece
-    assert streamed.chunks >= 16 and whole.chunks == 1
+    # responses as tokens come (one per token while the server keeps up), the text arriving piece by piece
+    assert streamed.chunks > 2 and whole.chunks == 1
     pieces = [c.text for _, c in arrivals if c.text]
     assert len(pieces) > 1
     assert arrivals[0][0] < arrivals[-1][0]
@@ -358,9 +358,10 @@ def test_tensorrt_llm_model_streams_what_the_runtime_generates(server):
             break
     c.stop_stream()
     c.close()
-    # Allow a stop token from the runtime's defaults: the served model ends there too.
-    assert tokens == expected[0].output_ids[:len(tokens)] and len(tokens) >= 1
-    assert responses == len(tokens)
+    # end_id -1: no end token (upstream's meaning), so all 10 tokens come, as the runtime makes them without stops.
+    assert tokens == expected[0].output_ids and len(tokens) == 10
+    # A streamed response holds the tokens made since the previous one: one each while the writer keeps up.
+    assert 1 < responses <= len(tokens)
 
 
 def test_postprocessing_model_decodes_harmony_channels(server):

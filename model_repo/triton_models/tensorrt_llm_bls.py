@@ -121,7 +121,6 @@ class TritonPythonModel:
         llm_in = [pb_utils.Tensor("input_ids", po["INPUT_ID"].astype(np.int32)),
                   pb_utils.Tensor("input_lengths", po["REQUEST_INPUT_LEN"].astype(np.int32)),
                   pb_utils.Tensor("request_output_len", po["REQUEST_OUTPUT_LEN"].astype(np.int32)),
-                  pb_utils.Tensor("end_id", po["OUT_END_ID"].astype(np.int32)),
                   pb_utils.Tensor("stop_words_list", po["STOP_WORDS_IDS"].astype(np.int32)),
                   pb_utils.Tensor("temperature", np.array([[s.temperature]], dtype=np.float32)),
                   pb_utils.Tensor("runtime_top_k", np.array([[s.top_k]], dtype=np.int32)),
@@ -129,6 +128,8 @@ class TritonPythonModel:
                   pb_utils.Tensor("streaming", np.array([[True]], dtype=np.bool_))]
         if s.seed is not None:
             llm_in.append(pb_utils.Tensor("seed", np.array([[s.seed]], dtype=np.uint64)))
+        if get(request, "end_id") is not None:          # absent: the engine's default stop tokens
+            llm_in.append(pb_utils.Tensor("end_id", po["OUT_END_ID"].astype(np.int32)))
         wanted = ["output_ids", "finish_reason"]
         if want_lp:
             llm_in.append(pb_utils.Tensor("return_log_probs", np.array([[True]], dtype=np.bool_)))
