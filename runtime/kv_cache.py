@@ -123,6 +123,7 @@ class KVCache:
         return max(g.pos.max(dim=1).values for g in self.groups) + 1
 
     # -- rows ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
     def reset_rows(self, rows) -> None:
         """Forget everything cached for these rows (masks come from the slot->position tables, so emptying a
         row's positions frees it; its stale keys are never attended to)."""
@@ -130,6 +131,7 @@ class KVCache:
         for g in self.groups:
             g.pos[rows] = -1
 
+    @torch.inference_mode()
     def copy_rows_from(self, src: "KVCache", src_rows, dst_rows) -> None:
         """Rows `src_rows` of `src` (which may be this cache) become rows `dst_rows` of this one: keys, values
         and the positions they hold. Full-attention buffers grow to hold the source's slots."""

@@ -105,6 +105,26 @@ def test_16_concurrent_streams_each_equal_the_request_alone(server):
     assert t_together < t_alone, (t_together, t_alone)
 
 
+def test_64_concurrent_streams_through_the_ensemble_each_equal_the_runtime_alone(server):
+    """More streams than batch rows (16): the rest queue, every one completes, each with exactly the tokens the
+    runtime makes for that prompt alone at temperature 0. end_id -1: no end token, so all of max_tokens come."""
+    from model_repo.harmony import render_chat
+    from model_repo.tokenizer import load_tokenizer
+    from runtime import Runtime, SamplingParams
+    tok = load_tokenizer(server.engine)
+    ids = [render_chat(tok, f"Stream {i}: name {i % 9 + 1} animals" + " quickly" * (i % 6), "low")
+           for i in range(64)]
+    texts = [tok.decode(x) for x in ids]
+    assert [tok.encode(t) for t in texts] == ids
+    served = generate_many(server.grpc_url, texts, model="ensemble", max_tokens=8, stream=True, raw=True,
+                           end_id=-1, timeout_s=300)
+    rt = Runtime.from_dir(server.engine)
+    for i, (r, p) in enumerate(zip(served, ids)):
+        alone = rt.generate([p], SamplingParams(max_tokens=8, stop_token_ids=()))[0]
+        assert r.output_ids == alone.output_ids, f"stream {i} differs from the same request alone"
+        assert r.num_output_tokens == 8 and r.finish_reason == "length"
+
+
 @pytest.mark.parametrize("model", ["tensorrt_llm_bls", "ensemble"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_log_probs_and_context_logits_are_the_runtimes(server, model, stream):

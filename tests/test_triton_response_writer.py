@@ -1,0 +1,87 @@
+"""model_repo.responses.ResponseWriter: the served model's responses leave from one thread, tokens made while a
+send is slow travel together, and clients that go away get their generation cancelled."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from model_repo.responses import ResponseWriter
+
+
+class Responder:
+    def __init__(self, rid, streaming=True, send_s=0.0, fail=False):
+        self.rid, self.streaming, self.send_s, self.fail = rid, streaming, send_s, fail
+        self.sent, self.gone = [], False
+        self.done = threading.Event()
+        self.threads = set()
+
+    def send(self, tokens, reason, message):
+        self.threads.add(threading.current_thread().name)
+        if self.fail:
+            raise RuntimeError("stream closed")
+        time.sleep(self.send_s)
+        self.sent.append((list(tokens), reason))
+        if reason is not None:
+            self.done.set()
+
+    def is_cancelled(self):
+        return self.gone
+
+
+def _stream(send_s: float) -> Responder:
+    """20 tokens, one every 5 ms, then a finishing one, through a writer whose sends take send_s."""
+    cancelled = []
+    w = ResponseWriter(cancelled.append)
+    try:
+        r = Responder("r", send_s=send_s)
+        emit = w.add(r)
+        for t in range(20):                  # the producer never waits for the sends
+            t0 = time.perf_counter()
+            emit([t], None, None)
+            assert time.perf_counter() - t0 < 0.02
+            time.sleep(0.005)
+        emit([20], "length", None)
+        assert r.done.wait(10)
+    finally:
+        w.stop()
+    assert [t for toks, _ in r.sent for t in toks] == list(range(21))
+    assert r.sent[-1][1] == "length" and all(reason is None for _, reason in r.sent[:-1])
+    assert r.threads == {"response-writer"} and cancelled == [] and w.live == 0
+    return r
+
+
+def test_tokens_arrive_in_order_and_coalesce_while_a_send_is_slow():
+    assert len(_stream(send_s=0.05).sent) < 10          # fewer, fuller responses
+    assert len(_stream(send_s=0.0).sent) > 10           # negative control: one per token, or nearly
+
+
+def test_unstreamed_requests_get_one_response():
+    w = ResponseWriter(lambda rid: None)
+    try:
+        r = Responder("whole", streaming=False)
+        emit = w.add(r)
+        for t in range(5):
+            emit([t], None, None)
+        emit([5], "stop", None)
+        assert r.done.wait(10)
+    finally:
+        w.stop()
+    assert r.sent == [([0, 1, 2, 3, 4, 5], "stop")]
+
+
+def test_gone_clients_are_cancelled():
+    cancelled = []
+    w = ResponseWriter(cancelled.append, cancel_check_s=0.02)
+    try:
+        quiet, broken = Responder("quiet"), Responder("broken", fail=True)
+        w.add(quiet)
+        emit_broken = w.add(broken)
+        emit_broken([1], None, None)          # its send fails: the client has gone
+        quiet.gone = True                      # noticed by the periodic check
+        deadline = time.monotonic() + 10
+        while not {"quiet", "broken"} <= set(cancelled) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        w.stop()
+    assert {"quiet", "broken"} <= set(cancelled)
