@@ -7,6 +7,8 @@ called directly and for the served models, same engine, same prompts, same run.
 
 Targets (rows), each a small class in TARGETS below; a new way in (another endpoint, another load generator) is
 one more class with `start`, `generate` and `close`, appended to TARGETS:
+- generate:         Runtime.generate_stream: at concurrency C the C clients' prompts as one static batch per round
+                    (at C = 1 the runtime called directly, one request at a time);
 - runtime:          runtime.scheduler.Scheduler in this process (what `generate` and the served model run), C
                     client threads submitting to it;
 - triton ensemble:  tritonserver, the `ensemble` model over gRPC streams (one stream per client thread, reused),
@@ -15,7 +17,7 @@ one more class with `start`, `generate` and `close`, appended to TARGETS:
 Every request decodes exactly --max-tokens tokens (no end token, greedy); at each concurrency C, C client threads
 send --requests-per-client requests each, back to back. Columns: tok/s = all tokens / wall time; TTFT = request
 sent -> first token; ITL = per request (last token - first token) / (tokens - 1), as genai-perf and aiperf
-report it; p50 / p99 over requests. "vs runtime" is tok/s against the runtime row at the same concurrency, and
+report it; p50 / p99 over requests. "vs generate" is tok/s against the generate row at the same concurrency, and
 "x c=1" against the same target at concurrency 1. The rows alternate target by target at each concurrency, so a
 shared machine's load falls on every target alike; each target's answers are checked against the runtime's.
 """
@@ -127,6 +129,29 @@ class RuntimeTarget(Target):
         self.scheduler.stop()
 
 
+class GenerateTarget(Target):
+    """Runtime.generate_stream, the runtime's whole-batch call: the C clients' requests of one round go in as one
+    batch (at C = 1: one request at a time, the runtime called directly)."""
+    name = "generate"
+
+    def start(self, ctx):
+        self.rt = ctx.runtime
+        self.lock = threading.Lock()
+        self.batch: list = []
+        self.clients = 0
+
+    def run_batch(self, prompts, max_tokens) -> list:
+        from runtime.sampling import SamplingParams
+        stamps = [[] for _ in prompts]
+        ids = [[] for _ in prompts]
+        sent = time.perf_counter()
+        for ev in self.rt.generate_stream([p.ids for p in prompts], SamplingParams(max_tokens=max_tokens,
+                                                                                    stop_token_ids=())):
+            stamps[ev.index].append(time.perf_counter())
+            ids[ev.index].append(ev.token_id)
+        return [Sample(sent, s, i) for s, i in zip(stamps, ids)]
+
+
 class TritonTarget(Target):
     """tritonclient gRPC streams, one per client thread, reused for its requests (as perf_analyzer does)."""
 
@@ -176,9 +201,9 @@ class TritonTarget(Target):
 
 
 # Rows of the table, in order. Other endpoints and load generators go here.
-TARGETS = {"runtime": RuntimeTarget, "ensemble": lambda: TritonTarget("ensemble"),
+TARGETS = {"generate": GenerateTarget, "runtime": RuntimeTarget, "ensemble": lambda: TritonTarget("ensemble"),
            "bls": lambda: TritonTarget("tensorrt_llm_bls")}
-DEFAULT_TARGETS = ("runtime", "ensemble")
+DEFAULT_TARGETS = ("generate", "runtime", "ensemble")
 
 
 @dataclass
@@ -191,6 +216,13 @@ class Context:
 
 def run_level(target: Target, prompts: list, concurrency: int, per_client: int, max_tokens: int) -> Level:
     level = Level(target.name, concurrency)
+    if isinstance(target, GenerateTarget):          # one batch per round, no client threads
+        t0 = time.perf_counter()
+        for j in range(per_client):
+            batch = [prompts[(k * per_client + j) % len(prompts)] for k in range(concurrency)]
+            level.samples += list(zip(batch, target.run_batch(batch, max_tokens)))
+        level.wall = time.perf_counter() - t0
+        return level
     lock = threading.Lock()
     errors = []
 
@@ -285,7 +317,7 @@ def main(argv=None) -> int:
         engine = Path(args.engine) if args.engine else make_engine(args.model, Path(tmp) / args.model)
         prompts = make_prompts(engine, 64)
         server = None
-        if any(n != "runtime" for n in names):
+        if any(n not in ("runtime", "generate") for n in names):
             repo = write_model_repo(engine, Path(tmp) / "repo", backend="reference", max_batch_size=max_batch,
                                     cpu_threads=1)
             server = TritonServer(repo, log_file=Path(tmp) / "server.log")
@@ -305,7 +337,7 @@ def main(argv=None) -> int:
                     level = run_level(t, prompts, c, n, args.max_tokens)
                     for p, s in level.samples:
                         key = tuple(p.ids)
-                        if t.name == "runtime" or key not in reference:
+                        if t.name in ("generate", "runtime") or key not in reference:
                             reference.setdefault(key, s.ids)
                         if s.ids != reference[key]:
                             mismatches[t.name] = mismatches.get(t.name, 0) + 1
@@ -319,22 +351,22 @@ def main(argv=None) -> int:
             if server is not None:
                 server.stop()
 
-    base = {(r["concurrency"]): r["tok_s"] for r in rows if r["target"] == "runtime"}
+    base = {(r["concurrency"]): r["tok_s"] for r in rows if r["target"] == "generate"}
     one = {r["target"]: r["tok_s"] for r in rows if r["concurrency"] == min(levels)}
     for r in rows:
-        r["vs_runtime"] = r["tok_s"] / base[r["concurrency"]] if r["concurrency"] in base else float("nan")
+        r["vs_generate"] = r["tok_s"] / base[r["concurrency"]] if r["concurrency"] in base else float("nan")
         r["vs_c1"] = r["tok_s"] / one[r["target"]] if r["target"] in one else float("nan")
     print(f"\nengine {engine.name if args.engine else args.model}; {len(prompts)} Harmony chat prompts of "
           f"{min(len(p.ids) for p in prompts)}-{max(len(p.ids) for p in prompts)} tokens; {args.max_tokens} tokens "
           f"each (greedy, no end token); in-flight batch {max_batch}; 1 torch thread; "
           f"answers differing from the runtime's: {mismatches or 'none'}")
-    hdr = (f"{'target':18} {'conc':>4} {'reqs':>4} {'tok/s':>8} {'vs runtime':>10} {'x c=1':>6} "
+    hdr = (f"{'target':18} {'conc':>4} {'reqs':>4} {'tok/s':>8} {'vs generate':>11} {'x c=1':>6} "
            f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}   (ms)")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['target']:18} {r['concurrency']:>4} {r['requests']:>4} {r['tok_s']:>8.1f} "
-              f"{r['vs_runtime']:>10.2f} {r['vs_c1']:>6.2f} {r['ttft_ms_p50']:>9.1f} {r['ttft_ms_p99']:>9.1f} "
+              f"{r['vs_generate']:>11.2f} {r['vs_c1']:>6.2f} {r['ttft_ms_p50']:>9.1f} {r['ttft_ms_p99']:>9.1f} "
               f"{r['itl_ms_p50']:>8.2f} {r['itl_ms_p99']:>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "mismatches": mismatches}, indent=1))
