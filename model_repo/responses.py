@@ -3,7 +3,12 @@
 The scheduler hands each request's tokens to `emit` (a list append under a lock, then a wake-up) and goes on with
 the next decode step; the writer sends them. Tokens that arrive while an earlier response of the same request is
 being sent travel together in the next response, so a writer that falls behind under load sends fewer, fuller
-responses instead of queueing one per token. The writer also asks Triton, a few times a second, whether each
+responses instead of queueing one per token. And every response costs the same CPU in each hop after this one
+(Triton's core, the BLS model, the client) whatever it carries, so with many streams live a streamed response waits
+for several tokens: while at most `streams_per_response` streams are live each token leaves on its own (after the
+first response, which always leaves at once), beyond that a response carries ceil(live / streams_per_response)
+tokens, which keeps the responses per decode step near `streams_per_response` at any concurrency (the same idea
+as vLLM's and TensorRT-LLM's `stream_interval`, made adaptive). The writer also asks Triton, a few times a second, whether each
 running request's client has cancelled or gone, and cancels its generation then (the scheduler itself never
 makes that round trip).
 
@@ -18,23 +23,26 @@ import time
 from typing import Callable
 
 CANCEL_CHECK_S = 0.2
+STREAMS_PER_RESPONSE = 8
 
 
 class _Stream:
-    __slots__ = ("responder", "tokens", "reason", "message")
+    __slots__ = ("responder", "tokens", "reason", "message", "started")
 
     def __init__(self, responder):
         self.responder = responder
         self.tokens: list = []
         self.reason = None
         self.message = None
+        self.started = False        # its first response is on its way
 
 
 class ResponseWriter:
     def __init__(self, cancel: Callable[[str], None], log: Callable[[str], None] | None = None,
-                 cancel_check_s: float = CANCEL_CHECK_S):
+                 cancel_check_s: float = CANCEL_CHECK_S, streams_per_response: int = STREAMS_PER_RESPONSE):
         """cancel(request_id): stop a generation whose client has gone."""
         self._cancel = cancel
+        self._fan = max(1, int(streams_per_response))
         self._log = log or (lambda msg: None)
         self._cancel_check_s = cancel_check_s
         self._cv = threading.Condition()
@@ -56,7 +64,9 @@ class ResponseWriter:
                 stream.tokens.extend(tokens)
                 if reason is not None:
                     stream.reason, stream.message = reason, message
-                if reason is not None or (tokens and responder.streaming):
+                if reason is not None or (responder.streaming and stream.tokens and (
+                        not stream.started or len(stream.tokens) >= 1 + (len(self._live) - 1) // self._fan)):
+                    stream.started = True
                     self._ready[stream] = None
                     self._cv.notify()
         return emit

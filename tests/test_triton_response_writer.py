@@ -85,3 +85,24 @@ def test_gone_clients_are_cancelled():
     finally:
         w.stop()
     assert {"quiet", "broken"} <= set(cancelled)
+
+
+def test_many_live_streams_get_fewer_fuller_responses():
+    """17 live streams, 8 per response: after the first response, each carries 1 + 16 // 8 = 3 tokens."""
+    w = ResponseWriter(lambda rid: None, streams_per_response=8)
+    try:
+        watched = Responder("watched")
+        emit = w.add(watched)
+        others = [w.add(Responder(f"o{i}")) for i in range(16)]
+        for t in range(10):
+            emit([t], None, None)
+            time.sleep(0.01)
+        emit([10], "length", None)
+        assert watched.done.wait(10)
+        assert [len(toks) for toks, _ in watched.sent] == [1, 3, 3, 3, 1]
+        for e in others:
+            e([], "cancelled", None)
+    finally:
+        w.stop()
+    # Negative control: one stream alone gets a response per token.
+    assert len(_stream(send_s=0.0).sent) > 10
