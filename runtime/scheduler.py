@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,7 +43,6 @@ class Request:
     prompt: list
     params: SamplingParams = field(default_factory=SamplingParams)
     emit: Emit | None = None
-    arrival: float = field(default_factory=time.monotonic)
     # Filled as the request runs, before the emit call that carries the tokens concerned:
     output_ids: list = field(default_factory=list)
     log_probs: list = field(default_factory=list)      # params.logprobs: per generated token, raw distribution
@@ -101,12 +99,11 @@ class Scheduler:
     def active(self) -> int:
         return len(self._rows)
 
-    def pending(self) -> bool:
-        with self._cv:
-            return bool(self._rows or self._queue)
-
     def start(self) -> "Scheduler":
-        self._thread = threading.Thread(target=self._serve, name="runtime-scheduler", daemon=True)
+        """Serve on a thread of its own, computing with as many torch threads as the caller's (torch's thread
+        count is per thread: a new thread would otherwise start with all cores)."""
+        self._thread = threading.Thread(target=self._serve, args=(torch.get_num_threads(),),
+                                        name="runtime-scheduler", daemon=True)
         self._thread.start()
         return self
 
@@ -300,7 +297,8 @@ class Scheduler:
         return None
 
     # -- the service thread ------------------------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _serve(self, torch_threads: int) -> None:
+        torch.set_num_threads(torch_threads)
         while True:
             with self._cv:
                 while not self._stopping and not self._queue and not self._cancelled and not self._rows:
