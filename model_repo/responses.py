@@ -8,7 +8,9 @@ responses instead of queueing one per token. And every response costs the same C
 for several tokens: while at most `streams_per_response` streams are live each token leaves on its own (after the
 first response, which always leaves at once), beyond that a response carries ceil(live / streams_per_response)
 tokens, which keeps the responses per decode step near `streams_per_response` at any concurrency (the same idea
-as vLLM's and TensorRT-LLM's `stream_interval`, made adaptive). The writer also asks Triton, a few times a second, whether each
+as vLLM's and TensorRT-LLM's `stream_interval`, made adaptive). Likewise a stream's responses leave at most every
+`min_interval_s` (5 ms: well under a screen refresh), so a model that makes a token every millisecond or two sends
+a few per response; the first response and the last one never wait. The writer also asks Triton, a few times a second, whether each
 running request's client has cancelled or gone, and cancels its generation then (the scheduler itself never
 makes that round trip).
 
@@ -24,10 +26,11 @@ from typing import Callable
 
 CANCEL_CHECK_S = 0.2
 STREAMS_PER_RESPONSE = 8
+MIN_INTERVAL_S = 0.005
 
 
 class _Stream:
-    __slots__ = ("responder", "tokens", "reason", "message", "started")
+    __slots__ = ("responder", "tokens", "reason", "message", "started", "last_sent")
 
     def __init__(self, responder):
         self.responder = responder
@@ -35,14 +38,18 @@ class _Stream:
         self.reason = None
         self.message = None
         self.started = False        # its first response is on its way
+        self.last_sent = 0.0        # time.monotonic() when its latest response was taken for sending
 
 
 class ResponseWriter:
     def __init__(self, cancel: Callable[[str], None], log: Callable[[str], None] | None = None,
-                 cancel_check_s: float = CANCEL_CHECK_S, streams_per_response: int = STREAMS_PER_RESPONSE):
+                 cancel_check_s: float = CANCEL_CHECK_S, streams_per_response: int = STREAMS_PER_RESPONSE,
+                 min_interval_s: float = MIN_INTERVAL_S):
         """cancel(request_id): stop a generation whose client has gone."""
         self._cancel = cancel
         self._fan = max(1, int(streams_per_response))
+        self._min_interval = max(0.0, float(min_interval_s))
+        self._held: dict[_Stream, float] = {}      # streams with tokens waiting for min_interval: -> due time
         self._log = log or (lambda msg: None)
         self._cancel_check_s = cancel_check_s
         self._cv = threading.Condition()
@@ -64,9 +71,19 @@ class ResponseWriter:
                 stream.tokens.extend(tokens)
                 if reason is not None:
                     stream.reason, stream.message = reason, message
-                if reason is not None or (responder.streaming and stream.tokens and (
-                        not stream.started or len(stream.tokens) >= 1 + (len(self._live) - 1) // self._fan)):
+                if reason is not None or (responder.streaming and stream.tokens and not stream.started):
+                    ready = True
+                elif responder.streaming and len(stream.tokens) >= 1 + (len(self._live) - 1) // self._fan:
+                    due = stream.last_sent + self._min_interval
+                    ready = due <= time.monotonic()
+                    if not ready and stream not in self._held:
+                        self._held[stream] = due
+                        self._cv.notify()
+                else:
+                    ready = False
+                if ready:
                     stream.started = True
+                    self._held.pop(stream, None)
                     self._ready[stream] = None
                     self._cv.notify()
         return emit
@@ -88,16 +105,25 @@ class ResponseWriter:
         while True:
             with self._cv:
                 while not self._ready and not self._stopping:
-                    wait = next_check - time.monotonic()
+                    now = time.monotonic()
+                    due = [s for s, t in self._held.items() if t <= now]
+                    for stream in due:
+                        del self._held[stream]
+                        self._ready[stream] = None
+                    if due:
+                        break
+                    wait = min([next_check] + list(self._held.values())) - now
                     if wait <= 0:
                         break
                     self._cv.wait(wait)
                 if self._stopping and not self._ready:
                     return
+                now = time.monotonic()
                 work = []
                 for stream in self._ready:
                     work.append((stream, stream.tokens, stream.reason, stream.message))
                     stream.tokens = []
+                    stream.last_sent = now
                     if stream.reason is not None:
                         self._live.pop(id(stream), None)
                 self._ready.clear()

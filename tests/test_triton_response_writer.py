@@ -29,10 +29,10 @@ class Responder:
         return self.gone
 
 
-def _stream(send_s: float) -> Responder:
-    """20 tokens, one every 5 ms, then a finishing one, through a writer whose sends take send_s."""
+def _stream(send_s: float, min_interval_s: float = 0.0, every_s: float = 0.005) -> Responder:
+    """20 tokens, one every `every_s`, then a finishing one, through a writer whose sends take send_s."""
     cancelled = []
-    w = ResponseWriter(cancelled.append)
+    w = ResponseWriter(cancelled.append, min_interval_s=min_interval_s)
     try:
         r = Responder("r", send_s=send_s)
         emit = w.add(r)
@@ -40,7 +40,7 @@ def _stream(send_s: float) -> Responder:
             t0 = time.perf_counter()
             emit([t], None, None)
             assert time.perf_counter() - t0 < 0.02
-            time.sleep(0.005)
+            time.sleep(every_s)
         emit([20], "length", None)
         assert r.done.wait(10)
     finally:
@@ -106,3 +106,9 @@ def test_many_live_streams_get_fewer_fuller_responses():
         w.stop()
     # Negative control: one stream alone gets a response per token.
     assert len(_stream(send_s=0.0).sent) > 10
+
+
+def test_fast_tokens_share_responses_at_most_every_min_interval():
+    r = _stream(send_s=0.0, min_interval_s=0.05, every_s=0.01)        # 200 ms of tokens, a response per 50 ms
+    assert r.sent[0] == ([0], None)                                     # the first token never waits
+    assert 3 <= len(r.sent) <= 7
