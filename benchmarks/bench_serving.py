@@ -18,8 +18,8 @@ Every request decodes exactly --max-tokens tokens (no end token, greedy); at eac
 send --requests-per-client requests each, back to back. Columns: tok/s = all tokens / wall time; TTFT = request
 sent -> first token; ITL = per request (last token - first token) / (tokens - 1), as genai-perf and aiperf
 report it; p50 / p99 over requests. "vs generate" is tok/s against the generate row at the same concurrency, and
-"x c=1" against the same target at concurrency 1. The rows alternate target by target at each concurrency, so a
-shared machine's load falls on every target alike; each target's answers are checked against the runtime's.
+"x c=1" against the same target at concurrency 1. At concurrency 1 the targets take turns request by request (more
+clients: level by level), so a shared machine's load falls on every target alike; each target's answers are checked against the runtime's.
 """
 
 from __future__ import annotations
@@ -250,6 +250,20 @@ def run_level(target: Target, prompts: list, concurrency: int, per_client: int, 
     return level
 
 
+def _interleaved(targets, prompts, concurrency, per_client, max_tokens) -> list:
+    """One Level per target. One client: request by request, target after target (load that comes and goes
+    falls on every target alike); more clients: target after target, per_client rounds each."""
+    if concurrency > 1:
+        return [run_level(t, prompts, concurrency, per_client, max_tokens) for t in targets]
+    levels = [Level(t.name, 1) for t in targets]
+    for j in range(per_client):
+        for t, level in zip(targets, levels):
+            one = run_level(t, [prompts[j % len(prompts)]], 1, 1, max_tokens)
+            level.samples += one.samples
+            level.wall += one.wall
+    return levels
+
+
 # -- models ------------------------------------------------------------------------------------------------------
 def make_engine(kind: str, dest: Path) -> Path:
     """tiny: the shipped trained tiny model. h512: random weights, 4 layers, hidden 512 (the tiny tokenizer)."""
@@ -289,7 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=("tiny", "h512"), default="tiny", help="the engine to make (no --engine)")
     ap.add_argument("--engine", help="an existing engine directory instead")
     ap.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
-    ap.add_argument("--requests-per-client", default="8,2,1",
+    ap.add_argument("--requests-per-client", default="16,2,1",
                     help="requests each client sends, per concurrency (one value for all, or one per level)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"of {', '.join(TARGETS)}")
@@ -333,8 +347,7 @@ def main(argv=None) -> int:
                 run_level(t, prompts[:2], 1, 1, 4)                      # warm up
             reference: dict = {}
             for c, n in zip(levels, per):
-                for t in targets:
-                    level = run_level(t, prompts, c, n, args.max_tokens)
+                for t, level in zip(targets, _interleaved(targets, prompts, c, n, args.max_tokens)):
                     for p, s in level.samples:
                         key = tuple(p.ids)
                         if t.name in ("generate", "runtime") or key not in reference:
