@@ -11,8 +11,8 @@ token (upstream's meaning: decode to request_output_len or a stop word).
 execute() only queues requests; the backend's scheduler thread (runtime.scheduler) admits them into the running
 batch between decode steps. Responses leave from one writer thread (ResponseWriter), never from the scheduler's,
 so a decode step never waits on Triton: with streaming=true a response holds the token(s) generated since the
-previous one (one per step while the writer keeps up, several when it lags, as TensorRT-LLM's do), else one
-response holds them all. A request with `stop`=true cancels the running request with the same request id (what the
+previous one (one per step for a few streams at moderate speed; several with many streams live or a very fast
+model, see model_repo/responses.py), else one response holds them all. A request with `stop`=true cancels the running request with the same request id (what the
 BLS model sends when its client goes away); the writer also notices clients that cancel or disconnect.
 """
 
@@ -112,7 +112,6 @@ class _Responder:
         self.streaming = streaming
         self.req = req
         self.rid = req.request_id
-        self.sent_tokens = 0
         self.sent_log_probs = 0
         self.sent_context = False
 
