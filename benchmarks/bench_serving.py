@@ -28,7 +28,6 @@ import argparse
 import json
 import queue
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
