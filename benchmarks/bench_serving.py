@@ -1,29 +1,38 @@
-"""Serving overhead: time to first token and tokens/s through Triton (gRPC streaming) against the reference runtime
-called directly, same prompts, same engine, same run.
+"""Serving speed: tokens/s, time to first token and inter-token latency at several concurrencies, for the runtime
+called directly and for the served models, same engine, same prompts, same run.
 
-    python benchmarks/bench_serving.py                      # the tiny engine, made in a temp dir
-    python benchmarks/bench_serving.py --engine DIR --prompts 8 --max-tokens 64 --concurrency 8 --json out.json
+    python benchmarks/bench_serving.py                                   # the tiny engine, made in a temp dir
+    python benchmarks/bench_serving.py --model h512                      # a random 4-layer hidden-512 model
+    python benchmarks/bench_serving.py --engine DIR --concurrency 1,16,64 --max-tokens 64 --json out.json
 
-Rows:
-- runtime direct:   runtime.Runtime.generate_stream, one request at a time (batch 1), in this process;
-- batcher in-proc:  the in-flight batcher the served model runs (model_repo.inflight), in this process, no Triton;
-- triton gRPC:      the same prompts through tritonserver (tensorrt_llm_bls, stream=true), one at a time;
-- then the same at --concurrency C: the runtime generating all C prompts as one batch vs C concurrent gRPC streams.
-The one-at-a-time paths run interleaved per prompt, --rounds times; figures are medians over requests.
-TTFT: request sent -> first generated token (gRPC: first response). tok/s (decode): (tokens - 1) / (last - first).
-Overhead per token: triton's decode time per token minus the direct runtime's. Every path uses one torch thread
-(what the served model uses by default), so the comparison is like for like.
+Targets (rows), each a small class in TARGETS below; a new way in (another endpoint, another load generator) is
+one more class with `start`, `generate` and `close`, appended to TARGETS:
+- generate:         Runtime.generate_stream: at concurrency C the C clients' prompts as one static batch per round
+                    (at C = 1 the runtime called directly, one request at a time);
+- runtime:          runtime.scheduler.Scheduler in this process (what `generate` and the served model run), C
+                    client threads submitting to it;
+- triton ensemble:  tritonserver, the `ensemble` model over gRPC streams (one stream per client thread, reused),
+                    raw prompts, end_id -1;
+- triton bls:       the same through `tensorrt_llm_bls` (one model hop fewer), with --targets.
+Every request decodes exactly --max-tokens tokens (no end token, greedy); at each concurrency C, C client threads
+send --requests-per-client requests each, back to back. Columns: tok/s = all tokens / wall time; TTFT = request
+sent -> first token; ITL = per request (last token - first token) / (tokens - 1), as genai-perf and aiperf
+report it; p50 / p99 over requests. "vs generate" is tok/s against the generate row at the same concurrency, and
+"x c=1" against the same target at concurrency 1. At concurrency 1 the targets take turns request by request (more
+clients: level by level), so a shared machine's load falls on every target alike; each target's answers are checked against the runtime's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import queue
+import shutil
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,194 +40,349 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @dataclass
-class Run:
-    ttft: list = field(default_factory=list)         # s
-    decode_tps: list = field(default_factory=list)   # tokens/s after the first token, per request
-    tokens: int = 0
+class Prompt:
+    ids: list           # token ids (the runtime's input)
+    text: str           # the same ids as text (the served models' raw_prompt input)
+
+
+@dataclass
+class Sample:
+    sent: float
+    stamps: list        # arrival time of each generated token
+    ids: list           # the generated tokens
+
+
+@dataclass
+class Level:
+    target: str
+    concurrency: int
+    samples: list = field(default_factory=list)
     wall: float = 0.0
 
-    def row(self, name):
-        return {"path": name, "requests": len(self.ttft), "tokens": self.tokens,
-                "ttft_ms_p50": 1000 * statistics.median(self.ttft),
-                "ttft_ms_max": 1000 * max(self.ttft),
-                "decode_tok_s_p50": statistics.median(self.decode_tps) if self.decode_tps else float("nan"),
-                "ms_per_token": 1000 / statistics.median(self.decode_tps) if self.decode_tps else float("nan"),
-                "total_tok_s": self.tokens / self.wall if self.wall else float("nan")}
+    def row(self) -> dict:
+        ttft = [s.stamps[0] - s.sent for s in self.samples if s.stamps]
+        itl = [(s.stamps[-1] - s.stamps[0]) / (len(s.stamps) - 1) for s in self.samples if len(s.stamps) > 1]
+        tokens = sum(len(s.stamps) for s in self.samples)
+        return {"target": self.target, "concurrency": self.concurrency, "requests": len(self.samples),
+                "tokens": tokens, "tok_s": tokens / self.wall if self.wall else float("nan"),
+                "ttft_ms_p50": 1000 * _pct(ttft, 50), "ttft_ms_p99": 1000 * _pct(ttft, 99),
+                "itl_ms_p50": 1000 * _pct(itl, 50), "itl_ms_p99": 1000 * _pct(itl, 99)}
 
 
-def _record(run: Run, t0: float, stamps: list) -> None:
-    run.ttft.append(stamps[0] - t0)
-    run.tokens += len(stamps)
-    if len(stamps) > 1:
-        run.decode_tps.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+def _pct(xs, q):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def bench_runtime(rt, prompts, max_tokens) -> Run:
-    from runtime import SamplingParams
-    run = Run()
-    start = time.perf_counter()
-    for p in prompts:
+# -- targets ---------------------------------------------------------------------------------------------------
+class Target:
+    """One way of reaching the model. `generate` runs on a client thread (several at once at concurrency > 1)."""
+    name = "?"
+
+    def start(self, ctx: "Context") -> None:
+        pass
+
+    def client(self):
+        """Per client thread state (a connection), passed back to generate."""
+        return None
+
+    def generate(self, conn, prompt: Prompt, max_tokens: int) -> Sample:
+        raise NotImplementedError
+
+    def close_client(self, conn) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RuntimeTarget(Target):
+    name = "runtime"
+
+    def start(self, ctx):
+        from runtime.scheduler import Scheduler
+        self.scheduler = Scheduler(ctx.runtime.model, max_batch_size=ctx.max_batch_size).start()
+
+    def generate(self, conn, prompt, max_tokens):
+        from runtime.sampling import SamplingParams
+        from runtime.scheduler import Request
+        stamps, ids, done = [], [], threading.Event()
+
+        def emit(tokens, reason, message):
+            now = time.perf_counter()
+            stamps.extend([now] * len(tokens))
+            ids.extend(tokens)
+            if reason is not None:
+                done.set()
+        sent = time.perf_counter()
+        self.scheduler.submit(Request(uuid.uuid4().hex, prompt.ids, SamplingParams(max_tokens=max_tokens,
+                                                                                  stop_token_ids=()), emit=emit))
+        done.wait(600)
+        return Sample(sent, stamps, ids)
+
+    def close(self):
+        self.scheduler.stop()
+
+
+class GenerateTarget(Target):
+    """Runtime.generate_stream, the runtime's whole-batch call: the C clients' requests of one round go in as one
+    batch (at C = 1: one request at a time, the runtime called directly)."""
+    name = "generate"
+
+    def start(self, ctx):
+        self.rt = ctx.runtime
+        self.lock = threading.Lock()
+        self.batch: list = []
+        self.clients = 0
+
+    def run_batch(self, prompts, max_tokens) -> list:
+        from runtime.sampling import SamplingParams
+        stamps = [[] for _ in prompts]
+        ids = [[] for _ in prompts]
+        sent = time.perf_counter()
+        for ev in self.rt.generate_stream([p.ids for p in prompts], SamplingParams(max_tokens=max_tokens,
+                                                                                    stop_token_ids=())):
+            stamps[ev.index].append(time.perf_counter())
+            ids[ev.index].append(ev.token_id)
+        return [Sample(sent, s, i) for s, i in zip(stamps, ids)]
+
+
+class TritonTarget(Target):
+    """tritonclient gRPC streams, one per client thread, reused for its requests (as perf_analyzer does)."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.name = f"triton {'ensemble' if model == 'ensemble' else 'bls'}"
+
+    def start(self, ctx):
+        self.url = ctx.server.grpc_url
+
+    def client(self):
+        import tritonclient.grpc as grpcclient
+        c = grpcclient.InferenceServerClient(self.url)
+        q: queue.Queue = queue.Queue()
+        c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)))
+        return c, q
+
+    def generate(self, conn, prompt, max_tokens):
+        import numpy as np
+        from deploy.client import infer_inputs
+        c, q = conn
+        arrays = {"text_input": np.array([[prompt.text.encode()]], dtype=np.object_),
+                  "max_tokens": np.array([[max_tokens]], dtype=np.int32), "stream": np.array([[True]]),
+                  "raw_prompt": np.array([[True]]), "end_id": np.array([[-1]], dtype=np.int32)}
+        stamps, ids = [], []
+        sent = time.perf_counter()
+        c.async_stream_infer(self.model, infer_inputs(arrays), request_id=uuid.uuid4().hex,
+                             enable_empty_final_response=True)
+        while True:
+            t, result, error = q.get(timeout=600)
+            if error is not None:
+                raise RuntimeError(f"{self.name}: {error}")
+            resp = result.get_response()
+            if resp.outputs:
+                out = result.as_numpy("output_ids")
+                if out is not None:
+                    new = out.reshape(-1).tolist()
+                    ids += new
+                    stamps += [t] * len(new)
+            if resp.parameters["triton_final_response"].bool_param:
+                return Sample(sent, stamps, ids)
+
+    def close_client(self, conn):
+        c, _ = conn
+        c.stop_stream()
+        c.close()
+
+
+# Rows of the table, in order. Other endpoints and load generators go here.
+TARGETS = {"generate": GenerateTarget, "runtime": RuntimeTarget, "ensemble": lambda: TritonTarget("ensemble"),
+           "bls": lambda: TritonTarget("tensorrt_llm_bls")}
+DEFAULT_TARGETS = ("generate", "runtime", "ensemble")
+
+
+@dataclass
+class Context:
+    engine: Path
+    runtime: object
+    server: object
+    max_batch_size: int
+
+
+def run_level(target: Target, prompts: list, concurrency: int, per_client: int, max_tokens: int) -> Level:
+    level = Level(target.name, concurrency)
+    if isinstance(target, GenerateTarget):          # one batch per round, no client threads
         t0 = time.perf_counter()
-        stamps = [time.perf_counter() for _ in rt.generate_stream([p], SamplingParams(max_tokens=max_tokens,
-                                                                                       stop_token_ids=()))]
-        _record(run, t0, stamps)
-    run.wall = time.perf_counter() - start
-    return run
-
-
-def bench_runtime_batch(rt, prompts, max_tokens) -> Run:
-    """All prompts as one batch (what the runtime offers without a server)."""
-    from runtime import SamplingParams
-    run = Run()
-    stamps: dict[int, list] = {i: [] for i in range(len(prompts))}
-    t0 = time.perf_counter()
-    for ev in rt.generate_stream(prompts, SamplingParams(max_tokens=max_tokens, stop_token_ids=())):
-        stamps[ev.index].append(time.perf_counter())
-    run.wall = time.perf_counter() - t0
-    for i in stamps:
-        _record(run, t0, stamps[i])
-    return run
-
-
-def bench_batcher(rt, prompts, max_tokens, concurrency=1) -> Run:
-    from model_repo.inflight import GenRequest, InflightBatcher
-    run = Run()
-    b = InflightBatcher(rt, max_batch_size=max(concurrency, 1)).start()
-    try:
-        lock = threading.Lock()
-
-        def one(i, p):
-            stamps, done = [], threading.Event()
-
-            def emit(tokens, reason, msg):
-                stamps.extend([time.perf_counter()] * len(tokens))
-                if reason:
-                    done.set()
-            t0 = time.perf_counter()
-            b.submit(GenRequest(f"b{i}", p, max_tokens, emit=emit))
-            done.wait(600)
-            with lock:
-                _record(run, t0, stamps)
-        run.wall = _fan_out(prompts, one, concurrency)
-    finally:
-        b.stop()
-    return run
-
-
-def bench_triton(url, texts, max_tokens, concurrency=1) -> Run:
-    from deploy.client import LLMClient
-    run = Run()
+        for j in range(per_client):
+            batch = [prompts[(k * per_client + j) % len(prompts)] for k in range(concurrency)]
+            level.samples += list(zip(batch, target.run_batch(batch, max_tokens)))
+        level.wall = time.perf_counter() - t0
+        return level
     lock = threading.Lock()
+    errors = []
 
-    def one(i, text):
-        c = LLMClient(url, timeout_s=600)
-        t0 = time.perf_counter()
-        stamps = []
-        for chunk in c.stream(text, max_tokens, raw=True):
-            if chunk.num_output_tokens and len(stamps) < chunk.num_output_tokens:
-                stamps.extend([time.perf_counter()] * (chunk.num_output_tokens - len(stamps)))
-        with lock:
-            _record(run, t0, stamps)
-    run.wall = _fan_out(texts, one, concurrency)
-    return run
-
-
-def _fan_out(items, fn, concurrency) -> float:
+    def client(k):
+        conn = target.client()
+        try:
+            for j in range(per_client):
+                p = prompts[(k * per_client + j) % len(prompts)]
+                s = target.generate(conn, p, max_tokens)
+                with lock:
+                    level.samples.append((p, s))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            target.close_client(conn)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
     t0 = time.perf_counter()
-    if concurrency <= 1:
-        for i, x in enumerate(items):
-            fn(i, x)
-    else:
-        threads = [threading.Thread(target=fn, args=(i, x)) for i, x in enumerate(items)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return time.perf_counter() - t0
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    level.wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return level
+
+
+def _interleaved(targets, prompts, concurrency, per_client, max_tokens) -> list:
+    """One Level per target. One client: request by request, target after target (load that comes and goes
+    falls on every target alike); more clients: target after target, per_client rounds each."""
+    if concurrency > 1:
+        return [run_level(t, prompts, concurrency, per_client, max_tokens) for t in targets]
+    levels = [Level(t.name, 1) for t in targets]
+    for j in range(per_client):
+        for t, level in zip(targets, levels):
+            one = run_level(t, [prompts[j % len(prompts)]], 1, 1, max_tokens)
+            level.samples += one.samples
+            level.wall += one.wall
+    return levels
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+def make_engine(kind: str, dest: Path) -> Path:
+    """tiny: the shipped trained tiny model. h512: random weights, 4 layers, hidden 512 (the tiny tokenizer)."""
+    from deploy.testing import ASSETS, make_tiny_engine
+    if kind == "tiny":
+        return make_tiny_engine(dest, max_seq_len=1024, max_batch_size=64)
+    from benchmarks.bench_runtime import save_random_hf
+    from spec.registry.models import ModelConfig
+    cfg = ModelConfig(name="h512", num_layers=4, hidden_size=512, head_dim=64, num_q_heads=8, num_kv_heads=2,
+                      vocab_size=4096, mlp="moe", intermediate_size=512, num_experts=16, experts_per_token=4,
+                      sliding_window=128, rope_scaling_factor=32.0, rope_original_max_position=4096)
+    save_random_hf(cfg, dest)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(ASSETS / f, dest / f)
+    (dest / "engine.json").write_text(json.dumps({
+        "schema_version": 1, "model": "h512", "gpu": "cpu", "quant": "bf16", "tp": 1, "ep": 1,
+        "max_seq_len": 1024, "max_batch_size": 64}, indent=2) + "\n", encoding="utf-8")
+    return dest
+
+
+def make_prompts(engine: Path, n: int) -> list:
+    from model_repo.harmony import render_chat
+    from model_repo.tokenizer import load_tokenizer
+    tok = load_tokenizer(engine)
+    out = []
+    for i in range(n):
+        ids = render_chat(tok, f"Request {i}: describe a {['cat', 'ship', 'city', 'tree'][i % 4]} "
+                               f"in {i % 7 + 2} sentences.", "low")
+        text = tok.decode(ids)
+        assert tok.encode(text) == ids, "the rendered text must tokenize back to the same ids"
+        out.append(Prompt(ids, text))
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", help="engine directory (default: the tiny engine, made in a temp dir)")
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3, help="repeats of the one-at-a-time comparison")
+    ap.add_argument("--model", choices=("tiny", "h512"), default="tiny", help="the engine to make (no --engine)")
+    ap.add_argument("--engine", help="an existing engine directory instead")
+    ap.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
+    ap.add_argument("--requests-per-client", default="16,2,1",
+                    help="requests each client sends, per concurrency (one value for all, or one per level)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"of {', '.join(TARGETS)}")
+    ap.add_argument("--max-batch-size", type=int, help="in-flight batch rows (default: the largest concurrency)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",")]
+    per = [int(x) for x in args.requests_per_client.split(",")]
+    per = per * len(levels) if len(per) == 1 else per
+    if len(per) != len(levels):
+        ap.error("--requests-per-client needs one value or one per --concurrency level")
+    names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
 
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)          # what the served model uses (cpu_threads 1): like for like
     from deploy.server import TritonServer
-    from deploy.testing import make_tiny_engine
     from model_repo.generate import write_model_repo
-    from model_repo.harmony import render_chat
-    from model_repo.tokenizer import load_tokenizer
     from runtime import Runtime
 
+    max_batch = args.max_batch_size or max(levels)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        engine = Path(args.engine) if args.engine else make_tiny_engine(Path(tmp) / "engine")
-        tok = load_tokenizer(engine)
-        # The same token ids on every path: Harmony chat prompts, rendered once, sent to Triton as raw text.
-        texts, prompts = [], []
-        for i in range(args.prompts):
-            ids = render_chat(tok, f"Request {i}: describe a {['cat', 'ship', 'city', 'tree'][i % 4]} "
-                                   f"in {i + 2} sentences.", "low")
-            texts.append(tok.decode(ids))
-            prompts.append(ids)
-        assert [tok.encode(t) for t in texts] == prompts, "the rendered text must tokenize back to the same ids"
-
-        repo = write_model_repo(engine, Path(tmp) / "repo", backend="reference",
-                                max_batch_size=max(args.concurrency, 1))
-        srv = TritonServer(repo, log_file=Path(tmp) / "server.log")
-        t = time.perf_counter()
-        srv.start(timeout_s=600)
-        startup = time.perf_counter() - t
+        engine = Path(args.engine) if args.engine else make_engine(args.model, Path(tmp) / args.model)
+        prompts = make_prompts(engine, 64)
+        server = None
+        if any(n not in ("runtime", "generate") for n in names):
+            repo = write_model_repo(engine, Path(tmp) / "repo", backend="reference", max_batch_size=max_batch,
+                                    cpu_threads=1)
+            server = TritonServer(repo, log_file=Path(tmp) / "server.log")
+            t = time.perf_counter()
+            server.start(timeout_s=600)
+            print(f"server ready in {time.perf_counter() - t:.1f} s", flush=True)
+        ctx = Context(engine, Runtime.from_dir(engine), server, max_batch)
+        targets = [TARGETS[n]() for n in names]
+        rows, mismatches = [], {}
         try:
-            rt = Runtime.from_dir(engine)
-            bench_runtime(rt, prompts[:1], 4)                          # warm up this process
-            bench_triton(srv.grpc_url, texts[:1], 4)
-            # One at a time, interleaved (runtime, batcher, triton per prompt, for --rounds rounds) so that a
-            # shared machine's load falls on every path alike.
-            single = {"rt": Run(), "b": Run(), "tr": Run()}
-            for _ in range(args.rounds):
-                for p, text in zip(prompts, texts):
-                    for key, fn in (("rt", lambda: bench_runtime(rt, [p], args.max_tokens)),
-                                    ("b", lambda: bench_batcher(rt, [p], args.max_tokens)),
-                                    ("tr", lambda: bench_triton(srv.grpc_url, [text], args.max_tokens))):
-                        r = fn()
-                        single[key].ttft += r.ttft
-                        single[key].decode_tps += r.decode_tps
-                        single[key].tokens += r.tokens
-                        single[key].wall += r.wall
-            rows = [single["rt"].row("runtime direct, batch 1"), single["b"].row("batcher in-process, 1 at a time"),
-                    single["tr"].row("triton gRPC stream, 1 at a time")]
-            if args.concurrency > 1:
-                c = args.concurrency
-                rows += [bench_runtime_batch(rt, prompts[:c], args.max_tokens).row(f"runtime direct, batch {c}"),
-                         bench_batcher(rt, prompts[:c], args.max_tokens, c).row(f"batcher in-process, {c} at once"),
-                         bench_triton(srv.grpc_url, texts[:c], args.max_tokens, c).row(f"triton gRPC, {c} streams")]
+            for t in targets:
+                t.start(ctx)
+                run_level(t, prompts[:2], 1, 1, 4)                      # warm up
+            reference: dict = {}
+            for c, n in zip(levels, per):
+                for t, level in zip(targets, _interleaved(targets, prompts, c, n, args.max_tokens)):
+                    for p, s in level.samples:
+                        key = tuple(p.ids)
+                        if t.name in ("generate", "runtime") or key not in reference:
+                            reference.setdefault(key, s.ids)
+                        if s.ids != reference[key]:
+                            mismatches[t.name] = mismatches.get(t.name, 0) + 1
+                    level.samples = [s for _, s in level.samples]
+                    rows.append(level.row())
+                    r = rows[-1]
+                    print(f"  {r['target']:18} c={c:<3} {r['tok_s']:8.1f} tok/s", flush=True)
         finally:
-            srv.stop()
+            for t in targets:
+                t.close()
+            if server is not None:
+                server.stop()
 
-    direct, triton = rows[0], rows[2]
-    overhead = {"ttft_ms": triton["ttft_ms_p50"] - direct["ttft_ms_p50"],
-                "per_token_ms": triton["ms_per_token"] - direct["ms_per_token"]}
-    print(f"engine {engine.name if args.engine else 'tiny (temp)'}; {args.prompts} Harmony chat prompts of "
-          f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens; {args.max_tokens} generated tokens each "
-          f"(greedy, no stop); server ready in {startup:.1f} s; 1 torch thread everywhere")
-    hdr = f"{'path':34} {'reqs':>4} {'TTFT p50 ms':>11} {'TTFT max ms':>11} {'decode tok/s':>12} " \
-          f"{'ms/token':>9} {'total tok/s':>11}"
+    base = {(r["concurrency"]): r["tok_s"] for r in rows if r["target"] == "generate"}
+    one = {r["target"]: r["tok_s"] for r in rows if r["concurrency"] == min(levels)}
+    for r in rows:
+        r["vs_generate"] = r["tok_s"] / base[r["concurrency"]] if r["concurrency"] in base else float("nan")
+        r["vs_c1"] = r["tok_s"] / one[r["target"]] if r["target"] in one else float("nan")
+    print(f"\nengine {engine.name if args.engine else args.model}; {len(prompts)} Harmony chat prompts of "
+          f"{min(len(p.ids) for p in prompts)}-{max(len(p.ids) for p in prompts)} tokens; {args.max_tokens} tokens "
+          f"each (greedy, no end token); in-flight batch {max_batch}; 1 torch thread; "
+          f"answers differing from the runtime's: {mismatches or 'none'}")
+    hdr = (f"{'target':18} {'conc':>4} {'reqs':>4} {'tok/s':>8} {'vs generate':>11} {'x c=1':>6} "
+           f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}   (ms)")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['path']:34} {r['requests']:>4} {r['ttft_ms_p50']:>11.1f} {r['ttft_ms_max']:>11.1f} "
-              f"{r['decode_tok_s_p50']:>12.1f} {r['ms_per_token']:>9.2f} {r['total_tok_s']:>11.1f}")
-    print(f"serving overhead (triton vs runtime direct, one at a time): TTFT {overhead['ttft_ms']:+.1f} ms, "
-          f"{overhead['per_token_ms']:+.2f} ms per generated token")
+        print(f"{r['target']:18} {r['concurrency']:>4} {r['requests']:>4} {r['tok_s']:>8.1f} "
+              f"{r['vs_generate']:>11.2f} {r['vs_c1']:>6.2f} {r['ttft_ms_p50']:>9.1f} {r['ttft_ms_p99']:>9.1f} "
+              f"{r['itl_ms_p50']:>8.2f} {r['itl_ms_p99']:>8.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "overhead": overhead, "startup_s": startup}, indent=1))
-    return 0
+        Path(args.json).write_text(json.dumps({"rows": rows, "mismatches": mismatches}, indent=1))
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """What the `tensorrt_llm` model runs: TensorRT-LLM's LLM API where it is installed and a GPU is present, the
-reference runtime (runtime/) otherwise. Both take GenRequests (model_repo.inflight) and call their emit callback
-per step, so the Triton glue is the same.
+reference runtime's in-flight scheduler (runtime.scheduler) otherwise. Both take runtime.scheduler.Requests and
+call their emit callback as tokens come, so the Triton glue is the same.
 
     backend = make_backend(engine_dir, "auto", max_batch_size=16, max_seq_len=4096)
-    backend.submit(GenRequest(...)); backend.cancel(request_id); backend.shutdown()
+    backend.submit(runtime.scheduler.Request(...)); backend.cancel(request_id); backend.shutdown()
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from model_repo.inflight import GenRequest, InflightBatcher
+from runtime.sampling import SamplingParams
+from runtime.scheduler import Request, Scheduler
 
 TRTLLM_UNVALIDATED = ("the TensorRT-LLM LLM-API path is UNVALIDATED: it is written against upstream's documented "
                       "LLM API (LLM, generate_async(streaming=True), SamplingParams) and has never run in this "
@@ -37,24 +38,25 @@ class ReferenceBackend:
         self.vocab_size = self.runtime.network.vocab_size
         self.max_seq_len = max_seq_len
         self.default_stop_ids = tuple(self.runtime.eos_token_ids)
-        self.batcher = InflightBatcher(self.runtime, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                                       log=log).start()
+        self.scheduler = Scheduler(self.runtime.model, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+                                   log=log).start()
         self.warmup()
 
     def warmup(self, timeout: float = 120.0) -> None:
         """One short generation before the model reports ready, so the first client does not pay for it."""
         done = threading.Event()
-        self.batcher.submit(GenRequest("warmup", [0, 1, 2, 3], 2, emit=lambda t, r, m: r and done.set()))
+        self.scheduler.submit(Request("warmup", [0, 1, 2, 3], SamplingParams(max_tokens=2),
+                                      emit=lambda t, r, m: r and done.set()))
         done.wait(timeout)
 
-    def submit(self, req: GenRequest) -> None:
-        self.batcher.submit(req)
+    def submit(self, req: Request) -> None:
+        self.scheduler.submit(req)
 
     def cancel(self, request_id: str) -> None:
-        self.batcher.cancel(request_id)
+        self.scheduler.cancel(request_id)
 
     def shutdown(self) -> None:
-        self.batcher.stop()
+        self.scheduler.stop()
 
 
 class TrtllmBackend:
@@ -79,23 +81,25 @@ class TrtllmBackend:
         self._thread = threading.Thread(target=self._loop.run_forever, name="trtllm-loop", daemon=True)
         self._thread.start()
         self._running: dict[str, object] = {}
+        self._aborted: set[str] = set()
 
-    def submit(self, req: GenRequest) -> None:
+    def submit(self, req: Request) -> None:
         asyncio.run_coroutine_threadsafe(self._run(req), self._loop)
 
-    async def _run(self, req: GenRequest) -> None:
-        from tensorrt_llm import SamplingParams
-        stop_ids = sorted(req.stop.tokens)
-        kw = dict(max_tokens=req.max_tokens, temperature=req.temperature if req.temperature > 0 else None,
-                  top_k=req.top_k or None, top_p=req.top_p if req.top_p < 1.0 else None, seed=req.seed,
-                  stop_token_ids=stop_ids or None)
-        if req.stop.sequences:
+    async def _run(self, req: Request) -> None:
+        from tensorrt_llm import SamplingParams as LlmSamplingParams
+        p = req.params
+        stop_ids = sorted(self.default_stop_ids if p.stop_token_ids is None else p.stop_token_ids)
+        kw = dict(max_tokens=p.max_tokens, temperature=p.temperature if p.temperature > 0 else None,
+                  top_k=p.top_k or None, top_p=p.top_p if p.top_p < 1.0 else None, seed=p.seed,
+                  stop_token_ids=stop_ids or None, ignore_eos=True if not stop_ids else None)
+        if p.stop_sequences:
             self.log(f"request {req.request_id}: multi-token stop words are checked after generation on this path")
-        if req.return_log_probs:
+        if p.logprobs:
             kw["logprobs"] = 1              # upstream: top-k logprobs per token; the sampled token's is included
-        if req.return_context_logits:
+        if p.prompt_logits:
             kw["return_context_logits"] = True
-        params = SamplingParams(**{k: v for k, v in kw.items() if v is not None})
+        params = LlmSamplingParams(**{k: v for k, v in kw.items() if v is not None})
         sent = 0
         try:
             stream = self.llm.generate_async(list(req.prompt), sampling_params=params, streaming=True)
@@ -103,31 +107,33 @@ class TrtllmBackend:
             async for out in stream:
                 ids = list(out.outputs[0].token_ids)
                 new, sent = ids[sent:], len(ids)
-                if req.return_context_logits and req.context_logits is None:
+                if p.prompt_logits and req.context_logits is None:
                     ctx = getattr(out, "context_logits", None)
                     if ctx is not None:
                         req.context_logits = _to_numpy(ctx)
-                if req.return_log_probs:
+                if p.logprobs:
                     req.log_probs.extend(_sampled_logprobs(getattr(out.outputs[0], "logprobs", None), ids,
                                                            len(req.log_probs), len(ids)))
-                if req.is_cancelled is not None and req.is_cancelled():
-                    stream.abort()
-                    req.emit(new, "cancelled", None)
-                    return
-                if out.finished:
+                req.output_ids.extend(new)
+                if out.finished or req.request_id in self._aborted:
                     reason = out.outputs[0].finish_reason or "stop"
-                    req.emit(new, "length" if reason == "length" else "stop", None)
+                    if req.request_id in self._aborted:
+                        reason = "cancelled"
+                    req.emit(new, reason if reason in ("length", "cancelled") else "stop", None)
                     return
                 if new:
                     req.emit(new, None, None)
+            req.emit([], "cancelled" if req.request_id in self._aborted else "stop", None)
         except Exception as e:  # noqa: BLE001
             req.emit([], "error", f"TensorRT-LLM generation failed: {type(e).__name__}: {e}")
         finally:
             self._running.pop(req.request_id, None)
+            self._aborted.discard(req.request_id)
 
     def cancel(self, request_id: str) -> None:
         stream = self._running.get(request_id)
         if stream is not None:
+            self._aborted.add(request_id)
             self._loop.call_soon_threadsafe(stream.abort)
 
     def shutdown(self) -> None:

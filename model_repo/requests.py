@@ -15,8 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Smallest positive temperature (runtime.sampling.MIN_TEMPERATURE, not imported: this module must stay torch-free)
-MIN_TEMPERATURE = 1e-4
+from runtime.sampling import MIN_TEMPERATURE, stop_hit
 
 INVALID_ARG_PREFIX = "invalid argument: "
 
@@ -165,13 +164,18 @@ def token_ids(arr, name: str, vocab_size: int) -> list[int]:
     return ids
 
 
+NO_END_ID = -1     # end_id -1: no end token (TensorRT-LLM's meaning): decode to max_tokens or a stop word
+
+
 def end_id(arr, vocab_size: int) -> int | None:
+    """None: not given (the engine's default stop tokens); NO_END_ID; or a token id."""
     v = scalar(arr, "end_id")
     if v is None:
         return None
     v = int(v)
-    if not 0 <= v < vocab_size:
-        raise RequestError(f"end_id {v} is outside the vocabulary [0, {vocab_size})")
+    if v != NO_END_ID and not 0 <= v < vocab_size:
+        raise RequestError(f"end_id {v} is outside the vocabulary [0, {vocab_size}) "
+                           f"(-1 means no end token)")
     return v
 
 
@@ -226,18 +230,11 @@ class StopCriteria:
     sequences: list = field(default_factory=list)
 
     def hit(self, output: Sequence[int]) -> bool:
-        if not output:
-            return False
-        if output[-1] in self.tokens:
-            return True
-        for s in self.sequences:
-            n = len(s)
-            if n and len(output) >= n and list(output[-n:]) == s:
-                return True
-        return False
+        return stop_hit(list(output), self.tokens, self.sequences)
 
     @classmethod
     def build(cls, default_stops: Sequence[int], end: int | None, stop_seqs: Sequence[Sequence[int]]):
-        tokens = {end} if end is not None else set(default_stops)
+        """end: None -> the default stop tokens; NO_END_ID -> none; else that token."""
+        tokens = set(default_stops) if end is None else (set() if end == NO_END_ID else {end})
         singles = {s[0] for s in stop_seqs if len(s) == 1}
         return cls(tokens | singles, [list(s) for s in stop_seqs if len(s) > 1])

@@ -1,13 +1,17 @@
 """run-engine DIR (--prompt TEXT | --input-ids 1,2,3) [--max-tokens N] [--temperature T] [--seed S]
-[--top-k K] [--top-p P] [--logits-out FILE.npy] [--json] [--executor {auto,onnxruntime,reference}]
+[--top-k K] [--top-p P] [--stop-ids 1,2] [--ignore-eos] [--logits-out FILE.npy] [--json]
+[--executor {auto,onnxruntime,reference}]
 
 DIR is an engine directory (network.json + checkpoint) or any checkpoint folder the converter reads.
+--ignore-eos decodes past the end tokens (only --stop-ids stop it), so a benchmark gets exactly --max-tokens.
 --logits-out saves the float32 logits of every prompt position, shape [prompt_len, vocab].
 --executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), or the torch reference runtime
 (any dtype; every quant format it emulates). auto (default): onnxruntime, the faster on CPU
 (benchmarks/bench_executors.py), when it runs the engine exactly (float32, unquantized or weight-only formats),
 else reference.
---json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer)}.
+--json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer),
+"timing": {"prefill_s", "decode_s", "decode_tokens_per_s"}}: prefill_s from the call to the first generated token,
+decode_s from the first to the last one, decode_tokens_per_s = (tokens - 1) / decode_s (null under 2 tokens).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -42,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-ids", type=_parse_ids, default=None,
                    help="stop token ids (default: the network's eos_token_ids)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the network's eos_token_ids (--stop-ids still stop)")
     p.add_argument("--logits-out", help="save float32 prompt logits [prompt_len, vocab] to this .npy file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -53,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "engine's tensorrt/; FP4 weights and TRT_FP4DynamicQuantize are rewritten for the CPU) "
                    "instead of exporting the network")
     return p
+
+
+def timing(t0: float, stamps: list[float]) -> dict:
+    """Clock at the call and at each generated token -> prefill / decode seconds and decode tokens/s."""
+    if not stamps:
+        return {"prefill_s": None, "decode_s": None, "decode_tokens_per_s": None}
+    decode = stamps[-1] - stamps[0]
+    return {"prefill_s": stamps[0] - t0, "decode_s": decode,
+            "decode_tokens_per_s": (len(stamps) - 1) / decode if len(stamps) > 1 and decode > 0 else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,18 +98,22 @@ def main(argv: list[str] | None = None) -> int:
             ids = rt.encode(args.prompt)
         else:
             ids = args.input_ids
+        stops = tuple(args.stop_ids or ()) if args.ignore_eos or args.stop_ids is not None else None
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, seed=args.seed,
-                                stop_token_ids=None if args.stop_ids is None else tuple(args.stop_ids),
+                                top_p=args.top_p, seed=args.seed, stop_token_ids=stops,
                                 prompt_logits=bool(args.logits_out))
-        [res] = rt.generate([ids], params)
+        results = []
+        t0 = time.perf_counter()
+        stamps = [time.perf_counter() for _ in rt.generate_stream([ids], params, results)]
+        [res] = results
     except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError,
             NotImplementedError) as e:
         print(f"run-engine: error: {e}", file=sys.stderr)
         return 2
     if args.logits_out:
         np.save(args.logits_out, res.prompt_logits.numpy().astype(np.float32))
-    out = {"prompt_ids": list(ids), "output_ids": res.output_ids, "finish_reason": res.finish_reason}
+    out = {"prompt_ids": list(ids), "output_ids": res.output_ids, "finish_reason": res.finish_reason,
+           "timing": timing(t0, stamps)}
     if rt.tokenizer is not None:
         out["text"] = rt.decode(res.output_ids)
     if args.json:

@@ -1,8 +1,9 @@
-"""The batching generate loop: one prefill for a batch of unequal-length prompts, then incremental decode.
+"""Whole-batch generation: every prompt prefilled together, then decoded until each one stops.
 
-Prompts are right-padded into one [B, T] prefill (padding has position -1: never cached, never attended to,
-and skipped by the MLP); every sequence then decodes at its own position. A finished sequence (stop token or
-max_tokens) gets position -1 from then on, so it writes nothing more to its cache.
+This runs the in-flight scheduler (runtime.scheduler) synchronously with room for every prompt, so `generate`
+and the served model share one prefill, sampling and stopping path: prompts are right-padded into one [B, T]
+prefill (padding has position -1: never cached, never attended to, skipped by the MLP), every sequence then
+decodes at its own position, and a finished sequence leaves the batch (the rest keep decoding).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Iterator, Sequence
 import torch
 
 from runtime.model import ReferenceModel
-from runtime.sampling import SamplingParams, make_generator, sample
+from runtime.sampling import SamplingParams
+from runtime.scheduler import Request, Scheduler
 
 
 @dataclass
@@ -61,70 +63,56 @@ def generate_stream(model: ReferenceModel, prompts: Sequence[Sequence[int]],
         if min(p) < 0 or max(p) >= model.network.vocab_size:
             raise ValueError(f"prompt {i} has token ids outside [0, {model.network.vocab_size})")
     plist = _params_list(params, B)
-    eos = tuple(model.network.eos_token_ids)
-    stops = [set(eos if p.stop_token_ids is None else p.stop_token_ids) for p in plist]
-    gens = [make_generator(p, model.device) for p in plist]
-    res = [GenerationResult(prompt_ids=p, logprobs=[] if q.logprobs else None) for p, q in zip(prompts, plist)]
+    events: list[TokenEvent] = []
+    res = [GenerationResult(prompt_ids=p) for p in prompts]
     if results is not None:
         results.extend(res)
-
-    lens = torch.tensor([len(p) for p in prompts])
-    T = int(lens.max())
-    max_new = max(p.max_tokens for p in plist)
     limit = model.network.max_position_embeddings
     for i, (p, q) in enumerate(zip(prompts, plist)):
         if len(p) + q.max_tokens > limit:
             raise ValueError(f"prompt {i} is {len(p)} tokens and asks for {q.max_tokens} more, past the model's "
                              f"max_position_embeddings {limit}; fix: ask for at most {max(limit - len(p), 0)} tokens")
-    ids = torch.zeros(B, T, dtype=torch.long)
-    pos = torch.full((B, T), -1, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p)
-        pos[i, :len(p)] = torch.arange(len(p))
-    cache = model.new_cache(B, capacity=T + max_new)
-    want_prompt_logits = any(p.prompt_logits for p in plist)
-    logits = model.forward(ids, pos, cache, logits="all" if want_prompt_logits else "last")
-    if want_prompt_logits:
-        for i, p in enumerate(plist):
-            if p.prompt_logits:
-                res[i].prompt_logits = logits[i, :len(prompts[i])].clone()
-        logits = logits[torch.arange(B), lens - 1]
-    step_logits: list[list[torch.Tensor]] = [[] for _ in range(B)]
-    running = [p.max_tokens > 0 for p in plist]
-    for i, p in enumerate(plist):
-        if p.max_tokens == 0:
-            res[i].finish_reason = "length"
-    next_pos = lens.clone().to(model.device)
-    while any(running):
-        tokens = sample(logits, plist, gens)
-        logprobs = torch.log_softmax(logits, dim=-1) if any(p.logprobs for p in plist) else None
-        token_list = tokens.tolist()
-        for i in range(B):
-            if not running[i]:
-                continue
-            tok = token_list[i]
-            r = res[i]
-            r.output_ids.append(tok)
-            lp = float(logprobs[i, tok]) if plist[i].logprobs else None
-            if lp is not None:
-                r.logprobs.append(lp)
-            if plist[i].return_logits:
-                step_logits[i].append(logits[i].clone())
-            if tok in stops[i]:
-                r.finish_reason = "stop"
-            elif len(r.output_ids) >= plist[i].max_tokens:
-                r.finish_reason = "length"
-            if r.finish_reason is not None:
-                running[i] = False
-                if plist[i].return_logits:
-                    r.logits = torch.stack(step_logits[i])
-            yield TokenEvent(i, tok, lp, r.finish_reason)
-        if not any(running):
-            break
-        # finished sequences get position -1: they write nothing more to the cache
-        step_pos = next_pos if all(running) else torch.where(torch.tensor(running, device=next_pos.device), next_pos, -1)
-        logits = model.forward(tokens.view(B, 1), step_pos.view(B, 1), cache, logits="last")
-        next_pos = next_pos + 1
+    sched = Scheduler(model, max_batch_size=B, capacity=max(len(p) + q.max_tokens for p, q in zip(prompts, plist)))
+    for i, (p, q) in enumerate(zip(prompts, plist)):
+        req = Request(str(i), p, q)
+        res[i].output_ids = req.output_ids          # filled as it runs
+        if q.logprobs:
+            res[i].logprobs = req.log_probs
+        req.emit = _collector(events, i, req, res[i])
+        sched.submit(req)
+    more = True
+    while more:
+        more = sched.step()
+        batch, events[:] = list(events), []
+        failed = [e for e in batch if isinstance(e, _Failure)]
+        if failed:
+            raise RuntimeError(f"prompt {failed[0].index}: {failed[0].message}")
+        yield from batch
+
+
+@dataclass
+class _Failure:
+    index: int
+    message: str
+
+
+def _collector(events: list, index: int, req: Request, result: GenerationResult):
+    """The emit callback of prompt `index`: TokenEvents out, its GenerationResult completed when it finishes."""
+    def emit(tokens, reason, message):
+        if reason == "error":
+            events.append(_Failure(index, message))
+            return
+        n = len(tokens)
+        for k, tok in enumerate(tokens):
+            lp = req.log_probs[len(req.log_probs) - n + k] if req.params.logprobs else None
+            events.append(TokenEvent(index, tok, lp, reason if k == n - 1 else None))
+        if reason is not None:
+            result.finish_reason = reason
+            if req.params.return_logits:
+                result.logits = torch.stack(req.logits) if req.logits else None
+            if req.params.prompt_logits:
+                result.prompt_logits = req.context_logits
+    return emit
 
 
 def generate(model: ReferenceModel, prompts: Sequence[Sequence[int]],

@@ -10,6 +10,9 @@ Every slot records the position it holds (-1 = empty), and attention masks are c
 
 Use per forward: `plan = cache.begin(positions)` (positions [B, T], -1 = padding / finished sequence), then per
 layer `k_all, v_all = cache.update(layer, k_new, v_new)` and attend with `plan.mask(layer)`.
+A forward may cover any contiguous range of the cache's rows: `begin(positions, first_row=r)` runs rows
+[r, r + B) (views, no copies), so a scheduler computes only its running rows, and prefills new rows in place.
+Rows are managed with `reset_rows` (forget a row) and `copy_rows_from` (move a sequence between rows or caches).
 Decode (T == 1) writes first and attends over the buffers in place; a multi-token chunk on a ring layer
 attends over [old ring ; new keys] first and keeps only the entries that survive, because writing first
 would overwrite keys the chunk's earlier queries still need.
@@ -17,7 +20,7 @@ would overwrite keys the chunk's earlier queries still need.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,8 +34,7 @@ class _Group:
     window: int | None          # None: full attention
     sink_tokens: int
     layers: list[int]
-    pos: torch.Tensor           # [B, capacity] long, position held by each slot, -1 = empty
-    used: int = 1               # full layers: slots in use (highest position + 1 over the batch)
+    pos: torch.Tensor           # [batch_size, capacity] long, position held by each slot, -1 = empty
 
     @property
     def ring(self) -> bool:
@@ -49,6 +51,7 @@ class _GroupPlan:
     write: tuple   # (batch idx, token idx or None for a one-token step of every sequence, slot idx)
     concat: bool                # attend over cat(old buffers, new) instead of the buffers
     used: int                   # slots to attend over (full layers: highest position + 1)
+    rows: slice = field(default_factory=lambda: slice(None))   # the cache rows this forward covers
     bias: torch.Tensor | None = None   # mask as an additive bias, made on first use
     blocked: torch.Tensor | None = None  # ~mask, made on first use
 
@@ -120,6 +123,43 @@ class KVCache:
         """Tokens seen per sequence (highest cached position + 1)."""
         return max(g.pos.max(dim=1).values for g in self.groups) + 1
 
+    # -- rows ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def reset_rows(self, rows) -> None:
+        """Forget everything cached for these rows (masks come from the slot->position tables, so emptying a
+        row's positions frees it; its stale keys are never attended to)."""
+        rows = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        for g in self.groups:
+            g.pos[rows] = -1
+
+    @torch.inference_mode()
+    def copy_rows_from(self, src: "KVCache", src_rows, dst_rows) -> None:
+        """Rows `src_rows` of `src` (which may be this cache) become rows `dst_rows` of this one: keys, values
+        and the positions they hold. Full-attention buffers grow to hold the source's slots."""
+        if len(src.groups) != len(self.groups) or len(src.k) != len(self.k):
+            raise ValueError("copy_rows_from: the caches belong to different networks")
+        src_rows = torch.as_tensor(list(src_rows), dtype=torch.long, device=self.device)
+        dst_rows = torch.as_tensor(list(dst_rows), dtype=torch.long, device=self.device)
+        if src_rows.numel() != dst_rows.numel():
+            raise ValueError(f"copy_rows_from: {src_rows.numel()} source rows for {dst_rows.numel()} destination rows")
+        if src_rows.numel() == 0:
+            return
+        for gd, gs in zip(self.groups, src.groups):
+            if gd.window != gs.window or gd.layers != gs.layers:
+                raise ValueError("copy_rows_from: the caches have different layer groups")
+            n = gs.capacity
+            if n > gd.capacity:
+                if gd.ring:
+                    raise ValueError("copy_rows_from: ring buffers of different sizes")
+                self._grow(gd, n)
+            rows_pos = gs.pos[src_rows]                       # gathered first: src may be self
+            gd.pos[dst_rows] = -1
+            gd.pos[dst_rows, :n] = rows_pos
+            for i in gd.layers:
+                k, v = src.k[i][src_rows], src.v[i][src_rows]
+                self.k[i][dst_rows, :, :n] = k
+                self.v[i][dst_rows, :, :n] = v
+
     # -- growth of the full layers ----------------------------------------------------------------------------
     def _grow(self, g: _Group, needed: int) -> None:
         new_cap = g.capacity
@@ -133,33 +173,39 @@ class KVCache:
             self.v[i] = torch.cat([self.v[i], pad.clone()], dim=2)
 
     # -- one forward -----------------------------------------------------------------------------------------
-    def begin(self, positions: torch.Tensor) -> ForwardPlan:
-        """positions [B, T] long, -1 for padding. Tokens of one sequence must be contiguous and increasing."""
+    def begin(self, positions: torch.Tensor, first_row: int = 0) -> ForwardPlan:
+        """positions [B, T] long, -1 for padding, for cache rows [first_row, first_row + B). Tokens of one
+        sequence must be contiguous and increasing."""
         B, T = positions.shape
-        if B != self.batch_size:
-            raise ValueError(f"positions has batch {B}, the cache was made for {self.batch_size}")
+        if first_row < 0 or first_row + B > self.batch_size:
+            raise ValueError(f"positions cover rows [{first_row}, {first_row + B}), the cache has "
+                             f"{self.batch_size} rows")
+        rows = slice(first_row, first_row + B)
         valid = positions >= 0
         # Decode with every sequence running: one token each, no nonzero() needed.
         dense_step = T == 1 and bool(valid.all())
         if dense_step:
             b, t = torch.arange(B, device=positions.device), None
             p_all = positions[:, 0]
+        needed = int(positions.max()) + 1
         plans = {}
         for gi, g in enumerate(self.groups):
             if not g.ring:
-                needed = int(positions.max()) + 1
                 if needed > g.capacity:
                     self._grow(g, needed)
+                pos = g.pos[rows]
                 if dense_step:
                     slots = p_all
                 else:
                     b, t = valid.nonzero(as_tuple=True)
                     slots = positions[b, t]
-                g.pos[b, slots] = slots
-                g.used = max(g.used, needed)
-                mask = attention_mask(positions, g.pos[:, :g.used])
-                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=g.used)
+                pos[b, slots] = slots
+                # slot = position, so these rows hold nothing at or beyond the highest position they reach
+                used = max(needed, 1)
+                mask = attention_mask(positions, pos[:, :used])
+                plans[gi] = _GroupPlan(mask, (b, t, slots), concat=False, used=used, rows=rows)
                 continue
+            pos = g.pos[rows]
             S, W = g.sink_tokens, g.window
             if dense_step:
                 p = p_all
@@ -172,14 +218,14 @@ class KVCache:
                 p = positions[gb, gt]
             slots = torch.where(p < S, p, S + (p - S) % W) if S else p % W
             if T == 1:
-                g.pos[gb, slots] = p
-                mask = attention_mask(positions, g.pos, W, S)
-                plans[gi] = _GroupPlan(mask, (gb, gt, slots), concat=False, used=g.capacity)
+                pos[gb, slots] = p
+                mask = attention_mask(positions, pos, W, S)
+                plans[gi] = _GroupPlan(mask, (gb, gt, slots), concat=False, used=g.capacity, rows=rows)
             else:
-                k_pos = torch.cat([g.pos, positions], dim=1)
+                k_pos = torch.cat([pos, positions], dim=1)
                 mask = attention_mask(positions, k_pos, W, S)
-                g.pos[gb, slots] = p
-                plans[gi] = _GroupPlan(mask, (gb, gt, slots), concat=True, used=g.capacity)
+                pos[gb, slots] = p
+                plans[gi] = _GroupPlan(mask, (gb, gt, slots), concat=True, used=g.capacity, rows=rows)
         self._plans = plans
         return ForwardPlan(self, plans)
 
@@ -187,7 +233,7 @@ class KVCache:
         """k_new/v_new [B, T, Hkv, D] (roped) -> the keys/values to attend over, [B, Hkv, S, D]."""
         plan = self._plans[self.group_of[layer]]
         b, t, slots = plan.write
-        k_buf, v_buf = self.k[layer], self.v[layer]
+        k_buf, v_buf = self.k[layer][plan.rows], self.v[layer][plan.rows]
         k_rows = k_new[:, 0] if t is None else k_new[b, t]          # [M, Hkv, D]
         v_rows = v_new[:, 0] if t is None else v_new[b, t]
         if plan.concat:

@@ -173,8 +173,9 @@ class ReferenceModel:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                logits: str = "last") -> torch.Tensor:
-        """input_ids, positions [B, T] (position -1 = padding; a sequence's tokens contiguous, right-padded).
+                logits: str = "last", first_row: int = 0) -> torch.Tensor:
+        """input_ids, positions [B, T] (position -1 = padding; a sequence's tokens contiguous, right-padded),
+        run against cache rows [first_row, first_row + B).
 
         logits: "all" -> float32 [B, T, V]; "last" -> float32 [B, V] at each sequence's last valid token;
         "none" -> the final hidden states [B, T, H].
@@ -184,7 +185,7 @@ class ReferenceModel:
         B, T = input_ids.shape
         valid = positions >= 0
         all_valid = bool(valid.all())
-        plan = cache.begin(positions)
+        plan = cache.begin(positions, first_row)
         if not all_valid:
             input_ids, positions = input_ids.clamp(min=0), positions.clamp(min=0)
         x = F.embedding(input_ids, self.embed)                    # [B, T, H]

@@ -25,6 +25,7 @@ class SamplingParams:
     top_p: float = 1.0                # 1.0: off
     seed: int | None = None           # None: nondeterministic
     stop_token_ids: tuple[int, ...] | None = None   # None: the network's eos_token_ids; (): none
+    stop_sequences: tuple[tuple[int, ...], ...] = ()  # multi-token stops: the output ending with one stops it
     logprobs: bool = False            # per generated token, its logprob under the raw distribution
     return_logits: bool = False       # float32 logits [n_generated, vocab] of every generated step
     prompt_logits: bool = False       # float32 logits [prompt_len, vocab] of every prompt position
@@ -39,10 +40,26 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.stop_token_ids is not None:
+            object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        object.__setattr__(self, "stop_sequences", tuple(tuple(int(t) for t in s) for s in self.stop_sequences if s))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def stop_hit(output: list[int], stop_ids, stop_sequences=()) -> bool:
+    """The output's last token is a stop token, or the output ends with one of the stop sequences."""
+    if not output:
+        return False
+    if output[-1] in stop_ids:
+        return True
+    for seq in stop_sequences:
+        n = len(seq)
+        if n and len(output) >= n and tuple(output[-n:]) == tuple(seq):
+            return True
+    return False
 
 
 def make_generator(params: SamplingParams, device="cpu") -> torch.Generator | None:

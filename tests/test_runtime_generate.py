@@ -163,3 +163,26 @@ def test_console_script_is_installed():
     exe = shutil.which("run-engine") or str(__import__("pathlib").Path(sys.executable).parent / "run-engine")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--logits-out" in r.stdout
+
+
+def test_cli_ignore_eos_decodes_past_the_end_token_and_reports_timing(rt, tmp_path, capsys):
+    ids = prompt(KEY, 9, seed=4)
+    free = rt.generate([ids], SamplingParams(max_tokens=8, stop_token_ids=()))[0].output_ids
+    # An engine folder whose declared end token is the one the model makes 3rd (network.json wins over config).
+    folder = tmp_path / "eos"
+    shutil.copytree(hf_model(KEY)[1], folder)
+    dataclasses.replace(rt.network, eos_token_ids=(free[2],)).save(folder / "network.json")
+    argv = [str(folder), "--input-ids", ",".join(map(str, ids)), "--max-tokens", "8", "--json"]
+    rc, out, _ = _cli(argv, capsys)
+    stopped = json.loads(out)
+    assert rc == 0 and stopped["finish_reason"] == "stop"
+    assert stopped["output_ids"] == free[:free.index(free[2]) + 1]          # the negative control
+    rc, out, _ = _cli(argv + ["--ignore-eos"], capsys)
+    data = json.loads(out)
+    assert rc == 0 and data["output_ids"] == free and data["finish_reason"] == "length"
+    t = data["timing"]
+    assert t["prefill_s"] > 0 and t["decode_s"] > 0
+    assert t["decode_tokens_per_s"] == pytest.approx(7 / t["decode_s"])
+    # --stop-ids still stop with --ignore-eos
+    rc, out, _ = _cli(argv + ["--ignore-eos", "--stop-ids", str(free[1])], capsys)
+    assert json.loads(out)["output_ids"] == free[:free.index(free[1]) + 1]

@@ -1,4 +1,5 @@
-"""In-flight batching over the reference runtime (no server): admitted mid-flight, equal to running alone."""
+"""In-flight batching of the served model (runtime.scheduler, no server): admitted mid-flight, equal to running
+alone, stop words, cancellation, seeded sampling, failures kept to their request."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import time
 import pytest
 
 from deploy.testing import ASSETS
-from model_repo.inflight import GenRequest, InflightBatcher
-from model_repo.requests import StopCriteria
+from runtime.sampling import SamplingParams
+from runtime.scheduler import Request, Scheduler
+
+
+def request(rid, prompt, max_tokens, stop_ids=(), stop_sequences=(), emit=None, **kw):
+    """A request as the served model makes it: no default stop tokens unless given."""
+    return Request(rid, list(prompt), SamplingParams(max_tokens=max_tokens, stop_token_ids=tuple(stop_ids),
+                                                     stop_sequences=tuple(stop_sequences), **kw), emit=emit)
+
+
+def batcher(rt, max_batch_size):
+    return Scheduler(rt.model, max_batch_size=max_batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +56,16 @@ def _alone(rt, prompt, n, **kw):
     return rt.generate([prompt], SamplingParams(max_tokens=n, stop_token_ids=(), **kw))[0].output_ids
 
 
-@pytest.mark.parametrize("prefill_apart", [True, False], ids=["prefill-apart", "prefill-in-batch"])
-def test_concurrent_requests_join_the_running_batch_and_match_alone(rt, prefill_apart):
+@pytest.mark.parametrize("rows", [8, 3], ids=["8-rows", "3-rows-queueing"])
+def test_concurrent_requests_join_the_running_batch_and_match_alone(rt, rows):
     prompts = [[(7 * i + j) % 1000 + 1 for j in range(3 + i)] for i in range(12)]
     lengths = [6 + (i % 4) for i in range(12)]
-    b = InflightBatcher(rt, max_batch_size=8)
-    b.prefill_apart = prefill_apart
+    b = batcher(rt, max_batch_size=rows)
     b.start()
     try:
         col = Collector(len(prompts))
         for i, (p, n) in enumerate(zip(prompts, lengths)):
-            b.submit(GenRequest(f"r{i}", p, n, emit=col.emit_for(i)))
+            b.submit(request(f"r{i}", p, n, emit=col.emit_for(i)))
             if i % 3 == 2:
                 time.sleep(0.02)        # later requests arrive while earlier ones decode
         assert col.done.wait(120)
@@ -71,13 +81,13 @@ def test_concurrent_requests_join_the_running_batch_and_match_alone(rt, prefill_
 def test_stop_tokens_cancel_and_slot_reuse(rt):
     prompt = [5, 6, 7, 8]
     ref = _alone(rt, prompt, 8)
-    b = InflightBatcher(rt, max_batch_size=1).start()
+    b = batcher(rt, max_batch_size=1).start()
     try:
         col = Collector(3)
         # stops at the 3rd generated token (as a single-token and as a 2-token stop sequence)
-        b.submit(GenRequest("a", prompt, 8, stop=StopCriteria({ref[2]}), emit=col.emit_for(0)))
-        b.submit(GenRequest("b", prompt, 8, stop=StopCriteria(set(), [ref[1:3]]), emit=col.emit_for(1)))
-        b.submit(GenRequest("c", prompt, 500, emit=col.emit_for(2)))
+        b.submit(request("a", prompt, 8, stop_ids={ref[2]}, emit=col.emit_for(0)))
+        b.submit(request("b", prompt, 8, stop_sequences=[ref[1:3]], emit=col.emit_for(1)))
+        b.submit(request("c", prompt, 500, emit=col.emit_for(2)))
         deadline = time.monotonic() + 60
         while len(col.tokens[2]) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -85,7 +95,7 @@ def test_stop_tokens_cancel_and_slot_reuse(rt):
         assert col.done.wait(60)
         # the freed slot serves the next request with a clean cache
         again = Collector(1)
-        b.submit(GenRequest("d", prompt, 8, emit=again.emit_for(0)))
+        b.submit(request("d", prompt, 8, emit=again.emit_for(0)))
         assert again.done.wait(60)
     finally:
         b.stop()
@@ -99,12 +109,12 @@ def test_stop_tokens_cancel_and_slot_reuse(rt):
 def test_seeded_sampling_does_not_depend_on_the_batch(rt):
     prompt = [11, 12, 13]
     kw = dict(temperature=0.9, top_k=40, top_p=0.95, seed=1234)
-    b = InflightBatcher(rt, max_batch_size=4).start()
+    b = batcher(rt, max_batch_size=4).start()
     try:
         col = Collector(3)
-        b.submit(GenRequest("s", prompt, 10, emit=col.emit_for(0), **kw))
-        b.submit(GenRequest("x", [1, 2], 10, emit=col.emit_for(1), temperature=1.0, seed=7))
-        b.submit(GenRequest("y", [3, 4, 5, 6], 10, emit=col.emit_for(2)))
+        b.submit(request("s", prompt, 10, emit=col.emit_for(0), **kw))
+        b.submit(request("x", [1, 2], 10, emit=col.emit_for(1), temperature=1.0, seed=7))
+        b.submit(request("y", [3, 4, 5, 6], 10, emit=col.emit_for(2)))
         assert col.done.wait(60)
     finally:
         b.stop()
@@ -112,17 +122,17 @@ def test_seeded_sampling_does_not_depend_on_the_batch(rt):
 
 
 def test_a_failing_step_fails_its_requests_not_the_loop(rt):
-    b = InflightBatcher(rt, max_batch_size=2).start()
+    b = batcher(rt, max_batch_size=2).start()
     try:
         running = Collector(1)
-        b.submit(GenRequest("long", [5, 6], 60, emit=running.emit_for(0)))
+        b.submit(request("long", [5, 6], 60, emit=running.emit_for(0)))
         col = Collector(1)
-        b.submit(GenRequest("bad", [5, 10**6], 4, emit=col.emit_for(0)))   # id outside the vocabulary
+        b.submit(request("bad", [5, 10**6], 4, emit=col.emit_for(0)))   # id outside the vocabulary
         assert col.done.wait(60)
         assert col.reasons[0] == "error"
         assert running.done.wait(120) and running.reasons[0] == "length"     # unharmed by its neighbour
         ok = Collector(1)
-        b.submit(GenRequest("ok", [5, 6], 3, emit=ok.emit_for(0)))
+        b.submit(request("ok", [5, 6], 3, emit=ok.emit_for(0)))
         assert ok.done.wait(60) and ok.tokens[0] == _alone(rt, [5, 6], 3)
     finally:
         b.stop()

@@ -14,8 +14,8 @@ import pytest
 
 from deploy.testing import make_tiny_engine
 from model_repo.backends import TRTLLM_UNVALIDATED, TrtllmBackend, make_backend
-from model_repo.inflight import GenRequest
-from model_repo.requests import StopCriteria
+from runtime.sampling import SamplingParams
+from runtime.scheduler import Request
 
 FAKE = textwrap.dedent('''
     import asyncio
@@ -91,8 +91,8 @@ def test_llm_api_backend_streams_and_says_it_is_unvalidated(tmp_path, fake_trtll
             if reason:
                 reasons.append(reason)
                 done.set()
-        b.submit(GenRequest("r1", [1, 2, 3], 5, temperature=0.5, top_k=7, seed=3,
-                            stop=StopCriteria({1022}), emit=emit))
+        b.submit(Request("r1", [1, 2, 3], SamplingParams(max_tokens=5, temperature=0.5, top_k=7, seed=3,
+                                                         stop_token_ids=(1022,)), emit=emit))
         assert done.wait(10)
         assert got == [100, 101, 102, 103, 104] and reasons == ["length"]
         call = [c for c in tensorrt_llm.CALLS if c[0] == "generate_async"][0]
@@ -102,13 +102,11 @@ def test_llm_api_backend_streams_and_says_it_is_unvalidated(tmp_path, fake_trtll
         got.clear()
         done.clear()
         reasons.clear()
-        stop_now = threading.Event()
-        b.submit(GenRequest("r2", [1], 10_000, emit=lambda t, r, m: (got.extend(t), r and (reasons.append(r),
-                                                                                          done.set())),
-                            is_cancelled=stop_now.is_set))
+        b.submit(Request("r2", [1], SamplingParams(max_tokens=10_000),
+                         emit=lambda t, r, m: (got.extend(t), r and (reasons.append(r), done.set()))))
         while len(got) < 3:
             asyncio.run(asyncio.sleep(0.005))
-        stop_now.set()
+        b.cancel("r2")
         assert done.wait(10) and reasons == ["cancelled"] and len(got) < 10_000
     finally:
         b.shutdown()

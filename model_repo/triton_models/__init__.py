@@ -1,5 +1,5 @@
 """The Python-backend models (each file is copied to `<repo>/<model>/1/model.py`; import only inside Triton's stub).
 
-Their logic lives in importable modules (model_repo.requests, .harmony, .tokenizer, .inflight, .backends), which the
-tests exercise without a server; these files are the Triton glue.
+Their logic lives in importable modules (model_repo.requests, .harmony, .tokenizer, .responses, .backends, and
+runtime.scheduler), which the tests exercise without a server; these files are the Triton glue.
 """

@@ -4,7 +4,8 @@ QUERY is the user's message, rendered as a Harmony conversation (system message 
 optional developer instructions SYSTEM_PROMPT, optional CHAT_HISTORY JSON, then the user turn and
 `<|start|>assistant`), unless RAW_PROMPT is true (then QUERY is tokenized as is, special-token strings included).
 Outputs follow TensorRT-LLM's preprocessing names: INPUT_ID, REQUEST_INPUT_LEN, REQUEST_OUTPUT_LEN, STOP_WORDS_IDS
-([2, L] layout), OUT_END_ID (-1: the engine's default stop tokens).
+([2, L] layout), OUT_END_ID (the request's END_ID, -1 = no end token, checked against the vocabulary; -1 too when
+END_ID is absent, so a caller that sent none passes no end_id on and the engine uses its default stop tokens).
 """
 
 import numpy as np
@@ -64,5 +65,5 @@ class TritonPythonModel:
             pb_utils.Tensor("REQUEST_INPUT_LEN", np.asarray([[len(ids)]], dtype=np.int32)),
             pb_utils.Tensor("REQUEST_OUTPUT_LEN", np.asarray([[max_tokens]], dtype=np.int32)),
             pb_utils.Tensor("STOP_WORDS_IDS", rq.pack_stop_words([s for s in stop_seqs if s])[None]),
-            pb_utils.Tensor("OUT_END_ID", np.asarray([[-1 if end is None else end]], dtype=np.int32)),
+            pb_utils.Tensor("OUT_END_ID", np.asarray([[rq.NO_END_ID if end is None else end]], dtype=np.int32)),
         ])

@@ -5,11 +5,15 @@ stop_words_list, temperature, runtime_top_k, runtime_top_p, seed, streaming, sto
 return_context_logits -> output_ids, sequence_length, output_log_probs, context_logits). output_log_probs
 [1, 1, n] holds the logprob of each generated token of the response (raw distribution, before temperature);
 context_logits [1, prompt_len, vocab] the prompt's logits, in the first response (a prompt whose logits exceed
-requests.MAX_CONTEXT_LOGITS_BYTES is refused). execute() only queues requests; a scheduler thread (model_repo.inflight) admits them into the
-running batch between decode steps and sends responses as tokens come: with streaming=true one response per step
-holding the new token(s), else one response holding all of them. A request with `stop`=true cancels the running
-request with the same request id (what the BLS model sends when its client goes away); a client that cancels or
-disconnects is noticed at the next step.
+requests.MAX_CONTEXT_LOGITS_BYTES is refused). end_id absent: the engine's default stop tokens; end_id -1: no end
+token (upstream's meaning: decode to request_output_len or a stop word).
+
+execute() only queues requests; the backend's scheduler thread (runtime.scheduler) admits them into the running
+batch between decode steps. Responses leave from one writer thread (ResponseWriter), never from the scheduler's,
+so a decode step never waits on Triton: with streaming=true a response holds the token(s) generated since the
+previous one (one per step for a few streams at moderate speed; several with many streams live or a very fast
+model, see model_repo/responses.py), else one response holds them all. A request with `stop`=true cancels the running request with the same request id (what the
+BLS model sends when its client goes away); the writer also notices clients that cancel or disconnect.
 """
 
 import threading
@@ -20,7 +24,9 @@ import triton_python_backend_utils as pb_utils
 
 from model_repo import requests as rq
 from model_repo.backends import make_backend
-from model_repo.inflight import GenRequest
+from model_repo.responses import ResponseWriter
+from runtime.sampling import SamplingParams
+from runtime.scheduler import Request
 from model_repo.triton_models.common import (error_of, get, invalid, log_error, log_info, log_warn, model_params,
                                              resolve_engine_dir)
 
@@ -43,6 +49,7 @@ class TritonPythonModel:
         self._ids_lock = threading.Lock()
         self.default_stop_ids = tuple(int(x) for x in p.get("default_stop_ids", "").split(",") if x.strip()) \
             or self.backend.default_stop_ids
+        self.writer = ResponseWriter(self.backend.cancel, log=log_error)
         log_info(f"tensorrt_llm: {self.backend.name} backend, engine {self.engine_dir}, in-flight batch "
                  f"{p['max_num_sequences']}, max_seq_len {self.max_seq_len}, default stop ids {self.default_stop_ids}; "
                  f"loaded and warmed up in {time.monotonic() - t0:.1f} s")
@@ -79,9 +86,7 @@ class TritonPythonModel:
         rq.beam_width(get(request, "beam_width"))
         s = rq.sampling(get(request, "temperature"), get(request, "runtime_top_p"), get(request, "runtime_top_k"),
                         get(request, "seed"))
-        end = get(request, "end_id")
-        end_val = rq.scalar(end, "end_id")
-        end_id = None if end_val is None or int(end_val) < 0 else rq.end_id(end, self.vocab_size)
+        end_id = rq.end_id(get(request, "end_id"), self.vocab_size)
         stop = rq.StopCriteria.build(self.default_stop_ids, end_id, rq.unpack_stop_words(get(request, "stop_words_list")))
         streaming = rq.boolean(get(request, "streaming"), "streaming")
         want_lp = rq.boolean(get(request, "return_log_probs"), "return_log_probs")
@@ -89,17 +94,19 @@ class TritonPythonModel:
         if want_ctx:
             rq.check_context_logits_size(len(ids), self.vocab_size, self.max_context_logits_bytes)
         rid = request.request_id() or f"anon-{id(request)}"
+        params = SamplingParams(max_tokens=max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                seed=s.seed, stop_token_ids=tuple(sorted(stop.tokens)),
+                                stop_sequences=tuple(tuple(q) for q in stop.sequences), logprobs=want_lp,
+                                prompt_logits=want_ctx)
+        req = Request(rid, ids, params)
         with self._ids_lock:
             # Cancellation is by request id: a second request under an id in flight would share its fate.
             if rid in self._ids_in_flight:
                 raise rq.RequestError(f"request id {rid!r} is already in flight; give each request its own id")
             self._ids_in_flight.add(rid)
-        out = _Responder(sender, streaming, on_final=lambda: self._release_id(rid))
-        out.req = GenRequest(rid, ids, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, stop,
-                             emit=out.emit, is_cancelled=out.is_cancelled, return_log_probs=want_lp,
-                             return_context_logits=want_ctx)
+        req.emit = self.writer.add(_Responder(sender, streaming, req, on_final=lambda: self._release_id(rid)))
         try:
-            self.backend.submit(out.req)
+            self.backend.submit(req)
         except BaseException:
             self._release_id(rid)
             raise
@@ -110,63 +117,56 @@ class TritonPythonModel:
 
     def finalize(self):
         self.backend.shutdown()
+        self.writer.stop()
 
 
 class _Responder:
-    """Turns batcher events into Triton responses for one request."""
+    """The Triton responses of one request, built from what the scheduler produced since the last one."""
 
-    def __init__(self, sender, streaming: bool, on_final=None):
-        self.on_final = on_final
+    def __init__(self, sender, streaming: bool, req: Request, on_final=None):
+        self.on_final = on_final         # called once the request's last response is on its way
         self.sender = sender
         self.streaming = streaming
-        self.req = None                # the GenRequest: its log_probs / context_logits (when asked for)
-        self.tokens: list[int] = []
+        self.req = req
+        self.rid = req.request_id
         self.sent_log_probs = 0
         self.sent_context = False
-        self.lock = threading.Lock()
-        self.next_check = time.monotonic() + 0.1
 
     def is_cancelled(self) -> bool:
-        # Asking the server costs a round trip; a few times a second is soon enough.
-        now = time.monotonic()
-        if now < self.next_check:
-            return False
-        self.next_check = now + 0.1
         return self.sender.is_cancelled()
 
-    def emit(self, tokens, reason, message):
+    def send(self, tokens: list, reason, message) -> None:
+        """tokens: generated since the last call; reason: None while running. Runs on the writer thread."""
         if reason is not None and self.on_final is not None:
             self.on_final()
-        with self.lock:
-            self.tokens.extend(tokens)
-            if reason == "error":
-                _send_error(self.sender, pb_utils.TritonError(message or "generation failed",
-                                                              pb_utils.TritonError.INTERNAL))
-                return
-            if reason == "cancelled":
-                self.sender.send(flags=FINAL)
-                return
-            if self.streaming:
-                if tokens:
-                    self.sender.send(self._response(tokens, reason), flags=FINAL if reason else 0)
-                elif reason:
-                    self.sender.send(flags=FINAL)
+        if reason == "error":
+            _send_error(self.sender, pb_utils.TritonError(message or "generation failed",
+                                                          pb_utils.TritonError.INTERNAL))
+            return
+        if reason == "cancelled":
+            self.sender.send(flags=FINAL)
+            return
+        if self.streaming:
+            if tokens:
+                self.sender.send(self._response(tokens, reason), flags=FINAL if reason else 0)
             elif reason:
-                self.sender.send(self._response(self.tokens, reason), flags=FINAL)
+                self.sender.send(flags=FINAL)
+        elif reason:
+            self.sender.send(self._response(self.req.output_ids, reason), flags=FINAL)
 
     def _response(self, tokens, reason):
         ids = np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1)
         out = [pb_utils.Tensor("output_ids", ids),
                pb_utils.Tensor("sequence_length", np.asarray([[ids.shape[-1]]], dtype=np.int32))]
         req = self.req
-        if req is not None and req.return_log_probs:
-            # The batcher appended these tokens' logprobs before emitting them; a response covers the next len(tokens).
-            n = len(tokens) if self.streaming else len(req.log_probs)
+        if req.params.logprobs:
+            # The scheduler appended these tokens' logprobs before handing the tokens out.
             start = self.sent_log_probs if self.streaming else 0
+            n = len(tokens) if self.streaming else len(req.log_probs)
             lp = np.asarray(req.log_probs[start:start + n], dtype=np.float32).reshape(1, 1, -1)
             self.sent_log_probs = start + n
             out.append(pb_utils.Tensor("output_log_probs", lp))
-        if req is not None and req.return_context_logits and not self.sent_context and req.context_logits is not None:
+        if req.params.prompt_logits and not self.sent_context and req.context_logits is not None:
             out.append(pb_utils.Tensor("context_logits", np.ascontiguousarray(req.context_logits, dtype=np.float32)[None]))
             self.sent_context = True
         if reason:

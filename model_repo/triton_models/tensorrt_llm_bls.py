@@ -12,12 +12,14 @@ Per request (each in its own thread, so requests overlap and the tensorrt_llm mo
 validate the sampling inputs, call `preprocessing` (render + tokenize + validate), call `tensorrt_llm` with
 streaming on, and turn its token responses into text with the Harmony stream decoder (the same code the
 `postprocessing` model runs, applied incrementally: a model call per token would only add latency). With stream=true
-each generated token yields one response (its text may be empty while a Harmony header is being read); the last
-response carries the flag final. Otherwise one response holds the whole answer. A client that cancels or
+each response carries the tokens that arrived since the previous one (one per token while the server keeps up,
+several under load, so a busy server sends fewer responses instead of falling behind; its text may be empty while
+a Harmony header is being read); the last response carries the flag final. Otherwise one response holds the whole answer. A client that cancels or
 disconnects is noticed within ~0.1 s (a failed send is noticed at once); the generation is then stopped in
 `tensorrt_llm` by a `stop` request.
 """
 
+import queue
 import threading
 import time
 import uuid
@@ -121,7 +123,6 @@ class TritonPythonModel:
         llm_in = [pb_utils.Tensor("input_ids", po["INPUT_ID"].astype(np.int32)),
                   pb_utils.Tensor("input_lengths", po["REQUEST_INPUT_LEN"].astype(np.int32)),
                   pb_utils.Tensor("request_output_len", po["REQUEST_OUTPUT_LEN"].astype(np.int32)),
-                  pb_utils.Tensor("end_id", po["OUT_END_ID"].astype(np.int32)),
                   pb_utils.Tensor("stop_words_list", po["STOP_WORDS_IDS"].astype(np.int32)),
                   pb_utils.Tensor("temperature", np.array([[s.temperature]], dtype=np.float32)),
                   pb_utils.Tensor("runtime_top_k", np.array([[s.top_k]], dtype=np.int32)),
@@ -129,6 +130,8 @@ class TritonPythonModel:
                   pb_utils.Tensor("streaming", np.array([[True]], dtype=np.bool_))]
         if s.seed is not None:
             llm_in.append(pb_utils.Tensor("seed", np.array([[s.seed]], dtype=np.uint64)))
+        if get(request, "end_id") is not None:          # absent: the engine's default stop tokens
+            llm_in.append(pb_utils.Tensor("end_id", po["OUT_END_ID"].astype(np.int32)))
         wanted = ["output_ids", "finish_reason"]
         if want_lp:
             llm_in.append(pb_utils.Tensor("return_log_probs", np.array([[True]], dtype=np.bool_)))
@@ -146,7 +149,7 @@ class TritonPythonModel:
         all_ids, all_lps, context = [], [], None
         n_out, reason, cancelled, done = 0, None, False, False
         next_check = time.monotonic() + CANCEL_CHECK_S
-        for resp in responses:
+        for resp in _arrivals(responses, rid):
             if resp.has_error():
                 if not cancelled:
                     _send(sender, pb_utils.InferenceResponse(error=resp.error()), FINAL)
@@ -154,7 +157,7 @@ class TritonPythonModel:
                 continue            # drain the iterator
             if cancelled or done:
                 continue
-            outs = {t.name(): t.as_numpy() for t in resp.output_tensors()}
+            outs = resp.outputs
             tokens = [int(x) for x in outs["output_ids"].reshape(-1)] if "output_ids" in outs else []
             if "finish_reason" in outs:
                 r = outs["finish_reason"].reshape(-1)[0]
@@ -240,6 +243,73 @@ class TritonPythonModel:
         if reason is not None:
             out.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)))
         return pb_utils.InferenceResponse(output_tensors=out)
+
+
+class _Arrived:
+    """tensorrt_llm responses that arrived together, as one: their output_ids and output_log_probs joined."""
+
+    def __init__(self, responses: list):
+        self.outputs: dict = {}
+        ids, lps = [], []
+        for resp in responses:
+            for t in resp.output_tensors():
+                a = t.as_numpy()
+                if t.name() == "output_ids":
+                    ids.append(a.reshape(-1))
+                elif t.name() == "output_log_probs":
+                    lps.append(a.reshape(-1))
+                elif t.name() not in self.outputs or t.name() == "finish_reason":
+                    self.outputs[t.name()] = a
+        if ids:
+            self.outputs["output_ids"] = np.concatenate(ids)
+        if lps:
+            self.outputs["output_log_probs"] = np.concatenate(lps)
+
+    @staticmethod
+    def has_error() -> bool:
+        return False
+
+
+_END = object()
+
+
+def _arrivals(responses, rid: str):
+    """The responses of a decoupled call, read on their own thread; each item yielded is everything that arrived
+    while the previous one was being handled (joined by _Arrived; an error response stays on its own). Under
+    load the request's thread thus answers many tokens with one response instead of falling behind."""
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read():
+        try:
+            for resp in responses:
+                inbox.put(resp)
+        except BaseException as e:  # noqa: BLE001 - raised again on the request's thread
+            inbox.put(e)
+        finally:
+            inbox.put(_END)
+    threading.Thread(target=read, daemon=True, name=f"bls-read-{rid[-8:]}").start()
+    while True:
+        items = [inbox.get()]
+        while True:
+            try:
+                items.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        run = []
+        for item in items:
+            if item is _END or isinstance(item, BaseException) or item.has_error():
+                if run:
+                    yield _Arrived(run)
+                    run = []
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            else:
+                run.append(item)
+        if run:
+            yield _Arrived(run)
 
 
 class _Extra:

@@ -31,8 +31,49 @@ CPU_FORMATS = ("bf16", "mxfp4", "w4a16-nvfp4")
 
 @dataclass
 class OrtCache:
+    """The graph's cache tensors, row = sequence. Entries carry their token position (-1 = empty, masked), so
+    rows may hold different numbers of live entries; `grow_axis` names each tensor's growing axis (full
+    layers add one entry per token) so rows forwarded alone can be put back beside the others."""
     batch_size: int
     tensors: dict[str, np.ndarray] = field(default_factory=dict)    # graph input name -> array
+    grow_axis: dict[str, int] = field(default_factory=dict)         # name -> axis that grows (full layers)
+
+    def reset_rows(self, rows) -> None:
+        """Rows become empty sequences (the scheduler's admission of new requests)."""
+        rows = list(rows)
+        for t in self.tensors.values():
+            t[rows] = -1 if t.dtype == np.int64 else 0
+
+    def copy_rows_from(self, src: "OrtCache", src_rows, dst_rows) -> None:
+        for name in self.tensors:
+            moved = src.tensors[name][list(src_rows)]           # gathered first: src may be self
+            self._fit(name, moved.shape)
+            moved = _pad_to(moved, self.grow_axis.get(name), self.tensors[name].shape)
+            self.tensors[name][list(dst_rows)] = moved
+
+    def put_rows(self, first_row: int, tensors: dict[str, np.ndarray]) -> None:
+        """Forwarded rows [first_row, first_row + k) written back; the other rows are padded with empty entries
+        where the forward grew the cache."""
+        for name, new in tensors.items():
+            self._fit(name, new.shape)
+            self.tensors[name][first_row:first_row + new.shape[0]] = _pad_to(new, self.grow_axis.get(name),
+                                                                            self.tensors[name].shape)
+
+    def _fit(self, name: str, shape) -> None:
+        axis = self.grow_axis.get(name)
+        if axis is not None and shape[axis] > self.tensors[name].shape[axis]:
+            full = list(self.tensors[name].shape)
+            full[axis] = shape[axis]
+            self.tensors[name] = _pad_to(self.tensors[name], axis, full)
+
+
+def _pad_to(a: np.ndarray, axis: int | None, shape) -> np.ndarray:
+    """`a` padded at the end of `axis` with empty entries (-1 positions, zero K/V) to shape[axis]."""
+    if axis is None or a.shape[axis] == shape[axis]:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, shape[axis] - a.shape[axis])
+    return np.pad(a, pad, constant_values=-1 if a.dtype == np.int64 else 0)
 
 
 class OnnxRuntimeExecutor:
@@ -79,27 +120,31 @@ class OnnxRuntimeExecutor:
         cache = OrtCache(batch_size)
         for i in self.cache_inputs:
             shape = [batch_size if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape]
+            grows = [a for a, d in enumerate(i.shape) if isinstance(d, str) and d != "batch"]
+            if grows:
+                cache.grow_axis[i.name] = grows[0]
             dt = ELEM[i.type]
             cache.tensors[i.name] = np.full(shape, -1, dt) if dt == np.int64 else np.zeros(shape, dt)
         return cache
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: OrtCache,
-                logits: str = "last") -> torch.Tensor:
+                logits: str = "last", first_row: int = 0) -> torch.Tensor:
+        """Rows [first_row, first_row + B) of the cache, as the reference model's forward."""
         ids = input_ids.detach().cpu().numpy().astype(np.int64)
         pos = positions.detach().cpu().numpy().astype(np.int64)
         B, T = ids.shape
-        if B != cache.batch_size:
-            raise ValueError(f"input has batch {B}, the cache was made for {cache.batch_size}")
+        if first_row < 0 or first_row + B > cache.batch_size:
+            raise ValueError(f"input covers rows [{first_row}, {first_row + B}), the cache has {cache.batch_size}")
         valid = pos >= 0
         shift = T - 1 - np.where(valid.any(1), T - 1 - np.argmax(valid[:, ::-1], axis=1), T - 1)
         if shift.any():                          # right padding -> left padding (roll each row)
             ids, pos = _roll_rows(ids, shift), _roll_rows(pos, shift)
-        feeds = dict(cache.tensors)
+        rows = slice(first_row, first_row + B)
+        feeds = {name: t[rows] for name, t in cache.tensors.items()}
         feeds["input_ids"] = np.where(pos >= 0, ids, 0)
         feeds["position_ids"] = pos
         outs = dict(zip(self.output_names, self.session.run(None, feeds)))
-        for name in cache.tensors:
-            cache.tensors[name] = outs["present_" + name.removeprefix("past_")]
+        cache.put_rows(first_row, {name: outs["present_" + name.removeprefix("past_")] for name in cache.tensors})
         out = outs["logits"]                     # [B, T, V], left-padded order
         if logits == "none":
             raise ValueError("the onnxruntime executor returns logits only (logits='all' or 'last')")
