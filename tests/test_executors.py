@@ -180,3 +180,27 @@ def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_p
         assert bool(saved.data_files) == external
         t = [t for t in onnx.load(str(saved.path)).graph.initializer if t.name == w][0]
         np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), E2M1_VALUES[codes])
+
+
+def test_the_device_caches_row_operations_match_the_cpu_caches():
+    """The TensorRT executor's cache (GPU only as a whole) moves rows as the ONNX Runtime cache does: checked on
+    CPU tensors, since its row operations are plain torch."""
+    import numpy as np
+    import torch
+    from runtime.executors.onnxruntime import OrtCache
+    from runtime.executors.tensorrt import DeviceCache
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    pos = np.tile(np.arange(4), (3, 1)).astype(np.int64)
+    ort = OrtCache(3, {"past_key_0": k.copy(), "past_key_0_pos": pos.copy()}, {"past_key_0": 2, "past_key_0_pos": 1})
+    dev = DeviceCache({"past_key_0": torch.from_numpy(k.copy()), "past_key_0_pos": torch.from_numpy(pos.copy())},
+                      {"past_key_0": 2, "past_key_0_pos": 1})
+    grown = {"past_key_0": rng.standard_normal((1, 2, 6, 5)).astype(np.float32),
+             "past_key_0_pos": np.arange(6, dtype=np.int64)[None]}
+    for cache, wrap in ((ort, lambda a: a), (dev, torch.from_numpy)):
+        cache.copy_rows_from(cache, [2], [0])
+        cache.reset_rows([1])
+        cache.put_rows(2, {n: wrap(a.copy()) for n, a in grown.items()})
+    for name in ort.tensors:
+        assert np.array_equal(ort.tensors[name], dev.tensors[name].numpy()), name
+    assert ort.tensors["past_key_0_pos"].tolist() == [[0, 1, 2, 3, -1, -1], [-1] * 6, list(range(6))]

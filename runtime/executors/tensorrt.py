@@ -32,8 +32,36 @@ UNVALIDATED = ("TensorRT executor: written against the TensorRT Python API and n
 
 @dataclass
 class DeviceCache:
-    """The graph's past_* inputs as device tensors, replaced by the present_* outputs after every step."""
+    """The graph's past_* inputs as device tensors, replaced by the present_* outputs after every step. Entries
+    carry their positions (-1 = empty, masked); `grow_axis` is each growing tensor's axis, so the rows the
+    scheduler forwards alone are put back beside the others (as runtime.executors.onnxruntime.OrtCache)."""
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    grow_axis: dict[str, int] = field(default_factory=dict)
+
+    def reset_rows(self, rows) -> None:
+        rows = list(rows)
+        for name, t in self.tensors.items():
+            t[rows] = -1 if name.endswith("_pos") else 0
+
+    def copy_rows_from(self, src: "DeviceCache", src_rows, dst_rows) -> None:
+        for name in self.tensors:
+            self._put(name, list(dst_rows), src.tensors[name][list(src_rows)].clone())
+
+    def put_rows(self, first_row: int, tensors: dict[str, torch.Tensor]) -> None:
+        for name, new in tensors.items():
+            self._put(name, slice(first_row, first_row + new.shape[0]), new)
+
+    def _put(self, name: str, rows, new: torch.Tensor) -> None:
+        axis, old = self.grow_axis.get(name), self.tensors[name]
+        fill = -1 if name.endswith("_pos") else 0
+        if axis is not None and new.shape[axis] != old.shape[axis]:
+            longer, shorter = (new, old) if new.shape[axis] > old.shape[axis] else (old, new)
+            pad = list(shorter.shape)
+            pad[axis] = longer.shape[axis] - shorter.shape[axis]
+            grown = torch.cat([shorter, torch.full(pad, fill, dtype=shorter.dtype, device=shorter.device)], axis)
+            old, new = (grown, new) if shorter is old else (old, grown)
+            self.tensors[name] = old
+        old[rows] = new
 
 
 class TensorRTExecutor:
@@ -73,17 +101,22 @@ class TensorRTExecutor:
         for name in self.inputs:
             if not name.startswith("past_"):
                 continue
-            shape = [batch_size if d == -1 and i == 0 else (0 if d == -1 else d)
-                     for i, d in enumerate(self.engine.get_tensor_shape(name))]
+            dims = list(self.engine.get_tensor_shape(name))
+            shape = [batch_size if d == -1 and i == 0 else (0 if d == -1 else d) for i, d in enumerate(dims)]
+            grows = [i for i, d in enumerate(dims) if d == -1 and i > 0]
+            if grows:
+                cache.grow_axis[name] = grows[0]
             fill = -1 if name.endswith("_pos") else 0
             cache.tensors[name] = torch.full(shape, fill, dtype=self._torch_dtype(name), device=self.device)
         return cache
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DeviceCache,
-                logits: str = "last") -> torch.Tensor:
+                logits: str = "last", first_row: int = 0) -> torch.Tensor:
+        rows = slice(first_row, first_row + input_ids.shape[0])
         feeds = {"input_ids": input_ids.to(self.device, torch.int64).contiguous(),
-                 "position_ids": positions.to(self.device, torch.int64).contiguous(), **cache.tensors}
+                 "position_ids": positions.to(self.device, torch.int64).contiguous(),
+                 **{name: t[rows].contiguous() for name, t in cache.tensors.items()}}
         for name in self.inputs:
             t = feeds[name]
             self.context.set_input_shape(name, tuple(t.shape))
@@ -97,9 +130,8 @@ class TensorRTExecutor:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         stream.synchronize()
-        for name, t in outs.items():
-            if name.startswith("present_"):
-                cache.tensors["past_" + name.removeprefix("present_")] = t
+        cache.put_rows(first_row, {"past_" + name.removeprefix("present_"): t for name, t in outs.items()
+                                   if name.startswith("present_")})
         all_logits = outs["logits"].float()
         if logits == "all":
             return all_logits.cpu()
