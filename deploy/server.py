@@ -32,6 +32,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from model_repo.requests import DRAIN_FILE_ENV
+
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "triton_python_backend_shm_region"
 
@@ -185,6 +187,8 @@ class TritonServer:
         # Unique per server: Python-backend shm files are named "<prefix>_<n>"-style by the backend.
         self.shm_prefix = f"{SHM_PREFIX}_gptoss_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self.proc: subprocess.Popen | None = None
+        self.killed = False            # stop() had to SIGKILL it
+        self.drain_file: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
         self.binary, self.bundled_root = find_tritonserver()
@@ -260,7 +264,10 @@ class TritonServer:
         # Its own process group (stop() can kill it with its stubs), and tied to this process: a parent-death
         # signal is per thread, so only a launch from the main thread (which lives as long as we do) sets it.
         tie = _die_with_parent(os.getpid()) if threading.current_thread() is threading.main_thread() else None
-        self.proc = subprocess.Popen(self.command(backend_dir), env=server_env(self.env), stdout=stdout,
+        env = server_env(self.env)
+        self.drain_file = Path(self._tmp.name) / "draining"
+        env[DRAIN_FILE_ENV] = str(self.drain_file)
+        self.proc = subprocess.Popen(self.command(backend_dir), env=env, stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout is not None else None,
                                      start_new_session=True, cwd=self._tmp.name, preexec_fn=tie)
 
@@ -291,6 +298,14 @@ class TritonServer:
         rc = None
         if self.proc is not None:
             if self.proc.poll() is None:
+                # First the models end what is in flight (with an error to each client), so that Triton's exit
+                # finds nothing in flight; its exit timeout would otherwise end in a forced, hanging exit.
+                if self.drain_file is not None:
+                    try:
+                        self.drain_file.touch()
+                        time.sleep(0.3)
+                    except OSError:
+                        pass
                 try:
                     self.proc.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
@@ -298,6 +313,7 @@ class TritonServer:
                 try:
                     self.proc.wait(timeout_s)
                 except subprocess.TimeoutExpired:
+                    self.killed = True
                     # The whole process group: the server and its Python-backend stubs.
                     try:
                         os.killpg(self.proc.pid, signal.SIGKILL)

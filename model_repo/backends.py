@@ -9,11 +9,13 @@ per step, so the Triton glue is the same.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Callable
 
 from model_repo.inflight import GenRequest, InflightBatcher
+from model_repo.requests import DRAIN_FILE_ENV
 
 TRTLLM_UNVALIDATED = ("the TensorRT-LLM LLM-API path is UNVALIDATED: it is written against upstream's documented "
                       "LLM API (LLM, generate_async(streaming=True), SamplingParams) and has never run in this "
@@ -37,8 +39,10 @@ class ReferenceBackend:
         self.vocab_size = self.runtime.network.vocab_size
         self.max_seq_len = max_seq_len
         self.default_stop_ids = tuple(self.runtime.eos_token_ids)
+        drain_file = os.environ.get(DRAIN_FILE_ENV)
         self.batcher = InflightBatcher(self.runtime, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                                       log=log).start()
+                                       log=log, draining=(lambda: os.path.exists(drain_file)) if drain_file else None)
+        self.batcher.start()
         self.warmup()
 
     def warmup(self, timeout: float = 120.0) -> None:

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from model_repo.requests import StopCriteria
+from model_repo.requests import SHUTTING_DOWN, StopCriteria
 
 # emit(token_ids, finish_reason, error_message): finish_reason None while running, else "stop", "length",
 # "cancelled" or "error" (then error_message says why).
@@ -118,7 +118,8 @@ def copy_cache_row(dst, dst_row: int, src, src_row: int) -> None:
 
 class InflightBatcher:
     def __init__(self, runtime, max_batch_size: int = 16, max_seq_len: int | None = None,
-                 default_stop_ids: Sequence[int] = (), log: Callable[[str], None] | None = None):
+                 default_stop_ids: Sequence[int] = (), log: Callable[[str], None] | None = None,
+                 draining: Callable[[], bool] | None = None):
         from runtime.sampling import SamplingParams, make_generator, sample
         self._SamplingParams, self._make_generator, self._sample = SamplingParams, make_generator, sample
         self.runtime = runtime
@@ -127,6 +128,8 @@ class InflightBatcher:
         self.max_seq_len = max_seq_len
         self.default_stop_ids = tuple(default_stop_ids)
         self.log = log or (lambda msg: None)
+        self._draining = draining      # true once the server stops: every request then ends with an error
+        self._next_drain_check = 0.0
         self._queue: collections.deque[GenRequest] = collections.deque()
         self._cancelled: set[str] = set()
         self._cv = threading.Condition()
@@ -181,6 +184,10 @@ class InflightBatcher:
                     break
                 admitted = self._admit_locked()
                 cancelled, self._cancelled = self._cancelled, set()
+            if self._draining is not None and time.monotonic() >= self._next_drain_check:
+                self._next_drain_check = time.monotonic() + 0.1
+                if _safe(self._draining):
+                    self._end_all(SHUTTING_DOWN)
             for i, s in enumerate(self._slots):
                 if s is not None and (s.req.request_id in cancelled or
                                       (s.req.is_cancelled is not None and _safe(s.req.is_cancelled))):
@@ -197,12 +204,17 @@ class InflightBatcher:
                         self._finish(i, "error", msg)
                 self._cache = None
             del admitted
+        self._end_all(SHUTTING_DOWN)
+
+    def _end_all(self, message: str) -> None:
+        """Every running and queued request ends now (finish reason "cancelled", with `message`)."""
         for i, s in enumerate(self._slots):
             if s is not None:
-                self._finish(i, "cancelled", "the server is shutting down")
+                self._finish(i, "cancelled", message)
         with self._cv:
-            while self._queue:
-                self._emit(self._queue.popleft(), [], "cancelled", "the server is shutting down")
+            queued, self._queue = list(self._queue), collections.deque()
+        for req in queued:
+            self._emit(req, [], "cancelled", message)
 
     def _admit_locked(self) -> int:
         n = 0

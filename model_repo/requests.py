@@ -18,6 +18,11 @@ import numpy as np
 # Smallest positive temperature (runtime.sampling.MIN_TEMPERATURE, not imported: this module must stay torch-free)
 MIN_TEMPERATURE = 1e-4
 
+# Set by deploy.server for the models: the path of a file whose existence means "the server is stopping: end
+# every request in flight now, with an error", so Triton's exit finds nothing in flight and unloads cleanly.
+DRAIN_FILE_ENV = "GPTOSS_DRAIN_FILE"
+SHUTTING_DOWN = "the server is shutting down"
+
 INVALID_ARG_PREFIX = "invalid argument: "
 
 

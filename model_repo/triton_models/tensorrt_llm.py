@@ -139,9 +139,17 @@ class _Responder:
             self.on_final()
         with self.lock:
             self.tokens.extend(tokens)
-            if reason == "error":
-                _send_error(self.sender, pb_utils.TritonError(message or "generation failed",
-                                                              pb_utils.TritonError.INTERNAL))
+            if reason == "error" or (reason == "cancelled" and message):
+                # A failure of this request, or the server stopping under it: an error for a direct client,
+                # then a final response whose finish_reason says "error: ..." (a BLS caller never sees error
+                # responses of a decoupled callee, only its tensors).
+                message = message or "generation failed"
+                try:
+                    self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                        message, pb_utils.TritonError.INTERNAL)))
+                    self.sender.send(self._response([], "error: " + message), flags=FINAL)
+                except Exception as e:  # noqa: BLE001 - the client may be gone
+                    log_error(f"tensorrt_llm: could not send an error response: {e}")
                 return
             if reason == "cancelled":
                 self.sender.send(flags=FINAL)
@@ -175,7 +183,10 @@ class _Responder:
 
 
 def _send_error(sender, error):
+    # The error, then an empty final response: a BLS caller's response iterator (Python backend 2.51) never
+    # ends on an error response that carries the final flag itself, and would wait forever.
     try:
-        sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        sender.send(pb_utils.InferenceResponse(error=error))
+        sender.send(flags=FINAL)
     except Exception as e:  # noqa: BLE001 - the client may be gone
         log_error(f"tensorrt_llm: could not send an error response: {e}")
