@@ -92,7 +92,7 @@ def test_serve_engine_chat_demo_uses_the_engines_repository(tmp_path):
     assert proc.returncode == 0, out
     assert f"the engine's triton/ repository: {engine / 'triton'}" in out
     assert "> Hello, who are you?" in out and "[8 tokens, length" in out
-    assert f"serve-engine: stopped on {signal.Signals(sig).name} (tritonserver status 0)" in out
+    assert "serve-engine: stopped (tritonserver status 0)" in out
     assert glob.glob(f"/dev/shm/triton_python_backend_shm_region_gptoss_{proc.pid}_*") == []
 
 
