@@ -388,6 +388,8 @@ class InflightBatcher:
         if reason == "cancelled":
             self.log(f"request {s.req.request_id} cancelled after {len(s.output)} tokens; its slot is free")
         self._emit(s.req, tokens or [], reason, message)
+        # Its final response is out: prompt logits (up to the per-request cap) are not kept for anyone.
+        s.req.context_logits = None
 
     def _emit(self, req: GenRequest, tokens: list, reason, message) -> None:
         if req.emit is None:

@@ -137,6 +137,21 @@ class _Responder:
     def emit(self, tokens, reason, message):
         if reason is not None and self.on_final is not None:
             self.on_final()
+        try:
+            self._emit(tokens, reason, message)
+        finally:
+            if reason is not None:
+                self._release()
+
+    def _release(self) -> None:
+        """A finished request lets go of what it held (prompt logits can be hundreds of MB) at once, rather than
+        whenever the garbage collector breaks the request <-> responder cycle."""
+        with self.lock:
+            req, self.req, self.tokens = self.req, None, []
+            if req is not None:
+                req.context_logits, req.log_probs, req.emit, req.is_cancelled = None, [], None, None
+
+    def _emit(self, tokens, reason, message):
         with self.lock:
             self.tokens.extend(tokens)
             if reason == "error" or (reason == "cancelled" and message):
@@ -177,6 +192,7 @@ class _Responder:
         if req is not None and req.return_context_logits and not self.sent_context and req.context_logits is not None:
             out.append(pb_utils.Tensor("context_logits", np.ascontiguousarray(req.context_logits, dtype=np.float32)[None]))
             self.sent_context = True
+            req.context_logits = None          # sent once: the response holds it now, nothing else should
         if reason:
             out.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)))
         return pb_utils.InferenceResponse(output_tensors=out)
