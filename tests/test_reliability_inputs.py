@@ -267,3 +267,15 @@ def test_unwritable_destinations_are_exit_2_with_a_message(tmp_path, capsys):
                               "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "a-file" in err and "fix:" in err
+
+
+def test_cleanup_of_interrupted_builds_removes_only_our_staging_folders(tmp_path):
+    from checkpoint import fsutil
+    dst = tmp_path / "eng"
+    mine = tmp_path / ".eng.old-2024-01"              # a user's backup that merely looks like staging
+    mine.mkdir()
+    (mine / "keep").write_text("x")
+    dead = tmp_path / ".eng.partial-999999-0123abcd"   # left by a killed build (no such process)
+    dead.mkdir()
+    assert fsutil.remove_stale_staging(dst) == [dead]
+    assert (mine / "keep").read_text() == "x" and not dead.exists()
