@@ -132,6 +132,10 @@ def _run_build(args) -> int:
     except (CacheMiss, SourceError) as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 2
+    except OSError as e:       # a read-only or full disk: the staging folder is gone, the old engine intact
+        print(f"build-engine: error: {e.filename or args.output}: {e.strerror or e}; fix: check free space and "
+              f"permissions where --output and the cache are written", file=sys.stderr)
+        return 2
     if args.json:
         print(dump_manifest(out))
     return 0

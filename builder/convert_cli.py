@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"convert-checkpoint: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:       # a read-only or full disk, a path through a file: nothing was installed
+        print(f"convert-checkpoint: error: {e.filename or args.dst}: {e.strerror or e}; fix: check free space and "
+              f"permissions where DST is written", file=sys.stderr)
+        return 2
     print(out)
     return 0
 

@@ -119,10 +119,13 @@ def _alive(pid: int) -> bool:
 def remove_stale_staging(dst: Path) -> list[Path]:
     """Leftovers of builds killed mid-write (their process is gone): remove and return them. Where a kill
     fell between the two renames of the fallback swap, dst is missing and its old copy is put back first."""
+    import re
+    # Only names staging_dir and install_dir make (.NAME.TAG-PID-8hex): a user's ".NAME.old-2024-01" stays.
+    ours = re.compile(rf"\.{re.escape(dst.name)}\.[a-z]+-(\d+)-[0-9a-f]{{8}}")
     stale = []
     for p in sorted(dst.parent.glob(f".{dst.name}.*-*-*")) if dst.parent.is_dir() else []:
-        pid = p.name.rsplit("-", 2)[-2]
-        if not (p.is_dir() and pid.isdigit()) or _alive(int(pid)):
+        m = ours.fullmatch(p.name)
+        if not (m and p.is_dir() and not p.is_symlink()) or _alive(int(m.group(1))):
             continue
         if p.name.startswith(f".{dst.name}.old-") and not dst.exists():
             os.rename(p, dst)

@@ -58,6 +58,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-file", help="tritonserver output goes here instead of the terminal")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
+    p.add_argument("--drain-timeout", type=int, default=3,
+                   help="on SIGINT/SIGTERM, seconds requests in flight may still run before they end with a "
+                        "'server is shutting down' error (default 3)")
     p.add_argument("--chat", metavar="MESSAGE",
                    help="demo: once ready, stream one chat answer to MESSAGE over gRPC, then stop the server")
     p.add_argument("--max-tokens", type=int, default=64, help="with --chat")
@@ -87,7 +90,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         print(f"serve-engine: {how}: {repo}", flush=True)
         try:
             srv = TritonServer(repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-                               metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file)
+                               metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file,
+                               exit_timeout_s=max(0, args.drain_timeout))
         except ServerError as e:
             print(f"serve-engine: error: {e}", file=sys.stderr)
             return 2
@@ -136,9 +140,14 @@ def serve_main(argv: list[str] | None = None) -> int:
             if openai is not None:
                 openai.stop()
             code = srv.stop()
-            print(f"serve-engine: stopped (tritonserver status {code})", flush=True)
+            why = f" on {signal.Signals(received[0]).name}" if received else ""
+            print(f"serve-engine: stopped{why} (tritonserver status {code})", flush=True)
             for s, h in old.items():
                 signal.signal(s, h)
+            if srv.killed:
+                print(f"serve-engine: error: tritonserver did not stop within {srv.exit_timeout_s + 15} s and was "
+                      f"killed (SIGKILL); see {args.log_file or 'its log'}", file=sys.stderr, flush=True)
+                return 1
 
 
 def _start(srv, timeout, errors):

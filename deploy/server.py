@@ -32,6 +32,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from model_repo.requests import DRAIN_FILE_ENV
+
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "triton_python_backend_shm_region"
 
@@ -185,6 +187,9 @@ class TritonServer:
         # Unique per server: Python-backend shm files are named "<prefix>_<n>"-style by the backend.
         self.shm_prefix = f"{SHM_PREFIX}_gptoss_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self.proc: subprocess.Popen | None = None
+        self.killed = False            # stop() had to SIGKILL it
+        self.drain_file: Path | None = None
+        self.served_repository: Path | None = None   # a plain-ASCII link to model_repository, where needed
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
         self.binary, self.bundled_root = find_tritonserver()
@@ -207,7 +212,7 @@ class TritonServer:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
 
     def command(self, backend_dir: Path | None) -> list[str]:
-        cmd = [str(self.binary), f"--model-repository={self.model_repository}",
+        cmd = [str(self.binary), f"--model-repository={self.served_repository or self.model_repository}",
                f"--http-address={self.host}", f"--http-port={self.http_port}",
                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
@@ -255,14 +260,53 @@ class TritonServer:
             stdout = self._log_handle
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="gptoss-triton-")
+        self.served_repository = self._plain_repository_path()
         # The stubs put the working directory on sys.path: run in our own empty folder, so a `tensorrt_llm`
         # folder wherever the user stands (a model repository, say) can never shadow the real package.
         # Its own process group (stop() can kill it with its stubs), and tied to this process: a parent-death
         # signal is per thread, so only a launch from the main thread (which lives as long as we do) sets it.
         tie = _die_with_parent(os.getpid()) if threading.current_thread() is threading.main_thread() else None
-        self.proc = subprocess.Popen(self.command(backend_dir), env=server_env(self.env), stdout=stdout,
+        env = server_env(self.env)
+        self.drain_file = Path(self._tmp.name) / "draining"
+        env[DRAIN_FILE_ENV] = str(self.drain_file)
+        self.proc = subprocess.Popen(self.command(backend_dir), env=env, stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout is not None else None,
                                      start_new_session=True, cwd=self._tmp.name, preexec_fn=tie)
+
+    def _first_model_error(self) -> str:
+        """The first model-load failure in the server's log, if there is a log."""
+        if self.log_file is None:
+            return ""
+        try:
+            text = Path(self.log_file).read_text(errors="replace")[-200_000:]
+        except OSError:
+            return ""
+        import re
+        m = re.search(r"failed to load '([^']+)' version \d+: ([^\n]{0,400})", text)
+        return f": model {m.group(1)}: {m.group(2)}" if m else ""
+
+    def _plain_repository_path(self) -> Path | None:
+        """The Python backend starts its stubs with the model's path on an unquoted command line, so a path
+        with spaces (or outside ASCII) kills every stub and the server never becomes ready. Serve such a
+        repository through a link of a plain name in our temp folder (the models resolve it to the real one)."""
+        def plain(path) -> bool:
+            return str(path).isascii() and not any(c.isspace() for c in str(path))
+        if plain(self.model_repository):
+            return None
+        # Link the folder above the repository (the engine, for ENGINE_DIR/triton), so that the models reach
+        # the engine through the link too, by a path their process can encode.
+        link = Path(self._tmp.name) / "served"
+        served = link / self.model_repository.name
+        if not plain(served):
+            link, served = Path(self._tmp.name) / "repository", Path(self._tmp.name) / "repository"
+            if not plain(served):
+                raise ServerError(f"the model repository {self.model_repository} has spaces or non-ASCII characters "
+                                  f"in its path, which the Python backend cannot start models from, and the "
+                                  f"temporary folder {self._tmp.name} does too; fix: set TMPDIR to a plain path")
+            link.symlink_to(self.model_repository, target_is_directory=True)
+            return served
+        link.symlink_to(self.model_repository.parent, target_is_directory=True)
+        return served
 
     def is_ready(self) -> bool:
         try:
@@ -277,7 +321,7 @@ class TritonServer:
             rc = self.proc.poll()
             if rc is not None:
                 raise ServerError(f"tritonserver exited with status {rc} before becoming ready"
-                                  + (f"; see {self.log_file}" if self.log_file else ""))
+                                  + self._first_model_error() + (f"; see {self.log_file}" if self.log_file else ""))
             if self.is_ready() and self.proc.poll() is None:
                 return
             time.sleep(0.1)
@@ -291,6 +335,14 @@ class TritonServer:
         rc = None
         if self.proc is not None:
             if self.proc.poll() is None:
+                # First the models end what is in flight (with an error to each client), so that Triton's exit
+                # finds nothing in flight; its exit timeout would otherwise end in a forced, hanging exit.
+                if self.drain_file is not None:
+                    try:
+                        self.drain_file.touch()
+                        time.sleep(0.3)
+                    except OSError:
+                        pass
                 try:
                     self.proc.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
@@ -298,6 +350,7 @@ class TritonServer:
                 try:
                     self.proc.wait(timeout_s)
                 except subprocess.TimeoutExpired:
+                    self.killed = True
                     # The whole process group: the server and its Python-backend stubs.
                     try:
                         os.killpg(self.proc.pid, signal.SIGKILL)

@@ -9,10 +9,12 @@ call their emit callback as tokens come, so the Triton glue is the same.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Callable
 
+from model_repo.requests import DRAIN_FILE_ENV
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request, Scheduler
 
@@ -38,8 +40,10 @@ class ReferenceBackend:
         self.vocab_size = self.runtime.network.vocab_size
         self.max_seq_len = max_seq_len
         self.default_stop_ids = tuple(self.runtime.eos_token_ids)
+        # serve-engine creates this file when it stops: every request then ends with an error saying so.
+        drain_file = os.environ.get(DRAIN_FILE_ENV)
         self.scheduler = Scheduler(self.runtime.model, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                                   log=log).start()
+                                   log=log, draining=(lambda: os.path.exists(drain_file)) if drain_file else None).start()
         self.warmup()
 
     def warmup(self, timeout: float = 120.0) -> None:

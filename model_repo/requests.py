@@ -16,6 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from runtime.sampling import MIN_TEMPERATURE, stop_hit
+from runtime.scheduler import SHUTDOWN_MESSAGE as SHUTTING_DOWN  # noqa: F401  (one message: the scheduler's)
+
+# Set by deploy.server for the models: the path of a file whose existence means "the server is stopping: end
+# every request in flight now, with an error", so Triton's exit finds nothing in flight and unloads cleanly.
+DRAIN_FILE_ENV = "GPTOSS_DRAIN_FILE"
 
 INVALID_ARG_PREFIX = "invalid argument: "
 

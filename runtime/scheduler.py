@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,6 +36,8 @@ from runtime.sampling import SamplingParams, make_generator, sample, stop_hit
 
 Emit = Callable[[list, "str | None", "str | None"], None]
 SHUTDOWN_MESSAGE = "the server is shutting down"
+# How often a draining check (a file the server creates when it stops) is asked.
+DRAIN_CHECK_S = 0.1
 
 
 @dataclass(eq=False)
@@ -62,8 +65,10 @@ class _Row:
 
 class Scheduler:
     def __init__(self, model, max_batch_size: int = 16, max_seq_len: int | None = None, capacity: int = 256,
-                 log: Callable[[str], None] | None = None):
-        """model: runtime.model.ReferenceModel. capacity: initial slots of the full-attention layers (they grow)."""
+                 log: Callable[[str], None] | None = None, draining: Callable[[], bool] | None = None):
+        """model: runtime.model.ReferenceModel. capacity: initial slots of the full-attention layers (they grow).
+        draining: asked a few times a second; once true (the server is stopping) every request ends with an
+        error saying so, running or queued, instead of being cut off when the process goes."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
@@ -78,6 +83,8 @@ class Scheduler:
         self._cache = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._draining = draining
+        self._next_drain_check = 0.0
         self.steps = 0               # decode steps run
         self.max_active = 0          # the most sequences one decode step has run
 
@@ -322,9 +329,12 @@ class Scheduler:
         while True:
             with self._cv:
                 while not self._stopping and not self._queue and not self._cancelled and not self._rows:
-                    self._cv.wait()
+                    self._cv.wait(None if self._draining is None else DRAIN_CHECK_S)
                 if self._stopping:
                     break
+            if self._drain_due():
+                self._shut_down()
+                continue
             try:
                 self.step()
             except Exception as e:  # noqa: BLE001 - never let the loop die with requests waiting on it
@@ -333,6 +343,15 @@ class Scheduler:
                 for r in rows:
                     self._finish_request(r.req, [], "error", f"generation failed: {type(e).__name__}: {e}")
         self._shut_down()
+
+    def _drain_due(self) -> bool:
+        if self._draining is None or time.monotonic() < self._next_drain_check:
+            return False
+        self._next_drain_check = time.monotonic() + DRAIN_CHECK_S
+        try:
+            return bool(self._draining())
+        except Exception:  # noqa: BLE001 - a failing check is not a reason to stop serving
+            return False
 
     def _shut_down(self) -> None:
         for r in self._rows:

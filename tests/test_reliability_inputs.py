@@ -252,3 +252,30 @@ def test_generation_past_max_position_embeddings_is_refused(capsys):
     from runtime.cli import main
     assert main([str(shipped_checkpoint(get_model("tiny"))), "--prompt", "hi", "--max-tokens", "100000000"]) == 2
     assert "past the model's max_position_embeddings 4096" in capsys.readouterr().err
+
+
+def test_unwritable_destinations_are_exit_2_with_a_message(tmp_path, capsys):
+    from builder.cli import build_engine_main
+    from builder.convert_cli import main as convert_main
+    src = tmp_path / "src"
+    write_base(src)
+    (tmp_path / "a-file").write_text("x")
+    assert convert_main([str(src), str(tmp_path / "a-file" / "dst"), "--to", "hf", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a-file" in err and "fix:" in err and "Traceback" not in err
+    assert build_engine_main(["--model", "tiny", "--gpu", "cpu", "--output", str(tmp_path / "a-file" / "eng"),
+                              "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a-file" in err and "fix:" in err
+
+
+def test_cleanup_of_interrupted_builds_removes_only_our_staging_folders(tmp_path):
+    from checkpoint import fsutil
+    dst = tmp_path / "eng"
+    mine = tmp_path / ".eng.old-2024-01"              # a user's backup that merely looks like staging
+    mine.mkdir()
+    (mine / "keep").write_text("x")
+    dead = tmp_path / ".eng.partial-999999-0123abcd"   # left by a killed build (no such process)
+    dead.mkdir()
+    assert fsutil.remove_stale_staging(dst) == [dead]
+    assert (mine / "keep").read_text() == "x" and not dead.exists()

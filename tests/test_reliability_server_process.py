@@ -61,3 +61,27 @@ def test_a_killed_parent_takes_its_tritonserver_with_it(tmp_path):
         child.kill()
         if server_pid and _alive(server_pid):
             os.kill(server_pid, signal.SIGKILL)
+
+
+def test_an_engine_under_a_path_with_spaces_and_non_ascii_serves(tmp_path):
+    from deploy.client import LLMClient
+    from deploy.testing import make_tiny_engine
+    from model_repo.generate import write_model_repo
+    engine = make_tiny_engine(tmp_path / "my engines é" / "tiny ünïcode", max_seq_len=256, max_batch_size=2)
+    repo = write_model_repo(engine)
+    with TritonServer(repo, log_file=tmp_path / "server.log", exit_timeout_s=3) as srv:
+        srv.wait_ready(120)
+        res = LLMClient(srv.grpc_url).generate("hello", 4, raw=True)
+    assert res.num_output_tokens == 4 and res.text
+
+
+def test_a_model_that_fails_to_load_is_reported_at_once_with_its_error(tmp_path):
+    from deploy.testing import make_tiny_engine
+    from model_repo.generate import write_model_repo
+    engine = make_tiny_engine(tmp_path / "engine", max_seq_len=256, max_batch_size=2)
+    repo = write_model_repo(engine)
+    (engine / "tokenizer.json").write_text("{ not json")
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match=r"before becoming ready: model \w+: "):
+        TritonServer(repo, log_file=tmp_path / "server.log", exit_timeout_s=3).start(timeout_s=120)
+    assert time.monotonic() - t0 < 60

@@ -9,7 +9,6 @@ import time
 import pytest
 
 from deploy.testing import ASSETS
-from model_repo.inflight import GenRequest, InflightBatcher
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +44,12 @@ def test_overflowing_temperatures_are_invalid_up_front(t):
     assert sampling(np.array([[0.0]], dtype=np.float32)).temperature == 0.0
 
 
-def test_a_sampling_failure_mid_decode_fails_only_its_request(rt):
+def test_a_sampling_failure_mid_decode_fails_only_its_request(rt, monkeypatch):
     """The poisoned request's sampler raises at its 4th token; the others finish, equal to running alone."""
-    b = InflightBatcher(rt, max_batch_size=8)
-    real_sample = b._sample
+    import runtime.scheduler as sched_module
+    from runtime.sampling import SamplingParams
+    from runtime.scheduler import Request, Scheduler
+    real_sample = sched_module.sample
     drawn = {"poison": 0}
 
     def sample(logits, params, gens):
@@ -58,8 +59,8 @@ def test_a_sampling_failure_mid_decode_fails_only_its_request(rt):
                 raise FloatingPointError("probability tensor contains inf or nan")
         return real_sample(logits, params, gens)
 
-    b._sample = sample
-    b.start()
+    monkeypatch.setattr(sched_module, "sample", sample)
+    b = Scheduler(rt.model, max_batch_size=8).start()
     prompts = [[(5 * i + j) % 900 + 3 for j in range(4 + i)] for i in range(6)]
     kws = [dict(temperature=0.8, seed=100 + i) if i % 2 else {} for i in range(6)]
     kws[3] = dict(temperature=0.8, seed=666)
@@ -77,7 +78,7 @@ def test_a_sampling_failure_mid_decode_fails_only_its_request(rt):
         return emit
     try:
         for i, p in enumerate(prompts):
-            b.submit(GenRequest(f"r{i}", p, 10, emit=emit_for(i), **kws[i]))
+            b.submit(Request(f"r{i}", p, SamplingParams(max_tokens=10, stop_token_ids=(), **kws[i]), emit=emit_for(i)))
         assert done.wait(120), f"not every request got a final response: {final}"
     finally:
         b.stop()

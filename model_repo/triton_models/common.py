@@ -24,7 +24,11 @@ def resolve_engine_dir(args: dict, value: str) -> Path:
     p = Path(value)
     if not p.is_absolute():
         repo_root = Path(args["model_repository"]).resolve().parent
-        p = (repo_root / p).resolve()
+        real = (repo_root / p).resolve()
+        # Served through a plain-named link (deploy.server does that for paths with spaces or non-ASCII, which
+        # this process may not be able to encode): keep the path through the link when it is the same folder.
+        lexical = Path(os.path.normpath(Path(args["model_repository"]).parent / p))
+        return lexical if str(lexical).isascii() and lexical.resolve() == real else real
     return p
 
 

@@ -139,9 +139,30 @@ class _Responder:
         """tokens: generated since the last call; reason: None while running. Runs on the writer thread."""
         if reason is not None and self.on_final is not None:
             self.on_final()
-        if reason == "error":
-            _send_error(self.sender, pb_utils.TritonError(message or "generation failed",
-                                                          pb_utils.TritonError.INTERNAL))
+        try:
+            self._send(tokens, reason, message)
+        finally:
+            if reason is not None:
+                self._release()
+
+    def _release(self) -> None:
+        """A finished request lets go of what it held (prompt logits can be hundreds of MB) at once, rather than
+        whenever the garbage collector breaks the request <-> responder cycle."""
+        req = self.req
+        req.context_logits, req.log_probs, req.logits, req.emit = None, [], [], None
+
+    def _send(self, tokens: list, reason, message) -> None:
+        if reason == "error" or (reason == "cancelled" and message):
+            # A failure of this request, or the server stopping under it: an error for a direct client, then a
+            # final response whose finish_reason says "error: ..." (a BLS caller never sees error responses of a
+            # decoupled callee, only its tensors).
+            message = message or "generation failed"
+            try:
+                self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    message, pb_utils.TritonError.INTERNAL)))
+                self.sender.send(self._response([], "error: " + message), flags=FINAL)
+            except Exception as e:  # noqa: BLE001 - the client may be gone
+                log_error(f"tensorrt_llm: could not send an error response: {e}")
             return
         if reason == "cancelled":
             self.sender.send(flags=FINAL)
@@ -169,13 +190,18 @@ class _Responder:
         if req.params.prompt_logits and not self.sent_context and req.context_logits is not None:
             out.append(pb_utils.Tensor("context_logits", np.ascontiguousarray(req.context_logits, dtype=np.float32)[None]))
             self.sent_context = True
+            req.context_logits = None          # sent once: the response holds it now, nothing else should
+            req.context_logits = None          # sent once: the response holds it now, nothing else should
         if reason:
             out.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], dtype=np.object_)))
         return pb_utils.InferenceResponse(output_tensors=out)
 
 
 def _send_error(sender, error):
+    # The error, then an empty final response: a BLS caller's response iterator (Python backend 2.51) never
+    # ends on an error response that carries the final flag itself, and would wait forever.
     try:
-        sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        sender.send(pb_utils.InferenceResponse(error=error))
+        sender.send(flags=FINAL)
     except Exception as e:  # noqa: BLE001 - the client may be gone
         log_error(f"tensorrt_llm: could not send an error response: {e}")

@@ -30,7 +30,7 @@ import triton_python_backend_utils as pb_utils
 from model_repo import requests as rq
 from model_repo.harmony import HarmonyStreamDecoder
 from model_repo.tokenizer import load_tokenizer
-from model_repo.triton_models.common import (error_of, get, invalid, log_error, log_info, model_params,
+from model_repo.triton_models.common import (error_of, get, internal, invalid, log_error, log_info, model_params,
                                              resolve_engine_dir)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -162,6 +162,12 @@ class TritonPythonModel:
             if "finish_reason" in outs:
                 r = outs["finish_reason"].reshape(-1)[0]
                 reason = r.decode() if isinstance(r, bytes) else str(r)
+                if reason.startswith("error"):        # this request failed (or the server is stopping)
+                    message = reason.partition(":")[2].strip() or "generation failed"
+                    if not cancelled:
+                        _send(sender, pb_utils.InferenceResponse(error=internal(message)), FINAL)
+                    done = True
+                    continue
             lps = [float(x) for x in outs["output_log_probs"].reshape(-1)] if "output_log_probs" in outs else []
             ctx = outs.get("context_logits")
             if ctx is not None:
