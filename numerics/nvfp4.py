@@ -244,28 +244,14 @@ def fake_quantize_nvfp4_activations(x, input_scale, *, chunk_rows: int | None = 
     if x.ndim == 0 or x.shape[-1] % BLOCK:
         raise ValueError(f"NVFP4 needs the last dimension to be a multiple of {BLOCK}, got shape {x.shape}")
     in_scale = _check_global_scale(input_scale)
-    sf_scale = np.float32(1.0) / in_scale
-    inv_sf_scale = np.float32(1.0) / sf_scale
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     out = np.empty(x2.shape, dtype=np.float32)
 
     def work(r0: int, r1: int) -> None:
-        xf = _codec.to_f32(x2[r0:r1])
-        amax = _codec.block_amax(_codec.f32_bits_abs(xf), BLOCK)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            sf = sf_scale * (amax * (np.float32(1.0) / E2M1_MAX))
-            sf8 = np.minimum(sf, E4M3_MAX).astype(E4M3).astype(np.float32)
-            denom = sf8 * inv_sf_scale
-            scale = np.where(sf8 != 0, np.float32(1.0) / denom, np.float32(0.0)).astype(np.float32)
-            xb = xf.reshape(r1 - r0, k // BLOCK, BLOCK)
-            q = xb * scale[..., None]
-            bad = ~np.isfinite(scale)  # the reciprocal overflows (denominator < 2**-128): divide instead
-            if bad.any():
-                q[bad] = xb[bad] / denom[bad][..., None]
-            codes = E2M1(q)
-        vals = FP4_VALUES[codes]
-        vals *= (sf8 * in_scale)[..., None]
+        codes, sf8 = quantize_nvfp4_activations(x2[r0:r1], in_scale)
+        vals = FP4_VALUES[codes].reshape(r1 - r0, k // BLOCK, BLOCK)
+        vals *= (sf8.astype(np.float32) * in_scale)[..., None]
         out[r0:r1] = vals.reshape(r1 - r0, k)
 
     _codec.run_chunks(work, x2.shape[0], _codec.pick_chunk_rows(chunk_rows, k), workers)

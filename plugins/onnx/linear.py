@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from plugins.onnx.gemm import dense_bias, gemm
 from plugins.onnx.graph import Graph
 from plugins.onnx.quant import quant_expert, quant_linear
 from plugins.onnx.weights import WeightSource
@@ -69,30 +70,6 @@ def dense_weight(g: Graph, linears, weights: WeightSource) -> str:
             yield from weights.dense_chunks(lin.weight, lin.quant)
     return g.weight(_merged_name(linears), (sum(lin.out_features for lin in linears), linears[0].in_features),
                     chunks)
-
-
-def dense_bias(g: Graph, linears, weights: WeightSource, lead: tuple[int, ...] = ()) -> str | None:
-    if all(lin.bias is None for lin in linears):
-        return None
-    if any(lin.bias is None for lin in linears):
-        raise ValueError(f"linears {[lin.weight for lin in linears]}: some have a bias and some not")
-    import torch
-    for lin in linears:
-        weights.check(lin.bias, lead + (lin.out_features,))
-
-    def chunks():
-        yield torch.cat([torch.as_tensor(weights.value(lin.bias)).float() for lin in linears], dim=-1)
-    return g.weight("+".join(lin.bias for lin in linears), lead + (sum(lin.out_features for lin in linears),),
-                    chunks)
-
-
-def gemm(g: Graph, x: str, w: str, b: str | None, in_features: int, out_features: int) -> str:
-    """x [..., in] @ w[out, in].T + b -> [..., out], as a 2-D Gemm between two reshapes."""
-    lead = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([-1]))
-    x2 = g.op("Reshape", x, g.ints([-1, in_features]))
-    # No bias: two inputs, not an empty third name (TensorRT's parser rejects Gemm with C = "").
-    y2 = g.op("Gemm", x2, w, *([b] if b is not None else []), transB=1)
-    return g.op("Reshape", y2, g.op("Concat", lead, g.ints([out_features]), axis=0))
 
 
 def _plain_linear(g: Graph, x: str, linears, weights: WeightSource) -> str:

@@ -38,6 +38,7 @@ from numerics.fp8 import FP8Tensor
 from numerics.mxfp4 import MXFP4Weight
 from numerics.nvfp4 import BLOCK as NV_BLOCK
 from numerics.nvfp4 import NVFP4Tensor
+from plugins.onnx.gemm import dense_bias, gemm
 from spec.canonical import input_scale_name
 
 FLOAT = TensorProto.FLOAT
@@ -227,29 +228,6 @@ def _input_scale(linears, weights):
     return max(float(v.max()) for v in found) if found else None
 
 
-def _bias(g, linears, weights, lead: tuple[int, ...] = ()) -> str | None:
-    """The linears' biases side by side, [*lead, sum(out)], in the graph dtype (None if they have none)."""
-    if all(lin.bias is None for lin in linears):
-        return None
-    if any(lin.bias is None for lin in linears):
-        raise QuantGraphError(f"linears {[lin.weight for lin in linears]}: some have a bias and some not")
-    import torch
-    for lin in linears:
-        weights.check(lin.bias, lead + (lin.out_features,))
-
-    def chunks():
-        yield torch.cat([torch.as_tensor(weights.value(lin.bias)).float() for lin in linears], dim=-1)
-    return g.weight("+".join(lin.bias for lin in linears), lead + (sum(lin.out_features for lin in linears),),
-                    chunks)
-
-
-def _gemm(g, x: str, w: str, b: str | None, n_in: int, n_out: int) -> str:
-    """x [..., in] @ w[out, in].T + b -> [..., out] as one 2-D Gemm (the pattern TensorRT fuses with DQ)."""
-    lead = g.op("Slice", g.op("Shape", x), g.ints([0]), g.ints([-1]))
-    y2 = g.op("Gemm", g.op("Reshape", x, g.ints([-1, n_in])), w, *([b] if b is not None else []), transB=1)
-    return g.op("Reshape", y2, g.op("Concat", lead, g.ints([n_out]), axis=0))
-
-
 def quant_linear(g, x: str, linears, weights) -> str:
     """act(x) @ deq(W).T + b for one or several linears of one quantized format (outputs concatenated)."""
     quant, first = linears[0].quant, linears[0].weight
@@ -260,7 +238,7 @@ def quant_linear(g, x: str, linears, weights) -> str:
     ws = [emit_weight(g, _loader(g, weights, lin.weight, check), (lin.out_features, lin.in_features), lin.weight,
                       g.elem) for lin in linears]
     w = ws[0] if len(ws) == 1 else g.op("Concat", *ws, axis=0)
-    return _gemm(g, xq, w, _bias(g, linears, weights), linears[0].in_features,
+    return gemm(g, xq, w, dense_bias(g, linears, weights), linears[0].in_features,
                  sum(lin.out_features for lin in linears))
 
 
@@ -331,5 +309,5 @@ def quant_expert(g, x: str, idx: str, linears, weights) -> str:
     y_sorted = g.op("Concat", *results, axis=0)                                     # [M, out], by expert
     y = g.op("Reshape", g.op("Gather", y_sorted, dest, axis=0),
              g.op("Concat", lead, g.ints([sum(outs)]), axis=0), name=f"{first}.experts_out")
-    b = _bias(g, linears, weights, lead=(E,))
+    b = dense_bias(g, linears, weights, lead=(E,))
     return y if b is None else g.op("Add", y, g.op("Gather", b, idx, axis=0))
