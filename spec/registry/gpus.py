@@ -1,7 +1,7 @@
 """The GPU registry: one profile per target, declared as data, each figure with its source.
 
 Throughputs are dense (no 2:4 sparsity), per GPU, in TFLOP/s. A format the GPU cannot run natively is None.
-`arch` is the key other tables are looked up by (auto quant, capabilities live in plugins/capabilities).
+`arch` is the key other tables are looked up by (auto quant, capabilities live in spec/capabilities).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The quant-format registry: what each format stores, which modules it covers, which kernels it needs.
 
 Bits per weight include the block scales. Which SMs run a format is not typed here: it follows from the
-kernels the format needs and the per-SM capability table in plugins/capabilities.
+kernels the format needs and the per-SM capability table in spec/capabilities.
 """
 
 from __future__ import annotations
