@@ -202,11 +202,7 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
         cid, created = f"chatcmpl-{job.request_id}", int(time.time())
 
         def chunk(delta: dict, finish=None) -> dict:
-            c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model.name,
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-            if req.include_usage:
-                c["usage"] = None
-            return c
+            return envelope("chat.completion.chunk", cid, created, req, {"delta": delta}, finish)
 
         if req.stream:
             def events(gen):
@@ -246,11 +242,7 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
         cid, created = f"cmpl-{job.request_id}", int(time.time())
 
         def chunk(text: str, finish=None) -> dict:
-            c = {"id": cid, "object": "text_completion", "created": created, "model": model.name,
-                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-            if req.include_usage:
-                c["usage"] = None
-            return c
+            return envelope("text_completion", cid, created, req, {"text": text}, finish)
 
         if req.stream:
             def events(gen):
@@ -267,6 +259,15 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
                 "usage": job.usage()}
 
     # -- plumbing ------------------------------------------------------------------------------------------------
+    def envelope(obj: str, cid: str, created: int, req, choice: dict, finish) -> dict:
+        """One streamed chunk: OpenAI's fields in OpenAI's order; `usage: null` until the last one when the
+        client asked for stream_options.include_usage."""
+        c = {"id": cid, "object": obj, "created": created, "model": model.name,
+             "choices": [{"index": 0, **choice, "logprobs": None, "finish_reason": finish}]}
+        if req.include_usage:
+            c["usage"] = None
+        return c
+
     def as_openai(e: Exception) -> OpenAIError:
         if isinstance(e, OpenAIError):
             return e
