@@ -266,7 +266,7 @@ def _interleaved(targets, prompts, concurrency, per_client, max_tokens) -> list:
 # -- models ------------------------------------------------------------------------------------------------------
 def make_engine(kind: str, dest: Path) -> Path:
     """tiny: the shipped trained tiny model. h512: random weights, 4 layers, hidden 512 (the tiny tokenizer)."""
-    from deploy.testing import ASSETS, make_tiny_engine
+    from tests.support.serving import ASSETS, make_tiny_engine
     if kind == "tiny":
         return make_tiny_engine(dest, max_seq_len=1024, max_batch_size=64)
     from benchmarks.bench_runtime import save_random_hf
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(1)          # what the served model uses (cpu_threads 1): like for like
     from deploy.server import TritonServer
-    from model_repo.generate import write_model_repo
+    from model_repo.write import write_model_repo
     from runtime import Runtime
 
     max_batch = args.max_batch_size or max(levels)

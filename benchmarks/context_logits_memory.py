@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.client import generate_many  # noqa: E402
 from deploy.server import TritonServer  # noqa: E402
-from deploy.testing import make_tiny_engine  # noqa: E402
-from model_repo.generate import write_model_repo  # noqa: E402
+from tests.support.serving import make_tiny_engine  # noqa: E402
+from model_repo.write import write_model_repo  # noqa: E402
 
 
 def anon_rss_mib(pgid: int) -> dict[str, float]:

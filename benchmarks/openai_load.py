@@ -188,8 +188,8 @@ def main(argv=None) -> int:
         if base is None:
             from deploy.openai.serve import OpenAIServer
             from deploy.server import TritonServer, free_port
-            from deploy.testing import make_tiny_engine
-            from model_repo.generate import write_model_repo
+            from tests.support.serving import make_tiny_engine
+            from model_repo.write import write_model_repo
             engine = engine or make_tiny_engine(Path(tmp) / "engine", max_batch_size=max(args.concurrency))
             repo = write_model_repo(engine, Path(tmp) / "triton")
             triton = TritonServer(repo, log_file=Path(tmp) / "triton.log").start(300)

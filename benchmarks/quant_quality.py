@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from builder.convert import convert_checkpoint
+    from builder.convert import calibrate_and_convert
     from runtime import Runtime
 
     model = Path(args.model)
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
             folder = model
             if to is not None:
                 folder = Path(tmp) / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "")
-                convert_checkpoint(model, folder, to, progress=False, kv_cache=kv,
+                calibrate_and_convert(model, folder, to, progress=False, kv_cache=kv,
                                    calibration=(args.calib_file or "default") if calibrated else None)
             logits = evaluate(folder, chunks)
             ref = logits if ref is None else ref

@@ -159,7 +159,7 @@ def calibrate(src, calibration="default", *, max_tokens: int = DEFAULT_MAX_TOKEN
     quantized while calibrating) and calibrate it on `calibration` ("default" or a text file).
     `dtype` / `device` are the runtime's: the runtime holds the whole model dequantized, so a released
     20b/120b needs bfloat16 on a GPU ("cuda") rather than the CPU's float32."""
-    from runtime.engine import Runtime, RuntimeLoadError
+    from runtime.api import Runtime, RuntimeLoadError
     texts = load_texts(calibration)
     try:
         rt = Runtime.from_dir(src, dtype=dtype, device=device)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from builder.plan import INCOMPATIBLE, Plan, PlanError, plan
+from builder.fit import INCOMPATIBLE, FitPlan, FitError, plan
 from spec.registry import MODELS
 from spec.registry.gpus import GPUS
 from spec.registry.quant_formats import QUANT_FORMATS
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_plan(p: Plan) -> str:
+def format_plan(p: FitPlan) -> str:
     rows = [
         ("model / gpu", f"{p.model} on {p.gpu}"),
         ("quant", p.quant),
@@ -105,7 +105,7 @@ def _run_plan(args) -> int:
     try:
         result = plan(args.model, args.gpu, quant=args.quant, tp=args.tp, ep=args.ep, max_seq_len=args.max_seq_len,
                       max_batch_size=args.max_batch_size or 1, kv_dtype=args.kv_dtype)
-    except PlanError as e:
+    except FitError as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
@@ -123,7 +123,7 @@ def _run_build(args) -> int:
                        calib_file=args.calib_file, cross_build=args.cross_build, progress=not args.no_progress)
     try:
         out = build(req)
-    except PlanError as e:
+    except FitError as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 2
     except BuildError as e:

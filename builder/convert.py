@@ -11,7 +11,7 @@ from checkpoint.convert.quant_write import quant_format
 from checkpoint.errors import CheckpointError
 
 
-def convert_checkpoint(src, dst, to: str, *, calibration: str | Path | Calibration | None = None,
+def calibrate_and_convert(src, dst, to: str, *, calibration: str | Path | Calibration | None = None,
                        calib_options: dict | None = None, progress: bool = True, **kw) -> Path:
     """checkpoint.convert.convert_checkpoint, with `calibration` also as texts: "default" (the built-in set)
     or a text file (one text per line), measured on `src` by builder.calibrate (calib_options: max_tokens,

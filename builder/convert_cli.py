@@ -1,5 +1,5 @@
 """convert-checkpoint SRC DST --to {hf,hf-mxfp4,openai,hf-nvfp4,hf-fp8} [--calib-file FILE | --calibrate]
-[--kv-cache fp8] [--force]: the command-line face of builder.convert.convert_checkpoint. Bad input exits 2
+[--kv-cache fp8] [--force]: the command-line face of builder.convert.calibrate_and_convert. Bad input exits 2
 with the converter's message (file, tensor, fix)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import torch
 
 from checkpoint.errors import CheckpointError
-from builder.convert import convert_checkpoint
+from builder.convert import calibrate_and_convert
 from checkpoint.store import DEFAULT_SHARD_BYTES
 from checkpoint.convert.tables import TARGETS
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calib_max_tokens:
         options["max_tokens"] = args.calib_max_tokens
     try:
-        out = convert_checkpoint(args.src, args.dst, args.to, force=args.force, progress=not args.no_progress,
+        out = calibrate_and_convert(args.src, args.dst, args.to, force=args.force, progress=not args.no_progress,
                                  max_shard_bytes=args.max_shard_size, calibration=calibration,
                                  kv_cache=args.kv_cache,
                                  calib_options=options if calibration else None)

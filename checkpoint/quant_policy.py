@@ -55,7 +55,6 @@ WEIGHT_CODEC = {"hf": None, "hf-mxfp4": "mxfp4", "hf-nvfp4": "nvfp4", "hf-fp8": 
 
 # Activation formats with a static, calibrated per-tensor scale: amax -> input_scale. NVFP4's is the
 # global scale of the activation (block scales stay dynamic), amax / (6 * 448); FP8's is amax / 448.
-# (MXFP8 activations, w4a8-mxfp4-mxfp8, are scaled dynamically per block: nothing to calibrate.)
 ACTIVATION_SCALE = {"nvfp4": nvfp4_global_scale, "fp8": fp8_scale}
 
 

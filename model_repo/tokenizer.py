@@ -265,7 +265,7 @@ def choose_tokenizer(engine_dir: Path | None) -> str:
 def _vocab_size(engine_dir: Path | None) -> int | None:
     if engine_dir is None:
         return None
-    from runtime.engine import RuntimeLoadError, find_checkpoint
+    from runtime.api import RuntimeLoadError, find_checkpoint
     try:
         f = find_checkpoint(engine_dir) / "config.json"
     except RuntimeLoadError:

@@ -20,8 +20,8 @@ class EngineLoadError(RuntimeError):
 
 
 def checkpoint_dir(engine_dir: Path) -> Path:
-    """Where the engine keeps its checkpoint (runtime.engine.find_checkpoint)."""
-    from runtime.engine import RuntimeLoadError, find_checkpoint
+    """Where the engine keeps its checkpoint (runtime.api.find_checkpoint)."""
+    from runtime.api import RuntimeLoadError, find_checkpoint
     try:
         return find_checkpoint(Path(engine_dir))
     except RuntimeLoadError as e:

@@ -43,7 +43,7 @@ def build_engines(out: Path, formats: list[str], cache_dir: str | None = None) -
 
 def run_triton(engine: Path, out: Path, extra: list[str]) -> int:
     from deploy.server import TritonServer
-    from model_repo.generate import write_model_repo
+    from model_repo.write import write_model_repo
     from regression.cli import main as regression
     repo = write_model_repo(engine, out / "triton-repo")
     server = TritonServer(repo, log_file=out / "tritonserver.log", exit_timeout_s=15)

@@ -88,7 +88,7 @@ def wrong_quant_scale(src, dst, layer: int = 1, expert: int | None = None) -> di
     def edit(name, t):
         if done:
             return None
-        if quant in ("mxfp4", "w4a8-mxfp4-mxfp8"):
+        if quant == "mxfp4":
             # HF MXFP4: ...experts.down_proj_scales uint8 e8m0 [E, out, in/32]; +1 doubles each block's scale.
             if name.endswith(f"layers.{layer}.mlp.experts.down_proj_scales"):
                 out = t.clone()
@@ -140,13 +140,13 @@ def disable_sliding_window(src, dst) -> dict:
     """Sliding layers become full-attention layers in network.json; the weights are untouched."""
     import dataclasses
 
-    from spec.network import PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW
+    from spec.network import KERNEL_SINK_TOKENS, KERNEL_SLIDING_WINDOW
 
     def edit(a):
         if a.kind != "sliding":
             return a
-        plugins = tuple(p for p in a.plugins if p not in (PLUGIN_SLIDING_WINDOW, PLUGIN_SINK_TOKENS))
-        return dataclasses.replace(a, kind="full", window=None, sink_tokens=0, plugins=plugins)
+        kernels = tuple(p for p in a.kernels if p not in (KERNEL_SLIDING_WINDOW, KERNEL_SINK_TOKENS))
+        return dataclasses.replace(a, kind="full", window=None, sink_tokens=0, kernels=kernels)
     return _edit_network(src, dst, "disable_sliding_window", edit)
 
 
@@ -154,13 +154,13 @@ def drop_sinks(src, dst) -> dict:
     """Every layer's learned sink logits dropped from network.json (the sinks tensors stay in the checkpoint)."""
     import dataclasses
 
-    from spec.network import PLUGIN_SINK_ATTENTION
+    from spec.network import KERNEL_SINK_ATTENTION
 
     def edit(a):
         if not a.learned_sinks:
             return a
         return dataclasses.replace(a, learned_sinks=False, sinks=None,
-                                   plugins=tuple(p for p in a.plugins if p != PLUGIN_SINK_ATTENTION))
+                                   kernels=tuple(p for p in a.kernels if p != KERNEL_SINK_ATTENTION))
     return _edit_network(src, dst, "drop_sinks", edit)
 
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from checkpoint.errors import CheckpointError
     from spec.network import NetworkError
-    from runtime.engine import RuntimeLoadError
+    from runtime.api import RuntimeLoadError
     from runtime.executors import load_runtime
     from runtime.model import WeightError
     from runtime.sampling import SamplingParams

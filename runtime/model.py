@@ -64,14 +64,15 @@ class _MlpWeights:
     act_mid: object = None        # ... of the down GEMM input
 
 
-# Calibrated activation scales travel as `<module>.input_scale` (ModelOpt's export name): a scalar, or one per
-# expert (the fused MoE GEMM then uses their max, as TensorRT-LLM does). spec.canonical has no such names
-# yet; the runtime reads them when a tensor dict provides them.
+# Calibrated activation scales travel as `<module>.input_scale` (ModelOpt's export name, named by
+# spec.canonical.input_scale_name): a scalar, or one per expert (the fused MoE GEMM then uses their max, as
+# TensorRT-LLM does). Quantized checkpoints (hf-nvfp4 W4A4, hf-fp8) carry them; weight-only ones do not.
 
 
 # An FP8 KV cache (ModelOpt kv_cache_quant_algo FP8) stores K (after RoPE) and V in e4m3 with calibrated
-# per-layer scales, which travel as `<qkv module>.k_scale` / `.v_scale` (ModelOpt: k_proj.k_scale,
-# v_proj.v_scale); when a tensor dict provides them, K and V are quantized on their way into the cache.
+# per-layer scales, which travel as `<qkv module>.k_scale` / `.v_scale` (spec.canonical.KV_SCALE_SHAPES;
+# ModelOpt: k_proj.k_scale, v_proj.v_scale); when the checkpoint has them, K and V are quantized on their way
+# into the cache.
 def _kv_quantizer(tensors: Mapping, spec: Attention):
     base = spec.qkv.weight.removesuffix(".weight")
     ks, vs = tensors.get(base + ".k_scale"), tensors.get(base + ".v_scale")

@@ -18,7 +18,6 @@ KERNELS = {
     "sliding_window": "sliding-window attention with a per-layer window",
     "gemm_nvfp4": "NVFP4 W4A4 GEMM on FP4 tensor cores",
     "moe_mxfp4_w4a16": "MoE with MXFP4 weights and bf16 activations",
-    "moe_w4a8_mxfp4_mxfp8": "MoE with MXFP4 weights and MXFP8 activations",
     "moe_nvfp4_w4a16": "MoE with NVFP4 weights and bf16 activations (weight-only NVFP4)",
     "gemm_fp8": "FP8 e4m3 GEMM",
     "moe_bf16": "MoE with bf16 weights",
@@ -55,13 +54,11 @@ SM_CAPABILITIES: dict[int | None, SmCapabilities] = {
         ("CUTLASS", "TRITON"),
         ("MXFP4 W4A16 MoE runs on the TRITON backend (deprecated in TensorRT-LLM 1.3)",)),
     100: SmCapabilities(
-        {**_BASE, "gemm_fp8": SUPPORTED, "gemm_nvfp4": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED,
-         "moe_w4a8_mxfp4_mxfp8": SUPPORTED},
+        {**_BASE, "gemm_fp8": SUPPORTED, "gemm_nvfp4": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED},
         ("TRTLLM", "CUTLASS"),
         ("TRTLLM MoE backend: low latency; CUTLASS: throughput",)),
     103: SmCapabilities(
-        {**_BASE, "gemm_fp8": SUPPORTED, "gemm_nvfp4": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED,
-         "moe_w4a8_mxfp4_mxfp8": SUPPORTED},
+        {**_BASE, "gemm_fp8": SUPPORTED, "gemm_nvfp4": SUPPORTED, "moe_mxfp4_w4a16": SUPPORTED},
         ("TRTLLM", "CUTLASS"),
         ("TRTLLM MoE backend: low latency; CUTLASS: throughput",)),
     120: SmCapabilities(

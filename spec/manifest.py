@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_FILE = "engine.json"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (2,)
+# 3: `network_plugins` became `network_kernels` (and network.json went to its schema 2).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (3,)
 # engine.json is small; a larger one is not ours (and would cost memory to parse).
 MAX_MANIFEST_BYTES = 16 * 2**20
 
@@ -50,7 +51,7 @@ class EngineManifest:
     inputs: dict = field(default_factory=dict)
     tools: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
-    network_plugins: list = field(default_factory=list)
+    network_kernels: list = field(default_factory=list)
     build_seconds: float | None = None
     validated_on: list = field(default_factory=list)
     # Serving hints: a tokenizer name ("o200k_harmony") when the engine ships none; stop token ids.
@@ -136,7 +137,7 @@ _TYPES: dict[str, tuple] = {
     "model": (str,), "gpu": (str,), "quant": (str,), "tp": (int,), "ep": (int,), "max_seq_len": (int,),
     "max_batch_size": (int,), "schema_version": (int,), "sm": (int, type(None)),
     "trtllm_quant_algo": (str, type(None)), "target": (dict,), "cache_key": (str, type(None)),
-    "inputs": (dict,), "tools": (dict,), "plan": (dict,), "network_plugins": (list,),
+    "inputs": (dict,), "tools": (dict,), "plan": (dict,), "network_kernels": (list,),
     "build_seconds": (int, float, type(None)), "validated_on": (list,), "tokenizer": (str, type(None)),
     "stop_token_ids": (list,), "tensorrt": (dict, type(None)),
 }

@@ -3,8 +3,8 @@
     target = resolve_target("b200", quant="auto")
     target.gpu, target.sm, target.serving, target.quant, target.kv_cache_dtype, target.kernel_status("gemm_nvfp4")
 
-Plan, LLM-API options, checkpoint writing, the manifest, the Triton repository and serving all take this
-object; none of them looks the GPU up again. `Target.from_manifest` rebuilds it from an engine's manifest.
+The fit planner, LLM-API options, checkpoint writing, the manifest, the Triton repository and serving all take this
+object; none of them looks the GPU up again. `target_of_manifest` rebuilds it from an engine's manifest.
 """
 
 from __future__ import annotations

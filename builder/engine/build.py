@@ -22,7 +22,7 @@ from builder.engine.cache import BuildCache, cache_key, default_cache_dir, sourc
 from builder.engine.gpu import check_target_matches, detect_gpus
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
-from builder.plan import INCOMPATIBLE, LOW_MEMORY, Plan, PlanError, plan_for
+from builder.fit import INCOMPATIBLE, LOW_MEMORY, FitPlan, FitError, plan_for
 from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_replaceable, install_dir,
                                remove_stale_staging, staging_dir)
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
@@ -32,7 +32,7 @@ from spec.target import Target, resolve_target
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
-ENGINE_LAYOUT_VERSION = 3
+ENGINE_LAYOUT_VERSION = 4
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 
@@ -77,7 +77,7 @@ def _model(model):
     try:
         return model if isinstance(model, ModelConfig) else get_model(model)
     except KeyError as e:
-        raise PlanError(e.args[0]) from None
+        raise FitError(e.args[0]) from None
 
 
 def resolve(req: BuildRequest) -> Target:
@@ -85,10 +85,10 @@ def resolve(req: BuildRequest) -> Target:
     try:
         return resolve_target(req.gpu, req.quant, req.kv_dtype)
     except KeyError as e:
-        raise PlanError(e.args[0]) from None
+        raise FitError(e.args[0]) from None
 
 
-def make_plan(req: BuildRequest, model, target: Target) -> Plan:
+def make_plan(req: BuildRequest, model, target: Target) -> FitPlan:
     batch = req.max_batch_size or 16
     p = plan_for(model, target, tp=req.tp, ep=req.ep, max_seq_len=req.max_seq_len, max_batch_size=batch)
     if p.verdict == LOW_MEMORY and req.max_batch_size is None and p.fits_max_batch_size:
@@ -98,7 +98,7 @@ def make_plan(req: BuildRequest, model, target: Target) -> Plan:
     return p
 
 
-def default_output(p: Plan) -> Path:
+def default_output(p: FitPlan) -> Path:
     return Path("engines") / f"{p.model}-{p.gpu}-{p.quant}-tp{p.tp}"
 
 
@@ -167,7 +167,7 @@ def build(req: BuildRequest) -> Path:
             trtllm_quant_algo=quant.trtllm_quant_algo, target=target.to_dict(),
             tp=p.tp, ep=p.ep, max_seq_len=p.max_seq_len, max_batch_size=p.max_batch_size,
             inputs={"checkpoint": str(src.resolve()), "sha256": inputs["sources"], "calib_file": req.calib_file},
-            tools=inputs["tools"], plan=p.to_dict(), network_plugins=list(network.plugins),
+            tools=inputs["tools"], plan=p.to_dict(), network_kernels=list(network.kernels),
             stop_token_ids=list(network.eos_token_ids),
             build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated, tensorrt=trt,
         ).write(engine)
@@ -214,7 +214,7 @@ def check_output_safe(out: Path, src: Path, calib_file: str | None, cache_root: 
 
 def write_triton_repo(engine: Path) -> None:
     """The Triton model repository that serves this engine, as engine/triton (it reads engine.json)."""
-    from model_repo.generate import write_model_repo
+    from model_repo.write import write_model_repo
     write_model_repo(engine)
 
 
@@ -249,7 +249,7 @@ def write_llm_api_options(engine: Path, options: dict) -> None:
 
 
 def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) -> None:
-    from builder.convert import convert_checkpoint
+    from builder.convert import calibrate_and_convert
     from checkpoint.quant_policy import ACTIVATION_SCALE
     fmt = target.quant
     # W4A4 NVFP4 / W8A8 FP8 need calibrated activation scales: --calib-file, else the built-in texts. Where
@@ -257,7 +257,7 @@ def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) ->
     calibration = (req.calib_file or "default") if fmt.activations in ACTIVATION_SCALE else None
     kv_fp8 = calibration is not None and target.kv_cache_dtype == "fp8"
     try:
-        convert_checkpoint(src, dst, to=fmt.checkpoint, progress=req.progress, calibration=calibration,
+        calibrate_and_convert(src, dst, to=fmt.checkpoint, progress=req.progress, calibration=calibration,
                            kv_cache="fp8" if kv_fp8 else None)
     except Exception as e:
         if type(e).__name__ == "CheckpointError":
@@ -276,7 +276,7 @@ def write_network(engine: Path, quant: str) -> Network:
     return network
 
 
-def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: Plan) -> dict:
+def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPlan) -> dict:
     """engine/tensorrt/: the ONNX graph, and the TensorRT plan where this machine can build it; returns
     engine.json's "tensorrt" section."""
     from builder.tensorrt.engine_dir import write_tensorrt

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from builder.plan import Plan
+from builder.fit import FitPlan
 from spec.capabilities import moe_backend
 from spec.network import Network
 from spec.target import Target
@@ -22,7 +22,7 @@ MAX_NUM_TOKENS = 16384
 CUDA_GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def llm_api_options(plan: Plan, target: Target, network: Network) -> dict:
+def llm_api_options(plan: FitPlan, target: Target, network: Network) -> dict:
     """The options for `network` on `target` as `plan` sized it. The context cannot exceed the network's
     positions, and the MoE backend is chosen for the quant format the network's experts actually hold."""
     serving = target.serving

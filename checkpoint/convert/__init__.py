@@ -5,12 +5,8 @@ Public API (other packages call only these):
     convert_checkpoint(src, dst, to, force=False, progress=True, calibration=None) -> Path
         to: "hf", "hf-mxfp4", "openai", "hf-nvfp4", "hf-fp8"; calibration: None (weight-only) or the measured
         maxima (checkpoint.calibration.Calibration) for the activation scales of hf-nvfp4 (W4A4) and hf-fp8.
-        builder.convert.convert_checkpoint also takes texts and runs the calibration first.
+        builder.convert.calibrate_and_convert also takes texts and runs the calibration first.
 """
 
+from checkpoint.convert.convert import convert_checkpoint  # noqa: F401
 from checkpoint.convert.load import CanonicalCheckpoint, load_canonical  # noqa: F401
-
-
-def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = True, calibration=None, **kw):
-    from checkpoint.convert.convert import convert_checkpoint as _convert
-    return _convert(src, dst, to, force=force, progress=progress, calibration=calibration, **kw)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -146,7 +145,7 @@ def convert_checkpoint(src, dst, to: str, force: bool = False, progress: bool = 
     NVFP4 exactly (lossless transcode).
 
     calibration: None, or the measured maxima (checkpoint.calibration.Calibration; builder.calibrate runs a
-    model to get them, and builder.convert.convert_checkpoint takes texts and does both). "hf-nvfp4" with
+    model to get them, and builder.convert.calibrate_and_convert takes texts and does both). "hf-nvfp4" with
     None is weight-only NVFP4 (W4A16_NVFP4), with a calibration W4A4 NVFP4 (input scales); "hf-fp8" is
     W8A8 and needs one. kv_cache="fp8" adds calibrated FP8 KV-cache scales (kv_cache_quant_algo FP8).
     Raises CheckpointError (naming the file, tensor and fix) on bad input; DST is then untouched."""

@@ -1,1 +1,1 @@
-"""config.pbtxt templates with ${...} placeholders, filled by model_repo.generate."""
+"""config.pbtxt templates with ${...} placeholders, filled by model_repo.write."""

@@ -13,10 +13,10 @@ Formats (spec.registry.quant_formats names) and the canonical value each module'
            with that global scale and dynamic per-16 e4m3 block scales
            (numerics.nvfp4.fake_quantize_nvfp4_activations, TensorRT-LLM's cvt_warp_fp16_to_fp4).
 - "fp8":   W8A8: numerics.fp8.FP8Tensor plus a static per-tensor activation `input_scale`.
-- "w4a8-mxfp4-mxfp8": not written (MXFP8 activation fake-quant); refused with an error.
-Activation fake-quant runs through numpy on the CPU. Canonical checkpoints carry no NVFP4/FP8 values or
-input scales yet (spec.canonical has MXFP4Weight only), so the runtime can execute "nvfp4"/"fp8" networks
-only when handed such values directly; QUANT_IMPLS is the extension point.
+Activation fake-quant runs through numpy on the CPU. The values come from the engine's checkpoint as
+checkpoint.convert.load_canonical reads it: MXFP4Weight from HF MXFP4 / OpenAI checkpoints, NVFP4Tensor and
+FP8Tensor with their `input_scale`s from hf-nvfp4 / hf-fp8 ones (spec.canonical names them). A new format
+is one QUANT_IMPLS entry.
 """
 
 from __future__ import annotations
@@ -98,16 +98,10 @@ QUANT_IMPLS: dict[str, QuantImpl] = {
     "fp8": QuantImpl(_fp8_weight, fp8_fake_quant),
 }
 
-_MISSING = {
-    "w4a8-mxfp4-mxfp8": "MXFP4 weights with MXFP8 activations: the MXFP8 activation fake-quant is not written",
-}
-
-
 def quant_impl(quant: str) -> QuantImpl:
     if quant in QUANT_IMPLS:
         return QUANT_IMPLS[quant]
-    why = _MISSING.get(quant, "no such format")
-    raise UnsupportedQuantError(f"the reference runtime cannot execute quant format {quant!r} yet: {why}. "
+    raise UnsupportedQuantError(f"the reference runtime cannot execute quant format {quant!r}: no such format. "
                                 f"Implemented: {', '.join(QUANT_IMPLS)}")
 
 

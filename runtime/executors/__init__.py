@@ -1,6 +1,6 @@
 """Executors behind one step interface (runtime.executors.base.Executor), loaded by name.
 
-    rt = load_runtime("engines/tiny-cpu", executor="onnxruntime")   # a runtime.engine.Runtime
+    rt = load_runtime("engines/tiny-cpu", executor="onnxruntime")   # a runtime.api.Runtime
     rt.generate([[1, 2, 3]], SamplingParams(max_tokens=8))
 
 "reference": the torch reference runtime (runtime.model.ReferenceModel, any dtype and quant format it emulates).
@@ -22,7 +22,7 @@ DEFAULT_EXECUTOR = "auto"
 
 
 def _reference(path: Path, dtype):
-    from runtime.engine import Runtime
+    from runtime.api import Runtime
     return Runtime.from_dir(path, dtype=dtype)
 
 
@@ -48,11 +48,11 @@ EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime
 
 
 def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None):
-    """An engine directory or checkpoint folder -> runtime.engine.Runtime driving the named executor.
+    """An engine directory or checkpoint folder -> runtime.api.Runtime driving the named executor.
     onnx_path: (onnxruntime only) run this fp32 graph instead of exporting one; FP4 graphs are rewritten
     (runtime.executors.fp4_rewrite)."""
     import torch
-    from runtime.engine import check_manifest
+    from runtime.api import check_manifest
     check_manifest(Path(path))
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")

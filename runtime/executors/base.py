@@ -1,4 +1,4 @@
-"""The step interface every executor implements; runtime.engine.Runtime generates over any of them.
+"""The step interface every executor implements; runtime.api.Runtime generates over any of them.
 
     cache = ex.new_cache(batch_size, capacity)        # capacity: a hint (full-attention slots to reserve)
     logits = ex.forward(input_ids, positions, cache, logits="all" | "last")

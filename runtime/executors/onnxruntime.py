@@ -162,7 +162,7 @@ def _roll_rows(a: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 
 def _network(path: Path, ck) -> Network:
-    from runtime.engine import NETWORK_FILE
+    from runtime.api import NETWORK_FILE
     from spec.network import load_network, network_from_checkpoint
     net_file = path / NETWORK_FILE
     return load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
@@ -172,7 +172,7 @@ def cpu_can_run(path: str | Path) -> bool:
     """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats) and its fp32
     graph (written to a temporary file, then held by the session) fits in half the machine's memory."""
     from checkpoint.convert import load_canonical
-    from runtime.engine import find_checkpoint
+    from runtime.api import find_checkpoint
     from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
         net = _network(Path(path), ck)
@@ -186,10 +186,10 @@ def _memory_bytes() -> int:
 
 
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
-    """An engine directory or checkpoint folder -> runtime.engine.Runtime over ONNX Runtime. Without
+    """An engine directory or checkpoint folder -> runtime.api.Runtime over ONNX Runtime. Without
     onnx_path the network is exported to a temporary fp32 graph (removed when the executor is closed)."""
     from checkpoint.convert import load_canonical
-    from runtime.engine import Runtime, RuntimeLoadError, _check_agrees, find_checkpoint, load_tokenizer
+    from runtime.api import Runtime, RuntimeLoadError, _check_agrees, find_checkpoint, load_tokenizer
     if dtype is not None and dtype != torch.float32:
         raise RuntimeLoadError(f"the onnxruntime executor runs float32 graphs on CPU (no bf16 GEMMs there); "
                                f"got dtype {dtype}: use --dtype float32 or --executor reference")

@@ -67,7 +67,7 @@ class DeviceCache:
 class TensorRTExecutor:
     def __init__(self, plan_path, network: Network, module: str = "tensorrt_rtx", device: str = "cuda"):
         import importlib
-        from runtime.engine import RuntimeLoadError
+        from runtime.api import RuntimeLoadError
         print(UNVALIDATED, file=sys.stderr, flush=True)
         if not torch.cuda.is_available():
             raise RuntimeLoadError("the TensorRT executor needs a CUDA GPU; use --executor reference or onnxruntime "
@@ -140,10 +140,10 @@ class TensorRTExecutor:
 
 
 def load_tensorrt(path, dtype=None):
-    """An engine directory with a TensorRT plan (engine.json "tensorrt".plan) -> runtime.engine.Runtime over
+    """An engine directory with a TensorRT plan (engine.json "tensorrt".plan) -> runtime.api.Runtime over
     the TensorRT executor. GPU only; see UNVALIDATED."""
     from pathlib import Path
-    from runtime.engine import Runtime, RuntimeLoadError, load_tokenizer
+    from runtime.api import Runtime, RuntimeLoadError, load_tokenizer
     from spec.manifest import EngineManifest, ManifestError
     from spec.network import load_network
     path = Path(path)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from spec.network.schema import (PLUGIN_MOE_BF16, PLUGIN_SINK_ATTENTION, PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW,
+from spec.network.schema import (KERNEL_MOE_BF16, KERNEL_SINK_ATTENTION, KERNEL_SINK_TOKENS, KERNEL_SLIDING_WINDOW,
                                  QUANT_GROUPS, Attention, DenseMLP, Embedding, ExpertLinear, Layer, Linear, MoE,
-                                 Network, NetworkError, Norm, Rope, formats_allowed, gemm_plugins)
+                                 Network, NetworkError, Norm, Rope, formats_allowed, gemm_kernels)
 from spec.network.validate import validate
 from spec.registry.models import ModelConfig
 from spec.registry.quant_formats import QUANT_FORMATS
@@ -61,20 +61,20 @@ def network_from_config(config: ModelConfig, quant: str | Mapping[str, str] | No
 
     def linear(weight, in_f, out_f, fmt, bias=True):
         return Linear(weight=weight + ".weight", bias=(weight + ".bias") if bias else None, in_features=in_f,
-                      out_features=out_f, quant=fmt, plugins=gemm_plugins(fmt))
+                      out_features=out_f, quant=fmt, kernels=gemm_kernels(fmt))
 
     def experts(weight, in_f, out_f, fmt):
         return ExpertLinear(weight=weight + ".weight", bias=weight + ".bias", num_experts=c.num_experts,
                             in_features=in_f, out_features=out_f, quant=fmt,
-                            plugins=gemm_plugins(fmt))
+                            kernels=gemm_kernels(fmt))
 
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}"
         sliding = c.layer_is_sliding(i)
-        attn_plugins = ((PLUGIN_SINK_ATTENTION,) if c.learned_sinks else ()) + \
-            ((PLUGIN_SLIDING_WINDOW,) if sliding else ()) + \
-            ((PLUGIN_SINK_TOKENS,) if sliding and c.sink_tokens else ())
+        attn_kernels = ((KERNEL_SINK_ATTENTION,) if c.learned_sinks else ()) + \
+            ((KERNEL_SLIDING_WINDOW,) if sliding else ()) + \
+            ((KERNEL_SINK_TOKENS,) if sliding and c.sink_tokens else ())
         attention = Attention(
             kind="sliding" if sliding else "full", window=c.sliding_window if sliding else None,
             num_q_heads=c.num_q_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
@@ -82,7 +82,7 @@ def network_from_config(config: ModelConfig, quant: str | Mapping[str, str] | No
             qkv=linear(f"{p}.attn.qkv", c.hidden_size, qkv_rows, q["attention"], c.attention_bias),
             out=linear(f"{p}.attn.out", q_rows, c.hidden_size, q["attention"], c.attention_bias),
             rope=rope, learned_sinks=c.learned_sinks, sinks=f"{p}.attn.sinks" if c.learned_sinks else None,
-            sink_tokens=c.sink_tokens if sliding else 0, plugins=attn_plugins)
+            sink_tokens=c.sink_tokens if sliding else 0, kernels=attn_kernels)
         if c.is_moe:
             fmt = q["experts"]
             mlp = MoE(num_experts=c.num_experts, top_k=c.experts_per_token,
@@ -91,7 +91,7 @@ def network_from_config(config: ModelConfig, quant: str | Mapping[str, str] | No
                       up=experts(f"{p}.moe.up", c.hidden_size, c.intermediate_size, fmt),
                       down=experts(f"{p}.moe.down", c.intermediate_size, c.hidden_size, fmt),
                       swiglu_alpha=float(c.swiglu_alpha), swiglu_limit=float(c.swiglu_limit),
-                      plugins=(PLUGIN_MOE_BF16,) if fmt == "bf16" else gemm_plugins(fmt))
+                      kernels=(KERNEL_MOE_BF16,) if fmt == "bf16" else gemm_kernels(fmt))
         else:
             fmt = q["mlp"]
             mlp = DenseMLP(gate=linear(f"{p}.mlp.gate", c.hidden_size, c.intermediate_size, fmt),

@@ -1,8 +1,8 @@
 """The network definition's data types: frozen dataclasses (written as network.json with a `schema_version`),
-the kernel ("plugin") names ops need, and the strict typed parsing every loader uses.
+the kernels ops need from a target, and the strict typed parsing every loader uses.
 
 The per-module quant format is a name from the quant registry (spec.registry.quant_formats): "bf16"
-(unquantized), "fp8", "mxfp4" (W4A16 experts, as gpt-oss ships), "w4a8-mxfp4-mxfp8", "nvfp4" (W4A4). Plugin
+(unquantized), "fp8", "mxfp4" (W4A16 experts, as gpt-oss ships), "nvfp4" (W4A4), "nvfp4-w4a16". Kernel
 names are spec.capabilities.KERNELS keys, so a target looks each op's kernels up per SM.
 """
 
@@ -16,25 +16,28 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from spec.capabilities import KERNELS
 from spec.registry.quant_formats import ALL_LINEARS, EXPERTS, QUANT_FORMATS
 
-SCHEMA_VERSION = 1
+# 2: the per-op field "plugins" became "kernels" (one word for what a network needs from a target).
+SCHEMA_VERSION = 2
+# Versions this code no longer reads, and what to tell the user who has one.
+RETIRED_VERSIONS = {1: 'it names kernels "plugins"; rebuild the engine with build-engine (or rename every '
+                       '"plugins" key to "kernels" and set schema_version 2)'}
 
 
 class NetworkError(ValueError):
     """A network definition that does not validate. The message names the field path and the bad value."""
 
 
+# Kernels: what the ops need from a target, named as spec.capabilities.KERNELS names them (the per-SM table
+# keys on these). The ones an op asks for by name; GEMM kernels come from the quant format (gemm_kernels).
 # ----------------------------------------------------------------------------------------------------------
-# Plugins: the kernels the ops need, named as spec.capabilities.KERNELS names them (the per-SM table keys
-# on these), plus the StreamingLLM sink-token policy, which no serving stack offers yet.
-# ----------------------------------------------------------------------------------------------------------
-PLUGIN_SINK_ATTENTION = "attention_sinks"         # learned per-head sink logit as an extra softmax column
-PLUGIN_SLIDING_WINDOW = "sliding_window"          # banded causal mask + ring-buffer KV cache
-PLUGIN_SINK_TOKENS = "streaming_sink_tokens"      # StreamingLLM: first S tokens stay visible to SWA layers
-PLUGIN_MOE_BF16 = "moe_bf16"                      # biased router, top-k then softmax over k, clamped SwiGLU
-PLUGINS = (PLUGIN_SINK_ATTENTION, PLUGIN_SLIDING_WINDOW, PLUGIN_SINK_TOKENS, PLUGIN_MOE_BF16,
-           "moe_mxfp4_w4a16", "moe_w4a8_mxfp4_mxfp8", "gemm_fp8", "gemm_nvfp4", "moe_nvfp4_w4a16")
+KERNEL_SINK_ATTENTION = "attention_sinks"         # learned per-head sink logit as an extra softmax column
+KERNEL_SLIDING_WINDOW = "sliding_window"          # banded causal mask + ring-buffer KV cache
+KERNEL_SINK_TOKENS = "streaming_sink_tokens"      # StreamingLLM: first S tokens stay visible to SWA layers
+KERNEL_MOE_BF16 = "moe_bf16"                      # biased router, top-k then softmax over k, clamped SwiGLU
+KERNEL_NAMES = tuple(KERNELS)
 
 # Quant formats are the registry's (spec.registry.quant_formats): its names, what each covers
 # (experts only, or every linear) and the kernels each needs. "bf16" is the unquantized path.
@@ -50,7 +53,7 @@ def formats_allowed(group: str) -> tuple[str, ...]:
                              if name != "bf16" and f.applies_to in _GROUP_COVERAGE[group])
 
 
-def gemm_plugins(fmt: str) -> tuple[str, ...]:
+def gemm_kernels(fmt: str) -> tuple[str, ...]:
     """Kernels a linear (or the experts' GEMMs) in this format needs; () for plain bf16 GEMMs."""
     return tuple(QUANT_FORMATS[fmt].kernels)
 
@@ -73,7 +76,7 @@ class Linear:
     in_features: int
     out_features: int
     quant: str = "bf16"
-    plugins: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class ExpertLinear:
     in_features: int
     out_features: int
     quant: str = "bf16"
-    plugins: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ class Attention:
     learned_sinks: bool               # per-head sink logit: extra softmax column, dropped after
     sinks: str | None                 # canonical tensor name of the sink logits [num_q_heads]
     sink_tokens: int = 0              # StreamingLLM: first S tokens stay visible beyond the window (sliding only)
-    plugins: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
 
     @property
     def kv_slots(self) -> int | None:
@@ -151,7 +154,7 @@ class MoE:
     swiglu_alpha: float = 1.702
     # gate clamped above at limit, up clamped to [-limit, limit]; None disables the clamp (a negative control)
     swiglu_limit: float | None = 7.0
-    plugins: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
     kind: str = "moe"
 
 
@@ -163,7 +166,7 @@ class DenseMLP:
     activation: str = "clamped_swiglu"
     swiglu_alpha: float = 1.702
     swiglu_limit: float | None = 7.0
-    plugins: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
     kind: str = "dense"
 
 
@@ -205,19 +208,19 @@ class Network:
         return len(self.layers)
 
     @property
-    def plugins(self) -> tuple[str, ...]:
-        """Every kernel the network needs, in PLUGINS order."""
+    def kernels(self) -> tuple[str, ...]:
+        """Every kernel the network needs, in KERNEL_NAMES order."""
         used = set()
         for layer in self.layers:
-            used.update(layer.attention.plugins)
-            used.update(layer.attention.qkv.plugins)
-            used.update(layer.attention.out.plugins)
+            used.update(layer.attention.kernels)
+            used.update(layer.attention.qkv.kernels)
+            used.update(layer.attention.out.kernels)
             mlp = layer.mlp
-            used.update(mlp.plugins)
+            used.update(mlp.kernels)
             for sub in _mlp_linears(mlp):
-                used.update(sub.plugins)
-        used.update(self.lm_head.plugins)
-        return tuple(p for p in PLUGINS if p in used)
+                used.update(sub.kernels)
+        used.update(self.lm_head.kernels)
+        return tuple(p for p in KERNEL_NAMES if p in used)
 
     @property
     def experts_quant(self) -> str | None:

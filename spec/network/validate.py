@@ -1,5 +1,5 @@
 """Validation of a network definition, and the loaders that apply it: every field in range, every shape
-consistent with the others, every quant format allowed for its module group, every plugin known.
+consistent with the others, every quant format allowed for its module group, every kernel known.
 Errors (NetworkError) name the field path and the bad value."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from spec.network.schema import (ACTIVATIONS, ATTENTION_KINDS, DTYPES, NORM_KINDS, PLUGIN_MOE_BF16,
-                                 PLUGIN_SINK_ATTENTION, PLUGIN_SINK_TOKENS, PLUGIN_SLIDING_WINDOW, PLUGINS,
-                                 ROPE_KINDS, SCHEMA_VERSION, MoE, Network, NetworkError, Norm, Rope, _fail,
-                                 _from_dict, formats_allowed, gemm_plugins)
+from spec.network.schema import (ACTIVATIONS, ATTENTION_KINDS, DTYPES, NORM_KINDS, KERNEL_MOE_BF16,
+                                 KERNEL_SINK_ATTENTION, KERNEL_SINK_TOKENS, KERNEL_SLIDING_WINDOW, KERNEL_NAMES,
+                                 RETIRED_VERSIONS, ROPE_KINDS, SCHEMA_VERSION, MoE, Network, NetworkError, Norm, Rope, _fail,
+                                 _from_dict, formats_allowed, gemm_kernels)
 from spec.registry.quant_formats import QUANT_FORMATS
 
 
@@ -31,18 +31,18 @@ def _check_linear(path: str, lin, allowed: tuple[str, ...], in_f: int | None = N
         _fail(f"{path}.quant", lin.quant, f"is not a known quant format ({', '.join(QUANT_FORMATS)})")
     if lin.quant not in allowed:
         _fail(f"{path}.quant", lin.quant, f"is not allowed here ({', '.join(allowed)})")
-    for kernel in gemm_plugins(lin.quant):
-        if kernel not in lin.plugins:
-            _fail(f"{path}.plugins", list(lin.plugins), f"must include {kernel!r} for quant {lin.quant!r}")
-    _check_plugins(f"{path}.plugins", lin.plugins)
+    for kernel in gemm_kernels(lin.quant):
+        if kernel not in lin.kernels:
+            _fail(f"{path}.kernels", list(lin.kernels), f"must include {kernel!r} for quant {lin.quant!r}")
+    _check_kernels(f"{path}.kernels", lin.kernels)
     if not lin.weight:
         _fail(f"{path}.weight", lin.weight, "must name a canonical tensor")
 
 
-def _check_plugins(path, plugins):
-    for p in plugins:
-        if p not in PLUGINS:
-            _fail(path, p, f"is not a known plugin ({', '.join(PLUGINS)})")
+def _check_kernels(path, kernels):
+    for p in kernels:
+        if p not in KERNEL_NAMES:
+            _fail(path, p, f"is not a known kernel ({', '.join(KERNEL_NAMES)})")
 
 
 def _check_norm(path: str, norm: Norm, size: int):
@@ -106,8 +106,8 @@ def validate(net: Network) -> None:
             _fail(f"{pa}.sm_scale", a.sm_scale, "must be > 0")
         if a.kind == "sliding":
             _positive(f"{pa}.window", a.window)
-            if PLUGIN_SLIDING_WINDOW not in a.plugins:
-                _fail(f"{pa}.plugins", list(a.plugins), f"must include {PLUGIN_SLIDING_WINDOW!r} for a sliding layer")
+            if KERNEL_SLIDING_WINDOW not in a.kernels:
+                _fail(f"{pa}.kernels", list(a.kernels), f"must include {KERNEL_SLIDING_WINDOW!r} for a sliding layer")
         else:
             if a.window is not None:
                 _fail(f"{pa}.window", a.window, "must be null for full attention")
@@ -115,13 +115,13 @@ def validate(net: Network) -> None:
                 _fail(f"{pa}.sink_tokens", a.sink_tokens, "must be 0 for full attention (it sees every token)")
         if not (isinstance(a.sink_tokens, int) and a.sink_tokens >= 0):
             _fail(f"{pa}.sink_tokens", a.sink_tokens, "must be an integer >= 0")
-        if a.sink_tokens and PLUGIN_SINK_TOKENS not in a.plugins:
-            _fail(f"{pa}.plugins", list(a.plugins), f"must include {PLUGIN_SINK_TOKENS!r} when sink_tokens > 0")
+        if a.sink_tokens and KERNEL_SINK_TOKENS not in a.kernels:
+            _fail(f"{pa}.kernels", list(a.kernels), f"must include {KERNEL_SINK_TOKENS!r} when sink_tokens > 0")
         if a.learned_sinks != (a.sinks is not None):
             _fail(f"{pa}.sinks", a.sinks, f"must name the sink tensor iff learned_sinks (= {a.learned_sinks})")
-        if a.learned_sinks and PLUGIN_SINK_ATTENTION not in a.plugins:
-            _fail(f"{pa}.plugins", list(a.plugins), f"must include {PLUGIN_SINK_ATTENTION!r} with learned sinks")
-        _check_plugins(f"{pa}.plugins", a.plugins)
+        if a.learned_sinks and KERNEL_SINK_ATTENTION not in a.kernels:
+            _fail(f"{pa}.kernels", list(a.kernels), f"must include {KERNEL_SINK_ATTENTION!r} with learned sinks")
+        _check_kernels(f"{pa}.kernels", a.kernels)
         qkv_rows = (a.num_q_heads + 2 * a.num_kv_heads) * a.head_dim
         _check_linear(f"{pa}.qkv", a.qkv, formats_allowed("attention"), H, qkv_rows)
         _check_linear(f"{pa}.out", a.out, formats_allowed("attention"), a.num_q_heads * a.head_dim, H)
@@ -137,13 +137,13 @@ def validate(net: Network) -> None:
             _positive(f"{pm}.top_k", m.top_k)
             if m.top_k > m.num_experts:
                 _fail(f"{pm}.top_k", m.top_k, f"must be <= num_experts {m.num_experts}")
-            need = (PLUGIN_MOE_BF16,) if m.gate.quant == "bf16" else gemm_plugins(m.gate.quant)
+            need = (KERNEL_MOE_BF16,) if m.gate.quant == "bf16" else gemm_kernels(m.gate.quant)
             for kernel in need:
-                if kernel not in m.plugins:
-                    _fail(f"{pm}.plugins", list(m.plugins), f"must include {kernel!r} for {m.gate.quant!r} experts")
+                if kernel not in m.kernels:
+                    _fail(f"{pm}.kernels", list(m.kernels), f"must include {kernel!r} for {m.gate.quant!r} experts")
             if len({m.gate.quant, m.up.quant, m.down.quant}) != 1:
                 _fail(f"{pm}.down.quant", m.down.quant, f"must match gate/up ({m.gate.quant!r}): one MoE kernel")
-            _check_plugins(f"{pm}.plugins", m.plugins)
+            _check_kernels(f"{pm}.kernels", m.kernels)
             _check_linear(f"{pm}.router", m.router, formats_allowed("router"), H, m.num_experts)
             inter = m.gate.out_features
             for name, in_f, out_f in (("gate", H, inter), ("up", H, inter), ("down", inter, H)):
@@ -164,6 +164,9 @@ def network_from_dict(data: Mapping[str, Any]) -> Network:
     if not isinstance(data, Mapping):
         raise NetworkError(f"network: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
+    if version in RETIRED_VERSIONS:
+        raise NetworkError(f"schema_version {version} is no longer read (this code reads {SCHEMA_VERSION}): "
+                           f"{RETIRED_VERSIONS[version]}")
     if version != SCHEMA_VERSION:
         raise NetworkError(f"schema_version: {version!r} is not supported (this code reads {SCHEMA_VERSION})")
     net = _from_dict(Network, data, "network")

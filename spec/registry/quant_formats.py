@@ -46,8 +46,6 @@ QUANT_FORMATS: dict[str, QuantFormat] = {q.name: q for q in [
                 trtllm_loads_gpt_oss=False),
     QuantFormat("mxfp4", "MXFP4 expert weights (e2m1, e8m0 scale per 32), bf16 activations (W4A16)",
                 4, 32, 8, EXPERTS, "bf16", "bf16", ("moe_mxfp4_w4a16",), "W4A16_MXFP4", "hf-mxfp4"),
-    QuantFormat("w4a8-mxfp4-mxfp8", "MXFP4 expert weights with MXFP8 activations (Blackwell MoE kernels)",
-                4, 32, 8, EXPERTS, "mxfp8", "fp8", ("moe_w4a8_mxfp4_mxfp8",), "W4A8_MXFP4_MXFP8", "hf-mxfp4"),
     # Experts only: TensorRT-LLM's gpt-oss loader forces attention, router, embeddings and lm_head to stay
     # bf16 in NVFP4 checkpoints (modeling_gpt_oss.py overrides exclude_modules).
     QuantFormat("nvfp4", "NVFP4 W4A4 experts: e2m1 weights and activations, e4m3 scale per 16, fp32 global scale",

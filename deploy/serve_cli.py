@@ -1,0 +1,172 @@
+"""`serve-engine`: start a real tritonserver on an engine directory (or a Triton model repository).
+
+    serve-engine ENGINE_DIR [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--host 127.0.0.1]
+                 [--backend auto|reference|trtllm] [--log-file F] [--chat "message"]
+                 [--openai-port P [--served-model-name NAME]]   (an OpenAI-compatible endpoint in front of Triton)
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from deploy.client import ClientError, LLMClient
+
+
+# -- serve-engine ------------------------------------------------------------------------------------------
+def _is_model_repo(d: Path) -> bool:
+    return d.is_dir() and any(p.name == "config.pbtxt" for p in d.glob("*/config.pbtxt"))
+
+
+def resolve_repository(target: Path, backend: str | None, tmpdir: Path) -> tuple[Path, str]:
+    """ENGINE_DIR (with triton/ inside, or engine.json only) or a model repository -> (repository, how)."""
+    from model_repo.write import write_model_repo
+    if _is_model_repo(target) and not (target / "engine.json").is_file():
+        if backend:
+            raise SystemExit("serve-engine: --backend applies to engine directories, not to a model repository")
+        return target, "model repository"
+    if not (target / "engine.json").is_file():
+        raise SystemExit(f"serve-engine: {target}: neither an engine directory (engine.json) nor a model repository")
+    # Before any server starts: the manifest must be one we read, and the engine's target must fit this machine.
+    from model_repo.backends import resolve_backend
+    resolve_backend(target, backend or "auto")
+    if (target / "triton").is_dir() and _is_model_repo(target / "triton") and not backend:
+        return target / "triton", "the engine's triton/ repository"
+    repo = write_model_repo(target, tmpdir / "triton", backend=backend or "auto")
+    return repo, "a repository written for this run"
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="serve-engine", description="Serve an engine directory with a real Triton "
+                                "Inference Server (nvidia-pytriton's tritonserver on CPU machines, the system one in "
+                                "NVIDIA's Triton containers). Stops cleanly on Ctrl-C / SIGTERM.")
+    p.add_argument("engine_dir", help="engine directory (uses its triton/ repository, or writes one) or a "
+                                      "Triton model repository")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--backend", choices=["auto", "reference", "trtllm"],
+                   help="write a fresh repository with this tensorrt_llm backend instead of using triton/")
+    p.add_argument("--log-file", help="tritonserver output goes here instead of the terminal")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
+    p.add_argument("--drain-timeout", type=int, default=3,
+                   help="on SIGINT/SIGTERM, seconds requests in flight may still run before they end with a "
+                        "'server is shutting down' error (default 3)")
+    p.add_argument("--chat", metavar="MESSAGE",
+                   help="demo: once ready, stream one chat answer to MESSAGE over gRPC, then stop the server")
+    p.add_argument("--max-tokens", type=int, default=64, help="with --chat")
+    p.add_argument("--openai-port", type=int, metavar="P",
+                   help="also serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions, "
+                        "/metrics) on this port, same --host; it answers 503 until the model is loaded")
+    p.add_argument("--served-model-name", help="the model name the OpenAI API answers to (default: the engine's "
+                                               "model, e.g. gpt-oss-20b)")
+    args = p.parse_args(argv)
+
+    from deploy.server import ServerError, TritonServer
+    target = Path(args.engine_dir)
+    stop = threading.Event()
+    received = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    with tempfile.TemporaryDirectory(prefix="serve-engine-") as tmp:
+        try:
+            repo, how = resolve_repository(target, args.backend, Path(tmp))
+        except Exception as e:  # noqa: BLE001
+            print(f"serve-engine: error: {e}", file=sys.stderr)
+            return 2
+        print(f"serve-engine: {how}: {repo}", flush=True)
+        try:
+            srv = TritonServer(repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                               metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file,
+                               exit_timeout_s=max(0, args.drain_timeout))
+        except ServerError as e:
+            print(f"serve-engine: error: {e}", file=sys.stderr)
+            return 2
+        print(f"serve-engine: starting {srv.binary}", flush=True)
+        rc = 0
+        openai = None
+        try:
+            if args.openai_port is not None:
+                from deploy.openai.serve import OpenAIServer
+                try:
+                    openai = OpenAIServer(repo, srv.grpc_url, host=args.host, port=args.openai_port,
+                                          model_name=args.served_model_name).start()
+                except Exception as e:  # noqa: BLE001
+                    print(f"serve-engine: error: {e}", file=sys.stderr)
+                    return 2
+                print(f"serve-engine: openai {openai.url} (model {openai.model.name!r}; 503 until loaded)",
+                      flush=True)
+            try:
+                srv.launch()            # in this thread: the server is tied to it (see TritonServer.launch)
+            except ServerError as e:
+                print(f"serve-engine: error: {e}", file=sys.stderr)
+                return 2
+            start_error: list[Exception] = []
+            starter = threading.Thread(target=_start, args=(srv, args.ready_timeout, start_error), daemon=True)
+            starter.start()
+            while starter.is_alive() and not stop.is_set():
+                starter.join(0.2)
+            if stop.is_set():
+                print("serve-engine: stopping before ready", flush=True)
+                return 130
+            if start_error:
+                print(f"serve-engine: error: {start_error[0]}", file=sys.stderr)
+                return 1
+            print(f"serve-engine: ready  grpc {srv.grpc_url}  http {srv.http_url}  metrics {srv.metrics_url}  "
+                  f"(models: tensorrt_llm_bls, ensemble, preprocessing, tensorrt_llm, postprocessing)", flush=True)
+            if args.chat is not None:
+                return _demo_chat(srv.grpc_url, args.chat, args.max_tokens)
+            while not stop.wait(0.5):
+                if not srv.alive():
+                    rc = srv.proc.returncode or 1
+                    print(f"serve-engine: tritonserver exited with status {rc}", file=sys.stderr)
+                    return rc
+            print("serve-engine: stopping", flush=True)
+            return 0
+        finally:
+            if openai is not None:
+                openai.stop()
+            code = srv.stop()
+            why = f" on {signal.Signals(received[0]).name}" if received else ""
+            print(f"serve-engine: stopped{why} (tritonserver status {code})", flush=True)
+            for s, h in old.items():
+                signal.signal(s, h)
+            if srv.killed:
+                print(f"serve-engine: error: tritonserver did not stop within {srv.exit_timeout_s + 15} s and was "
+                      f"killed (SIGKILL); see {args.log_file or 'its log'}", file=sys.stderr, flush=True)
+                return 1
+
+
+def _start(srv, timeout, errors):
+    try:
+        srv.wait_ready(timeout)
+    except Exception as e:  # noqa: BLE001
+        errors.append(e)
+
+
+def _demo_chat(url: str, message: str, max_tokens: int) -> int:
+    client = LLMClient(url)
+    print(f"> {message}", flush=True)
+    try:
+        res = client.generate(message, max_tokens, stream=True, reasoning_effort="low",
+                              on_chunk=lambda c: print(c.text, end="", flush=True))
+    except ClientError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    print(f"\n[{res.num_output_tokens} tokens, {res.finish_reason}; first token after "
+          f"{res.time_to_first_chunk_s:.3f} s, {res.total_s:.3f} s in all]", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

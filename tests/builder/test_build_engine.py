@@ -1,0 +1,196 @@
+"""build-engine end to end on the tiny model: the engine directory, its manifest, the cache, failures."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.engine import BuildError
+from builder.engine.build import BuildRequest, build
+from builder.engine.options import unknown_option_keys, upstream_fields
+
+BIN = Path(sys.executable).parent
+
+
+def cli(*args, env=None, timeout=300):
+    return subprocess.run([str(BIN / "build-engine"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def cpu_engine(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("engines") / "tiny-cpu"
+    r = cli("--model", "tiny", "--gpu", "cpu", "--output", str(out), "--cache-dir", str(cache_dir), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def h100_engine(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("engines") / "tiny-h100"
+    r = cli("--model", "tiny", "--gpu", "h100", "--output", str(out), "--cache-dir", str(cache_dir),
+            "--no-progress", "--cross-build")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_cpu_engine_directory_and_manifest(cpu_engine):
+    names = {p.name for p in cpu_engine.iterdir()}
+    assert {"config.json", "model.safetensors", "network.json", "tokenizer.json", "engine.json", "triton"} <= names
+    assert not any(n.startswith(".") for n in names)
+    m = json.loads((cpu_engine / "engine.json").read_text())
+    assert (m["model"], m["gpu"], m["quant"], m["tp"], m["ep"]) == ("tiny", "cpu", "bf16", 1, 1)
+    assert set(m["inputs"]["sha256"]) >= {"config.json", "model.safetensors"}
+    assert all(len(h) == 64 for h in m["inputs"]["sha256"].values())
+    assert m["tools"]["torch"] and m["plan"]["verdict"] == "runnable" and m["build_seconds"] > 0
+    [smoke] = m["validated_on"]
+    assert smoke["runtime"] == "reference" and smoke["ok"] and len(smoke["output_ids"]) == 16
+
+
+def test_engine_carries_a_filled_triton_repository(cpu_engine):
+    from model_repo.write import leftover_placeholders
+    repo = cpu_engine / "triton"
+    assert (repo / "tensorrt_llm_bls" / "config.pbtxt").is_file() and leftover_placeholders(repo) == []
+    assert '"engine_dir"' in (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+
+
+def test_run_engine_generates_from_the_built_engine(cpu_engine):
+    r = subprocess.run([str(BIN / "run-engine"), str(cpu_engine), "--prompt", "The license", "--max-tokens", "8",
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["output_ids"]) == 8 and isinstance(out["text"], str)
+
+
+def test_smoke_tokens_match_an_independent_run(cpu_engine):
+    """The recorded smoke generation is what transformers' greedy decoding of the same checkpoint says."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    m = json.loads((cpu_engine / "engine.json").read_text())["validated_on"][0]
+    model = transformers.GptOssForCausalLM.from_pretrained(cpu_engine, dtype=torch.float32).eval()
+    ids = torch.tensor([m["prompt_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert out[0, ids.shape[1]:].tolist() == m["output_ids"]
+
+
+def test_gpu_target_without_tensorrt_llm_says_it_is_not_validated(h100_engine):
+    m = json.loads((h100_engine / "engine.json").read_text())
+    assert m["quant"] == "mxfp4" and m["trtllm_quant_algo"] == "W4A16_MXFP4" and m["sm"] == 90
+    trt = [v for v in m["validated_on"] if v["runtime"].startswith("tensorrt_llm")]
+    assert trt and not trt[0]["ok"] and f"build-engine --validate {h100_engine}" in trt[0]["note"]
+    ref = [v for v in m["validated_on"] if v["runtime"] == "reference"]
+    assert ref[0]["ok"] and ref[0]["emulates"] == "h100"
+
+
+def test_llm_api_options_are_upstream_fields(h100_engine):
+    options = yaml.safe_load((h100_engine / "llm_api_options.yaml").read_text())
+    assert unknown_option_keys(options) == []
+    assert options["moe_config"]["backend"] in upstream_fields()["MoeConfig"]["backend"]["values"]
+    assert options["moe_config"]["backend"] == "TRITON"        # Hopper W4A16 MXFP4
+    assert options["max_seq_len"] == 4096 and options["tensor_parallel_size"] == 1
+
+
+def test_unknown_option_keys_are_caught():
+    assert unknown_option_keys({"tp_size": 2, "kv_cache_config": {"dtyp": "fp8"}}) == ["tp_size", "kv_cache_config.dtyp"]
+
+
+def test_identical_rebuild_is_a_fast_cache_hit(cpu_engine, cache_dir):
+    t0 = time.perf_counter()
+    out = build(BuildRequest(model="tiny", gpu="cpu", output=str(cpu_engine), cache_dir=str(cache_dir)))
+    assert out == cpu_engine and time.perf_counter() - t0 < 1.0
+
+
+def test_cache_hit_into_a_new_output(cpu_engine, cache_dir, tmp_path):
+    out = build(BuildRequest(model="tiny", gpu="cpu", output=str(tmp_path / "copy"), cache_dir=str(cache_dir)))
+    assert (out / "engine.json").read_text() == (cpu_engine / "engine.json").read_text()
+
+
+def test_readonly_cache_miss_fails_clearly(tmp_path):
+    r = cli("--model", "tiny", "--gpu", "cpu", "--output", str(tmp_path / "e"), "--cache-dir", str(tmp_path / "empty"),
+            "--cache-policy", "readonly")
+    assert r.returncode == 2 and "cache miss" in r.stderr and "readonly" in r.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_gpu_that_contradicts_the_present_gpu_is_refused(tmp_path):
+    # A machine whose nvidia-smi reports an H100: building for a B200 there must be refused.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 9.0, 81559'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    r = cli("--model", "tiny", "--gpu", "b200", "--output", str(tmp_path / "e"), "--cache-policy", "off",
+            env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert r.returncode == 2 and "SM 100" in r.stderr and "H100" in r.stderr and "--cross-build" in r.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_too_little_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import builder.engine.build as b
+    monkeypatch.setattr(b.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(BuildError, match="GiB free"):
+        build(BuildRequest(model="tiny", gpu="cpu", output=str(tmp_path / "e"), cache_policy="off"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _complete(engine: Path) -> str:
+    """Which engine a folder holds, asserting it is whole: 'cpu' (the old one) or 'h100' (the new one)."""
+    m = json.loads((engine / "engine.json").read_text())
+    assert {"config.json", "network.json", "triton"} <= {p.name for p in engine.iterdir()}
+    return m["gpu"]
+
+
+def test_killed_build_leaves_the_previous_engine_intact(cpu_engine, tmp_path):
+    out = tmp_path / "engine"
+    shutil.copytree(cpu_engine, out)
+    cmd = [str(BIN / "build-engine"), "--model", "tiny", "--gpu", "h100", "--cross-build", "--output", str(out),
+           "--cache-policy", "off", "--no-progress"]
+    # Kill right after each stage announces itself (stage lines are flushed before the stage's work), so
+    # the kills land inside every stage whatever the machine's speed.
+    killed = 0
+    for stage in ("[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        for line in proc.stderr:
+            if stage in line:
+                break
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.stderr.close()
+        proc.wait()
+        # Whenever the kill lands, the output is one whole engine: the old one, or (killed after the
+        # final rename) the new one; never a mix, never missing.
+        if _complete(out) == "h100":
+            shutil.rmtree(out)
+            shutil.copytree(cpu_engine, out)
+        assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["engine"]
+    assert killed >= 4, "the builds finished before they could be killed"
+    # The next build cleans up what the killed ones left and installs a complete engine.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["engine"]
+    assert _complete(out) == "h100"
+
+
+def test_incompatible_plan_fails_the_build(tmp_path):
+    r = cli("--model", "120b", "--gpu", "rtx-5090", "--tp", "1", "--output", str(tmp_path / "e"))
+    assert r.returncode == 3 and "incompatible" in r.stderr
+
+
+def test_released_model_offline_says_what_to_pass(tmp_path):
+    r = cli("--model", "20b", "--gpu", "b200", "--output", str(tmp_path / "e"),
+            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 2 and "--checkpoint DIR" in r.stderr and "openai/gpt-oss-20b" in r.stderr

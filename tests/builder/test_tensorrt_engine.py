@@ -1,0 +1,195 @@
+"""build-engine's tensorrt/ folder on the tiny model: real TensorRT-RTX plans for an RTX 5090 (NVFP4 W4A4) and
+an L40S (FP8 W8A8), built here without a GPU; TensorRT-RTX's own parser accepts the graphs; the NVFP4 graph's
+greedy tokens on the CPU equal the reference runtime's NVFP4 emulation; the manifest never claims a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+BIN = Path(sys.executable).parent
+GREEDY_TOKENS = 12
+
+
+def build(out: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "build-engine"), *args, "--output", str(out), "--cache-dir", str(cache),
+                           "--no-progress"], capture_output=True, text=True, timeout=600, env=dict(os.environ))
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    root, cache = tmp_path_factory.mktemp("trt"), tmp_path_factory.mktemp("cache")
+    out = {}
+    for gpu in ("rtx-5090", "l40s"):
+        r = build(root / gpu, "--model", "tiny", "--gpu", gpu, cache=cache)
+        assert r.returncode == 0, r.stderr
+        out[gpu] = root / gpu
+    return out
+
+
+def manifest(engine: Path) -> dict:
+    return json.loads((engine / "engine.json").read_text())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("gpu,sm,quant", [("rtx-5090", 120, "nvfp4"), ("l40s", 89, "fp8")])
+def test_plan_built_here_and_never_claimed_to_run(engines, gpu, sm, quant):
+    import tensorrt_rtx
+    m = manifest(engines[gpu])
+    t = m["tensorrt"]
+    assert m["quant"] == quant
+    assert (t["builder"], t["builder_version"], t["sm"], t["ran_on_gpu"]) == ("tensorrt-rtx", tensorrt_rtx.__version__,
+                                                                             sm, False)
+    plan, graph = engines[gpu] / t["plan"], engines[gpu] / t["onnx"]
+    assert plan.name == f"model.sm{sm}.plan" and plan.stat().st_size == t["plan_bytes"] > 1 << 20
+    assert sha256(plan) == t["plan_sha256"] and sha256(graph) == t["onnx_sha256"]
+    assert "never run" in t["note"]
+    # nothing in validated_on says a TensorRT plan (or TensorRT-LLM) ran
+    assert not any(v["ok"] for v in m["validated_on"] if v["runtime"] != "reference")
+
+
+@pytest.mark.parametrize("gpu", ["rtx-5090", "l40s"])
+def test_tensorrt_rtx_parser_accepts_the_engine_graph(engines, gpu):
+    from builder.tensorrt.plan import parses
+    assert parses(engines[gpu] / "tensorrt" / "model.onnx") == []
+
+
+def test_nvfp4_graph_is_modelopts_pattern(engines):
+    from spec.registry.models import get_model
+    c = get_model("tiny")
+    g = onnx.load(engines["rtx-5090"] / "tensorrt" / "model.onnx").graph
+    fp4 = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT4E2M1]
+    dynq = [n for n in g.node if n.op_type == "TRT_FP4DynamicQuantize" and n.domain == "trt"]
+    # every expert's gate, up and down weights in FP4; one activation quantizer per expert GEMM input
+    assert len(fp4) == c.num_layers * c.num_experts * 3
+    assert len(dynq) == c.num_layers * c.num_experts * 2
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dynq[0].attribute}
+    assert attrs == {"axis": -1, "block_size": 16, "scale_type": onnx.TensorProto.FLOAT8E4M3FN}
+    users = {i: n for n in g.node for i in n.input}
+    assert users[fp4[0].name].op_type == "DequantizeLinear"
+    assert {a.name: a.i for a in users[fp4[0].name].attribute} == {"axis": -1, "block_size": 16}
+    # the L40S graph: FP8 weights and Q/DQ activations, no FP4
+    g8 = onnx.load(engines["l40s"] / "tensorrt" / "model.onnx").graph
+    assert sum(t.data_type == onnx.TensorProto.FLOAT8E4M3FN and len(t.dims) == 2 for t in g8.initializer) >= \
+        c.num_layers * (2 + 3 * c.num_experts)      # qkv, out and every expert's gate/up/down
+    assert any(n.op_type == "QuantizeLinear" for n in g8.node)
+    assert not any(t.data_type == onnx.TensorProto.FLOAT4E2M1 for t in g8.initializer)
+
+
+def onnx_greedy(model: onnx.ModelProto, prompt: list[int], n_new: int) -> list[int]:
+    """Greedy decoding on the graph with onnx.reference (+ TensorRT's trt:: op on the CPU): prefill, then one
+    token per call, the KV cache carried from present_* outputs to past_* inputs."""
+    from plugins.onnx.trt_ops import reference_evaluator
+    sess = reference_evaluator(model)
+    feeds = {}
+    for vi in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if d.dim_param == "batch" else 0)
+                for d in vi.type.tensor_type.shape.dim]
+        if vi.name.endswith("_pos"):
+            feeds[vi.name] = np.full(dims, -1, np.int64)       # empty slots
+        elif vi.name.startswith("past_"):
+            feeds[vi.name] = np.zeros(dims, np.float32)
+    names = [o.name for o in model.graph.output]
+    ids, pos, out = list(prompt), list(range(len(prompt))), []
+    for _ in range(n_new):
+        feeds["input_ids"], feeds["position_ids"] = np.array([ids], np.int64), np.array([pos], np.int64)
+        res = dict(zip(names, sess.run(None, feeds)))
+        out.append(int(np.argmax(res["logits"][0, -1])))
+        feeds.update({"past_" + k.removeprefix("present_"): v for k, v in res.items() if k.startswith("present_")})
+        ids, pos = [out[-1]], [pos[-1] + 1]
+    return out
+
+
+def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
+    from runtime import Runtime, SamplingParams
+    engine = engines["rtx-5090"]
+    rt = Runtime.from_dir(engine)
+    prompt = rt.encode("The king")
+    [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
+    model = onnx.load(engine / "tensorrt" / "model.onnx")
+    assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
+    # the same graph through ONNX Runtime (its FP4 rewrite): the CPU executor's path
+    r = subprocess.run([str(BIN / "run-engine"), str(engine), "--executor", "onnxruntime", "--onnx",
+                        str(engine / "tensorrt" / "model.onnx"), "--input-ids", ",".join(map(str, prompt)),
+                        "--max-tokens", str(GREEDY_TOKENS), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output_ids"] == list(ref.output_ids)
+    # negative control: the same graph with its calibrated activation scales 1000x too small (activations
+    # saturate at 6 * 448 * scale) decodes differently
+    for t in model.graph.initializer:
+        if t.name.endswith(".input_scale"):
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) / np.float32(1000), t.name))
+    assert onnx_greedy(model, prompt, GREEDY_TOKENS) != list(ref.output_ids)
+
+
+def test_missing_builder_gives_graph_without_plan(engines, tmp_path, monkeypatch):
+    import shutil
+
+    from builder.tensorrt.engine_dir import write_tensorrt
+    from spec.network import load_network
+    engine = tmp_path / "e"
+    shutil.copytree(engines["rtx-5090"], engine)
+    shutil.rmtree(engine / "tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)      # import tensorrt_rtx -> ImportError
+    t = write_tensorrt(engine, load_network(engine / "network.json"), 120, 4, 256)
+    assert t["plan"] is None and t["onnx"] == "tensorrt/model.onnx" and not t["ran_on_gpu"]
+    assert "tensorrt_rtx is not installed" in t["note"] and (engine / t["onnx"]).is_file()
+    assert not list((engine / "tensorrt").glob("*.plan"))
+
+
+def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_instructions(engines, tmp_path):
+    import shutil
+
+    from builder.tensorrt.engine_dir import write_tensorrt
+    from builder.tensorrt.targets import builder_for
+    from spec.network import load_network
+    assert [builder_for(sm) for sm in (75, 80, 86, 89, 120, 121, 90, 100, 103, None)] == \
+        ["tensorrt-rtx"] * 6 + ["tensorrt"] * 3 + [None]
+    engine = tmp_path / "e"
+    shutil.copytree(engines["rtx-5090"], engine)
+    t = write_tensorrt(engine, load_network(engine / "network.json"), 100, 4, 256)
+    assert (t["builder"], t["plan"], t["builder_version"], t["ran_on_gpu"]) == ("tensorrt", None, None, False)
+    assert "build-engine --validate" in t["note"] and (engine / t["onnx"]).is_file()
+
+
+def test_model_read_from_checkpoint_when_not_given(tmp_path):
+    from builder.engine.sources import shipped_checkpoint
+    from spec.registry.models import get_model
+    src = shipped_checkpoint(get_model("tiny"))
+    r = subprocess.run([str(BIN / "build-engine"), "--checkpoint", str(src), "--gpu", "rtx-5090", "--plan", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == "tiny"
+    # a size no registry entry has: planned from its config alone
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["num_hidden_layers"] = 6
+    cfg["layer_types"] = ["sliding_attention", "full_attention"] * 3
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = subprocess.run([str(BIN / "build-engine"), "--checkpoint", str(tmp_path), "--gpu", "b200", "--plan", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == tmp_path.name
+    r = subprocess.run([str(BIN / "build-engine"), "--checkpoint", str(tmp_path / "nope"), "--gpu", "b200", "--plan"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "config.json" in r.stderr
+
+
+def test_a_failed_gpu_run_is_recorded_as_not_run(engines):
+    """--validate's TensorRT step on a machine that claims the SM but cannot run the plan (no CUDA here):
+    a record that says why, and ran_on_gpu stays false."""
+    from builder.tensorrt.engine_dir import validate_tensorrt
+    section = dict(manifest(engines["rtx-5090"])["tensorrt"])
+    assert validate_tensorrt(engines["rtx-5090"], section, present_sms=[89]) is None    # no GPU of its SM
+    record = validate_tensorrt(engines["rtx-5090"], section, present_sms=[120])
+    assert record["ok"] is False and "CUDA" in record["note"] and section["ran_on_gpu"] is False

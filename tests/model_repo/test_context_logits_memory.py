@@ -1,0 +1,68 @@
+"""Prompt logits (return_context_logits) are let go of when their request finishes, and one request cannot ask
+for more than the cap (benchmarks/context_logits_memory.py measures the served models' memory over rounds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.client import InvalidRequestError, LLMClient
+from deploy.server import TritonServer
+from model_repo.write import write_model_repo
+from tests.support.serving import assert_stopped_cleanly, make_tiny_engine
+
+pytestmark = pytest.mark.reliability
+
+CONCURRENT = 8
+
+
+def test_a_finished_request_holds_no_prompt_logits():
+    """Once a request's final response is out, the scheduler keeps nothing of it: its prompt logits live only as
+    long as the caller keeps the request (the served model drops them as soon as they are sent)."""
+    import gc
+    import time
+    import weakref
+
+    import torch
+
+    from runtime import Runtime
+    from runtime.sampling import SamplingParams
+    from runtime.scheduler import Request, Scheduler
+    from tests.support.serving import ASSETS
+    torch.set_num_threads(1)
+    b = Scheduler(Runtime.from_dir(ASSETS).model, max_batch_size=4).start()
+    seen, done = [], []
+    try:
+        for i in range(3):
+            req = Request(f"r{i}", [5 + i] * 300, SamplingParams(max_tokens=3, prompt_logits=True))
+            req.emit = lambda tokens, reason, message, req=req: (
+                reason and (seen.append(weakref.ref(req.context_logits)), done.append(req)))
+            b.submit(req)
+        deadline = time.monotonic() + 120
+        while len(done) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(done) == 3
+        assert all(ref() is not None for ref in seen)       # the logits were there for the final response
+        for r in done:
+            r.emit = None
+        done.clear()
+        del req, r
+        gc.collect()
+        assert all(ref() is None for ref in seen)           # and the running scheduler holds none of them
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton-mem")
+    engine = make_tiny_engine(root / "engine", max_seq_len=2048, max_batch_size=CONCURRENT)
+    repo = write_model_repo(engine, max_context_logits_bytes=16 * 2**20)
+    srv = TritonServer(repo, log_file=root / "server.log", exit_timeout_s=5)
+    srv.start(timeout_s=240)
+    yield srv
+    assert_stopped_cleanly(srv.stop(), root / "server.log")
+
+
+def test_one_request_beyond_the_cap_is_a_clear_error(server):
+    with pytest.raises(InvalidRequestError, match="return_context_logits"):
+        LLMClient(server.grpc_url).generate("word " * 1500, 2, raw=True, return_context_logits=True)

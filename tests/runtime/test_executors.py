@@ -1,0 +1,212 @@
+"""Executors behind one interface: run-engine --executor, the auto choice, and the FP4 rewrite that lets
+ONNX Runtime's CPU provider run FP4 weight graphs (checked against onnx.reference on the original graph)."""
+
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from tests.support.runtime import hf_model, prompt
+
+
+def _run_cli(args, capsys):
+    from runtime.cli import main
+    code = main(args)
+    return code, capsys.readouterr()
+
+
+def test_run_engine_executors_agree(tmp_path, capsys):
+    folder = hf_model("odd")[1]
+    ids = ",".join(map(str, prompt("odd", 12)))
+    outs = {}
+    for ex in ("reference", "onnxruntime"):
+        code, cap = _run_cli([str(folder), "--input-ids", ids, "--max-tokens", "12", "--stop-ids", "999",
+                              "--json", "--executor", ex, "--logits-out", str(tmp_path / f"{ex}.npy")], capsys)
+        assert code == 0, cap.err
+        outs[ex] = json.loads(cap.out)
+    assert outs["reference"]["output_ids"] == outs["onnxruntime"]["output_ids"]
+    from checkpoint.convert import load_canonical
+    from plugins.onnx.export import export_onnx
+    from runtime import Runtime
+    with load_canonical(folder) as ck:
+        graph = export_onnx(Runtime.from_dir(folder).network, ck, tmp_path / "given.onnx").path
+    code, cap = _run_cli([str(folder), "--input-ids", ids, "--max-tokens", "12", "--stop-ids", "999", "--json",
+                          "--onnx", str(graph)], capsys)
+    assert code == 0, cap.err
+    assert json.loads(cap.out)["output_ids"] == outs["reference"]["output_ids"]
+    code, cap = _run_cli([str(folder), "--input-ids", ids, "--onnx", str(tmp_path / "missing.onnx")], capsys)
+    assert code == 2 and "missing.onnx" in cap.err
+    a, b = np.load(tmp_path / "onnxruntime.npy"), np.load(tmp_path / "reference.npy")
+    assert np.abs(a - b).max() / np.abs(b).max() < 1e-5
+
+
+def test_onnxruntime_executor_refuses_bf16_with_a_clear_error(capsys):
+    code, cap = _run_cli([str(hf_model("odd")[1]), "--input-ids", "1,2", "--executor", "onnxruntime",
+                          "--dtype", "bfloat16"], capsys)
+    assert code == 2 and "float32" in cap.err and "--executor reference" in cap.err
+
+
+def test_auto_picks_onnxruntime_for_float32_and_reference_for_bf16():
+    import torch
+
+    from runtime.executors import load_runtime
+    from runtime.executors.onnxruntime import OnnxRuntimeExecutor
+    from runtime.model import ReferenceModel
+    folder = hf_model("odd")[1]
+    assert isinstance(load_runtime(folder, "auto").model, OnnxRuntimeExecutor)
+    assert isinstance(load_runtime(folder, "auto", dtype=torch.bfloat16).model, ReferenceModel)
+
+
+def _fp4_linear_graph(with_trt_node: bool = False):
+    """y = x @ W.T with W NVFP4 as ModelOpt exports it: FLOAT4E2M1 codes, FP8 block scales (per 16) and an
+    fp32 global scale, two DequantizeLinear levels."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    out_f, in_f = 6, 32
+    w = rng.choice(np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -.5, -1, -3, -6], np.float32), (out_f, in_f))
+    scales = (rng.uniform(0.1, 3.0, (out_f, in_f // 16))).astype(ml_dtypes.float8_e4m3fn)
+    inits = [numpy_helper.from_array(w.astype(ml_dtypes.float4_e2m1fn), "w"),
+             numpy_helper.from_array(scales, "w_scale"), numpy_helper.from_array(np.float32(0.37), "w_global")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_scale", "w_global"], ["s"]),
+             helper.make_node("DequantizeLinear", ["w", "s"], ["wd"], axis=-1, block_size=16),
+             helper.make_node("Gemm", ["x", "wd"], ["y"], transB=1)]
+    if with_trt_node:
+        nodes.insert(0, helper.make_node("TRT_SomethingElse", ["x"], ["unused"], domain="trt"))
+    g = helper.make_graph(nodes, "fp4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, in_f])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, out_f])], inits)
+    opsets = [helper.make_opsetid("", 23)] + ([helper.make_opsetid("trt", 1)] if with_trt_node else [])
+    return helper.make_model(g, opset_imports=opsets)
+
+
+def test_fp4_rewrite_runs_on_onnxruntime_and_matches_onnx_reference():
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from runtime.executors.fp4_rewrite import needs_rewrite, rewrite_fp4
+    model = _fp4_linear_graph()
+    x = np.random.default_rng(1).standard_normal((3, 32)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    with pytest.raises(Exception):           # the CPU provider has no FP4 tensors
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert needs_rewrite(model)
+    fixed = rewrite_fp4(model)
+    assert not needs_rewrite(fixed)
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_fp4_rewrite_handles_gathered_expert_weights():
+    """Experts as TensorRT graphs read them: Gather the selected experts' FP4 weights and FP8 block scales,
+    then the two DequantizeLinear levels; ONNX Runtime after the rewrite = onnx.reference before it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from runtime.executors.fp4_rewrite import rewrite_fp4
+    rng = np.random.default_rng(4)
+    E, out_f, in_f = 4, 3, 32
+    w = rng.choice(np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -.5, -1, -3, -6], np.float32), (E, out_f, in_f))
+    scales = rng.uniform(0.1, 3.0, (E, out_f, in_f // 16)).astype(ml_dtypes.float8_e4m3fn)
+    inits = [numpy_helper.from_array(w.astype(ml_dtypes.float4_e2m1fn), "w"),
+             numpy_helper.from_array(scales, "w_scale"), numpy_helper.from_array(np.float32(0.5), "g")]
+    nodes = [helper.make_node("Gather", ["w", "idx"], ["wk"], axis=0),
+             helper.make_node("Gather", ["w_scale", "idx"], ["sk"], axis=0),
+             helper.make_node("DequantizeLinear", ["sk", "g"], ["s"]),
+             helper.make_node("DequantizeLinear", ["wk", "s"], ["y"], axis=-1, block_size=16)]
+    graph = helper.make_graph(nodes, "experts", [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, out_f, in_f])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    idx = np.array([[3, 1]], np.int64)
+    want = ReferenceEvaluator(model).run(None, {"idx": idx})[0]
+    fixed = rewrite_fp4(model)
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"idx": idx})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def _w4a4_activation_graph(global_scale: float, k: int = 64):
+    """x -> trt::TRT_FP4DynamicQuantize -> DQ(block scales, global) -> DQ(x codes, that): TensorRT's W4A4
+    activation pattern."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("TRT_FP4DynamicQuantize", ["x", "g"], ["xq", "xs"], domain="trt", axis=-1,
+                              block_size=16, scale_type=TensorProto.FLOAT8E4M3FN),
+             helper.make_node("DequantizeLinear", ["xs", "g"], ["s"]),
+             helper.make_node("DequantizeLinear", ["xq", "s"], ["y"], axis=-1, block_size=16)]
+    g = helper.make_graph(nodes, "w4a4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", k])],
+                          [numpy_helper.from_array(np.float32(global_scale), "g")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("trt", 1)])
+
+
+def test_fp4_activation_quantize_rewrite_equals_the_reference_emulation():
+    """ONNX Runtime on the rewritten W4A4 pattern = numerics' emulation of TensorRT-LLM's NVFP4 activation
+    quantization, bit for bit: ties, saturation above the calibrated amax, an all-zero block."""
+    import onnxruntime as ort
+
+    from numerics.nvfp4 import fake_quantize_nvfp4_activations
+    from runtime.executors.fp4_rewrite import rewrite_fp4
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 64)).astype(np.float32) * rng.uniform(0.01, 4, (5, 1)).astype(np.float32)
+    x[0, :16] = 0.0                                            # an all-zero block
+    x[1, 16:32] = np.float32(60.0)                             # past the calibrated amax: saturates
+    x[2, :8] = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], np.float32)   # e2m1 ties
+    g = np.float32(6.0 / (6 * 448))                            # calibrated amax 6
+    sess = ort.InferenceSession(rewrite_fp4(_w4a4_activation_graph(g)).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, fake_quantize_nvfp4_activations(x, g))
+
+
+def test_fp4_rewrite_names_what_it_cannot_run():
+    from runtime.executors.fp4_rewrite import rewrite_fp4
+    model = _fp4_linear_graph(with_trt_node=True)
+    with pytest.raises(NotImplementedError, match="TRT_SomethingElse"):
+        rewrite_fp4(model)
+
+
+def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_path):
+    """Graph.packed_weight (what quantized linear emitters use): FP4 codes packed two per byte, inline and
+    as external data, read back by onnx as the same e2m1 values."""
+    import onnx
+    from onnx import numpy_helper
+
+    from plugins.onnx.graph import Graph
+    from runtime.executors.fp4_rewrite import E2M1_VALUES
+    codes = np.random.default_rng(3).integers(0, 16, (4, 32)).astype(np.uint8)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    for external in (False, True):
+        g = Graph("fp4")
+        w = g.packed_weight("w", "float4e2m1", (4, 32), lambda: [packed[:2], packed[2:]])
+        x = g.input("x", "float32", [1])
+        g.output(x, "y", "float32", [1])
+        saved = g.save(tmp_path / f"m{external}.onnx", external=external)
+        assert bool(saved.data_files) == external
+        t = [t for t in onnx.load(str(saved.path)).graph.initializer if t.name == w][0]
+        np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), E2M1_VALUES[codes])
+
+
+def test_the_device_caches_row_operations_match_the_cpu_caches():
+    """The TensorRT executor's cache (GPU only as a whole) moves rows as the ONNX Runtime cache does: checked on
+    CPU tensors, since its row operations are plain torch."""
+    import numpy as np
+    import torch
+
+    from runtime.executors.onnxruntime import OrtCache
+    from runtime.executors.tensorrt import DeviceCache
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    pos = np.tile(np.arange(4), (3, 1)).astype(np.int64)
+    ort = OrtCache(3, {"past_key_0": k.copy(), "past_key_0_pos": pos.copy()}, {"past_key_0": 2, "past_key_0_pos": 1})
+    dev = DeviceCache({"past_key_0": torch.from_numpy(k.copy()), "past_key_0_pos": torch.from_numpy(pos.copy())},
+                      {"past_key_0": 2, "past_key_0_pos": 1})
+    grown = {"past_key_0": rng.standard_normal((1, 2, 6, 5)).astype(np.float32),
+             "past_key_0_pos": np.arange(6, dtype=np.int64)[None]}
+    for cache, wrap in ((ort, lambda a: a), (dev, torch.from_numpy)):
+        cache.copy_rows_from(cache, [2], [0])
+        cache.reset_rows([1])
+        cache.put_rows(2, {n: wrap(a.copy()) for n, a in grown.items()})
+    for name in ort.tensors:
+        assert np.array_equal(ort.tensors[name], dev.tensors[name].numpy()), name
+    assert ort.tensors["past_key_0_pos"].tolist() == [[0, 1, 2, 3, -1, -1], [-1] * 6, list(range(6))]

@@ -1,0 +1,79 @@
+"""engine.json is one typed EngineManifest: every reader refuses a manifest it cannot read, with one message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spec.manifest import SCHEMA_VERSION, EngineManifest, ManifestError
+from tests.support.serving import make_tiny_engine
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture()
+def engine(tmp_path) -> Path:
+    return make_tiny_engine(tmp_path / "e")
+
+
+def _edit(engine: Path, **changes) -> None:
+    data = json.loads((engine / "engine.json").read_text())
+    data.update(changes)
+    (engine / "engine.json").write_text(json.dumps(data))
+
+
+def test_round_trip(engine):
+    m = EngineManifest.read(engine)
+    assert m.schema_version == SCHEMA_VERSION and m.model == "tiny" and not m.runs_on_gpu
+    m.validated_on.append({"runtime": "reference", "ok": True})
+    m.write(engine)
+    assert EngineManifest.read(engine) == m
+    assert [p.name for p in engine.iterdir() if p.name.startswith(".")] == []     # no temporary left
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(schema_version=999), "schema_version 999 is not one gptoss-trt"),
+    (dict(tp="2"), "field 'tp' must be integer"),
+    (dict(tp=True), "field 'tp' must be integer"),
+    (dict(max_seq_len=0), "field 'max_seq_len' must be at least 1"),
+    (dict(sm="90"), "field 'sm' must be integer or null"),
+    (dict(surprise=1), "unknown field(s) surprise"),
+    (dict(validated_on=[1]), "array of objects"),
+])
+def test_bad_manifests_are_refused_by_name(engine, changes, message):
+    _edit(engine, **changes)
+    with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        EngineManifest.read(engine)
+
+
+def test_missing_and_not_json(tmp_path):
+    with pytest.raises(ManifestError, match="engine.json: missing"):
+        EngineManifest.read(tmp_path)
+    (tmp_path / "engine.json").write_text("[" * 100000)
+    with pytest.raises(ManifestError, match="not readable JSON"):
+        EngineManifest.read(tmp_path)
+
+
+def _run(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version_999_is_refused_by_every_cli_with_the_same_message(engine, tmp_path):
+    _edit(engine, schema_version=999)
+    expected = f"{engine / 'engine.json'}: schema_version 999 is not one gptoss-trt"
+    runs = {
+        "run-engine": _run("run-engine", engine, "--input-ids", "1,2,3"),
+        "serve-engine": _run("serve-engine", engine, "--grpc-port", "18761", "--http-port", "18762",
+                             "--metrics-port", "18763", "--ready-timeout", "5"),
+        "engine-regression": _run("engine-regression", engine, "--report", tmp_path / "r"),
+        "build-engine --validate": _run("build-engine", "--validate", engine),
+        "write-model-repo": _run("write-model-repo", engine, "--output", tmp_path / "repo"),
+    }
+    for name, r in runs.items():
+        assert r.returncode == 2, f"{name}: exit {r.returncode}\n{r.stderr}"
+        assert expected in r.stderr, f"{name}: {r.stderr}"
+    assert not (tmp_path / "repo").exists()

@@ -1,0 +1,74 @@
+"""serve-engine --openai-port as users run it (a subprocess on the tiny engine), for the OpenAI endpoint tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from deploy.server import free_port
+from tests.support import REPO
+from tests.support.serving import make_tiny_engine
+
+ROOT = REPO
+
+
+class ServedTiny:
+    def __init__(self, tmp: Path, max_batch_size: int = 16, max_seq_len: int = 512):
+        self.engine = make_tiny_engine(tmp / "engine", max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+        self.grpc, self.http, self.metrics, self.port = free_port(), free_port(), free_port(), free_port()
+        self.log = tmp / "triton.log"
+        self.out = tmp / "serve.out"
+        cmd = [sys.executable, "-c", "import sys; from deploy.serve_cli import serve_main; sys.exit(serve_main())",
+               str(self.engine), "--grpc-port", str(self.grpc), "--http-port", str(self.http),
+               "--metrics-port", str(self.metrics), "--openai-port", str(self.port), "--log-file", str(self.log)]
+        self._out = open(self.out, "w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, text=True)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.grpc_url = f"127.0.0.1:{self.grpc}"
+
+    def status(self, path: str = "/health") -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve-engine exited {self.proc.returncode}:\n{self.out.read_text()}")
+            if self.status() == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the OpenAI endpoint was not ready in {timeout} s:\n{self.out.read_text()}")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample of the Prometheus text exposition (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    head = f"{name}{{{want}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(head + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,0 +1,64 @@
+"""Helpers for the serving tests and benchmarks: a tiny engine-like directory and a served repository.
+
+make_tiny_engine(dest) copies the shipped tiny checkpoint (builder/assets/tiny: HF config + safetensors +
+tokenizer.json with the Harmony specials) and writes an engine.json manifest, which is what build-engine makes for
+`--model tiny --gpu cpu` minus the build records; tests do not depend on the build pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+from tests.support import TINY_ASSETS
+
+ASSETS = TINY_ASSETS
+
+
+def make_tiny_engine(dest: str | Path, max_seq_len: int = 512, max_batch_size: int = 16) -> Path:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(ASSETS / f, dest / f)
+    from spec.manifest import EngineManifest
+    EngineManifest(model="tiny", gpu="cpu", quant="bf16", tp=1, ep=1, max_seq_len=max_seq_len,
+                   max_batch_size=max_batch_size).write(dest)
+    return dest
+
+
+# Triton 2.51 (nvidia-pytriton's server) now and then never finishes unloading the decoupled BLS model at shutdown:
+# every other model unloads, the BLS model's finalize() is never called although none of its requests is in flight
+# (its stub logs that), and the server exits 1 when --exit-timeout-secs runs out. Seen in about a third of the runs
+# of tests/test_triton_server.py, before and after the logprob/context-logits work, never with --log-verbose=1;
+# the same class of core unload hang as triton-inference-server/server#8755 (open). Not ours to fix. The same
+# hang has also been seen on the ensemble (no Python code of ours runs in it) in runs where a composing model
+# answered requests with an error followed by its final response, the pattern a BLS caller needs to see errors.
+KNOWN_UNLOAD_HANG_MODEL = "tensorrt_llm_bls"
+KNOWN_UNLOAD_HANG_MODELS = {KNOWN_UNLOAD_HANG_MODEL, "ensemble"}
+
+
+def _stuck_at_exit(log_text: str) -> set[str] | None:
+    """The models the server gave up unloading when its exit timeout ran out (None: it did not run out)."""
+    from model_repo.write import MODELS
+    tail = log_text.split("Signal (15) received.", 1)[-1]
+    if "Exit timeout expired" not in tail:
+        return None
+    return set(MODELS) - set(re.findall(r"successfully unloaded '(\w+)'", tail))
+
+
+def known_unload_hang(log_text: str) -> bool:
+    """The server's log shows that shutdown hang and nothing else wrong at shutdown."""
+    stuck = _stuck_at_exit(log_text)
+    return bool(stuck) and stuck <= KNOWN_UNLOAD_HANG_MODELS
+
+
+def assert_stopped_cleanly(rc: int | None, log_file: str | Path) -> None:
+    """Exit status 0, or the known upstream unload hang (then a warning says so)."""
+    if rc == 0:
+        return
+    log = Path(log_file).read_text(errors="replace") if Path(log_file).is_file() else ""
+    assert known_unload_hang(log), f"tritonserver exit status {rc}; see {log_file}"
+    warnings.warn(f"tritonserver exited {rc}: the known Triton 2.51 unload hang of "
+                  f"{', '.join(sorted(_stuck_at_exit(log)))} (see tests/support/serving.py); every other model unloaded")
