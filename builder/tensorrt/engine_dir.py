@@ -154,9 +154,9 @@ def validate_tensorrt(engine: Path, section: dict | None, present_sms: list[int]
 def _run_plan(engine: Path, t: dict) -> dict:
     from runtime.executors.tensorrt import UNVALIDATED, TensorRTExecutor
     import torch
-    from spec.network import load_network
+    from spec.network import NETWORK_FILE, load_network
     module = "tensorrt_rtx" if t["builder"] == RTX else "tensorrt"
-    ex = TensorRTExecutor(engine / t["plan"], load_network(engine / "network.json"), module=module)
+    ex = TensorRTExecutor(engine / t["plan"], load_network(engine / NETWORK_FILE), module=module)
     cache = ex.new_cache(1)
     ids = list(SMOKE_PROMPT_IDS)
     pos = list(range(len(ids)))

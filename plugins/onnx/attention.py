@@ -48,7 +48,7 @@ def _cast32(g: Graph, x: str) -> str:
 
 
 def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: tuple[str, str], mask: str,
-                   past_k: str, past_v: str, keep, use_sinks: bool = True) -> tuple[str, str, str]:
+                   past_k: str, past_v: str, keep) -> tuple[str, str, str]:
     """h [b, s, hidden] -> (attention output [b, s, hidden], present_k, present_v); keep(g, rows) picks the
     present rows out of concat(past, new) (plugins.onnx.kv_cache)."""
     Hq, Hkv, D = a.num_q_heads, a.num_kv_heads, a.head_dim
@@ -67,7 +67,7 @@ def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: 
     shape5 = g.op("Concat", g.op("Slice", shape4, g.ints([0]), g.ints([1])), g.ints([Hkv, G, -1]),
                   g.op("Slice", shape4, g.ints([3]), g.ints([4])), axis=0)
     scores5 = g.op("Add", g.op("Reshape", scores, shape5), mask)              # [b, Hkv, G, s, S]
-    if a.learned_sinks and use_sinks:
+    if a.learned_sinks:
         weights.check(a.sinks, (Hq,))
         sink = g.weight(a.sinks, (1, Hkv, G, 1, 1), lambda: [weights.value(a.sinks).float().reshape(1, Hkv, G, 1, 1)],
                         dtype="float32")

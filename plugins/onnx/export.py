@@ -10,7 +10,8 @@ Outputs: logits float32 [batch, seq, vocab], and the `present_*` counterparts of
 a call with seq = prompt length; decode, seq = 1; an empty cache has 0 rows for full layers and its fixed
 rows at position -1 for sliding layers. plugins/onnx/kv_cache.py keeps the rows, attention.py the masks.
 
-`faults` breaks the graph on purpose (negative controls for tests): FAULTS names what each does.
+Everything the graph computes comes from the network and the weights: a broken variant (a negative control)
+is a network or weight edit (regression.faults), never a switch here.
 """
 
 from __future__ import annotations
@@ -23,24 +24,15 @@ from spec.network import MoE, Network
 from plugins.onnx.attention import emit_attention
 from plugins.onnx.embedding import emit_embedding
 from plugins.onnx.graph import Graph, SavedGraph
-from plugins.onnx.kv_cache import emit_cache_kind, kind_of
+from plugins.onnx.kv_cache import emit_cache_kind
 from plugins.onnx.linear import emit_linear
 from plugins.onnx.moe import emit_dense_mlp, emit_moe
 from plugins.onnx.norm import emit_rmsnorm
-from plugins.onnx.rope import emit_rope_tables, rope_key
+from plugins.onnx.rope import emit_rope_tables
 from plugins.onnx.weights import WeightSource
 
-FAULTS = {
-    "no_sinks": "attention without the learned sink column",
-    "window_off": "sliding layers attend like full layers (causal mask only)",
-    "unclamped_swiglu": "SwiGLU without its clamps",
-    "no_router_bias": "router logits without the router bias",
-}
 
-def build_graph(network: Network, weights, dtype: str = "float32", faults=()) -> Graph:
-    bad = set(faults) - set(FAULTS)
-    if bad:
-        raise ValueError(f"unknown faults {sorted(bad)}; known: {sorted(FAULTS)}")
+def build_graph(network: Network, weights, dtype: str = "float32") -> Graph:
     weights = weights if isinstance(weights, WeightSource) else WeightSource(weights)
     g = Graph(network.name or "gpt-oss", dtype)
     ids = g.input("input_ids", "int64", ["batch", "seq"])
@@ -48,35 +40,31 @@ def build_graph(network: Network, weights, dtype: str = "float32", faults=()) ->
     pos0 = g.op("Max", pos, g.ints(0), name="positions_clamped")     # padding rows read table row 0
     x = emit_embedding(g, ids, network.embedding, weights)
 
-    # One slot-position tensor, one mask and one row policy per cache kind, shared by that kind's layers.
+    # One slot-position tensor, one mask and one row policy per cache kind, one pair of RoPE tables per Rope:
+    # shared by the layers that have them (spec.network keys both).
     kinds, ropes = {}, {}
     for layer in network.layers:
         a = layer.attention
-        kind = kind_of(a)
-        if kind not in kinds:
-            kinds[kind] = emit_cache_kind(g, kind, pos, window_off="window_off" in faults)
-        key = rope_key(a.rope)
-        if key not in ropes:
-            ropes[key] = emit_rope_tables(g, a.rope, pos0, network.max_position_embeddings)
+        if a.cache_kind not in kinds:
+            kinds[a.cache_kind] = emit_cache_kind(g, a.cache_kind, pos)
+        if a.rope not in ropes:
+            ropes[a.rope] = emit_rope_tables(g, a.rope, f"rope{len(ropes)}", pos0, network.max_position_embeddings)
 
     for layer in network.layers:
         a, i = layer.attention, layer.index
-        kind = kinds[kind_of(a)]
+        kind = kinds[a.cache_kind]
         past_k = g.input(f"past_key_{i}", dtype, ["batch", a.num_kv_heads, kind.rows, a.head_dim])
         past_v = g.input(f"past_value_{i}", dtype, ["batch", a.num_kv_heads, kind.rows, a.head_dim])
         h = emit_rmsnorm(g, x, layer.attn_norm, weights)
-        attn, present_k, present_v = emit_attention(g, h, a, weights, ropes[rope_key(a.rope)], kind.mask,
-                                                    past_k, past_v, kind.keep, use_sinks="no_sinks" not in faults)
+        attn, present_k, present_v = emit_attention(g, h, a, weights, ropes[a.rope], kind.mask, past_k, past_v,
+                                                    kind.keep)
         out_shape = ["batch", a.num_kv_heads, kind.out_rows, a.head_dim]
         g.output(present_k, f"present_key_{i}", dtype, out_shape)
         g.output(present_v, f"present_value_{i}", dtype, out_shape)
         x = g.op("Add", x, attn, name=f"layer{i}_attn_residual")
         h = emit_rmsnorm(g, x, layer.mlp_norm, weights)
-        clamp = "unclamped_swiglu" not in faults
-        if isinstance(layer.mlp, MoE):
-            y = emit_moe(g, h, layer.mlp, weights, router_bias="no_router_bias" not in faults, clamp=clamp)
-        else:
-            y = emit_dense_mlp(g, h, layer.mlp, weights, clamp=clamp)
+        y = emit_moe(g, h, layer.mlp, weights) if isinstance(layer.mlp, MoE) else emit_dense_mlp(g, h, layer.mlp,
+                                                                                                  weights)
         x = g.op("Add", x, y, name=f"layer{i}_mlp_residual")
 
     x = emit_rmsnorm(g, x, network.final_norm, weights)
@@ -87,9 +75,8 @@ def build_graph(network: Network, weights, dtype: str = "float32", faults=()) ->
     return g
 
 
-def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32", faults=(),
+def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32",
                 external: bool | None = None) -> SavedGraph:
     """Build and write the graph. external=None: weights inline below 1.8 GB, else one external data file
     written tensor by tensor (its sha256 in the result)."""
-    g = build_graph(network, weights, dtype, faults)
-    return g.save(path, external=external)
+    return build_graph(network, weights, dtype).save(path, external=external)

@@ -9,8 +9,6 @@ SwiGLU: gate clamped above at `limit`, up clamped to [-limit, limit], out = (up 
 
 from __future__ import annotations
 
-import dataclasses
-
 from onnx import TensorProto
 
 from spec.network import DenseMLP, MoE
@@ -29,14 +27,12 @@ def emit_clamped_swiglu(g: Graph, gate_up: str, inter: int, alpha: float, limit:
     return g.op("Mul", g.op("Add", up, g.scalar(1.0, "one")), glu, name="swiglu")
 
 
-def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource, *, router_bias: bool = True,
-             clamp: bool = True) -> str:
+def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource) -> str:
     """h [b, s, hidden] -> [b, s, hidden]."""
     H = m.router.in_features
     inter = m.gate.out_features
     x = g.op("Reshape", h, g.ints([-1, H]))                                     # [N, H]
-    router = m.router if router_bias else dataclasses.replace(m.router, bias=None)
-    logits = emit_linear(g, x, router, weights)                                 # [N, E]
+    logits = emit_linear(g, x, m.router, weights)                                # [N, E]
     if g.dtype != "float32":          # routing in fp32 (TopK takes no bf16 before opset 24)
         logits = g.op("Cast", logits, to=TensorProto.FLOAT)
     top_vals, top_idx = g.op("TopK", logits, g.ints([m.top_k]), axis=-1, largest=1, sorted=1, outputs=2,
@@ -45,13 +41,13 @@ def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource, *, router_bias: bo
     if g.dtype != "float32":
         route_w = g.op("Cast", route_w, to=g.elem)
     gate_up = emit_expert_linear(g, g.op("Unsqueeze", x, g.ints([1])), top_idx, (m.gate, m.up), weights)
-    act = emit_clamped_swiglu(g, gate_up, inter, m.swiglu_alpha, m.swiglu_limit if clamp else None)
+    act = emit_clamped_swiglu(g, gate_up, inter, m.swiglu_alpha, m.swiglu_limit)
     y = emit_expert_linear(g, act, top_idx, m.down, weights)                    # [N, k, H]
     y = g.op("ReduceSum", g.op("Mul", y, g.op("Unsqueeze", route_w, g.ints([-1]))), g.ints([1]), keepdims=0)
     return g.op("Reshape", y, g.op("Shape", h), name="moe_out")
 
 
-def emit_dense_mlp(g: Graph, h: str, m: DenseMLP, weights: WeightSource, *, clamp: bool = True) -> str:
+def emit_dense_mlp(g: Graph, h: str, m: DenseMLP, weights: WeightSource) -> str:
     gate_up = emit_linear(g, h, (m.gate, m.up), weights)
-    act = emit_clamped_swiglu(g, gate_up, m.gate.out_features, m.swiglu_alpha, m.swiglu_limit if clamp else None)
+    act = emit_clamped_swiglu(g, gate_up, m.gate.out_features, m.swiglu_alpha, m.swiglu_limit)
     return emit_linear(g, act, m.down, weights)

@@ -11,26 +11,17 @@ import torch
 
 from spec.network import Rope
 from plugins.onnx.graph import Graph
-from plugins.reference.rope import rope_cos_sin, rope_full_tables, yarn_inv_freq
+from plugins.reference.rope import rope_cos_sin, rope_frequencies, rope_full_tables
 
 
 def rope_tables(rope: Rope, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 (cos_full, sin_signed) [positions, head_dim]."""
-    inv, conc = yarn_inv_freq(rope.head_dim, rope.theta, rope.factor, rope.original_max_position,
-                              rope.beta_fast, rope.beta_slow, rope.truncate, rope.kind)
-    return rope_full_tables(*rope_cos_sin(torch.arange(positions), inv, conc))
+    return rope_full_tables(*rope_cos_sin(torch.arange(positions), *rope_frequencies(rope)))
 
 
-def rope_key(rope: Rope) -> str:
-    return "rope_" + "_".join(str(v).replace(".", "p") for v in (
-        rope.kind, rope.head_dim, rope.theta, rope.factor, rope.original_max_position, rope.beta_fast,
-        rope.beta_slow, int(rope.truncate)))
-
-
-def emit_rope_tables(g: Graph, rope: Rope, positions: str, max_positions: int) -> tuple[str, str]:
-    """positions int64 [b, s] (clamped >= 0) -> (cos, sin) [b, 1, s, head_dim], shared by layers with the same
-    rope parameters."""
-    key = rope_key(rope)
+def emit_rope_tables(g: Graph, rope: Rope, key: str, positions: str, max_positions: int) -> tuple[str, str]:
+    """positions int64 [b, s] (clamped >= 0) -> (cos, sin) [b, 1, s, head_dim], named `key`: emitted once per
+    distinct Rope and shared by the layers that have it."""
     cos_t = g.weight(key + ".cos", (max_positions, rope.head_dim), lambda: [rope_tables(rope, max_positions)[0]])
     sin_t = g.weight(key + ".sin", (max_positions, rope.head_dim), lambda: [rope_tables(rope, max_positions)[1]])
     axis1 = g.ints([1])

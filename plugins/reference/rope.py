@@ -39,6 +39,12 @@ def yarn_inv_freq(head_dim: int, theta: float, factor: float = 1.0, original_max
     return inv_freq, concentration
 
 
+def rope_frequencies(rope) -> tuple[torch.Tensor, float]:
+    """A spec.network.Rope -> (inv_freq float32 [head_dim/2], concentration): yarn_inv_freq of its fields."""
+    return yarn_inv_freq(rope.head_dim, rope.theta, rope.factor, rope.original_max_position, rope.beta_fast,
+                         rope.beta_slow, rope.truncate, rope.kind)
+
+
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, concentration: float):
     """positions (any int shape) -> cos, sin float32 [*positions.shape, head_dim/2], concentration applied."""
     freqs = positions.to(torch.float32)[..., None] * inv_freq.to(positions.device)

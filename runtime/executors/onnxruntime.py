@@ -162,8 +162,7 @@ def _roll_rows(a: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 
 def _network(path: Path, ck) -> Network:
-    from runtime.api import NETWORK_FILE
-    from spec.network import load_network, network_from_checkpoint
+    from spec.network import NETWORK_FILE, load_network, network_from_checkpoint
     net_file = path / NETWORK_FILE
     return load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
 

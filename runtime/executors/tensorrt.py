@@ -145,7 +145,7 @@ def load_tensorrt(path, dtype=None):
     from pathlib import Path
     from runtime.api import Runtime, RuntimeLoadError, load_tokenizer
     from spec.manifest import EngineManifest, ManifestError
-    from spec.network import load_network
+    from spec.network import NETWORK_FILE, load_network
     path = Path(path)
     try:
         section = EngineManifest.read(path).tensorrt or {}
@@ -155,6 +155,6 @@ def load_tensorrt(path, dtype=None):
         raise RuntimeLoadError(f"{path}: no TensorRT plan in engine.json ({section.get('note', 'no tensorrt section')});"
                                f" build one with build-engine (RTX-class GPUs) or build-engine --validate on the GPU")
     module = "tensorrt_rtx" if section.get("builder") == "tensorrt-rtx" else "tensorrt"
-    network = load_network(path / "network.json")
+    network = load_network(path / NETWORK_FILE)
     ex = TensorRTExecutor(path / section["plan"], network, module=module)
     return Runtime(network, None, tokenizer=load_tokenizer(path), source=str(path), executor=ex)

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 from spec.capabilities import KERNELS
 from spec.registry.quant_formats import ALL_LINEARS, EXPERTS, QUANT_FORMATS
 
+# The network definition's file name in an engine directory.
+NETWORK_FILE = "network.json"
 # 2: the per-op field "plugins" became "kernels" (one word for what a network needs from a target).
 SCHEMA_VERSION = 2
 # Versions this code no longer reads, and what to tell the user who has one.
@@ -103,7 +105,8 @@ class Norm:
 
 @dataclass(frozen=True)
 class Rope:
-    """Half-split rotary embedding; "yarn" adds NTK-by-parts frequencies and a cos/sin concentration."""
+    """Half-split rotary embedding; "yarn" adds NTK-by-parts frequencies and a cos/sin concentration. Frozen,
+    so hashable: a Rope is the key for its cos/sin tables in every target (layers with equal Ropes share them)."""
     kind: str
     head_dim: int
     theta: float
@@ -118,6 +121,27 @@ class Rope:
     def concentration(self) -> float:
         """YaRN's attention factor, multiplied into cos and sin: 0.1 * ln(factor) + 1."""
         return 0.1 * math.log(self.factor) + 1.0 if self.kind == "yarn" and self.factor > 1.0 else 1.0
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """What a layer's KV cache keeps, the key every target groups layers by (one slot-position table, one
+    mask per kind): full (window None, every token), or a sliding window of `window` tokens plus the first
+    `sink_tokens` (StreamingLLM) kept beyond it."""
+    window: int | None = None
+    sink_tokens: int = 0
+
+    @property
+    def full(self) -> bool:
+        return self.window is None
+
+    @property
+    def slots(self) -> int | None:
+        """KV entries a sequence holds (window + sink tokens); None for full layers (they grow)."""
+        return None if self.full else self.window + self.sink_tokens
+
+
+FULL_CACHE = CacheKind()
 
 
 @dataclass(frozen=True)
@@ -137,9 +161,14 @@ class Attention:
     kernels: tuple[str, ...] = ()
 
     @property
+    def cache_kind(self) -> CacheKind:
+        """Full, or window + sink tokens: the one derivation of a layer's cache kind."""
+        return FULL_CACHE if self.kind == "full" else CacheKind(self.window, self.sink_tokens)
+
+    @property
     def kv_slots(self) -> int | None:
         """KV entries a sliding layer keeps per sequence (window + sink tokens); None for full layers."""
-        return None if self.kind == "full" else self.window + self.sink_tokens
+        return self.cache_kind.slots
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def test_fp8_and_nvfp4_tiny_engines_pass_and_a_wrong_scale_is_caught(fmt, tiny_e
         pytest.skip(f"build-engine does not make a tiny {fmt} engine yet: {failed[fmt]}")
     rc, text = run([built[fmt]], goldens, capsys)
     assert rc == 0, text
-    what = faults.wrong_quant_scale(built[fmt], tmp_path / "engine")
+    what = faults.break_engine("wrong_quant_scale", built[fmt], tmp_path / "engine")
     scale = "weight_scale_2" if fmt == "nvfp4" else "weight_scale"
     assert what["tensors"] == [f"model.layers.1.mlp.experts.down_proj_{scale} x2"]
     rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
@@ -98,21 +98,21 @@ def assert_caught(rc, text, report_dir, expected: set):
 
 
 def test_zeroed_sinks_are_caught(engines, goldens, tmp_path, capsys):
-    what = faults.zero_sinks(engines["bf16"], tmp_path / "engine")
+    what = faults.break_engine("zero_sinks", engines["bf16"], tmp_path / "engine")
     assert len(what["tensors"]) == 4                    # one per layer
     rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
     assert_caught(rc, text, tmp_path / "r", {"top1_agreement", "logit_cosine"})
 
 
 def test_a_wrong_scale_in_one_quantized_tensor_is_caught(engines, goldens, tmp_path, capsys):
-    what = faults.wrong_quant_scale(engines["mxfp4"], tmp_path / "engine")
+    what = faults.break_engine("wrong_quant_scale", engines["mxfp4"], tmp_path / "engine")
     assert what["tensors"] == ["model.layers.1.mlp.experts.down_proj_scales: e8m0 bytes +1 (x2)"]
     rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
     assert_caught(rc, text, tmp_path / "r", {"top1_agreement", "logit_cosine"})
 
 
 def test_disabled_sliding_window_is_caught(engines, goldens, tmp_path, capsys):
-    what = faults.disable_sliding_window(engines["bf16"], tmp_path / "engine")
+    what = faults.break_engine("disable_sliding_window", engines["bf16"], tmp_path / "engine")
     assert "network.json layers[0]" in what["changed"]
     net = json.loads((tmp_path / "engine" / "network.json").read_text())
     assert {layer["attention"]["kind"] for layer in net["layers"]} == {"full"}
@@ -122,7 +122,7 @@ def test_disabled_sliding_window_is_caught(engines, goldens, tmp_path, capsys):
 
 
 def test_sinks_dropped_in_network_json_are_caught(engines, goldens, tmp_path, capsys):
-    what = faults.drop_sinks(engines["bf16"], tmp_path / "engine")
+    what = faults.break_engine("drop_sinks", engines["bf16"], tmp_path / "engine")
     assert len(what["changed"]) == 4                    # one per layer, network.json only
     assert _same_files_but_network(engines["bf16"], tmp_path / "engine")
     rc, text = run([tmp_path / "engine", "--report", tmp_path / "r"], goldens, capsys)
@@ -137,7 +137,7 @@ def _same_files_but_network(a: Path, b: Path) -> bool:
 
 
 def test_one_broken_engine_fails_a_combined_run(engines, goldens, tmp_path, capsys):
-    faults.zero_sinks(engines["bf16"], tmp_path / "broken")
+    faults.break_engine("zero_sinks", engines["bf16"], tmp_path / "broken")
     rc, _ = run([engines["bf16"], tmp_path / "broken", "--report", tmp_path / "r"], goldens, capsys)
     assert rc == 1
     assert [r["passed"] for r in read_report(tmp_path / "r")["results"]] == [True, False]

@@ -33,7 +33,7 @@ def _logits(engine_dir):
 @pytest.mark.parametrize("fault", ["disable_sliding_window", "drop_sinks"])
 def test_a_network_json_edit_is_seen_or_refused_by_every_target(engine, tmp_path, fault):
     broken = tmp_path / fault
-    faults.FAULTS[fault](engine, broken)
+    faults.break_engine(fault, engine, broken)
     # Executes network.json: the reference runtime and the ONNX graph (plugins.onnx, run by ONNX Runtime)
     # run the edited network, and agree with each other on it.
     assert not torch.allclose(_logits(engine), _logits(broken), atol=1e-3)

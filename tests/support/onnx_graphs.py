@@ -53,12 +53,15 @@ def network(key: str):
 
 
 @functools.cache
-def exported(key: str, faults: tuple[str, ...] = ()) -> str:
+def exported(key: str, fault: str | None = None) -> str:
+    """The graph of model `key`, or of its network broken by one of regression.faults' NETWORK_FAULTS."""
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
-    path = ROOT / f"onnx-{key}-{'-'.join(faults) or 'ok'}.onnx"
+    from regression.faults import NETWORK_FAULTS
+    net = network(key) if fault is None else NETWORK_FAULTS[fault](network(key))
+    path = ROOT / f"onnx-{key}-{fault or 'ok'}.onnx"
     with load_canonical(hf_model(key)[1]) as ck:
-        export_onnx(network(key), ck, path, faults=faults)
+        export_onnx(net, ck, path)
     return str(path)
 
 
