@@ -50,17 +50,37 @@ FP4_PAIR_VALUES = np.stack([FP4_VALUES[np.arange(256) & 0x0F], FP4_VALUES[np.ara
 # e8m0 byte -> 2**(byte - 127) as float32 (byte 0 is the subnormal 2**-127, 255 is NaN).
 E8M0_VALUES = np.ldexp(np.float32(1.0), np.arange(255, dtype=np.int32) - E8M0_BIAS).astype(np.float32)
 E8M0_VALUES = np.append(E8M0_VALUES, np.float32(np.nan))
-_E2M1_BOUNDS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=np.float32)
+# e2m1 rounding as thresholds, the one definition of it (E2M1 below; the ONNX graphs' CPU lowering counts the
+# same thresholds in standard ops): the magnitude code (0..7) of |v| is the number of midpoints E2M1_BOUNDS[i]
+# (between magnitude codes i and i + 1) that |v| passes, where |v| passes a midpoint it lies above, or on when
+# E2M1_TIES_UP[i] (i odd: the tie goes to the even code i + 1). That is nearest, ties to even, saturating at 6.
+E2M1_BOUNDS = (FP4_VALUES[:7] + FP4_VALUES[1:8]) / np.float32(2)
+E2M1_TIES_UP = np.arange(7) % 2 == 1
+
+
+def e2m1_magnitude_codes(mag: np.ndarray) -> np.ndarray:
+    """|v| (float32, not NaN) -> e2m1 magnitude codes 0..7, nearest with ties to even, saturating."""
+    m = np.asarray(mag)[..., None]
+    return np.where(E2M1_TIES_UP, m >= E2M1_BOUNDS, m > E2M1_BOUNDS).sum(axis=-1).astype(np.uint8)
+
+
+def _rne_codes(v: np.ndarray) -> np.ndarray:
+    """e2m1 codes, nearest with ties to even, saturating at +-6, the sign bit from v's (so -0.0 and negative
+    values that round to zero give code 8). NaN, which e2m1 cannot hold, gives the zero of the opposite sign
+    (code 8 for a NaN with its sign bit clear), as ml_dtypes' float4_e2m1fn cast does."""
+    with np.errstate(invalid="ignore"):
+        sign = np.signbit(v) ^ np.isnan(v)
+        return e2m1_magnitude_codes(np.abs(v)) | np.where(sign, 8, 0).astype(np.uint8)
 
 
 def _modelopt_mx_codes(v: np.ndarray) -> np.ndarray:
     """ModelOpt MXFP4QTensor cast_fp4: magnitude = #bounds strictly below |v| (ties toward zero),
     sign bit from sign(v) with sign(0) counted as negative."""
-    mag = (np.abs(v)[..., None] > _E2M1_BOUNDS).sum(axis=-1).astype(np.uint8)
+    mag = (np.abs(v)[..., None] > E2M1_BOUNDS).sum(axis=-1).astype(np.uint8)
     return np.where(v > 0, mag, mag | 8).astype(np.uint8)
 
 
-E2M1 = _codec.LutCast(1, _codec.clamp_cast_codes(ml_dtypes.float4_e2m1fn, 6.0))
+E2M1 = _codec.LutCast(1, _rne_codes)
 E2M1_MODELOPT_MX = _codec.LutCast(1, _modelopt_mx_codes)
 
 

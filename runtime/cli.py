@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
                    help="what runs the network (default auto: onnxruntime, the fastest on CPU, when it runs this "
                         "engine exactly, else reference; tensorrt: the engine's TensorRT plan, on a GPU, unvalidated)")
-    p.add_argument("--onnx", help="with --executor onnxruntime: run this fp32 ONNX graph (e.g. one under the "
-                   "engine's tensorrt/; FP4 weights and TRT_FP4DynamicQuantize are rewritten for the CPU) "
-                   "instead of exporting the network")
+    p.add_argument("--onnx", help="with --executor onnxruntime: run this fp32 ONNX graph, exported in the "
+                   "onnxruntime-cpu lowering (a TensorRT graph, e.g. the one under the engine's tensorrt/, is "
+                   "refused), instead of exporting the network")
     return p
 
 

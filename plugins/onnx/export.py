@@ -2,6 +2,7 @@
 
     saved = export_onnx(network, weights, "model.onnx", dtype="float32")   # weights: dict or load_canonical(...)
     saved.path, saved.data_files ({external data file: sha256}, empty when the weights are inline)
+    export_onnx(network, weights, path, lowering="onnxruntime-cpu")       # the form ONNX Runtime's CPU runs
 
 Graph inputs: input_ids, position_ids int64 [batch, seq] (position -1 = padding), the slot positions of each
 cache kind (`past_full_pos` [batch, past], `past_window{W}_pos` [batch, W], `past_window{W}_sink{S}_pos`
@@ -10,8 +11,10 @@ Outputs: logits float32 [batch, seq, vocab], and the `present_*` counterparts of
 a call with seq = prompt length; decode, seq = 1; an empty cache has 0 rows for full layers and its fixed
 rows at position -1 for sliding layers. plugins/onnx/kv_cache.py keeps the rows, attention.py the masks.
 
-Everything the graph computes comes from the network and the weights: a broken variant (a negative control)
-is a network or weight edit (regression.faults), never a switch here.
+`lowering` (plugins.onnx.graph.LOWERINGS) says how quantized ops are written: "tensorrt" (the default; FP4/FP8
+Q/DQ as TensorRT imports them) or "onnxruntime-cpu" (what ONNX Runtime's CPU provider runs; plugins/onnx/fp4.py
+says where the two differ). Everything the graph computes comes from the network and the weights: a broken
+variant (a negative control) is a network or weight edit (regression.faults), never a switch here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from onnx import TensorProto
 from spec.network import MoE, Network
 from plugins.onnx.attention import emit_attention
 from plugins.onnx.embedding import emit_embedding
-from plugins.onnx.graph import Graph, SavedGraph
+from plugins.onnx.graph import TENSORRT, Graph, SavedGraph
 from plugins.onnx.kv_cache import emit_cache_kind
 from plugins.onnx.linear import emit_linear
 from plugins.onnx.moe import emit_dense_mlp, emit_moe
@@ -32,9 +35,9 @@ from plugins.onnx.rope import emit_rope_tables
 from plugins.onnx.weights import WeightSource
 
 
-def build_graph(network: Network, weights, dtype: str = "float32") -> Graph:
+def build_graph(network: Network, weights, dtype: str = "float32", lowering: str = TENSORRT) -> Graph:
     weights = weights if isinstance(weights, WeightSource) else WeightSource(weights)
-    g = Graph(network.name or "gpt-oss", dtype)
+    g = Graph(network.name or "gpt-oss", dtype, lowering)
     ids = g.input("input_ids", "int64", ["batch", "seq"])
     pos = g.input("position_ids", "int64", ["batch", "seq"])
     pos0 = g.op("Max", pos, g.ints(0), name="positions_clamped")     # padding rows read table row 0
@@ -75,8 +78,8 @@ def build_graph(network: Network, weights, dtype: str = "float32") -> Graph:
     return g
 
 
-def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32",
+def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32", lowering: str = TENSORRT,
                 external: bool | None = None) -> SavedGraph:
     """Build and write the graph. external=None: weights inline below 1.8 GB, else one external data file
     written tensor by tensor (its sha256 in the result)."""
-    return build_graph(network, weights, dtype).save(path, external=external)
+    return build_graph(network, weights, dtype, lowering).save(path, external=external)

@@ -30,6 +30,13 @@ DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 
           "bfloat16": ("BFLOAT16", "bfloat16", 2)}
 
 
+# Lowerings: how ops with more than one ONNX form are written (plugins/onnx/fp4.py says where they differ).
+# "tensorrt": what TensorRT imports (FP4/FP8 Q/DQ, trt:: ops), the graph an engine stores; "onnxruntime-cpu":
+# standard ops ONNX Runtime's CPU provider runs (it has no FLOAT4E2M1 tensors and no trt:: ops).
+TENSORRT = "tensorrt"
+ORT_CPU = "onnxruntime-cpu"
+LOWERINGS = (TENSORRT, ORT_CPU)
+
 PACKED_ITEMSIZE = {"uint8": 1, "int8": 1, "float8e4m3fn": 1, "float8e5m2": 1, "float8e8m0": 1, "int32": 4,
                    "int64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -67,12 +74,15 @@ def _bytes_of(t, dtype: str) -> bytes:
 
 
 class Graph:
-    """Nodes, inputs, outputs and lazy weights of one ONNX graph in compute dtype `dtype`."""
+    """Nodes, inputs, outputs and lazy weights of one ONNX graph in compute dtype `dtype`, for one lowering."""
 
-    def __init__(self, name: str, dtype: str = "float32"):
+    def __init__(self, name: str, dtype: str = "float32", lowering: str = TENSORRT):
         if dtype not in DTYPES:
             raise ValueError(f"graph dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if lowering not in LOWERINGS:
+            raise ValueError(f"graph lowering {lowering!r} is not one of {', '.join(LOWERINGS)}")
         self.name = name
+        self.lowering = lowering
         self.dtype = dtype
         self.elem = onnx_type(dtype)
         self.nodes = []
@@ -81,6 +91,7 @@ class Graph:
         self.weights: dict[str, LazyWeight] = {}
         self.small: list = []          # constant TensorProtos built in memory (tables, shapes, scalars)
         self._names: dict[str, int] = {}
+        self._shared: dict[str, str] = {}
         self.opset_imports: dict[str, int] = {"": OPSET}
 
     # -- names and nodes ------------------------------------------------------------------------------------
@@ -119,6 +130,12 @@ class Graph:
         name = self.fresh(name or "const")
         self.small.append(numpy_helper.from_array(arr, name))
         return name
+
+    def shared_const(self, name: str, array) -> str:
+        """A constant every user in the graph shares (a lookup table), registered once under `name`."""
+        if name not in self._shared:
+            self._shared[name] = self.const(array, name)
+        return self._shared[name]
 
     def ints(self, values, name: str | None = None) -> str:
         return self.const(np.asarray(values, dtype=np.int64), name or "ints")

@@ -3,12 +3,10 @@
 Per format (spec.registry.quant_formats names), for a linear y = act(x) @ deq(W).T:
 - "fp8" (W8A8): W is a FLOAT8E4M3FN initializer, DequantizeLinear(W, weight_scale); x goes through
   QuantizeLinear/DequantizeLinear with the calibrated per-tensor input_scale (saturating, as numerics.fp8).
-- "nvfp4" (W4A4): W is a FLOAT4E2M1 initializer; DequantizeLinear(FP8 E4M3 block scales, fp32 global
-  scale) gives the fp32 block scales, then DequantizeLinear(W, those, axis=-1, block_size=16): two
-  levels, because a DequantizeLinear scale cannot itself be FP8. x goes through
-  `trt::TRT_FP4DynamicQuantize(x, global; axis=-1, block_size=16, scale_type=FLOAT8E4M3FN)` -> (x_fp4,
-  e4m3 block scales) and the same two DequantizeLinears; the global scale is the calibrated input_scale,
-  a build-time constant. TensorRT fuses this into an FP4 GEMM on Blackwell.
+- "nvfp4" (W4A4): an NVFP4 weight and NVFP4 dynamic quantization of x (plugins/onnx/fp4.py, in the graph's
+  lowering: FLOAT4E2M1 Q/DQ and `trt::TRT_FP4DynamicQuantize` for TensorRT, which fuses them into an FP4
+  GEMM on Blackwell; standard ops for ONNX Runtime's CPU provider); the activations' global scale is the
+  calibrated input_scale, a build-time constant.
 - "w4a16-nvfp4": the NVFP4 weight pattern, x unquantized.
 - "mxfp4" (W4A16): MXFP4 weights reach the graph as NVFP4 through the lossless transcode
   (numerics.transcode): TensorRT's parser rejects E8M0 initializers. A block NVFP4 cannot hold exactly
@@ -36,14 +34,12 @@ from onnx import TensorProto
 
 from numerics.fp8 import FP8Tensor
 from numerics.mxfp4 import MXFP4Weight
-from numerics.nvfp4 import BLOCK as NV_BLOCK
 from numerics.nvfp4 import NVFP4Tensor
+from plugins.onnx import fp4
 from plugins.onnx.gemm import dense_bias, gemm
 from spec.canonical import input_scale_name
 
 FLOAT = TensorProto.FLOAT
-# Custom-op domain of TensorRT's ONNX parser (TRT_FP4DynamicQuantize and friends).
-TRT_DOMAIN = "trt"
 
 
 class QuantGraphError(ValueError):
@@ -57,10 +53,6 @@ _ELEM_NAMES = {TensorProto.FLOAT4E2M1: "float4e2m1", TensorProto.FLOAT8E4M3FN: "
 def _lazy(g, name: str, elem: int, shape, produce) -> str:
     """An initializer of `elem` whose raw bytes `produce()` returns, called only when the graph is written."""
     return g.packed_weight(g.fresh(name), _ELEM_NAMES[elem], shape, lambda: [produce()])
-
-
-def _f32(g, value, name: str) -> str:
-    return g.const(np.asarray(value, dtype=np.float32).reshape(()), name)
 
 
 def _fp8_zero(g, name: str) -> str:
@@ -124,16 +116,9 @@ def _f32_bytes(v) -> bytes:
 
 
 def emit_nvfp4_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOAT) -> str:
-    """[..., out, in] dequantized: DQ(DQ(e4m3 block scales, global), FLOAT4E2M1 weight; block 16).
-    `get()` returns the NVFP4Tensor; it is called only when the graph is written."""
-    shape = tuple(shape)
-    codes = _lazy(g, f"{name}.fp4", TensorProto.FLOAT4E2M1, shape, lambda: _bytes(get().packed))
-    s8 = _lazy(g, f"{name}.block_scale", TensorProto.FLOAT8E4M3FN, shape[:-1] + (shape[-1] // NV_BLOCK,),
-               lambda: _bytes(get().block_scale))
-    g2 = _lazy(g, f"{name}.global_scale", FLOAT, (), lambda: _f32_bytes(get().global_scale))
-    scale = g.op("DequantizeLinear", s8, g2, name=f"{name}.dq_scale")
-    deq = g.op("DequantizeLinear", codes, scale, name=f"{name}.dq", axis=-1, block_size=NV_BLOCK)
-    return _cast(g, deq, dtype)
+    """[..., out, in] dequantized in the graph's lowering (plugins.onnx.fp4). `get()` returns the NVFP4Tensor;
+    it is called only when the graph is written."""
+    return _cast(g, fp4.emit_nvfp4_weight(g, get, shape, name), dtype)
 
 
 def emit_fp8_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOAT) -> str:
@@ -144,14 +129,8 @@ def emit_fp8_weight(g, get, shape: tuple[int, ...], name: str, dtype: int = FLOA
 
 # -- activations ---------------------------------------------------------------------------------------------
 def emit_nvfp4_activation(g, x: str, input_scale, name: str, dtype: int = FLOAT) -> str:
-    """x -> NVFP4 fake-quantized x: TRT_FP4DynamicQuantize with the calibrated global scale, two DQs."""
-    g.opset_imports[TRT_DOMAIN] = 1
-    gs = _f32(g, input_scale_value(input_scale, name), f"{name}.input_scale")
-    x_fp4, x_sf = g.op("TRT_FP4DynamicQuantize", x, gs, outputs=2, name=f"{name}.act_fp4", domain=TRT_DOMAIN,
-                       axis=-1, block_size=NV_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN)
-    sf = g.op("DequantizeLinear", x_sf, gs, name=f"{name}.act_dq_scale")
-    deq = g.op("DequantizeLinear", x_fp4, sf, name=f"{name}.act_dq", axis=-1, block_size=NV_BLOCK)
-    return _cast(g, deq, dtype)
+    """x -> NVFP4 fake-quantized x with the calibrated global scale, in the graph's lowering (plugins.onnx.fp4)."""
+    return _cast(g, fp4.emit_nvfp4_activation(g, x, input_scale_value(input_scale, name), name), dtype)
 
 
 _NUMPY_DTYPE = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}

@@ -1,6 +1,6 @@
 """TensorRT's custom ONNX ops on the CPU: what `trt::TRT_FP4DynamicQuantize` computes, as an op
-implementation registered with onnx.reference (ONNX Runtime runs it through the standard-op rewrite in
-runtime/executors/fp4_rewrite.py).
+implementation registered with onnx.reference (for ONNX Runtime, plugins/onnx/fp4.py writes the same
+arithmetic in standard ops: the "onnxruntime-cpu" lowering).
 
 TRT_FP4DynamicQuantize(x, global_scale; axis=-1, block_size=16, scale_type=FLOAT8E4M3FN) -> (x_fp4,
 block_scale_e4m3): per block of 16 along the last axis, sf8 = e4m3(min(amax / 6 / global, 448)) and
@@ -18,7 +18,7 @@ from onnx import TensorProto
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_23
 
-from plugins.onnx.quant import TRT_DOMAIN
+from plugins.onnx.fp4 import TRT_DOMAIN
 
 
 class TRT_FP4DynamicQuantize(OpRun):

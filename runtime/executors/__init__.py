@@ -49,8 +49,8 @@ EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime
 
 def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None):
     """An engine directory or checkpoint folder -> runtime.api.Runtime driving the named executor.
-    onnx_path: (onnxruntime only) run this fp32 graph instead of exporting one; FP4 graphs are rewritten
-    (runtime.executors.fp4_rewrite)."""
+    onnx_path: (onnxruntime only) run this fp32 graph, in the "onnxruntime-cpu" lowering (plugins.onnx.fp4),
+    instead of exporting one."""
     import torch
     from runtime.api import check_manifest
     check_manifest(Path(path))

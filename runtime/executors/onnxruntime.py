@@ -6,8 +6,10 @@ rows are rolled to left padding before the call and the logits rolled back, beca
 the last `window` rows it is given.
 
 Precision: ONNX Runtime's CPU provider has no bf16 GEMMs and no FP4 DequantizeLinear, so this executor runs
-an fp32 graph. Weight-only formats (MXFP4, NVFP4 W4A16) are exported dequantized (exact). Graphs carrying
-FP4 initializers go through runtime.executors.fp4_rewrite first.
+an fp32 graph, exported in the "onnxruntime-cpu" lowering (plugins/onnx/fp4.py: FP4 weights as e2m1 codes
+decoded by a table, TensorRT's FP4 activation quantizer in standard ops; the same values). Weight-only formats
+(MXFP4, NVFP4 W4A16) dequantize exactly. A graph in TensorRT's lowering (FLOAT4E2M1 initializers, trt:: ops)
+is refused, naming what the CPU provider lacks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plugins.onnx.graph import ORT_CPU
 from spec.network import Network
 
 ELEM = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
@@ -87,15 +90,8 @@ class OnnxRuntimeExecutor:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
-        from runtime.executors.fp4_rewrite import needs_rewrite, rewrite_fp4
-        import onnx
-        model = onnx.load(str(self.path), load_external_data=False)
-        if needs_rewrite(model):
-            onnx.load_external_data_for_model(model, str(self.path.parent))
-            source = rewrite_fp4(model).SerializeToString()
-        else:
-            source = str(self.path)
-        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        _check_cpu_lowering(self.path)
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self.cache_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_")]
         self.output_names = [o.name for o in self.session.get_outputs()]
         for i in self.session.get_inputs():
@@ -161,6 +157,21 @@ def _roll_rows(a: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
 
 
+def _check_cpu_lowering(path: Path) -> None:
+    """RuntimeLoadError if the graph at `path` is in TensorRT's lowering (what the CPU provider cannot run)."""
+    import onnx
+
+    from plugins.onnx.fp4 import tensorrt_only
+    from runtime.api import RuntimeLoadError
+    found = tensorrt_only(onnx.load(str(path), load_external_data=False))
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise RuntimeLoadError(f"{path}: a graph in TensorRT's lowering, which ONNX Runtime's CPU provider cannot "
+                               f"run ({'; '.join(found[:3])}{more}); export it with "
+                               f"export_onnx(..., lowering='{ORT_CPU}'), or leave out --onnx and the executor "
+                               f"exports that form of the network itself")
+
+
 def _network(path: Path, ck) -> Network:
     from spec.network import NETWORK_FILE, load_network, network_from_checkpoint
     net_file = path / NETWORK_FILE
@@ -208,7 +219,8 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
             from plugins.onnx.export import export_onnx
             workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
             try:
-                onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32").path
+                onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32",
+                                        lowering=ORT_CPU).path
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise

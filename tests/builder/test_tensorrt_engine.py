@@ -119,12 +119,24 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
     model = onnx.load(engine / "tensorrt" / "model.onnx")
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
-    # the same graph through ONNX Runtime (its FP4 rewrite): the CPU executor's path
-    r = subprocess.run([str(BIN / "run-engine"), str(engine), "--executor", "onnxruntime", "--onnx",
-                        str(engine / "tensorrt" / "model.onnx"), "--input-ids", ",".join(map(str, prompt)),
-                        "--max-tokens", str(GREEDY_TOKENS), "--json"], capture_output=True, text=True, timeout=300)
+    # the same network in the CPU lowering (plugins/onnx/fp4.py), through ONNX Runtime: the CPU executor's path
+    from checkpoint.convert import load_canonical
+    from plugins.onnx.export import export_onnx
+    from plugins.onnx.graph import ORT_CPU
+    from runtime.api import find_checkpoint
+    with load_canonical(find_checkpoint(engine)) as ck:
+        cpu_graph = export_onnx(rt.network, ck, engine.parent / "cpu.onnx", lowering=ORT_CPU).path
+
+    def run_engine(graph):
+        return subprocess.run([str(BIN / "run-engine"), str(engine), "--executor", "onnxruntime", "--onnx",
+                               str(graph), "--input-ids", ",".join(map(str, prompt)), "--max-tokens",
+                               str(GREEDY_TOKENS), "--json"], capture_output=True, text=True, timeout=300)
+    r = run_engine(cpu_graph)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["output_ids"] == list(ref.output_ids)
+    # the TensorRT graph itself is refused on the CPU, naming what the CPU provider lacks
+    r = run_engine(engine / "tensorrt" / "model.onnx")
+    assert r.returncode == 2 and "FLOAT4E2M1" in r.stderr and "onnxruntime-cpu" in r.stderr, r.stderr
     # negative control: the same graph with its calibrated activation scales 1000x too small (activations
     # saturate at 6 * 448 * scale) decodes differently
     for t in model.graph.initializer:

@@ -218,6 +218,11 @@ def test_lut_casts_equal_ml_dtypes_saturating_casts():
     finite = v[~np.isnan(v)]
     ref = np.clip(finite, -6, 6).astype(ml_dtypes.float4_e2m1fn).view(np.uint8) & 0x0F
     np.testing.assert_array_equal(E2M1(finite), ref)
+    # the e2m1 table (built from numerics' threshold rounding) on every key's representative, NaN included
+    reps = (np.arange(E2M1.table.size, dtype=np.uint32) << E2M1.shift).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        ref_all = np.clip(reps, -6, 6).astype(ml_dtypes.float4_e2m1fn).view(np.uint8) & 0x0F
+    np.testing.assert_array_equal(E2M1.table, ref_all)
     ref8 = np.clip(finite, -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
     np.testing.assert_array_equal(E4M3_CODEC(finite), ref8)
     nan = np.float32([np.nan, -np.nan])

@@ -1,6 +1,7 @@
 """Quantized linears and experts in ONNX (plugins/onnx/quant.py) against numerics and the reference runtime's
-linears, evaluated by onnx.reference (FP4/FP8 Q/DQ; TensorRT's trt:: op through plugins/onnx/trt_ops.py) and
-ONNX Runtime (standard ops); TensorRT-RTX's own parser and builder judge the same patterns."""
+linears, in TensorRT's lowering evaluated by onnx.reference (FP4/FP8 Q/DQ; TensorRT's trt:: op through
+plugins/onnx/trt_ops.py) and in the ONNX Runtime CPU lowering run by ONNX Runtime (standard ops), the two equal
+bit for bit; TensorRT-RTX's own parser and builder judge the TensorRT patterns."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from numerics.fp8 import quantize_fp8
 from numerics.mxfp4 import FP4_VALUES, MXFP4Weight, quantize_mxfp4
 from numerics.nvfp4 import fake_quantize_nvfp4_activations, quantize_nvfp4, quantize_nvfp4_activations
 from plugins.onnx import quant
-from plugins.onnx.graph import Graph
+from plugins.onnx.fp4 import tensorrt_only
+from plugins.onnx.graph import LOWERINGS, ORT_CPU, TENSORRT, Graph
 from plugins.onnx.trt_ops import reference_evaluator
 from plugins.onnx.weights import WeightSource
 from plugins.reference.linear import activation_quantizer, prepare_linear
-from runtime.executors.fp4_rewrite import rewrite_fp4
 from spec.network import ExpertLinear, Linear
 
 K, N, E = 64, 48, 4
@@ -65,44 +66,100 @@ def test_linear_matches_reference_runtime(fmt):
         assert np.abs(got - unquantized_x).max() > 1e-3
 
 
-def test_trt_fp4_dynamic_quantize_on_cpu_matches_numerics_and_the_ort_rewrite():
+def ort_run(g: Graph, feeds: dict, first: bool = True):
     import onnxruntime as ort
-    s = input_scale("nvfp4")
-    g = Graph("t")
-    x = g.input("x", "float32", ["b", "s", K])
-    g.output(quant.emit_nvfp4_activation(g, x, s, "act"), "y", "float32", ["b", "s", K])
     model = g.model()
+    assert tensorrt_only(model) == []
+    outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    return outs[0] if first else outs
+
+
+def test_trt_fp4_dynamic_quantize_matches_numerics_and_its_cpu_lowering():
+    s = input_scale("nvfp4")
+    graphs = {}
+    for lowering in LOWERINGS:
+        g = graphs[lowering] = Graph("t", lowering=lowering)
+        x = g.input("x", "float32", ["b", "s", K])
+        g.output(quant.emit_nvfp4_activation(g, x, s, "act"), "y", "float32", ["b", "s", K])
+    model = graphs[TENSORRT].model()
     assert [n.op_type for n in model.graph.node if n.domain == "trt"] == ["TRT_FP4DynamicQuantize"]
     ref = reference_evaluator(model).run(None, {"x": X})[0]
     np.testing.assert_array_equal(ref, fake_quantize_nvfp4_activations(X, s))
-    rewritten = rewrite_fp4(model)      # the ONNX Runtime executor's standard-op rewrite, an independent implementation
-    assert not any(n.domain == "trt" for n in rewritten.graph.node)
-    got = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
-    np.testing.assert_array_equal(got, ref)
+    # the CPU lowering, standard ops written apart from numerics' code, on ONNX Runtime: the same values
+    np.testing.assert_array_equal(ort_run(graphs[ORT_CPU], {"x": X}), ref)
     # codes and block scales are what the dequantized values say
     codes, sf8 = quantize_nvfp4_activations(X, s)
     back = FP4_VALUES[codes].reshape(2, 3, K // 16, 16) * (sf8.astype(np.float32) * s)[..., None]
     np.testing.assert_array_equal(back.reshape(X.shape), ref)
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
-def test_experts_sorted_by_expert_match_per_pair_oracle(fmt):
+def test_cpu_lowering_of_fp4_activations_rounds_like_numerics_at_the_edges():
+    """ONNX Runtime on the CPU lowering of W4A4's activation quantizer = numerics' emulation of TensorRT-LLM's
+    NVFP4 activation quantization, bit for bit: ties, saturation above the calibrated amax, an all-zero block."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 64)).astype(np.float32) * rng.uniform(0.01, 4, (5, 1)).astype(np.float32)
+    x[0, :16] = 0.0                                            # an all-zero block
+    x[1, 16:32] = np.float32(60.0)                             # past the calibrated amax: saturates
+    x[2, :8] = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], np.float32)   # e2m1 ties
+    x[3, :8] = -x[2, :8]
+    s = np.float32(6.0 / (6 * 448))                            # calibrated amax 6
+    g = Graph("t", lowering=ORT_CPU)
+    xi = g.input("x", "float32", ["n", 64])
+    g.output(quant.emit_nvfp4_activation(g, xi, s, "act"), "y", "float32", ["n", 64])
+    np.testing.assert_array_equal(ort_run(g, {"x": x}), fake_quantize_nvfp4_activations(x, s))
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "w4a16-nvfp4", "mxfp4"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cpu_lowering_of_fp4_linears_equals_the_tensorrt_lowering(fmt, dtype):
+    """The same weight and linear in both lowerings: ONNX Runtime on the CPU form = onnx.reference on TensorRT's
+    (dequantized weights bit for bit, the GEMM up to its accumulation order); only the TensorRT form has
+    FLOAT4E2M1 tensors or trt:: ops."""
+    wq, s = quantized(fmt, W), input_scale(fmt)
+    x = X.astype(dtype)
+    weights, outs, models = {}, {}, {}
+    for lowering in LOWERINGS:
+        g = Graph("t", dtype, lowering)
+        xi = g.input("x", dtype, ["b", "s", K])
+        y = quant.quant_linear(g, xi, (Linear("lin.weight", None, K, N, quant=fmt),),
+                               WeightSource({"lin.weight": wq, "lin.input_scale": torch.tensor(s)}))
+        g.output(y, "y", dtype, ["b", "s", N])
+        g.output(quant.emit_dequantized_weight(g, wq, fmt, "w"), "w", "float32", [N, K])
+        models[lowering] = g.model()
+        outs[lowering], weights[lowering] = ort_run(g, {"x": x}, first=False) if lowering == ORT_CPU else \
+            reference_evaluator(g.model()).run(None, {"x": x})
+    assert tensorrt_only(models[ORT_CPU]) == [] and tensorrt_only(models[TENSORRT]) != []
+    np.testing.assert_array_equal(weights[ORT_CPU], weights[TENSORRT])
+    np.testing.assert_array_equal(weights[ORT_CPU], quant.as_nvfp4(wq, "w").dequantize())
+    ref = outs[TENSORRT].astype(np.float32)
+    tol = (2e-6 if dtype == "float32" else 2e-3) * np.abs(ref).max()
+    np.testing.assert_allclose(outs[ORT_CPU].astype(np.float32), ref, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("fmt,lowering", [("nvfp4", TENSORRT), ("fp8", TENSORRT), ("nvfp4", ORT_CPU)])
+def test_experts_sorted_by_expert_match_per_pair_oracle(fmt, lowering):
     wq, s = quantized(fmt, WE), input_scale(fmt)
     lin = ExpertLinear("e.weight", "e.bias", E, K, N, quant=fmt)
     tensors = {"e.weight": wq, "e.bias": torch.from_numpy(B), "e.input_scale": torch.tensor(s)}
-    g = Graph("t")
+    g = Graph("t", lowering=lowering)
     x = g.input("x", "float32", ["n", 1, K])
     idx = g.input("idx", "int64", ["n", 2])
     g.output(quant.quant_expert(g, x, idx, (lin,), WeightSource(tensors)), "y", "float32", ["n", 2, N])
     model = g.model()
     xs = X.reshape(-1, 1, K)
     ids = np.array([[3, 1], [0, 3], [1, 3], [3, 0], [1, 0], [0, 1]], dtype=np.int64)   # expert 2: no token
-    got = reference_evaluator(model).run(None, {"x": xs, "idx": ids})[0]
+    if lowering == ORT_CPU:
+        got = ort_run(g, {"x": xs, "idx": ids})
+        ref = reference_evaluator(_expert_graph(fmt)).run(None, {"x": xs, "idx": ids})[0]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())   # = the TensorRT lowering
+    else:
+        got = reference_evaluator(model).run(None, {"x": xs, "idx": ids})[0]
     w = wq.dequantize()
     xq = activation_quantizer(fmt, s, "e")(torch.from_numpy(xs[:, 0])).numpy()
     want = np.einsum("nk,njok->njo", xq, w[ids]) + B[ids]
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
-    elem = onnx.TensorProto.FLOAT4E2M1 if fmt == "nvfp4" else onnx.TensorProto.FLOAT8E4M3FN
+    elem = {("nvfp4", TENSORRT): onnx.TensorProto.FLOAT4E2M1, ("fp8", TENSORRT): onnx.TensorProto.FLOAT8E4M3FN,
+            ("nvfp4", ORT_CPU): onnx.TensorProto.UINT8}[fmt, lowering]                  # e2m1 codes, one a byte
     assert sum(t.data_type == elem and list(t.dims) == [N, K] for t in model.graph.initializer) == E  # one per expert
 
 

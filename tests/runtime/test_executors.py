@@ -1,5 +1,5 @@
-"""Executors behind one interface: run-engine --executor, the auto choice, and the FP4 rewrite that lets
-ONNX Runtime's CPU provider run FP4 weight graphs (checked against onnx.reference on the original graph)."""
+"""Executors behind one interface: run-engine --executor, the auto choice, and ONNX Runtime's refusal of graphs
+in TensorRT's lowering (the CPU form is plugins/onnx/fp4.py's, tested in tests/plugins/test_onnx_quant.py)."""
 
 from __future__ import annotations
 
@@ -81,89 +81,21 @@ def _fp4_linear_graph(with_trt_node: bool = False):
     return helper.make_model(g, opset_imports=opsets)
 
 
-def test_fp4_rewrite_runs_on_onnxruntime_and_matches_onnx_reference():
-    import onnxruntime as ort
-    from onnx.reference import ReferenceEvaluator
-
-    from runtime.executors.fp4_rewrite import needs_rewrite, rewrite_fp4
-    model = _fp4_linear_graph()
-    x = np.random.default_rng(1).standard_normal((3, 32)).astype(np.float32)
-    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
-    with pytest.raises(Exception):           # the CPU provider has no FP4 tensors
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert needs_rewrite(model)
-    fixed = rewrite_fp4(model)
-    assert not needs_rewrite(fixed)
-    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-
-
-def test_fp4_rewrite_handles_gathered_expert_weights():
-    """Experts as TensorRT graphs read them: Gather the selected experts' FP4 weights and FP8 block scales,
-    then the two DequantizeLinear levels; ONNX Runtime after the rewrite = onnx.reference before it."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
-    from runtime.executors.fp4_rewrite import rewrite_fp4
-    rng = np.random.default_rng(4)
-    E, out_f, in_f = 4, 3, 32
-    w = rng.choice(np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -.5, -1, -3, -6], np.float32), (E, out_f, in_f))
-    scales = rng.uniform(0.1, 3.0, (E, out_f, in_f // 16)).astype(ml_dtypes.float8_e4m3fn)
-    inits = [numpy_helper.from_array(w.astype(ml_dtypes.float4_e2m1fn), "w"),
-             numpy_helper.from_array(scales, "w_scale"), numpy_helper.from_array(np.float32(0.5), "g")]
-    nodes = [helper.make_node("Gather", ["w", "idx"], ["wk"], axis=0),
-             helper.make_node("Gather", ["w_scale", "idx"], ["sk"], axis=0),
-             helper.make_node("DequantizeLinear", ["sk", "g"], ["s"]),
-             helper.make_node("DequantizeLinear", ["wk", "s"], ["y"], axis=-1, block_size=16)]
-    graph = helper.make_graph(nodes, "experts", [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, out_f, in_f])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
-    idx = np.array([[3, 1]], np.int64)
-    want = ReferenceEvaluator(model).run(None, {"idx": idx})[0]
-    fixed = rewrite_fp4(model)
-    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"idx": idx})[0]
-    np.testing.assert_array_equal(got, want)
-
-
-def _w4a4_activation_graph(global_scale: float, k: int = 64):
-    """x -> trt::TRT_FP4DynamicQuantize -> DQ(block scales, global) -> DQ(x codes, that): TensorRT's W4A4
-    activation pattern."""
-    from onnx import TensorProto, helper, numpy_helper
-    nodes = [helper.make_node("TRT_FP4DynamicQuantize", ["x", "g"], ["xq", "xs"], domain="trt", axis=-1,
-                              block_size=16, scale_type=TensorProto.FLOAT8E4M3FN),
-             helper.make_node("DequantizeLinear", ["xs", "g"], ["s"]),
-             helper.make_node("DequantizeLinear", ["xq", "s"], ["y"], axis=-1, block_size=16)]
-    g = helper.make_graph(nodes, "w4a4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", k])],
-                          [numpy_helper.from_array(np.float32(global_scale), "g")])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("trt", 1)])
-
-
-def test_fp4_activation_quantize_rewrite_equals_the_reference_emulation():
-    """ONNX Runtime on the rewritten W4A4 pattern = numerics' emulation of TensorRT-LLM's NVFP4 activation
-    quantization, bit for bit: ties, saturation above the calibrated amax, an all-zero block."""
+def test_onnxruntime_executor_refuses_a_graph_in_tensorrts_lowering_naming_what(tmp_path):
+    """A graph in TensorRT's lowering (FP4 initializers, trt:: ops) is refused before ONNX Runtime sees it,
+    naming what its CPU provider lacks and the lowering to export instead."""
+    import onnx
     import onnxruntime as ort
 
-    from numerics.nvfp4 import fake_quantize_nvfp4_activations
-    from runtime.executors.fp4_rewrite import rewrite_fp4
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((5, 64)).astype(np.float32) * rng.uniform(0.01, 4, (5, 1)).astype(np.float32)
-    x[0, :16] = 0.0                                            # an all-zero block
-    x[1, 16:32] = np.float32(60.0)                             # past the calibrated amax: saturates
-    x[2, :8] = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], np.float32)   # e2m1 ties
-    g = np.float32(6.0 / (6 * 448))                            # calibrated amax 6
-    sess = ort.InferenceSession(rewrite_fp4(_w4a4_activation_graph(g)).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"x": x})[0]
-    np.testing.assert_array_equal(got, fake_quantize_nvfp4_activations(x, g))
-
-
-def test_fp4_rewrite_names_what_it_cannot_run():
-    from runtime.executors.fp4_rewrite import rewrite_fp4
+    from runtime.api import RuntimeLoadError
+    from runtime.executors.onnxruntime import OnnxRuntimeExecutor
     model = _fp4_linear_graph(with_trt_node=True)
-    with pytest.raises(NotImplementedError, match="TRT_SomethingElse"):
-        rewrite_fp4(model)
+    with pytest.raises(Exception):           # the CPU provider has no FP4 tensors (why the refusal exists)
+        ort.InferenceSession(_fp4_linear_graph().SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx.save(model, tmp_path / "trt.onnx")
+    with pytest.raises(RuntimeLoadError, match=r"initializer w \(FLOAT4E2M1\).*trt::TRT_SomethingElse.*"
+                                               r"lowering='onnxruntime-cpu'"):
+        OnnxRuntimeExecutor(None, tmp_path / "trt.onnx")
 
 
 def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_path):
@@ -173,7 +105,7 @@ def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_p
     from onnx import numpy_helper
 
     from plugins.onnx.graph import Graph
-    from runtime.executors.fp4_rewrite import E2M1_VALUES
+    from numerics.mxfp4 import FP4_VALUES
     codes = np.random.default_rng(3).integers(0, 16, (4, 32)).astype(np.uint8)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
     for external in (False, True):
@@ -184,7 +116,7 @@ def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_p
         saved = g.save(tmp_path / f"m{external}.onnx", external=external)
         assert bool(saved.data_files) == external
         t = [t for t in onnx.load(str(saved.path)).graph.initializer if t.name == w][0]
-        np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), E2M1_VALUES[codes])
+        np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), FP4_VALUES[codes])
 
 
 def test_the_device_caches_row_operations_match_the_cpu_caches():

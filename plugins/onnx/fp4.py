@@ -1,0 +1,144 @@
+"""NVFP4 in ONNX, in each lowering (plugins.onnx.graph.LOWERINGS, chosen per graph as `Graph.lowering`):
+an FP4 weight, and W4A4's dynamic quantizer of a GEMM's input.
+
+- "tensorrt" (ModelOpt's export pattern; TensorRT fuses it into FP4 GEMMs): the weight is a FLOAT4E2M1
+  initializer; DequantizeLinear(FP8 E4M3 block scales, fp32 global scale) gives the block scales, then
+  DequantizeLinear(weight, those; axis=-1, block_size=16): two levels, because a DequantizeLinear scale
+  cannot itself be FP8. The activation goes through `trt::TRT_FP4DynamicQuantize(x, global; axis=-1,
+  block_size=16, scale_type=FLOAT8E4M3FN)` -> (x_fp4, e4m3 block scales), then the same two levels.
+- "onnxruntime-cpu" (ONNX Runtime's CPU provider has no FLOAT4E2M1 tensors and no trt:: ops): the weight's
+  e2m1 codes are a uint8 initializer, one code per element, decoded by a Gather on numerics' 16-entry e2m1
+  table (ONNX Runtime folds that once at session start), times the same block scales per block of 16. The
+  activation quantizer is written out in standard ops with numerics.nvfp4.quantize_nvfp4_activations'
+  arithmetic: per-block amax, the e4m3 block scale through a real FLOAT8E4M3FN Cast, and numerics' e2m1
+  rounding (nearest, ties to even, saturating) as the count of numerics.mxfp4.E2M1_BOUNDS |q| passes.
+Both give numerics' values bit for bit (onnx.reference on the first, ONNX Runtime on the second:
+tests/plugins/test_onnx_quant.py). Not modelled on the CPU: the GPU's approximate reciprocals, and block
+scales whose reciprocal overflows float32 (numerics divides there).
+
+Each emitter returns float32 values of x's (or the weight's) shape; the caller casts to the graph's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from onnx import TensorProto
+
+from numerics.mxfp4 import E2M1_BOUNDS, E2M1_TIES_UP, FP4_VALUES, unpack_nibbles
+from numerics.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX
+from plugins.onnx.graph import ORT_CPU, TENSORRT, Graph
+
+# Custom-op domain of TensorRT's ONNX parser (TRT_FP4DynamicQuantize and friends).
+TRT_DOMAIN = "trt"
+INT_MAX = np.iinfo(np.int64).max
+
+
+def _block_scales(g: Graph, get, shape: tuple[int, ...], name: str) -> str:
+    """fp32 block scales [..., K/16] of an NVFP4 weight: DequantizeLinear(e4m3 block scales, fp32 global)."""
+    s8 = g.packed_weight(g.fresh(f"{name}.block_scale"), "float8e4m3fn", shape[:-1] + (shape[-1] // BLOCK,),
+                         lambda: [get().block_scale])
+    g2 = g.packed_weight(g.fresh(f"{name}.global_scale"), "float32", (),
+                         lambda: [np.float32(get().global_scale)])
+    return g.op("DequantizeLinear", s8, g2, name=f"{name}.dq_scale")
+
+
+def _blocked(g: Graph, x: str, name: str) -> tuple[str, str]:
+    """x [..., K] -> (x as [..., K/16, 16], x's shape). K/16 comes from x's shape, not -1: x may have zero rows
+    (an expert no token chose)."""
+    shape = g.op("Shape", x, name=f"{name}.shape")
+    lead = g.op("Slice", shape, g.ints([0]), g.ints([-1]))
+    blocks = g.op("Div", g.op("Slice", shape, g.ints([-1]), g.ints([INT_MAX])), g.ints([BLOCK]))
+    return g.op("Reshape", x, g.op("Concat", lead, blocks, g.ints([BLOCK]), axis=0), name=f"{name}.blocks"), shape
+
+
+def _times_block_scales(g: Graph, values: str, scales: str, name: str) -> str:
+    """values [..., K] (fp32) * scales [..., K/16], each scale applied to its block of 16: a DequantizeLinear's
+    arithmetic (one fp32 multiply per element)."""
+    blocked, shape = _blocked(g, values, name)
+    scaled = g.op("Mul", blocked, g.op("Unsqueeze", scales, g.ints([-1])), name=f"{name}.scale")
+    return g.op("Reshape", scaled, shape, name=f"{name}.dq")
+
+
+# -- "tensorrt" --------------------------------------------------------------------------------------------------
+def _trt_weight(g: Graph, get, shape: tuple[int, ...], name: str) -> str:
+    codes = g.packed_weight(g.fresh(f"{name}.fp4"), "float4e2m1", shape, lambda: [get().packed])
+    scales = _block_scales(g, get, shape, name)
+    return g.op("DequantizeLinear", codes, scales, name=f"{name}.dq", axis=-1, block_size=BLOCK)
+
+
+def _trt_activation(g: Graph, x: str, input_scale: np.float32, name: str) -> str:
+    g.opset_imports[TRT_DOMAIN] = 1
+    gs = g.f32(input_scale, f"{name}.input_scale")
+    x_fp4, x_sf = g.op("TRT_FP4DynamicQuantize", x, gs, outputs=2, name=f"{name}.act_fp4", domain=TRT_DOMAIN,
+                       axis=-1, block_size=BLOCK, scale_type=TensorProto.FLOAT8E4M3FN)
+    sf = g.op("DequantizeLinear", x_sf, gs, name=f"{name}.act_dq_scale")
+    return g.op("DequantizeLinear", x_fp4, sf, name=f"{name}.act_dq", axis=-1, block_size=BLOCK)
+
+
+# -- "onnxruntime-cpu" -------------------------------------------------------------------------------------------
+def _cpu_weight(g: Graph, get, shape: tuple[int, ...], name: str) -> str:
+    codes = g.packed_weight(g.fresh(f"{name}.e2m1_codes"), "uint8", shape, lambda: [unpack_nibbles(get().packed)])
+    scales = _block_scales(g, get, shape, name)
+    table = g.shared_const("e2m1_values", FP4_VALUES)
+    values = g.op("Gather", table, g.op("Cast", codes, to=TensorProto.INT32), axis=0, name=f"{name}.decode")
+    return _times_block_scales(g, values, scales, name)
+
+
+def _cpu_activation(g: Graph, x: str, input_scale: np.float32, name: str) -> str:
+    """quantize_nvfp4_activations' arithmetic: sf8 = e4m3(min((1/s) * (amax * (1/6)), 448)); q = x_block *
+    (1 / (sf8 * (1/(1/s)))), 0 where sf8 is 0; codes = e2m1(q); values = e2m1 value * (sf8 * s)."""
+    tag = f"{name}.act_fp4"
+    sf_scale = np.float32(1.0) / np.float32(input_scale)
+    # 1/s and 1/(1/s) are folded here, as numerics computes them, so that ONNX Runtime's Mul/Div fusion
+    # cannot re-associate (1/s) * (amax/6) into amax/6/s, which rounds differently.
+    inv_sf_scale = np.float32(1.0) / sf_scale
+    x32 = x if g.dtype == "float32" else g.op("Cast", x, to=TensorProto.FLOAT)
+    blocked, shape = _blocked(g, x32, tag)
+    amax = g.op("ReduceMax", g.op("Abs", blocked), g.ints([-1]), keepdims=0, name=f"{tag}.amax")
+    sixth = g.op("Mul", amax, g.f32(np.float32(1.0) / E2M1_MAX, f"{tag}.sixth"))
+    sf = g.op("Min", g.op("Mul", g.f32(sf_scale, f"{tag}.sf_scale"), sixth), g.f32(E4M3_MAX, f"{tag}.e4m3_max"))
+    sf8 = g.op("Cast", g.op("Cast", sf, to=TensorProto.FLOAT8E4M3FN, name=f"{tag}.sf8"), to=TensorProto.FLOAT)
+    zero = g.f32(0.0, f"{tag}.zero")
+    recip = g.op("Div", g.f32(1.0, f"{tag}.one"), g.op("Mul", sf8, g.f32(inv_sf_scale, f"{tag}.inv_sf_scale")))
+    scale = g.op("Where", g.op("Equal", sf8, zero), zero, recip)
+    q = g.op("Mul", blocked, g.op("Unsqueeze", scale, g.ints([-1])), name=f"{tag}.q")
+    magnitude = g.op("Abs", q)
+    code = None
+    for i, (bound, tie_up) in enumerate(zip(E2M1_BOUNDS, E2M1_TIES_UP)):
+        passed = g.op("GreaterOrEqual" if tie_up else "Greater", magnitude, g.f32(bound, f"{tag}.bound{i}"))
+        passed = g.op("Cast", passed, to=TensorProto.INT32)
+        code = passed if code is None else g.op("Add", code, passed)       # ONNX Runtime's Sum takes no ints
+    values = g.op("Mul", g.op("Gather", g.shared_const("e2m1_magnitudes", FP4_VALUES[:8]), code, axis=0),
+                  g.op("Sign", q), name=f"{tag}.values")
+    out_scales = g.op("Mul", sf8, g.f32(input_scale, f"{name}.input_scale"))
+    scaled = g.op("Mul", values, g.op("Unsqueeze", out_scales, g.ints([-1])), name=f"{tag}.scale")
+    return g.op("Reshape", scaled, shape, name=f"{name}.act_dq")
+
+
+# lowering -> (weight emitter, activation emitter)
+EMITTERS: dict[str, tuple[Callable, Callable]] = {
+    TENSORRT: (_trt_weight, _trt_activation),
+    ORT_CPU: (_cpu_weight, _cpu_activation),
+}
+
+
+def emit_nvfp4_weight(g: Graph, get, shape: tuple[int, ...], name: str) -> str:
+    """The NVFP4 weight [..., out, in], dequantized in the graph (float32). `get()` returns the NVFP4Tensor;
+    it is called only when the graph is written."""
+    return EMITTERS[g.lowering][0](g, get, tuple(shape), name)
+
+
+def emit_nvfp4_activation(g: Graph, x: str, input_scale: np.float32, name: str) -> str:
+    """x -> NVFP4 fake-quantized x (float32), with the calibrated global scale `input_scale`."""
+    return EMITTERS[g.lowering][1](g, x, np.float32(input_scale), name)
+
+
+def tensorrt_only(model) -> list[str]:
+    """What in a finished ModelProto ONNX Runtime's CPU provider cannot run (FLOAT4E2M1 initializers, trt::
+    nodes), named; [] for a graph it can run."""
+    found = [f"initializer {t.name} (FLOAT4E2M1)" for t in model.graph.initializer
+             if t.data_type == TensorProto.FLOAT4E2M1]
+    found += [f"node {n.name} ({n.domain}::{n.op_type})" for n in model.graph.node if n.domain == TRT_DOMAIN]
+    return found
