@@ -127,6 +127,7 @@ _DELETE = object()
 
 @pytest.mark.parametrize("path,value,message", [
     (("schema_version",), 99, "schema_version: 99 is not supported"),
+    (("schema_version",), 1, r'schema_version 1 is no longer read .* names kernels "plugins"; rebuild the engine'),
     (("layers", 0, "attention", "kind"), "local", r"layers\[0\].attention.kind: 'local' is not an attention kind"),
     (("layers", 0, "attention", "window"), 0, r"layers\[0\].attention.window: 0 must be a positive integer"),
     (("layers", 1, "attention", "window"), 8, r"layers\[1\].attention.window: 8 must be null for full attention"),
