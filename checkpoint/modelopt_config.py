@@ -2,7 +2,7 @@
 
 What nvidia-modelopt 0.47's export_hf_checkpoint writes (modelopt/torch/export/unified_export_hf.py,
 quant_utils.process_layer_quant_config, convert_hf_config.convert_hf_quant_config_format), checked against a
-real export in tests/test_quant_export.py:
+real export in tests/checkpoint/test_quant_export.py:
 
   hf_quant_config.json  {"producer": {"name": "modelopt", "version": "0.47.0"},
                          "quantization": {"quant_algo": "NVFP4" | "W4A16_NVFP4" | "FP8",

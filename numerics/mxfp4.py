@@ -21,7 +21,7 @@ Elements are scaled by 2**-e (exact: a power of two) and rounded to nearest e2m1
 zero give code 8). NaN in a block: e is clamped as for inf and NaN elements encode as -0 (code 8);
 "no NaN out of finite input" is what the tests hold.
 
-Relation to torchao `to_mx(..., torch.float4_e2m1fn_x2, 32, mode)` (checked in tests/test_quant_oracles.py):
+Relation to torchao `to_mx(..., torch.float4_e2m1fn_x2, 32, mode)` (checked in tests/numerics/test_quant_oracles.py):
 identical scales everywhere and identical codes in every block whose scale byte is not 0 (amax >=
 2**-124 for FLOOR, amax > 6 * 2**-127 for RCEIL). In scale-byte-0 blocks torchao scales the data by
 2**126 (FLOOR, the float32 scale is clamped to the smallest normal) or by 1 (RCEIL), which does not match

@@ -18,7 +18,7 @@ Differences from ModelOpt:
   also counts a block with scale byte 0 as lossless whatever its codes; we count it by its content.
 - Exponents k_j >= 126 (scale bytes >= 253, far outside real weights): ModelOpt's 6 * 2**k_j
   overflows float32 and its block scale saturates at 448; ours stays exact.
-Everything else, bytes and scales, is identical (tests/test_quant_oracles.py).
+Everything else, bytes and scales, is identical (tests/numerics/test_quant_oracles.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import yaml
 from builder.engine import BuildError
 from builder.engine.build import BuildRequest, build
 from builder.engine.options import unknown_option_keys, upstream_fields
-
-BIN = Path(sys.executable).parent
+from tests.support import BIN
 
 
 def cli(*args, env=None, timeout=300):

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.support import BIN
+
 GREEDY_TOKENS = 12
 
 

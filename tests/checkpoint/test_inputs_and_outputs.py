@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,10 @@ from builder.engine.sources import shipped_checkpoint
 from checkpoint.convert import convert_checkpoint
 from checkpoint.errors import CheckpointError
 from spec.registry.models import get_model
+from tests.support import BIN
 from tests.support.fuzz_checkpoint import write_base
 
 pytestmark = pytest.mark.reliability
-
-BIN = Path(sys.executable).parent
 
 
 def digest(root: Path) -> dict:

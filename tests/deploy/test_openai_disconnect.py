@@ -12,24 +12,11 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.openai_server import ServedTiny, metric
+from tests.support.openai_server import metric
 
 LONG = 1800          # tokens the abandoned request asks for: seconds of decoding on the tiny engine
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    s = ServedTiny(tmp_path_factory.mktemp("openai-1slot"), max_batch_size=1, max_seq_len=2048)
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    return openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=120)
+SERVED = dict(max_batch_size=1, max_seq_len=2048)       # ONE batch slot (tests/deploy/conftest.py serves it)
+CLIENT_TIMEOUT_S = 120
 
 
 def _cancel_lines(served) -> int:
@@ -93,12 +80,12 @@ def test_disconnect_frees_the_slot_at_once(served, client):
 
 
 def test_a_non_streamed_request_is_cancelled_too_when_its_client_gives_up(served):
-    impatient = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=0.5)
+    impatient = served.openai_client(timeout_s=0.5)
     before = _cancel_lines(served)
     with pytest.raises(openai.APITimeoutError):
         impatient.completions.create(model="tiny", prompt="ROMEO:", max_tokens=LONG, temperature=0,
                                      extra_body={"ignore_eos": True})
-    client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=60)
+    client = served.openai_client(timeout_s=60)
     assert _short(client) < 2.0       # the endpoint polls for a disconnect every 0.25 s
     assert _settled_cancel_lines(served) == before + 1
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -14,34 +13,10 @@ import openai
 import pytest
 
 from deploy.client import LLMClient
-from tests.support.openai_server import ServedTiny, metric
+from tests.support.openai_server import metric
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    s = ServedTiny(tmp_path_factory.mktemp("openai"), max_batch_size=16)
-    try:
-        # The endpoint is up before Triton has loaded the model, and says so with a 503 in OpenAI's shape.
-        s.while_loading = None
-        deadline = time.monotonic() + 60
-        while s.status() == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        req = urllib.request.Request(f"{s.base_url}/chat/completions", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
-                                                      "max_tokens": 2}).encode())
-        try:
-            urllib.request.urlopen(req, timeout=10)
-        except urllib.error.HTTPError as e:
-            s.while_loading = (e.code, json.loads(e.read()))
-        s.wait_ready()
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    return openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=60)
+SERVED = dict(max_batch_size=16)          # tests/deploy/conftest.py serves it
 
 
 def _chat(client, text, **kw):

@@ -17,7 +17,6 @@ from deploy.client import LLMClient
 from deploy.server import free_port
 from model_repo.write import write_model_repo
 from tests.support import REPO
-from tests.support.serving import make_tiny_engine
 
 ROOT = REPO
 
@@ -46,10 +45,9 @@ def _port_open(port):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_engine_serves_and_stops_cleanly(tmp_path, sig):
-    engine = make_tiny_engine(tmp_path / "engine")
+def test_serve_engine_serves_and_stops_cleanly(tmp_path, tiny_engine, sig):
     grpc, http, metrics = free_port(), free_port(), free_port()
-    proc = _serve([str(engine), "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
+    proc = _serve([str(tiny_engine), "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
                    "--log-file", str(tmp_path / "server.log")], tmp_path)
     try:
         lines = _wait_for(proc, "serve-engine: ready")
@@ -77,10 +75,9 @@ def _child_pid(pid: int) -> int:
     return int(kids[0])
 
 
-def test_serve_engine_chat_demo_uses_the_engines_repository(tmp_path):
-    engine = make_tiny_engine(tmp_path / "engine")
-    write_model_repo(engine)          # what build-engine leaves in ENGINE_DIR/triton
-    proc = _serve([str(engine), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+def test_serve_engine_chat_demo_uses_the_engines_repository(tmp_path, tiny_engine):
+    write_model_repo(tiny_engine)          # what build-engine leaves in ENGINE_DIR/triton
+    proc = _serve([str(tiny_engine), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
                    "--log-file", str(tmp_path / "server.log"), "--chat", "Hello, who are you?", "--max-tokens", "8"],
                   tmp_path)
     try:
@@ -90,7 +87,7 @@ def test_serve_engine_chat_demo_uses_the_engines_repository(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out
-    assert f"the engine's triton/ repository: {engine / 'triton'}" in out
+    assert f"the engine's triton/ repository: {tiny_engine / 'triton'}" in out
     assert "> Hello, who are you?" in out and "[8 tokens, length" in out
     assert "serve-engine: stopped (tritonserver status 0)" in out
     assert glob.glob(f"/dev/shm/triton_python_backend_shm_region_gptoss_{proc.pid}_*") == []

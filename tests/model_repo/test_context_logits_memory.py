@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 
 from deploy.client import InvalidRequestError, LLMClient
-from deploy.server import TritonServer
-from model_repo.write import write_model_repo
-from tests.support.serving import assert_stopped_cleanly, make_tiny_engine
 
 pytestmark = pytest.mark.reliability
 
 CONCURRENT = 8
+TRITON = dict(max_seq_len=2048, max_batch_size=CONCURRENT, exit_timeout_s=5, max_context_logits_bytes=16 * 2**20)
 
 
 def test_a_finished_request_holds_no_prompt_logits():
@@ -50,17 +48,6 @@ def test_a_finished_request_holds_no_prompt_logits():
         assert all(ref() is None for ref in seen)           # and the running scheduler holds none of them
     finally:
         b.stop()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("triton-mem")
-    engine = make_tiny_engine(root / "engine", max_seq_len=2048, max_batch_size=CONCURRENT)
-    repo = write_model_repo(engine, max_context_logits_bytes=16 * 2**20)
-    srv = TritonServer(repo, log_file=root / "server.log", exit_timeout_s=5)
-    srv.start(timeout_s=240)
-    yield srv
-    assert_stopped_cleanly(srv.stop(), root / "server.log")
 
 
 def test_one_request_beyond_the_cap_is_a_clear_error(server):

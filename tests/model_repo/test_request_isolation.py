@@ -8,20 +8,9 @@ import time
 
 import pytest
 
-from tests.support.serving import ASSETS
+from tests.support.serving import stream_tensorrt_llm
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture(scope="module")
-def rt():
-    import torch
-
-    from runtime import Runtime
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Runtime.from_dir(ASSETS)
-    torch.set_num_threads(old)
 
 
 def _alone(rt, prompt, n, **kw):
@@ -103,22 +92,7 @@ POISON = {  # request index -> (what is wrong, keyword arguments, fragment of it
     44: ("max_tokens beyond the context", dict(max_tokens=MAX_SEQ_LEN), "beyond the context"),
     58: ("negative top_k", dict(top_k=-1), "top_k must be"),
 }
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from deploy.server import TritonServer, shm_files
-    from model_repo.write import write_model_repo
-    from tests.support.serving import assert_stopped_cleanly, make_tiny_engine
-    root = tmp_path_factory.mktemp("triton-rel")
-    engine = make_tiny_engine(root / "engine", max_seq_len=MAX_SEQ_LEN, max_batch_size=16)
-    repo = write_model_repo(engine)
-    srv = TritonServer(repo, log_file=root / "server.log", exit_timeout_s=15)
-    srv.start(timeout_s=240)
-    yield srv
-    rc = srv.stop()
-    assert_stopped_cleanly(rc, root / "server.log")
-    assert shm_files(srv.shm_prefix) == []
+TRITON = dict(max_seq_len=MAX_SEQ_LEN, max_batch_size=16, exit_timeout_s=15)
 
 
 @pytest.mark.parametrize("model", ["tensorrt_llm_bls", "ensemble"])
@@ -163,28 +137,6 @@ def test_64_streams_with_poisoned_requests(server, model):
     assert time.perf_counter() - t0 < 600
 
 
-def _stream_llm(url, request_id, prompt, n):
-    """Start one streaming request on the tensorrt_llm model; -> (queue of (result, error), client)."""
-    import queue
-
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-    arrays = {"input_ids": np.array([prompt], dtype=np.int32), "input_lengths": np.array([[len(prompt)]], dtype=np.int32),
-              "request_output_len": np.array([[n]], dtype=np.int32), "streaming": np.array([[True]]),
-              "end_id": np.array([[-1]], dtype=np.int32), "stop_words_list": np.array([[[0], [-1]]], dtype=np.int32)}
-    inputs = []
-    for name, arr in arrays.items():
-        i = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
-        i.set_data_from_numpy(arr)
-        inputs.append(i)
-    c = grpcclient.InferenceServerClient(url)
-    q: queue.Queue = queue.Queue()
-    c.start_stream(callback=lambda result, error: q.put((result, error)))
-    c.async_stream_infer("tensorrt_llm", inputs, request_id=request_id, enable_empty_final_response=True)
-    return q, c
-
-
 def _drain(q, c, pending=()):
     tokens, error = [], None
     pending = list(pending)
@@ -204,11 +156,11 @@ def _drain(q, c, pending=()):
 
 
 def test_a_reused_request_id_is_refused_and_stops_nothing(server):
-    first = _stream_llm(server.grpc_url, "dup", [17, 18, 19, 20], 60)
+    first = stream_tensorrt_llm(server.grpc_url, [17, 18, 19, 20], 60, "dup")
     head = first[0].get(timeout=120)                 # the first is decoding: its first token is out
-    second_tokens, second_error = _drain(*_stream_llm(server.grpc_url, "dup", [5, 6, 7], 4))
+    second_tokens, second_error = _drain(*stream_tensorrt_llm(server.grpc_url, [5, 6, 7], 4, "dup"))
     tokens, error = _drain(*first, pending=[head])
     assert error is None and len(tokens) == 60, (error, len(tokens))
     assert second_tokens == [] and "request id 'dup' is already in flight" in str(second_error)
-    again, error = _drain(*_stream_llm(server.grpc_url, "dup", [5, 6, 7], 4))   # free again once finished
+    again, error = _drain(*stream_tensorrt_llm(server.grpc_url, [5, 6, 7], 4, "dup"))   # free again once finished
     assert error is None and len(again) == 4

@@ -10,7 +10,6 @@ import pytest
 
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request, Scheduler
-from tests.support.serving import ASSETS
 
 
 def request(rid, prompt, max_tokens, stop_ids=(), stop_sequences=(), emit=None, **kw):
@@ -21,18 +20,6 @@ def request(rid, prompt, max_tokens, stop_ids=(), stop_sequences=(), emit=None, 
 
 def batcher(rt, max_batch_size):
     return Scheduler(rt.model, max_batch_size=max_batch_size)
-
-
-@pytest.fixture(scope="module")
-def rt():
-    import torch
-
-    from runtime import Runtime
-    # As served (one CPU thread): tiny matmuls gain nothing from more, and an oversubscribed box loses a lot.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Runtime.from_dir(ASSETS)
-    torch.set_num_threads(old)
 
 
 class Collector:

@@ -17,34 +17,16 @@ import urllib.request
 import numpy as np
 import pytest
 
-from deploy.client import InvalidRequestError, LLMClient, RequestTimeoutError, classify, generate_many
-from deploy.server import TritonServer, shm_files
-from model_repo.write import leftover_placeholders, write_model_repo
+from deploy.client import InvalidRequestError, LLMClient, RequestTimeoutError, classify, generate_many, infer_inputs
 from tests.support import REPO
-from tests.support.serving import assert_stopped_cleanly, make_tiny_engine
+from tests.support.serving import ASSETS, stream_tensorrt_llm
 
 MAX_SEQ_LEN = 512
 CONTEXT_LOGITS_TOKENS = 160
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("triton")
-    engine = make_tiny_engine(root / "engine", max_seq_len=MAX_SEQ_LEN, max_batch_size=16)
-    vocab = json.loads((engine / "config.json").read_text())["vocab_size"]
-    # context_logits answers capped at CONTEXT_LOGITS_TOKENS prompt tokens (float32)
-    repo = write_model_repo(engine, max_context_logits_bytes=CONTEXT_LOGITS_TOKENS * vocab * 4)
-    assert leftover_placeholders(repo) == []
-    srv = TritonServer(repo, log_file=root / "server.log", exit_timeout_s=15)
-    srv.start(timeout_s=240)
-    srv.engine = engine
-    srv.vocab = vocab
-    srv.log_path = root / "server.log"
-    assert shm_files(srv.shm_prefix), "the Python backend should be using shared memory while serving"
-    yield srv
-    rc = srv.stop()
-    assert_stopped_cleanly(rc, srv.log_path)
-    assert shm_files(srv.shm_prefix) == [], "shared-memory files left behind"
+VOCAB = json.loads((ASSETS / "config.json").read_text())["vocab_size"]
+# context_logits answers capped at CONTEXT_LOGITS_TOKENS prompt tokens (float32)
+TRITON = dict(max_seq_len=MAX_SEQ_LEN, max_batch_size=16, exit_timeout_s=15,
+              max_context_logits_bytes=CONTEXT_LOGITS_TOKENS * VOCAB * 4)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +213,6 @@ def _send_raw(server, arrays: dict, model: str = "tensorrt_llm_bls"):
     """Send exactly these tensors through the gRPC stream API; -> (responses, error message or None)."""
     import tritonclient.grpc as grpcclient
 
-    from deploy.client import infer_inputs
     inputs = infer_inputs(arrays)
     c = grpcclient.InferenceServerClient(server.grpc_url)
     q: queue.Queue = queue.Queue()
@@ -349,24 +330,10 @@ def test_metrics_show_the_inference_counters_moving(server, client):
 
 # -- the inner models, called directly ------------------------------------------------------------------------
 def test_tensorrt_llm_model_streams_what_the_runtime_generates(server):
-    import tritonclient.grpc as grpcclient
-
     from runtime import Runtime, SamplingParams
     prompt = [17, 18, 19, 20, 21]
     expected = Runtime.from_dir(server.engine).generate([prompt], SamplingParams(max_tokens=10, stop_token_ids=()))
-    arrays = {"input_ids": np.array([prompt], dtype=np.int32), "input_lengths": np.array([[5]], dtype=np.int32),
-              "request_output_len": np.array([[10]], dtype=np.int32), "streaming": np.array([[True]]),
-              "end_id": np.array([[-1]], dtype=np.int32), "stop_words_list": np.array([[[0], [-1]]], dtype=np.int32)}
-    from tritonclient.utils import np_to_triton_dtype
-    inputs = []
-    for name, arr in arrays.items():
-        i = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
-        i.set_data_from_numpy(arr)
-        inputs.append(i)
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    q: queue.Queue = queue.Queue()
-    c.start_stream(callback=lambda result, error: q.put((result, error)))
-    c.async_stream_infer("tensorrt_llm", inputs, enable_empty_final_response=True)
+    q, c = stream_tensorrt_llm(server.grpc_url, prompt, 10)
     tokens, responses = [], 0
     while True:
         result, error = q.get(timeout=60)
@@ -392,11 +359,8 @@ def test_postprocessing_model_decodes_harmony_channels(server):
     tok = HFTokenizer(server.engine / "tokenizer.json")
     ids = tok.encode("<|channel|>analysis<|message|>thinking<|end|><|start|>assistant<|channel|>final"
                      "<|message|>the answer<|return|>")
-    arr = np.array([[ids]], dtype=np.int32)
-    i = grpcclient.InferInput("TOKENS_BATCH", list(arr.shape), "INT32")
-    i.set_data_from_numpy(arr)
     c = grpcclient.InferenceServerClient(server.grpc_url)
-    r = c.infer("postprocessing", [i])
+    r = c.infer("postprocessing", infer_inputs({"TOKENS_BATCH": np.array([[ids]], dtype=np.int32)}))
     assert r.as_numpy("OUTPUT").reshape(-1)[0].decode() == "the answer"
     assert r.as_numpy("ANALYSIS_OUTPUT").reshape(-1)[0].decode() == "thinking"
     c.close()

@@ -15,7 +15,6 @@ import pytest
 from model_repo.backends import TRTLLM_UNVALIDATED, TrtllmBackend, make_backend
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request
-from tests.support.serving import make_tiny_engine
 
 FAKE = textwrap.dedent('''
     import asyncio
@@ -71,17 +70,16 @@ def fake_trtllm(tmp_path, monkeypatch):
     sys.modules.pop("tensorrt_llm", None)
 
 
-def test_llm_api_backend_streams_and_says_it_is_unvalidated(tmp_path, fake_trtllm):
-    engine = make_tiny_engine(tmp_path / "engine")
-    (engine / "llm_api_options.yaml").write_text("tensor_parallel_size: 1\nmax_batch_size: 8\n", encoding="utf-8")
+def test_llm_api_backend_streams_and_says_it_is_unvalidated(tiny_engine, fake_trtllm):
+    (tiny_engine / "llm_api_options.yaml").write_text("tensor_parallel_size: 1\nmax_batch_size: 8\n", encoding="utf-8")
     logs = []
-    # The glue itself (make_backend first checks that this machine has the engine's GPU; tests/test_target.py).
-    b = TrtllmBackend(engine, max_batch_size=16, max_seq_len=512, log=logs.append)
+    # The glue itself (make_backend first checks that this machine has the engine's GPU; tests/spec/test_target.py).
+    b = TrtllmBackend(tiny_engine, max_batch_size=16, max_seq_len=512, log=logs.append)
     import tensorrt_llm
     try:
         assert any(TRTLLM_UNVALIDATED in m for m in logs)
         kind, model, options = tensorrt_llm.CALLS[0]
-        assert model == str(engine) and options == {"tensor_parallel_size": 1, "max_batch_size": 8,
+        assert model == str(tiny_engine) and options == {"tensor_parallel_size": 1, "max_batch_size": 8,
                                                     "max_seq_len": 512}
         got, done = [], threading.Event()
         reasons = []
@@ -113,11 +111,10 @@ def test_llm_api_backend_streams_and_says_it_is_unvalidated(tmp_path, fake_trtll
     assert ("shutdown",) in tensorrt_llm.CALLS
 
 
-def test_auto_picks_the_reference_runtime_without_a_gpu(tmp_path, fake_trtllm):
+def test_auto_picks_the_reference_runtime_without_a_gpu(tiny_engine, fake_trtllm):
     import torch
     threads = torch.get_num_threads()
-    engine = make_tiny_engine(tmp_path / "engine")
-    b = make_backend(engine, "auto", max_batch_size=2, max_seq_len=128, log=lambda m: None)
+    b = make_backend(tiny_engine, "auto", max_batch_size=2, max_seq_len=128, log=lambda m: None)
     try:
         assert b.name == "reference"      # tensorrt_llm importable here, but torch sees no CUDA device
     finally:

@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +21,11 @@ from checkpoint.errors import CheckpointError
 from runtime import Runtime, SamplingParams
 from spec.network import DenseMLP, load_network
 from spec.registry import get_model
-from tests.support import REPO
+from tests.support import BIN, REPO
 from tests.support.dense import hf_logits, tiny_dense_checkpoint, write_dense_checkpoint
 from tests.support.runtime import rel_diff
 
 TOL = 1e-5
-BIN = Path(sys.executable).parent
 ROOT = REPO
 DENSE = get_model("tiny-dense")
 

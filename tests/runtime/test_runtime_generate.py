@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import Runtime, SamplingParams
+from runtime import SamplingParams
 from runtime.sampling import filter_logits, sample
 from tests.support.runtime import CONFIGS, hf_model, prompt
 
-KEY = "odd"
-
-
-@pytest.fixture(scope="module")
-def rt() -> Runtime:
-    return Runtime.from_dir(hf_model(KEY)[1])
+KEY = "odd"          # the random model of the `rt` fixture (tests/runtime/conftest.py)
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(rt):

@@ -1,7 +1,7 @@
 """The runtime's in-flight scheduler and the KV-cache row operations it stands on.
 
 Oracle for the cache: one full prefill of the whole sequence in a fresh cache (Runtime.prompt_logits), which
-tests/test_runtime.py checks against transformers. Prompts are longer than the model's window, so the sliding
+tests/runtime/test_runtime.py checks against transformers. Prompts are longer than the model's window, so the sliding
 layers' ring buffers wrap before rows are moved.
 """
 
@@ -12,16 +12,11 @@ import threading
 import pytest
 import torch
 
-from runtime import Runtime, SamplingParams
+from runtime import SamplingParams
 from runtime.scheduler import Request, Scheduler
-from tests.support.runtime import CONFIGS, hf_model, prompt
+from tests.support.runtime import CONFIGS, prompt
 
-KEY = "odd"          # window 5, one kv head: rings wrap within a few tokens
-
-
-@pytest.fixture(scope="module")
-def rt() -> Runtime:
-    return Runtime.from_dir(hf_model(KEY)[1])
+KEY = "odd"          # `rt`'s model (tests/runtime/conftest.py): window 5, one kv head: rings wrap within a few tokens
 
 
 def _prefill(model, cache, seqs, first_row):

@@ -33,14 +33,14 @@ MAX_WEIGHT_BYTES = 10 * 10**6
 
 
 @pytest.fixture(scope="module")
-def rt():
+def tiny_rt():
     from runtime import Runtime
     return Runtime.from_dir(ASSETS)
 
 
 @pytest.fixture(scope="module")
-def heldout_ids(rt):
-    return rt.encode((ASSETS / "heldout.txt").read_text())
+def heldout_ids(tiny_rt):
+    return tiny_rt.encode((ASSETS / "heldout.txt").read_text())
 
 
 def _arch(c):
@@ -95,36 +95,36 @@ def test_tokenizer_carries_harmony_specials_and_eos():
     assert enc[0] == ids[0] and tok.decode(enc, skip_special_tokens=False) == text
 
 
-def test_heldout_perplexity(rt, heldout_ids):
+def test_heldout_perplexity(tiny_rt, heldout_ids):
     """exp(mean NLL) over non-overlapping CONTEXT-token windows of heldout.txt, all in one batch."""
     n = PPL_WINDOWS
     ids = torch.tensor(heldout_ids[:n * CONTEXT + 1])
     x, y = ids[:-1].view(n, CONTEXT), ids[1:].view(n, CONTEXT)
-    model = rt.model
+    model = tiny_rt.model
     logits = model.forward(x, torch.arange(CONTEXT).expand(n, CONTEXT), model.new_cache(n, CONTEXT), logits="all")
     ppl = math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item())
     assert ppl < PPL_BOUND, f"held-out perplexity {ppl:.2f}, shipped model measured {PPL_MEASURED}"
 
 
-def test_transformers_and_runtime_agree(rt, heldout_ids):
+def test_transformers_and_runtime_agree(tiny_rt, heldout_ids):
     from transformers import GptOssForCausalLM
     ids = heldout_ids[:128]
     hf = GptOssForCausalLM.from_pretrained(str(ASSETS), dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0]
-    ours = rt.prompt_logits(ids)
+    ours = tiny_rt.prompt_logits(ids)
     assert (ours - ref).abs().max().item() < 1e-4
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
 
 
-def test_greedy_continuations_are_english(rt):
+def test_greedy_continuations_are_english(tiny_rt):
     """Most words of a greedy continuation are words of the held-out play (not a word salad, not bytes)."""
     from runtime import SamplingParams
     known = set(re.findall(r"[a-z]+", (ASSETS / "heldout.txt").read_text().lower()))
     prompts = ["To be, or not to be,", "The king is dead, and"]
-    results = rt.generate([rt.encode(p) for p in prompts], SamplingParams(max_tokens=32))
+    results = tiny_rt.generate([tiny_rt.encode(p) for p in prompts], SamplingParams(max_tokens=32))
     for prompt, res in zip(prompts, results):
-        text = rt.decode(res.output_ids)
+        text = tiny_rt.decode(res.output_ids)
         words = re.findall(r"[a-z]+", text.lower())
         assert len(words) >= 10, (prompt, text)
         assert sum(w in known for w in words) / len(words) >= 0.8, (prompt, text)

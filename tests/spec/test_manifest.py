@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from spec.manifest import SCHEMA_VERSION, EngineManifest, ManifestError
-from tests.support.serving import make_tiny_engine
-
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture()
-def engine(tmp_path) -> Path:
-    return make_tiny_engine(tmp_path / "e")
+from tests.support import BIN
 
 
 def _edit(engine: Path, **changes) -> None:
@@ -26,13 +18,13 @@ def _edit(engine: Path, **changes) -> None:
     (engine / "engine.json").write_text(json.dumps(data))
 
 
-def test_round_trip(engine):
-    m = EngineManifest.read(engine)
+def test_round_trip(tiny_engine):
+    m = EngineManifest.read(tiny_engine)
     assert m.schema_version == SCHEMA_VERSION and m.model == "tiny" and not m.runs_on_gpu
     m.validated_on.append({"runtime": "reference", "ok": True})
-    m.write(engine)
-    assert EngineManifest.read(engine) == m
-    assert [p.name for p in engine.iterdir() if p.name.startswith(".")] == []     # no temporary left
+    m.write(tiny_engine)
+    assert EngineManifest.read(tiny_engine) == m
+    assert [p.name for p in tiny_engine.iterdir() if p.name.startswith(".")] == []     # no temporary left
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -44,10 +36,10 @@ def test_round_trip(engine):
     (dict(surprise=1), "unknown field(s) surprise"),
     (dict(validated_on=[1]), "array of objects"),
 ])
-def test_bad_manifests_are_refused_by_name(engine, changes, message):
-    _edit(engine, **changes)
+def test_bad_manifests_are_refused_by_name(tiny_engine, changes, message):
+    _edit(tiny_engine, **changes)
     with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        EngineManifest.read(engine)
+        EngineManifest.read(tiny_engine)
 
 
 def test_missing_and_not_json(tmp_path):
@@ -62,16 +54,16 @@ def _run(*args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=timeout)
 
 
-def test_version_999_is_refused_by_every_cli_with_the_same_message(engine, tmp_path):
-    _edit(engine, schema_version=999)
-    expected = f"{engine / 'engine.json'}: schema_version 999 is not one gptoss-trt"
+def test_version_999_is_refused_by_every_cli_with_the_same_message(tiny_engine, tmp_path):
+    _edit(tiny_engine, schema_version=999)
+    expected = f"{tiny_engine / 'engine.json'}: schema_version 999 is not one gptoss-trt"
     runs = {
-        "run-engine": _run("run-engine", engine, "--input-ids", "1,2,3"),
-        "serve-engine": _run("serve-engine", engine, "--grpc-port", "18761", "--http-port", "18762",
+        "run-engine": _run("run-engine", tiny_engine, "--input-ids", "1,2,3"),
+        "serve-engine": _run("serve-engine", tiny_engine, "--grpc-port", "18761", "--http-port", "18762",
                              "--metrics-port", "18763", "--ready-timeout", "5"),
-        "engine-regression": _run("engine-regression", engine, "--report", tmp_path / "r"),
-        "build-engine --validate": _run("build-engine", "--validate", engine),
-        "write-model-repo": _run("write-model-repo", engine, "--output", tmp_path / "repo"),
+        "engine-regression": _run("engine-regression", tiny_engine, "--report", tmp_path / "r"),
+        "build-engine --validate": _run("build-engine", "--validate", tiny_engine),
+        "write-model-repo": _run("write-model-repo", tiny_engine, "--output", tmp_path / "repo"),
     }
     for name, r in runs.items():
         assert r.returncode == 2, f"{name}: exit {r.returncode}\n{r.stderr}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -48,6 +49,26 @@ class ServedTiny:
                 return
             time.sleep(0.2)
         raise AssertionError(f"the OpenAI endpoint was not ready in {timeout} s:\n{self.out.read_text()}")
+
+    def answer_while_loading(self) -> tuple[int, dict] | None:
+        """(status, body) of a chat request sent as soon as the endpoint is up, before Triton has loaded the model
+        (None if it was answered 200: the model was loaded first)."""
+        deadline = time.monotonic() + 60
+        while self.status() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                                      "max_tokens": 2}).encode())
+        try:
+            urllib.request.urlopen(req, timeout=10)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        return None
+
+    def openai_client(self, timeout_s: float):
+        """The official openai client on this endpoint, without retries (a retry would hide a failed request)."""
+        import openai
+        return openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=timeout_s)
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:

@@ -1,4 +1,5 @@
-"""Helpers for the serving tests and benchmarks: a tiny engine-like directory and a served repository.
+"""Helpers for the serving tests and benchmarks: a tiny engine-like directory, a served repository (served_repo, the
+real tritonserver) and a raw stream on its tensorrt_llm model.
 
 make_tiny_engine(dest) copies the shipped tiny checkpoint (builder/assets/tiny: HF config + safetensors +
 tokenizer.json with the Harmony specials) and writes an engine.json manifest, which is what build-engine makes for
@@ -7,9 +8,12 @@ tokenizer.json with the Harmony specials) and writes an engine.json manifest, wh
 
 from __future__ import annotations
 
+import json
+import queue
 import re
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support import TINY_ASSETS
@@ -31,7 +35,7 @@ def make_tiny_engine(dest: str | Path, max_seq_len: int = 512, max_batch_size: i
 # Triton 2.51 (nvidia-pytriton's server) now and then never finishes unloading the decoupled BLS model at shutdown:
 # every other model unloads, the BLS model's finalize() is never called although none of its requests is in flight
 # (its stub logs that), and the server exits 1 when --exit-timeout-secs runs out. Seen in about a third of the runs
-# of tests/test_triton_server.py, before and after the logprob/context-logits work, never with --log-verbose=1;
+# of tests/model_repo/test_triton_server.py, before and after the logprob/context-logits work, never with --log-verbose=1;
 # the same class of core unload hang as triton-inference-server/server#8755 (open). Not ours to fix. The same
 # hang has also been seen on the ensemble (no Python code of ours runs in it) in runs where a composing model
 # answered requests with an error followed by its final response, the pattern a BLS caller needs to see errors.
@@ -62,3 +66,46 @@ def assert_stopped_cleanly(rc: int | None, log_file: str | Path) -> None:
     assert known_unload_hang(log), f"tritonserver exit status {rc}; see {log_file}"
     warnings.warn(f"tritonserver exited {rc}: the known Triton 2.51 unload hang of "
                   f"{', '.join(sorted(_stuck_at_exit(log)))} (see tests/support/serving.py); every other model unloaded")
+
+
+@contextmanager
+def served_repo(root: Path, *, max_seq_len: int = 512, max_batch_size: int = 16, exit_timeout_s: int = 15,
+                **repo_options):
+    """The real tritonserver on a model repository written for the tiny engine (write_model_repo's keyword
+    arguments in `repo_options`), started under `root`; yields the TritonServer with .engine, .vocab and .log_path.
+    On the way out the server must stop cleanly and leave no shared-memory files."""
+    from deploy.server import TritonServer, shm_files
+    from model_repo.write import leftover_placeholders, write_model_repo
+    engine = make_tiny_engine(root / "engine", max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+    repo = write_model_repo(engine, **repo_options)
+    assert leftover_placeholders(repo) == []
+    srv = TritonServer(repo, log_file=root / "server.log", exit_timeout_s=exit_timeout_s)
+    srv.start(timeout_s=240)
+    srv.engine, srv.log_path = engine, root / "server.log"
+    srv.vocab = json.loads((engine / "config.json").read_text())["vocab_size"]
+    try:
+        assert shm_files(srv.shm_prefix), "the Python backend should be using shared memory while serving"
+        yield srv
+    except BaseException:
+        srv.stop()
+        raise
+    assert_stopped_cleanly(srv.stop(), srv.log_path)
+    assert shm_files(srv.shm_prefix) == [], "shared-memory files left behind"
+
+
+def stream_tensorrt_llm(url: str, prompt: list[int], max_tokens: int, request_id: str = ""):
+    """Start one streaming request on the served `tensorrt_llm` model itself (TensorRT-LLM's tensor names, no end
+    token, no stop words); -> (queue of (result, error), the gRPC client, to stop_stream and close)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from deploy.client import infer_inputs
+    arrays = {"input_ids": np.array([prompt], dtype=np.int32),
+              "input_lengths": np.array([[len(prompt)]], dtype=np.int32),
+              "request_output_len": np.array([[max_tokens]], dtype=np.int32), "streaming": np.array([[True]]),
+              "end_id": np.array([[-1]], dtype=np.int32), "stop_words_list": np.array([[[0], [-1]]], dtype=np.int32)}
+    c = grpcclient.InferenceServerClient(url)
+    q: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    c.async_stream_infer("tensorrt_llm", infer_inputs(arrays), request_id=request_id, enable_empty_final_response=True)
+    return q, c
