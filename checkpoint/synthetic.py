@@ -37,13 +37,14 @@ TOKENIZER_FROM = Path(__file__).resolve().parents[1] / "builder" / "assets" / "t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def synthetic_config(model: str = "20b", layers: int | None = None, vocab_size: int | None = None):
-    """The registry's model config (spec.registry.get_model), with the slice's depth / vocabulary."""
-    config = get_model(model)
+def synthetic_config(model="20b", layers: int | None = None, vocab_size: int | None = None):
+    """The registry's model config (spec.registry.get_model; or a ModelConfig as it is), with the slice's
+    depth / vocabulary."""
+    config = get_model(model) if isinstance(model, str) else model
     over = {}
     if layers is not None:
         if not 1 <= layers <= config.num_layers:
-            raise CheckpointError(f"layers={layers}: {model} has {config.num_layers} layers; fix: pass 1.."
+            raise CheckpointError(f"layers={layers}: {config.name} has {config.num_layers} layers; fix: pass 1.."
                                   f"{config.num_layers}")
         over["num_layers"] = layers
     if vocab_size is not None:
@@ -75,10 +76,10 @@ def _pool_for(name: str, dtype: str) -> str:
     return "ones" if "norm" in name else "float"
 
 
-def write_synthetic(folder: str | Path, model: str = "20b", *, layers: int | None = None,
+def write_synthetic(folder: str | Path, model="20b", *, layers: int | None = None,
                     vocab_size: int | None = None, mxfp4: bool = True, seed: int = 0, tokenizer: bool = True,
                     max_shard_bytes: int | None = None) -> Path:
-    """Write a synthetic checkpoint of `model` (a spec.registry name) into the new folder `folder`."""
+    """Write a synthetic checkpoint of `model` (a spec.registry name or a ModelConfig) into the new folder."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise CheckpointError(f"{folder} exists and is not empty; fix: pass a new folder")
