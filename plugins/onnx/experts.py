@@ -31,10 +31,11 @@ from plugins.onnx.graph import Graph
 from plugins.onnx.linear import expert_gemm
 from plugins.onnx.weights import WeightSource
 
-# An expert GEMM factory: (g, linears, weights) -> gemm(x_rows [m, in], e) -> [m, sum(out)], expert e's
-# linears applied to rows of its own (outputs concatenated). Registered per quant format in
+# An expert GEMM factory: (g, linears, weights) -> gemm(x_rows [m, in], e, pairs) -> [m, sum(out)], expert e's
+# linears applied to rows of its own (outputs concatenated); `pairs` (SortedPairs) for a form that needs the
+# routing at run time (plugins/onnx/fp4.py's routed decode). Registered per quant format in
 # plugins.onnx.linear.EXPERT_GEMMS.
-ExpertGemm = Callable[[str, int], str]
+ExpertGemm = Callable[[str, int, "SortedPairs"], str]
 
 
 class SortedPairs:
@@ -72,7 +73,7 @@ class SortedPairs:
 
     def per_expert(self, sorted_x: str, gemm: ExpertGemm, tag: str) -> str:
         """Each expert's GEMM on its rows of sorted_x [M, in] -> [M, out], still in sorted order."""
-        outs = [gemm(self.rows(sorted_x, e), e) for e in range(self.E)]
+        outs = [gemm(self.rows(sorted_x, e), e, self) for e in range(self.E)]
         return outs[0] if len(outs) == 1 else self.g.op("Concat", *outs, axis=0, name=f"{tag}.sorted_out")
 
     def add_bias(self, y_sorted: str, bias: str | None) -> str:

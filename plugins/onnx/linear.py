@@ -2,7 +2,7 @@
 
     y = emit_linear(g, x, linear, weights)               # x [..., in] -> y [..., out]
     y = emit_linear(g, x, (gate, up), weights)           # several linears, one GEMM, outputs concatenated
-    gemm_e = expert_gemm(g, expert_linears, weights)            # gemm_e(x_rows [m, in], e) -> [m, out]
+    gemm_e = expert_gemm(g, expert_linears, weights)     # gemm_e(x_rows [m, in], e, pairs) -> [m, out]
 
 `linear` is a spec.network.Linear (or ExpertLinear), `weights` a plugins.onnx.weights.WeightSource. Formats
 register in LINEAR_EMITTERS / EXPERT_GEMMS with these signatures (the linears of one call share a format);
@@ -93,7 +93,7 @@ def expert_slice_weight(g: Graph, linears, weights: WeightSource, e: int) -> str
 
 def _plain_expert_gemm(g: Graph, linears, weights: WeightSource):
     """Expert e's rows [m, in] @ its dense [out, in] weight.T (plugins.onnx.experts runs one per expert)."""
-    def gemm_e(x_rows: str, e: int) -> str:
+    def gemm_e(x_rows: str, e: int, pairs=None) -> str:
         return g.op("Gemm", x_rows, expert_slice_weight(g, linears, weights, e), transB=1,
                     name=f"{linears[0].weight}.expert{e}.gemm")
     return gemm_e

@@ -245,7 +245,20 @@ def quant_expert_gemm(g, linears, weights):
     if emit_act is not _no_activation:
         in_scale = input_scale_value(in_scale, first)        # a missing scale is named by its module
 
-    def gemm_e(x_rows: str, e: int) -> str:
+    if g.lowering in fp4.ROUTED_EXPERT_LOWERINGS and check is as_nvfp4:
+        stored = [fp4.packed_expert_initializers(g, get, (E, lin.out_features, n_in), lin.weight)
+                  for lin, get in zip(linears, loaders)]
+        shapes = [(E, lin.out_features, n_in) for lin in linears]
+
+        def routed_e(x_rows: str, e: int, pairs) -> str:
+            tag = f"{first}.expert{e}"
+            y = fp4.routed_expert_gemm(g, stored, shapes, x_rows, e, pairs,
+                                       lambda x: emit_act(g, _cast(g, x, FLOAT) if g.elem != FLOAT else x, in_scale, tag,
+                                                        FLOAT), tag, FLOAT)
+            return _cast(g, y, g.elem)
+        return routed_e
+
+    def gemm_e(x_rows: str, e: int, pairs=None) -> str:
         xq = emit_act(g, x_rows, in_scale, f"{first}.expert{e}", g.elem)                 # [m_e, in]
         ys = []
         for lin, get in zip(linears, loaders):

@@ -21,7 +21,7 @@ import torch
 
 from numerics.mxfp4 import MXFP4Weight, quantize_mxfp4
 from numerics.nvfp4 import quantize_nvfp4
-from plugins.onnx.graph import ORT_CPU
+from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED
 from spec.canonical import input_scale_name
 from spec.network import MoE
 from tests.support.onnx_graphs import CONFIGS, hf_model, network, ort_logits, prompt
@@ -67,11 +67,11 @@ def quant_network(key: str, fmt: str):
                                                  for layer in net.layers))
 
 
-def export(key: str, fmt: str, edit=None) -> str:
+def export(key: str, fmt: str, edit=None, lowering: str = ORT_CPU) -> str:
     from plugins.onnx.export import export_onnx
     t = tensors(key, fmt) if edit is None else edit(dict(tensors(key, fmt)), network(key))
-    path = ROOT / f"moe-{key}-{fmt}-{edit.__name__ if edit else 'ok'}.onnx"
-    export_onnx(quant_network(key, fmt), t, path, lowering=ORT_CPU)
+    path = ROOT / f"moe-{key}-{fmt}-{edit.__name__ if edit else 'ok'}-{lowering}.onnx"
+    export_onnx(quant_network(key, fmt), t, path, lowering=lowering)
     return str(path)
 
 
@@ -92,6 +92,35 @@ def test_moe_graph_matches_the_reference_runtime(key, fmt):
     want = reference(key, fmt).prompt_logits(ids)
     got = ort_logits(export(key, fmt), ids)
     assert rel_diff(got, want) < TOL, rel_diff(got, want)
+
+
+@pytest.mark.parametrize("key,fmt", [(key, fmt) for key in ("tiny", "odd") for fmt in ("mxfp4", "nvfp4")])
+def test_packed_fp4_experts_decoded_at_run_time_match_the_reference_runtime(key, fmt):
+    """The "onnxruntime-cpu-packed" lowering: FP4 experts stay packed (uint8 [E, out, in/2] + e4m3 scales, the
+    checkpoint's bytes), decoded per routed expert inside an If on its row count. Prefill and one-token decode
+    (most experts unrouted) equal the reference runtime; no float expert weight is in the graph or folded by
+    ONNX Runtime (its optimized model holds no float initializer of an expert's size)."""
+    import onnxruntime as ort
+    ids = prompt(key, 24, seed=3)
+    path = export(key, fmt, lowering=ORT_CPU_PACKED)
+    ref = reference(key, fmt)
+    assert rel_diff(ort_logits(path, ids), ref.prompt_logits(ids)) < TOL
+    assert rel_diff(ort_logits(path, ids[:1]), ref.prompt_logits(ids[:1])) < TOL
+    c = CONFIGS[key]
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(ROOT / f"opt-{key}-{fmt}.onnx")
+    ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    model = onnx.load(opts.optimized_model_filepath)
+    expert_elems = c.intermediate_size * c.hidden_size
+    floats = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+              and int(np.prod(t.dims)) >= expert_elems and "experts" not in t.name and "moe" in t.name]
+    assert floats == [], floats
+    packed = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.dims) == 3]
+    assert len(packed) == 2 * 3 * c.num_layers       # codes and block-scale bytes of gate, up, down, as stored
+    assert all(t.dims[0] == c.num_experts for t in packed)
+    codes = [t for t in packed if t.name.endswith(".packed")]
+    assert len(codes) == 3 * c.num_layers and all(2 * t.dims[2] in (c.hidden_size, c.intermediate_size)
+                                                  for t in codes)                       # two codes a byte
 
 
 def test_no_expert_weight_is_gathered_and_each_expert_has_its_own_gemm():
