@@ -49,6 +49,7 @@ class OnnxRuntimeExecutor:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        _cap_memory(opts)
         _check_cpu_lowering(self.path)
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         for i in self.session.get_inputs():
@@ -212,6 +213,33 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+# GPTOSS_ORT_MEMORY_LIMIT=BYTES caps ONNX Runtime's CPU arena (one per process, shared by its sessions): a
+# request whose tensors do not fit fails (runtime.executors.auto then runs it on the reference runtime)
+# instead of taking the machine's memory from the others on it.
+MEMORY_LIMIT_ENV = "GPTOSS_ORT_MEMORY_LIMIT"
+_registered_limit: list[int] = []
+
+
+def _cap_memory(opts) -> None:
+    value = os.environ.get(MEMORY_LIMIT_ENV)
+    if not value:
+        return
+    import onnxruntime as ort
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={value!r}: expected a number of bytes, e.g. 8000000000") from None
+    if not _registered_limit:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
+        _registered_limit.append(limit)
+    elif _registered_limit[0] != limit:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={limit}: this process already capped ONNX Runtime's arena at "
+                         f"{_registered_limit[0]} bytes (one arena per process); start a new process")
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    opts.log_severity_level = 4         # an allocation refused is raised to the caller, not logged again
 
 
 def _threads() -> int | None:
