@@ -135,8 +135,9 @@ def _run_build(args) -> int:
     req = BuildRequest(model=args.model, gpu=args.gpu, checkpoint=args.checkpoint, quant=args.quant, tp=args.tp,
                        ep=args.ep, max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
                        output=args.output, cache_policy=args.cache_policy, cache_dir=args.cache_dir,
-                       calib_file=args.calib_file, cross_build=args.cross_build, progress=not args.no_progress,
-                       graph_only=args.graph_only, cache_max_bytes=_cache_max_bytes(args),
+                       calib_file=args.calib_file, kv_dtype=args.kv_dtype, cross_build=args.cross_build,
+                       progress=not args.no_progress, graph_only=args.graph_only,
+                       cache_max_bytes=_cache_max_bytes(args),
                        plan_workspace_bytes=None if args.plan_workspace_mib is None else args.plan_workspace_mib * 2**20)
     try:
         out = build(req)

@@ -84,10 +84,11 @@ def _model(model):
         raise FitError(e.args[0]) from None
 
 
-def resolve(req: BuildRequest) -> Target:
-    """`--gpu`, `--quant` and `--kv-dtype`, looked up once for the whole build."""
+def resolve(req: BuildRequest, source_quant: str | None = None) -> Target:
+    """`--gpu`, `--quant` and `--kv-dtype` (and, for `--quant auto`, the source checkpoint's own format, which
+    some architectures keep: spec.registry.quant_formats.AUTO_KEEPS_SOURCE_BY_ARCH)."""
     try:
-        return resolve_target(req.gpu, req.quant, req.kv_dtype)
+        return resolve_target(req.gpu, req.quant, req.kv_dtype, source_quant)
     except KeyError as e:
         raise FitError(e.args[0]) from None
 
@@ -100,6 +101,16 @@ def make_plan(req: BuildRequest, model, target: Target) -> FitPlan:
         p = plan_for(model, target, tp=p.tp, ep=p.ep, max_seq_len=req.max_seq_len,
                      max_batch_size=p.fits_max_batch_size)
     return p
+
+
+def _source_quant(src: Path) -> str | None:
+    """The source's format from its config files; None where they cannot say (the load reports why later)."""
+    from checkpoint.config_io import source_quant
+    from checkpoint.errors import CheckpointError
+    try:
+        return source_quant(src)
+    except (CheckpointError, StopIteration):
+        return None
 
 
 def default_output(p: FitPlan) -> Path:
@@ -123,6 +134,11 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
+    kept = resolve(req, _source_quant(src))
+    if kept.quant != target.quant:                       # `auto` keeps the source's format on this target
+        target, quant = kept, kept.quant
+        p = make_plan(req, model, target)
+        _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
                        max_bytes=req.cache_max_bytes)
     out = Path(req.output) if req.output else default_output(p)

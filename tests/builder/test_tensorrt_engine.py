@@ -1,6 +1,7 @@
 """build-engine's tensorrt/ folder on the tiny model: real TensorRT-RTX plans for an RTX 5090 (NVFP4 W4A4) and
-an L40S (FP8 W8A8), built here without a GPU; TensorRT-RTX's own parser accepts the graphs; the NVFP4 graph's
-greedy tokens on the CPU equal the reference runtime's NVFP4 emulation; the manifest never claims a run."""
+an L40S (FP8 W8A8), built here without a GPU, their graphs in the SM's compute dtype (bf16 on both); TensorRT-RTX's
+own parser accepts the graphs; the NVFP4 graph's greedy tokens on the CPU (bf16 emulated, tests/support/bf16.py)
+equal the reference runtime's NVFP4 emulation; the manifest never claims a run."""
 
 from __future__ import annotations
 
@@ -57,6 +58,16 @@ def test_plan_built_here_and_never_claimed_to_run(engines, gpu, sm, quant):
     assert plan.name == f"model.sm{sm}.plan" and plan.stat().st_size == t["plan_bytes"] > 1 << 20
     assert sha256(plan) == t["plan_sha256"] and sha256(graph) == t["onnx_sha256"]
     assert "never run" in t["note"]
+    # the graph TensorRT built is in the SM's compute dtype, looked up in spec.capabilities
+    from spec.capabilities import graph_dtype
+    assert t["graph_dtype"] == graph_dtype(sm) == "bfloat16"
+    elem = {i.name: i.type.tensor_type.elem_type for i in onnx.load(graph, load_external_data=False).graph.input}
+    assert elem["past_key_0"] == onnx.TensorProto.BFLOAT16
+    # the parsed network's size, counted by TensorRT: every expert GEMM and attention matmul is a layer
+    from spec.registry.models import get_model
+    c = get_model("tiny")
+    assert t["plan_layers"] > t["plan_gemm_layers"] >= c.num_layers * (2 + 3 * c.num_experts)
+    assert t["plan_seconds"] > 0 and t["weights_stripped"] is False
     # nothing in validated_on says a TensorRT plan (or TensorRT-LLM) ran
     assert not any(v["ok"] for v in m["validated_on"] if v["runtime"] != "reference")
 
@@ -119,7 +130,9 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     rt = Runtime.from_dir(engine)
     prompt = rt.encode("The king")
     [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
-    model = onnx.load(engine / "tensorrt" / "model.onnx")
+    # the engine's bf16 graph as a GPU computes it: ops in fp32, every bf16 value rounded (tests/support/bf16.py)
+    from tests.support.bf16 import emulate
+    model = emulate(onnx.load(engine / "tensorrt" / "model.onnx"), manifest(engine)["tensorrt"]["graph_dtype"])
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
     # the same network in the CPU lowering (plugins/onnx/fp4.py), through ONNX Runtime: the CPU executor's path
     from checkpoint.convert import load_canonical
