@@ -7,10 +7,10 @@ executor forwards at once.
 
 Terms (float32, 4 bytes):
 - weights: the graph's weight matrices, held by the session (biases, norms and sinks, under 1%, are left out);
-- moe_weight_copy: the MoE gathers the k chosen experts' weights for every token (plugins/onnx/moe.py,
-  emit_expert_linear: [tokens, k, out, in]), so one layer's forward holds tokens * k * expert_bytes. This is the
-  term that grows fastest with the prompt, and the one the sparse MoE (tokens grouped per expert, each expert's
-  weights read once) removes: when it lands, only `moe_weight_copy_bytes` changes;
+- moe_rows: the MoE's per-token memory, in one place (`moe_token_bytes`). The sparse lowering
+  (plugins/onnx/experts.py) holds tokens * k rows of activations (gathered inputs, gate|up, SwiGLU, down
+  outputs); the dense gather before it held tokens * k whole expert weight matrices (tokens * k * expert_bytes,
+  33.5 GB for a 4,000-token prompt on a 58M-parameter model), which is what made long prompts fall back;
 - attention: one layer's scores [batch, heads, tokens, past + tokens] (and their softmax);
 - logits: the graph returns every position's logits [tokens, vocab];
 - kv_cache: past and present K/V of every layer, both live during the call.
@@ -19,11 +19,18 @@ An estimate, not a measurement: it is meant to say "this will not fit" before ON
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from spec.network import Network
 
 FLOAT32_BYTES = 4
+# Of this machine's memory, what the ONNX Runtime graph may take (the rest: Triton, the other models, the OS).
+ORT_MEMORY_FRACTION = 0.5
+
+
+def ort_budget_bytes() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * ORT_MEMORY_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,13 @@ def _expert_params(m) -> int:
     return sum(e.in_features * e.out_features for e in (m.gate, m.up, m.down))
 
 
-def moe_weight_copy_bytes(network: Network, tokens: int) -> int:
-    """The dense gather's copy of the k chosen experts' weights per token, in the largest MoE layer (ORT frees
-    one layer's intermediates before the next). The sparse MoE makes this ~0."""
-    per_token = [m.top_k * _expert_params(m) * FLOAT32_BYTES for m in (l.mlp for l in network.layers)
-                 if m.kind == "moe"]
+def moe_token_bytes(network: Network, tokens: int) -> int:
+    """The MoE's memory that grows with the tokens of one forward, in its largest layer (ONNX Runtime frees one
+    layer's intermediates before the next): the sparse lowering's tokens * k activation rows (inputs [in],
+    gate|up [2I], SwiGLU [I], down [out]), never weights."""
+    per_token = [m.top_k * (m.gate.in_features + m.gate.out_features + m.up.out_features + m.gate.out_features
+                            + m.down.out_features) * FLOAT32_BYTES
+                 for m in (l.mlp for l in network.layers) if m.kind == "moe"]
     return int(tokens) * max(per_token, default=0)
 
 
@@ -73,7 +82,7 @@ def ort_peak_bytes(network: Network, tokens: int, batch: int = 1, past: int = 0)
     kv_per_token = sum(2 * l.attention.num_kv_heads * l.attention.head_dim for l in network.layers) * FLOAT32_BYTES
     terms = {
         "weights": weight_bytes(network),
-        "moe_weight_copy": moe_weight_copy_bytes(network, n),
+        "moe_rows": moe_token_bytes(network, n),
         "attention": 2 * FLOAT32_BYTES * batch * heads * tokens * (past + tokens),
         "logits": FLOAT32_BYTES * n * network.vocab_size,
         "kv_cache": 2 * batch * (past + tokens) * kv_per_token,

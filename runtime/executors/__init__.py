@@ -10,7 +10,9 @@ written against the TensorRT Python API and not yet run on a GPU (it says so whe
 "auto" (the default): runtime.executors.choice.choose_executor, the rule run-engine and the served model share
 (the engine's TensorRT-RTX plan on a GPU of its SM; on the CPU onnxruntime, the faster by
 benchmarks/bench_executors.py, when it runs the engine exactly and its graph's estimated peak memory for the
-request fits; otherwise reference). load_runtime logs the choice and its reason.
+request fits; otherwise reference). load_runtime logs the choice and its reason. On ONNX Runtime chosen by
+auto, a request ONNX Runtime fails (e.g. its allocator refusing a long prompt) is run again on the reference
+runtime, with one line on stderr saying why (runtime/executors/auto.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ def _reference(path: Path, dtype):
 def _onnxruntime(path: Path, dtype, onnx_path=None):
     from runtime.executors.onnxruntime import load_onnxruntime
     return load_onnxruntime(path, dtype, onnx_path=onnx_path)
+
+
+def _onnxruntime_with_fallback(path: Path, dtype):
+    """auto's ONNX Runtime: a graph that cannot be exported or opened, or a request it fails, goes to the
+    reference runtime with one line saying why."""
+    from runtime.api import RuntimeLoadError
+    from runtime.executors.auto import AutoRuntime, is_executor_failure, note, one_line
+    try:
+        primary = _onnxruntime(path, dtype)
+    except Exception as e:                    # exporting or opening the graph failed: say why in one line
+        if not (is_executor_failure(e) or isinstance(e, (RuntimeLoadError, OSError))):
+            raise
+        note(f"executor auto: onnxruntime cannot run {path} ({type(e).__name__}: {one_line(e)}); "
+             f"using the reference runtime")
+        return _reference(path, dtype)
+    return AutoRuntime(primary, lambda: _reference(path, dtype))
 
 
 def _tensorrt(path: Path, dtype):
@@ -64,7 +82,10 @@ def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None,
         rt = _onnxruntime(Path(path), dtype, onnx_path)
     else:
         choice = choose_executor(path, executor, dtype=dtype, tokens=tokens)
-        rt = LOADERS[choice.name](Path(path), dtype)
+        if executor == "auto" and choice.name == "onnxruntime":
+            rt = _onnxruntime_with_fallback(Path(path), dtype)
+        else:
+            rt = LOADERS[choice.name](Path(path), dtype)
     (log or (lambda line: print(line, file=sys.stderr, flush=True)))(choice.line())
     rt.executor_choice = choice
     return rt

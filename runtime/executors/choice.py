@@ -17,15 +17,12 @@ as asked (loading it says what is wrong, if anything).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 CHOICES = ("auto", "onnxruntime", "reference", "tensorrt")     # run-engine and serve-engine --executor
 SERVED_ONLY = ("trtllm",)                                      # TensorRT-LLM's LLM API runs only in Triton
 EXECUTOR_NAMES = ("onnxruntime", "reference", "tensorrt") + SERVED_ONLY
-# Of this machine's memory, what the ONNX Runtime graph may take (the rest: Triton, the other models, the OS).
-ORT_MEMORY_FRACTION = 0.5
 
 
 class ExecutorChoiceError(ValueError):
@@ -39,14 +36,6 @@ class ExecutorChoice:
 
     def line(self) -> str:
         return f"executor {self.name}: {self.reason}"
-
-
-def memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def ort_budget_bytes() -> int:
-    return int(memory_bytes() * ORT_MEMORY_FRACTION)
 
 
 def choose_executor(path: str | Path, requested: str = "auto", *, dtype=None, tokens: int | None = None,
@@ -92,15 +81,14 @@ def _cpu_choice(path: Path, dtype, tokens: int | None, prefix: str) -> ExecutorC
     if other:
         return ExecutorChoice("reference", prefix + f"quant format(s) {', '.join(other)} need their Q/DQ graph, "
                                                     f"which ONNX Runtime's CPU provider does not run exactly")
-    from plugins.onnx.memory import max_forward_tokens, ort_peak_bytes
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes, ort_peak_bytes
     budget = ort_budget_bytes()
     est = ort_peak_bytes(network, max(1, int(tokens or 1)))
     if est.total > budget:
         fits = max_forward_tokens(network, budget)
         return ExecutorChoice("reference", prefix + f"ONNX Runtime's graph would need {est.describe()}, over "
                                                     f"{budget / 2**30:.1f} GiB (half this machine's memory; it fits "
-                                                    f"{fits} tokens: the dense MoE copies k experts' weights per "
-                                                    f"token until the sparse MoE lands)")
+                                                    f"{fits} tokens in one forward)")
     return ExecutorChoice("onnxruntime", prefix + f"ONNX Runtime runs this engine exactly on CPU, the fastest here, "
                                                   f"{est.describe()} of {budget / 2**30:.1f} GiB")
 
