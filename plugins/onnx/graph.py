@@ -126,6 +126,17 @@ class Graph:
         self.outputs.append(helper.make_tensor_value_info(name, elem if isinstance(elem, int) else onnx_type(elem),
                                                           list(shape)))
 
+    def outputs_declared(self, name: str, elem: int | str, shape) -> None:
+        """Declare a graph output that a node already writes under `name` (no Identity in between: TensorRT's
+        in-place cache update must be the output's producer to share the input's memory)."""
+        from onnx import helper
+        self.outputs.append(helper.make_tensor_value_info(name, elem if isinstance(elem, int) else onnx_type(elem),
+                                                          list(shape)))
+
+    def require_opset(self, version: int) -> None:
+        """The default domain's opset, raised to `version` where an op needs it (TensorScatter: 24)."""
+        self.opset_imports[""] = max(self.opset_imports[""], version)
+
     # -- constants ------------------------------------------------------------------------------------------
     def const(self, array, name: str | None = None) -> str:
         """A small constant (shapes, axes, tables, scalars) as an in-memory initializer."""

@@ -56,8 +56,8 @@ def _merged_name(linears) -> str:
     return "+".join(lin.weight for lin in linears)
 
 
-def dense_weight(g: Graph, linears, weights: WeightSource) -> str:
-    """[sum(out), in] initializer: the linears' weight rows one after the other."""
+def dense_weight(g: Graph, linears, weights: WeightSource, dtype: str | None = None) -> str:
+    """[sum(out), in] initializer in `dtype` (default: the graph's): the linears' weight rows one after the other."""
     for lin in linears:
         weights.check(lin.weight, (lin.out_features, lin.in_features))
 
@@ -65,13 +65,29 @@ def dense_weight(g: Graph, linears, weights: WeightSource) -> str:
         for lin in linears:
             yield from weights.dense_chunks(lin.weight, lin.quant)
     return g.weight(_merged_name(linears), (sum(lin.out_features for lin in linears), linears[0].in_features),
-                    chunks)
+                    chunks, dtype=dtype)
 
 
 def _plain_linear(g: Graph, x: str, linears, weights: WeightSource) -> str:
     w = dense_weight(g, linears, weights)
     b = dense_bias(g, linears, weights)
     return gemm(g, x, w, b, linears[0].in_features, sum(lin.out_features for lin in linears))
+
+
+def emit_fp32_linear(g: Graph, x: str, linear, weights: WeightSource) -> str:
+    """An unquantized linear computed in fp32 whatever the graph's compute dtype (an fp32 island: the MoE
+    router, whose top-k choice flips on bf16 rounding of near-tied logits). x is cast to fp32, weights and
+    bias are written in fp32; the output is fp32. Quantized linears go through emit_linear (their format
+    fixes their numerics)."""
+    from onnx import TensorProto
+    linears = _as_tuple(linear)
+    if g.dtype == "float32" or _quant_of(linears) != "bf16":
+        y = emit_linear(g, x, linears, weights)
+        return y if g.dtype == "float32" else g.op("Cast", y, to=TensorProto.FLOAT)
+    w = dense_weight(g, linears, weights, dtype="float32")
+    b = dense_bias(g, linears, weights, dtype="float32")
+    x32 = g.op("Cast", x, to=TensorProto.FLOAT)
+    return gemm(g, x32, w, b, linears[0].in_features, sum(lin.out_features for lin in linears))
 
 
 def expert_slice_weight(g: Graph, linears, weights: WeightSource, e: int) -> str:

@@ -15,7 +15,7 @@ from onnx import TensorProto
 from spec.network import DenseMLP, MoE
 from plugins.onnx.graph import Graph
 from plugins.onnx.experts import emit_moe_experts
-from plugins.onnx.linear import emit_linear
+from plugins.onnx.linear import emit_fp32_linear, emit_linear
 from plugins.onnx.weights import WeightSource
 
 
@@ -34,9 +34,9 @@ def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource) -> str:
     H = m.router.in_features
     inter = m.gate.out_features
     x = g.op("Reshape", h, g.ints([-1, H]))                                     # [N, H]
-    logits = emit_linear(g, x, m.router, weights)                                # [N, E]
-    if g.dtype != "float32":          # routing in fp32 (TopK takes no bf16 before opset 24)
-        logits = g.op("Cast", logits, to=TensorProto.FLOAT)
+    # Routing is an fp32 island: router GEMM, TopK and the softmax over k (a bf16 rounding of near-tied
+    # logits picks other experts; TopK also takes no bf16 before opset 24).
+    logits = emit_fp32_linear(g, x, m.router, weights)                           # [N, E] fp32
     top_vals, top_idx = g.op("TopK", logits, g.ints([m.top_k]), axis=-1, largest=1, sorted=1, outputs=2,
                              name="router_topk")
     route_w = g.op("Softmax", top_vals, axis=-1, name="route_weights")          # softmax over the k
