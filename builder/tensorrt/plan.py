@@ -119,21 +119,45 @@ def _network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
+def _recording_logger(trt, log_level: str):
+    """A TensorRT logger that prints like trt.Logger and keeps the error lines, so a failed build can say why
+    in its own exception (build_serialized_network only returns None)."""
+    threshold = getattr(trt.Logger, log_level)
+
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if int(severity) <= int(trt.Logger.ERROR):
+                self.errors.append(" ".join(str(msg).split()))
+            if int(severity) <= int(threshold):
+                import sys
+                print(f"[TRT] {severity.name}: {msg}", file=sys.stderr, flush=True)
+
+    return Recorder()
+
+
 def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, log_level: str = "ERROR",
+               workspace_bytes: int | None = None, shown_as: str | None = None,
                strip_weights: bool = False) -> PlanResult:
     """Parse onnx_path and write the serialized plan to `out` (streamed to a temporary file, then renamed).
+    workspace_bytes: the builder's WORKSPACE memory-pool limit (None: TensorRT's default, the device's memory).
+    shown_as: how messages name the graph (a staging folder's path would be stale once installed).
     strip_weights: a weight-stripped plan, refitted from onnx_path's weights at load."""
     import onnx
     trt = import_builder(kind)
     t0 = time.perf_counter()
-    logger = trt.Logger(getattr(trt.Logger, log_level))
+    shown = shown_as or str(onnx_path)
+    logger = _recording_logger(trt, log_level)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves external data files beside the graph.
     if not parser.parse_from_file(str(onnx_path)):
         errors = parser_errors(parser)
-        raise PlanBuildError(f"{onnx_path}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
+        raise PlanBuildError(f"{shown}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
                              + "\n  ".join(errors))
     config = builder.create_builder_config()
     if kind == RTX:
@@ -148,6 +172,8 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
     for name, (lo, opt, hi) in profile_shapes(graph, limits).items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if strip_weights:
         config.set_flag(trt.BuilderFlag.STRIP_PLAN)      # refit mode defaults to REFIT_IDENTICAL
     layers, gemms = layer_counts(trt, network)
@@ -165,10 +191,11 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
                     f.write(serialized)
                     del serialized
         if not ok:
+            reason = logger.errors[-1] if logger.errors else "no error was logged"
             why = (" (weight-stripped and refittable builds need a CUDA device: TensorRT-RTX's JIT compiles "
                    "refittable layers on it)") if strip_weights else ""
-            raise PlanBuildError(f"{onnx_path}: {kind} {trt.__version__} could not build a plan for SM {sm} "
-                                 f"(its log above says why){why}")
+            raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}"
+                                 f"{why}")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
