@@ -192,12 +192,12 @@ def resolve_backend(engine_dir: Path, kind: str = "auto", present=None) -> str:
     a CPU engine never goes to TensorRT-LLM, and a GPU engine goes to the reference runtime (which emulates
     its numerics on the CPU) only when asked for by name. BackendError says why and what to pass instead."""
     from runtime.devices import detect_gpus
-    from spec.manifest import EngineManifest, ManifestError
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     if kind not in ("auto", "reference", "trtllm"):
         raise BackendError(f"unknown backend {kind!r}; use auto, reference or trtllm")
     try:
-        m = EngineManifest.read(engine_dir)
-    except ManifestError as e:
+        m = read_engine(engine_dir).manifest
+    except ENGINE_ERRORS as e:
         raise BackendError(str(e)) from None
     if kind == "reference":
         return kind
