@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from builder.engine import EXIT_NO_PLAN
 from builder.fit import INCOMPATIBLE, FitPlan, FitError, plan
 from spec.registry import MODELS
 from spec.registry.gpus import GPUS
@@ -20,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="build-engine",
         description="Plan a gpt-oss engine for a GPU: memory fit, parallelism, quant format, speed ceilings.",
         epilog=f"models: {', '.join(MODELS)}; gpus: {', '.join(GPUS)}; quants: auto, {', '.join(QUANT_FORMATS)}. "
-               f"Exit status: 0 runnable or low-memory, {EXIT_INCOMPATIBLE} incompatible, 2 bad request.")
+               f"Exit status: 0 runnable or low-memory (or built), {EXIT_INCOMPATIBLE} incompatible, 2 bad request, "
+               f"{EXIT_NO_PLAN} the target's TensorRT plan could not be built (nothing installed).")
     p.add_argument("--model", help="registry model name (optional with --checkpoint: read from its config.json)")
     p.add_argument("--gpu", help="target GPU profile")
     p.add_argument("--quant", default="auto", help="quant format, or auto (looked up per GPU architecture)")
@@ -41,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE or ~/.cache/gptoss-trt)")
     b.add_argument("--calib-file", help="calibration texts, one per line (NVFP4 W4A4 input scales, FP8 KV)")
     b.add_argument("--cross-build", action="store_true", help="build for --gpu although this machine has another GPU")
+    b.add_argument("--graph-only", action="store_true",
+                   help="targets whose engine is a TensorRT-RTX plan (RTX-class SMs): install the ONNX graph without "
+                        "building the plan (engine.json records that there is none)")
+    b.add_argument("--plan-workspace-mib", type=int, metavar="MIB",
+                   help="the plan builder's workspace memory limit (default: TensorRT's, the device's memory)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.add_argument("--validate", metavar="DIR", help="run a built engine on this machine's GPU and record it")
     return p
@@ -120,7 +127,9 @@ def _run_build(args) -> int:
     req = BuildRequest(model=args.model, gpu=args.gpu, checkpoint=args.checkpoint, quant=args.quant, tp=args.tp,
                        ep=args.ep, max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
                        output=args.output, cache_policy=args.cache_policy, cache_dir=args.cache_dir,
-                       calib_file=args.calib_file, cross_build=args.cross_build, progress=not args.no_progress)
+                       calib_file=args.calib_file, kv_dtype=args.kv_dtype, cross_build=args.cross_build,
+                       progress=not args.no_progress, graph_only=args.graph_only,
+                       plan_workspace_bytes=None if args.plan_workspace_mib is None else args.plan_workspace_mib * 2**20)
     try:
         out = build(req)
     except FitError as e:

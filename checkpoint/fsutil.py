@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -9,6 +10,18 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from checkpoint.errors import CheckpointError
+
+
+_HASH_CHUNK = 16 * 1024 * 1024
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in chunks (checkpoint shards are gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class UnsafeOutputError(CheckpointError):

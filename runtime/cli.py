@@ -8,7 +8,7 @@ DIR is an engine directory (network.json + checkpoint) or any checkpoint folder 
 --executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), or the torch reference runtime
 (any dtype; every quant format it emulates). auto (default): onnxruntime, the faster on CPU
 (benchmarks/bench_executors.py), when it runs the engine exactly (float32, unquantized or weight-only formats),
-else reference.
+else reference; a request ONNX Runtime fails is run on the reference runtime, with one line saying why.
 --json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer),
 "timing": {"prefill_s", "decode_s", "decode_tokens_per_s"}}: prefill_s from the call to the first generated token,
 decode_s from the first to the last one, decode_tokens_per_s = (tokens - 1) / decode_s (null under 2 tokens).
@@ -109,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError,
             NotImplementedError) as e:
         print(f"run-engine: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from runtime.executors.auto import is_executor_failure, one_line
+        if not is_executor_failure(e):
+            raise
+        print(f"run-engine: error: the {args.executor} executor could not run this request "
+              f"({type(e).__name__}: {one_line(e)}); --executor auto runs it on the reference runtime", file=sys.stderr)
         return 2
     if args.logits_out:
         np.save(args.logits_out, res.prompt_logits.numpy().astype(np.float32))

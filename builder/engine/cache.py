@@ -14,10 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
-from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
+from checkpoint.fsutil import install_dir, remove_stale_staging, sha256_file, staging_dir
 
 POLICIES = ("on", "readonly", "redo", "off")
-_HASH_CHUNK = 16 * 1024 * 1024
 
 
 class CacheMiss(RuntimeError):
@@ -27,14 +26,6 @@ class CacheMiss(RuntimeError):
 def default_cache_dir() -> Path:
     root = os.environ.get("GPTOSS_TRT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-trt"
     return Path(root)
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_hashes(folder: Path, cache_dir: Path) -> dict[str, str]:
@@ -49,7 +40,7 @@ def source_hashes(folder: Path, cache_dir: Path) -> dict[str, str]:
         st = f.stat()
         stamp = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if stamp not in memo:
-            memo[stamp], changed = _hash_file(f), True
+            memo[stamp], changed = sha256_file(f), True
         out[f.name] = memo[stamp]
     if changed:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,10 @@ The mask is computed once per forward and layer kind from token positions (never
 a key at position j is visible from a query at i when 0 <= j <= i, and, on sliding layers, i - j < window.
 Masked scores get -1e30 rather than -inf, so a row that sees nothing (padding) stays finite.
 
-KV cache, per layer: `past_key_i` / `past_value_i` [b, kv_heads, rows, D] in, `present_*` out; which rows
-are kept, and the positions they hold, is plugins/onnx/kv_cache.py. Pad prompts on the left (position -1):
-a right-padded row would push real keys out of a sliding buffer.
+KV cache, per layer: `past_key_i` / `past_value_i` [b, kv_heads, rows, D] in, `present_*` out, of a fixed
+capacity; where new rows are written and which rows are attended is plugins/onnx/kv_cache.py. Pad prompts on
+the right (position -1 after a sequence's tokens): full layers write each sequence's rows from its first
+position on.
 """
 
 from __future__ import annotations
@@ -47,19 +48,18 @@ def _cast32(g: Graph, x: str) -> str:
     return x if g.dtype == "float32" else g.op("Cast", x, to=TensorProto.FLOAT)
 
 
-def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: tuple[str, str], mask: str,
-                   past_k: str, past_v: str, keep) -> tuple[str, str, str]:
-    """h [b, s, hidden] -> (attention output [b, s, hidden], present_k, present_v); keep(g, rows) picks the
-    present rows out of concat(past, new) (plugins.onnx.kv_cache)."""
+def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: tuple[str, str], cache,
+                   past_k: str, past_v: str, out_k: str, out_v: str) -> str:
+    """h [b, s, hidden] -> attention output [b, s, hidden]; the layer's cache (a plugins.onnx.kv_cache
+    CacheKindGraph) writes the new rows into outputs `out_k`, `out_v` and says which keys to attend over."""
     Hq, Hkv, D = a.num_q_heads, a.num_kv_heads, a.head_dim
     G = Hq // Hkv
     qkv = emit_linear(g, h, a.qkv, weights)                                   # [b, s, (Hq + 2 Hkv) D]
     heads = g.op("Transpose", g.op("Reshape", qkv, g.ints([0, 0, Hq + 2 * Hkv, D])), perm=[0, 2, 1, 3])
     qk, v = g.op("Split", heads, g.ints([Hq + Hkv, Hkv]), axis=1, outputs=2)  # RoPE on q and k heads at once
     q, k = g.op("Split", apply_rope(g, qk, *rope, D), g.ints([Hq, Hkv]), axis=1, outputs=2)
-    k_all = g.op("Concat", past_k, k, axis=2, name="keys")
-    v_all = g.op("Concat", past_v, v, axis=2, name="values")
-    present_k, present_v = keep(g, k_all), keep(g, v_all)
+    k_all, v_all, _, _ = cache.update(g, past_k, past_v, k, v, out_k, out_v)
+    mask = cache.mask
     # q heads grouped under their kv head: [b, Hkv, G*s, D] against k [b, Hkv, S, D]
     qg = g.op("Reshape", g.op("Mul", _cast32(g, q), g.f32(a.sm_scale)), g.ints([0, Hkv, -1, D]))
     scores = g.op("MatMul", qg, g.op("Transpose", _cast32(g, k_all), perm=[0, 1, 3, 2]), name="scores")
@@ -83,4 +83,4 @@ def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: 
     out = g.op("Reshape", out, g.ints([0, 0, Hq * D]))
     if g.dtype != "float32":
         out = g.op("Cast", out, to=g.elem)
-    return emit_linear(g, out, a.out, weights), present_k, present_v
+    return emit_linear(g, out, a.out, weights)

@@ -28,7 +28,7 @@ from onnx import TensorProto
 
 from numerics.mxfp4 import E2M1_BOUNDS, E2M1_TIES_UP, FP4_VALUES, unpack_nibbles
 from numerics.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX
-from plugins.onnx.graph import ORT_CPU, TENSORRT, Graph
+from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED, TENSORRT, Graph
 
 # Custom-op domain of TensorRT's ONNX parser (TRT_FP4DynamicQuantize and friends).
 TRT_DOMAIN = "trt"
@@ -121,7 +121,99 @@ def _cpu_activation(g: Graph, x: str, input_scale: np.float32, name: str) -> str
 EMITTERS: dict[str, tuple[Callable, Callable]] = {
     TENSORRT: (_trt_weight, _trt_activation),
     ORT_CPU: (_cpu_weight, _cpu_activation),
+    ORT_CPU_PACKED: (_cpu_weight, _cpu_activation),
 }
+
+
+# -- "onnxruntime-cpu-packed": FP4 experts decoded at run time, routed experts only ------------------------------
+def _e4m3_values() -> np.ndarray:
+    import ml_dtypes
+    return np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+
+
+_E4M3_VALUES = _e4m3_values()
+
+
+def _packed_expert_initializers(g: Graph, get, shape: tuple[int, ...], name: str) -> tuple[str, str, str]:
+    """[E, out, in/2] packed codes (uint8, two a byte, low nibble first), [E, out, in/16] e4m3 block scales and
+    the fp32 global scale, as stored: ONNX Runtime keeps uint8 and FP8 initializers as they are."""
+    E, out, k = shape
+    packed = g.packed_weight(g.fresh(f"{name}.packed"), "uint8", (E, out, k // 2), lambda: [get().packed])
+    # e4m3 block scales as their bytes: ONNX's Gather takes no FLOAT8 tensors, so they are decoded by a 256-entry
+    # table after the Gather (the same values as a DequantizeLinear of the FLOAT8 tensor)
+    s8 = g.packed_weight(g.fresh(f"{name}.block_scale_bytes"), "uint8", (E, out, k // BLOCK),
+                         lambda: [np.ascontiguousarray(get().block_scale).view(np.uint8)])
+    g2 = g.packed_weight(g.fresh(f"{name}.global_scale"), "float32", (), lambda: [np.float32(get().global_scale)])
+    return packed, s8, g2
+
+
+def _decode_routed(g: Graph, stored: tuple[str, str, str], expert: str, shape: tuple[int, ...], tag: str) -> str:
+    """Expert `expert` ([1] int64, a run-time value)'s weight [out, in] in fp32 from the packed initializers:
+    Gather its codes and scales (a run-time index, so ONNX Runtime cannot fold the decode into a float
+    initializer at session start), split the nibbles (BitwiseAnd / BitShift), the 16-entry e2m1 table, times
+    the block scales. The same values as numerics' dequantize."""
+    packed, s8, g2 = stored
+    _, out, k = shape
+    codes = g.op("Squeeze", g.op("Gather", packed, expert, axis=0), g.ints([0]), name=f"{tag}.codes")  # [out, k/2]
+    lo = g.op("BitwiseAnd", codes, g.const(np.uint8(0x0F), f"{tag}.low_mask"))
+    hi = g.op("BitShift", codes, g.const(np.uint8(4), f"{tag}.shift"), direction="RIGHT")
+    both = g.op("Concat", g.op("Unsqueeze", lo, g.ints([-1])), g.op("Unsqueeze", hi, g.ints([-1])), axis=-1)
+    idx = g.op("Cast", g.op("Reshape", both, g.ints([out, k])), to=TensorProto.INT32)
+    values = g.op("Gather", g.shared_const("e2m1_values", FP4_VALUES), idx, axis=0, name=f"{tag}.decode")
+    s_bytes = g.op("Cast", g.op("Squeeze", g.op("Gather", s8, expert, axis=0), g.ints([0])), to=TensorProto.INT32)
+    s_values = g.op("Gather", g.shared_const("e4m3_values", _E4M3_VALUES), s_bytes, axis=0, name=f"{tag}.scale_decode")
+    scales = g.op("Mul", s_values, g2, name=f"{tag}.dq_scale")
+    return _times_block_scales(g, values, scales, tag)
+
+
+def _subgraph(g: Graph, build: Callable[[], str], name: str, elem: int):
+    """The nodes `build()` adds to g, taken out as a graph whose one output is build()'s value (inner values
+    may read the outer graph's names: ONNX's outer scope)."""
+    from onnx import helper
+    outer, g.nodes = g.nodes, []
+    try:
+        value = build()
+        out = g.fresh(f"{name}.out")
+        g.op("Identity", value, outputs=[out], name=f"{name}.identity")
+        body = g.nodes
+    finally:
+        g.nodes = outer
+    return helper.make_graph(body, name, [], [helper.make_tensor_value_info(out, elem, None)])
+
+
+def routed_expert_gemm(g: Graph, stored_by_linear, shapes, x_rows: str, e: int, pairs, emit_act, tag: str,
+                       elem: int) -> str:
+    """Expert e's rows [m, in] -> [m, sum(out)], its FP4 weights decoded only when m > 0: an If on its row
+    count (an expert no pair chose runs nothing), whose branch takes the expert id from its first sorted row."""
+    start, end = pairs.bounds(e)
+    routed = g.op("Squeeze", g.op("Greater", end, start), g.ints([0]), name=f"{tag}.routed")
+
+    def then():
+        expert = g.op("Gather", pairs.expert_of_sorted, start, axis=0, name=f"{tag}.id")     # = e, at run time
+        xq = emit_act(x_rows)
+        ys = [g.op("Gemm", xq, _decode_routed(g, stored, expert, shape, f"{tag}.{i}"), transB=1,
+                   name=f"{tag}.{i}.gemm") for i, (stored, shape) in enumerate(zip(stored_by_linear, shapes))]
+        return ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1)
+
+    def skip():
+        width = sum(shape[1] for shape in shapes)
+        return g.op("Slice", g.op("ConstantOfShape", g.ints([1, width]),
+                                  value=_zero_tensor(elem)), g.ints([0]), g.ints([0]), g.ints([0]))   # [0, out]
+    return g.op("If", routed, name=f"{tag}.if_routed", then_branch=_subgraph(g, then, f"{tag}.then", elem),
+                else_branch=_subgraph(g, skip, f"{tag}.else", elem))
+
+
+def _zero_tensor(elem: int):
+    from onnx import helper
+    return helper.make_tensor("zero", elem, [1], [0])
+
+
+def packed_expert_initializers(g: Graph, get, shape, name):
+    return _packed_expert_initializers(g, get, tuple(shape), name)
+
+
+# lowerings whose FP4 experts are decoded at run time, routed experts only (plugins.onnx.quant.quant_expert_gemm)
+ROUTED_EXPERT_LOWERINGS = (ORT_CPU_PACKED,)
 
 
 def emit_nvfp4_weight(g: Graph, get, shape: tuple[int, ...], name: str) -> str:

@@ -9,7 +9,8 @@
 written against the TensorRT Python API and not yet run on a GPU (it says so when it loads).
 "auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
 engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS) and its fp32 graph fits in half
-the memory; otherwise reference.
+the memory; otherwise reference. A request ONNX Runtime fails (e.g. its allocator refusing a long prompt) is
+run again on the reference runtime, with one line on stderr saying why (runtime/executors/auto.py).
 """
 
 from __future__ import annotations
@@ -33,10 +34,20 @@ def _onnxruntime(path: Path, dtype, onnx_path=None):
 
 def _auto(path: Path, dtype):
     import torch
+    from runtime.api import RuntimeLoadError
+    from runtime.executors.auto import AutoRuntime, is_executor_failure, note, one_line
     from runtime.executors.onnxruntime import cpu_can_run
-    if dtype == torch.float32 and cpu_can_run(path):
-        return _onnxruntime(path, dtype)
-    return _reference(path, dtype)
+    if not (dtype == torch.float32 and cpu_can_run(path)):
+        return _reference(path, dtype)
+    try:
+        primary = _onnxruntime(path, dtype)
+    except Exception as e:                    # exporting or opening the graph failed: say why in one line
+        if not (is_executor_failure(e) or isinstance(e, (RuntimeLoadError, OSError))):
+            raise
+        note(f"executor auto: onnxruntime cannot run {path} ({type(e).__name__}: {one_line(e)}); "
+             f"using the reference runtime")
+        return _reference(path, dtype)
+    return AutoRuntime(primary, lambda: _reference(path, dtype))
 
 
 def _tensorrt(path: Path, dtype):
