@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from checkpoint.fsutil import install_dir, remove_stale_staging, staging_dir
+from spec.manifest import MANIFEST_FILE
 
 POLICIES = ("on", "readonly", "redo", "off")
 _HASH_CHUNK = 16 * 1024 * 1024
@@ -77,7 +78,7 @@ class BuildCache:
         if self.policy in ("off", "redo"):
             return None
         path = self.entry(key)
-        if (path / "engine.json").is_file():
+        if (path / MANIFEST_FILE).is_file():
             return path
         if self.policy == "readonly":
             raise CacheMiss(f"build cache miss for key {key[:16]}... in {self.root} with --cache-policy readonly; "

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
+from spec.manifest import MANIFEST_FILE
 from tests.support import BIN
 
 GREEDY_TOKENS = 12
@@ -37,7 +38,7 @@ def engines(tmp_path_factory):
 
 
 def manifest(engine: Path) -> dict:
-    return json.loads((engine / "engine.json").read_text())
+    return json.loads((engine / MANIFEST_FILE).read_text())
 
 
 def sha256(path: Path) -> str:
