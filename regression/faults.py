@@ -14,6 +14,12 @@ Pure edits, no files:
                                  MXFP4 e8m0 scale bytes +1 (the whole tensor, or one expert's slice);
                                  NVFP4 weight_scale_2 x2; FP8 weight_scale x2
 
+Exported ONNX graphs (the KV cache's negative controls: a graph computes what its network says, so a wrong cache
+layout can only be made by editing the graph itself; ModelProto -> ModelProto copy, FaultError when nothing matches):
+        ring_modulus_short       sliding layers' ring row = position mod (W - 2) instead of mod W: a key still
+                                 inside the window is overwritten before its last query (mod W - 1 would go
+                                 unnoticed, rightly: a step attends over the past ring and its own new key)
+
 Engine directories (engine-regression's negative controls): `break_engine(fault, src, dst)` copies `src` to
 `dst` (the manifest stays: same model, quant and source checkpoint, so it is compared with the same golden and
 thresholds) and applies one edit to the copy's network.json (through spec.network) or its safetensors files
@@ -83,6 +89,32 @@ NETWORK_FAULTS: dict[str, Callable[[Network], Network]] = {
     "drop_sinks": drop_sinks, "disable_sliding_window": disable_sliding_window,
     "unclamp_swiglu": unclamp_swiglu, "drop_router_bias": drop_router_bias,
 }
+
+
+# -- graph edits -----------------------------------------------------------------------------------------
+def ring_modulus_short(model):
+    """Every Mod node of the graph (only the ring row computes one: plugins/onnx/kv_cache.py) divides by its
+    constant divisor - 2 (at least 1)."""
+    import copy
+
+    import numpy as np
+    from onnx import numpy_helper
+    model = copy.deepcopy(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "Mod" and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            name = node.input[1] + "_fault"
+            model.graph.initializer.append(numpy_helper.from_array(np.maximum(w - 2, 1), name))
+            node.input[1] = name
+            changed += 1
+    if not changed:
+        raise FaultError("ring_modulus_short: the graph has no ring (no Mod node with a constant divisor)")
+    return model
+
+
+GRAPH_FAULTS = {"ring_modulus_short": ring_modulus_short}
 
 
 # -- weight edits ----------------------------------------------------------------------------------------

@@ -3,7 +3,13 @@
 Both builders take the same path: OnnxParser (its errors listed by node index, name and op), one
 optimization profile whose dynamic dimensions come from the engine's limits (`profile_shapes`), a
 strongly typed network (the graph's Q/DQ and casts fix every precision), no timing cache (TensorRT-RTX
-would query a GPU for it). TensorRT-RTX targets one compute capability, ahead of time: its kernels are
+would query a GPU for it). The plan is streamed to disk as the builder serializes it (IStreamWriter), so it
+is never held in memory twice (builder buffer + a Python bytes copy). `strip_weights=True` builds a
+weight-stripped plan (BuilderFlag.STRIP_PLAN, refit mode REFIT_IDENTICAL): the plan holds kernels and
+shapes only, and is refitted at load from the engine's own ONNX weights (Refitter + OnnxParserRefitter
+.refit_from_file), so plan bytes do not repeat the weights. TensorRT-RTX 1.7.1 cannot build one without a GPU:
+any refittable build (REFIT, REFIT_IDENTICAL, STRIP_PLAN with refittable weights) fails in its Myelin JIT
+with "CHECK(status == CUDA_SUCCESS) failed" (tried here); build-engine therefore builds full plans. TensorRT-RTX targets one compute capability, ahead of time: its kernels are
 compiled on the GPU when the plan is loaded, so a plan built here proves the graph parses, type-checks
 and lowers, not that it runs. Standard TensorRT builds for the GPU it runs on.
 """
@@ -71,6 +77,31 @@ class PlanResult:
     sm: int
     seconds: float
     plan_bytes: int
+    layers: int = 0            # layers of the parsed network (before the builder fuses them)
+    gemm_layers: int = 0       # of which matrix multiplies (IMatrixMultiplyLayer: Gemm and MatMul nodes)
+    weights_stripped: bool = False
+
+
+def layer_counts(trt, network) -> tuple[int, int]:
+    """(layers, matrix-multiply layers) of a parsed TensorRT network."""
+    mm = trt.LayerType.MATRIX_MULTIPLY
+    gemms = sum(network.get_layer(i).type == mm for i in range(network.num_layers))
+    return network.num_layers, int(gemms)
+
+
+def _stream_writer(trt, f):
+    """A trt.IStreamWriter writing each chunk the builder serializes straight to the open file `f`."""
+    class FileWriter(trt.IStreamWriter):
+        def __init__(self):
+            trt.IStreamWriter.__init__(self)
+            self.bytes = 0
+
+        def write(self, data) -> int:
+            # data: the builder's buffer (a bytes-like object); written as given, never collected
+            n = f.write(data)
+            self.bytes += n
+            return n
+    return FileWriter()
 
 
 def import_builder(kind: str):
@@ -88,19 +119,45 @@ def _network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, log_level: str = "ERROR") -> PlanResult:
-    """Parse onnx_path and write the serialized plan to `out` (via a temporary file and a rename)."""
+def _recording_logger(trt, log_level: str):
+    """A TensorRT logger that prints like trt.Logger and keeps the error lines, so a failed build can say why
+    in its own exception (build_serialized_network only returns None)."""
+    threshold = getattr(trt.Logger, log_level)
+
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if int(severity) <= int(trt.Logger.ERROR):
+                self.errors.append(" ".join(str(msg).split()))
+            if int(severity) <= int(threshold):
+                import sys
+                print(f"[TRT] {severity.name}: {msg}", file=sys.stderr, flush=True)
+
+    return Recorder()
+
+
+def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, log_level: str = "ERROR",
+               workspace_bytes: int | None = None, shown_as: str | None = None,
+               strip_weights: bool = False) -> PlanResult:
+    """Parse onnx_path and write the serialized plan to `out` (streamed to a temporary file, then renamed).
+    workspace_bytes: the builder's WORKSPACE memory-pool limit (None: TensorRT's default, the device's memory).
+    shown_as: how messages name the graph (a staging folder's path would be stale once installed).
+    strip_weights: a weight-stripped plan, refitted from onnx_path's weights at load."""
     import onnx
     trt = import_builder(kind)
     t0 = time.perf_counter()
-    logger = trt.Logger(getattr(trt.Logger, log_level))
+    shown = shown_as or str(onnx_path)
+    logger = _recording_logger(trt, log_level)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves external data files beside the graph.
     if not parser.parse_from_file(str(onnx_path)):
         errors = parser_errors(parser)
-        raise PlanBuildError(f"{onnx_path}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
+        raise PlanBuildError(f"{shown}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
                              + "\n  ".join(errors))
     config = builder.create_builder_config()
     if kind == RTX:
@@ -115,16 +172,38 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
     for name, (lo, opt, hi) in profile_shapes(graph, limits).items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise PlanBuildError(f"{onnx_path}: {kind} {trt.__version__} could not build a plan for SM {sm} "
-                             f"(its log above says why)")
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if strip_weights:
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)      # refit mode defaults to REFIT_IDENTICAL
+    layers, gemms = layer_counts(trt, network)
+    del graph
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(serialized)
-    tmp.replace(out)
-    return PlanResult(out, kind, trt.__version__, sm, round(time.perf_counter() - t0, 3), out.stat().st_size)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with open(tmp, "wb") as f:
+            if hasattr(builder, "build_serialized_network_to_stream"):
+                ok = builder.build_serialized_network_to_stream(network, config, _stream_writer(trt, f))
+            else:                                        # older TensorRT: one host buffer, written once
+                serialized = builder.build_serialized_network(network, config)
+                ok = serialized is not None
+                if ok:
+                    f.write(serialized)
+                    del serialized
+        if not ok:
+            # The first error is the cause; on a machine without a GPU the streamed build also logs
+            # "cudaError 35: CUDA driver version is insufficient" after it, which says nothing about the plan.
+            causes = [m for m in logger.errors if "cudaError 35" not in m] or logger.errors
+            reason = causes[0] if causes else "no error was logged"
+            why = (" (weight-stripped and refittable builds need a CUDA device: TensorRT-RTX's JIT compiles "
+                   "refittable layers on it)") if strip_weights else ""
+            raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}"
+                                 f"{why}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return PlanResult(out, kind, trt.__version__, sm, round(time.perf_counter() - t0, 3), out.stat().st_size,
+                      layers, gemms, strip_weights)
 
 
 def parses(onnx_path: Path, kind: str = RTX) -> list[str]:
@@ -139,5 +218,5 @@ def parses(onnx_path: Path, kind: str = RTX) -> list[str]:
 
 UNVALIDATED_GPU_BUILD = ("built with standard TensorRT on this GPU by code written against its Python API and "
                          "not yet run on any GPU by this project")
-__all__ = ["Limits", "PlanResult", "build_plan", "parses", "profile_shapes", "RTX", "TENSORRT",
+__all__ = ["Limits", "PlanResult", "build_plan", "layer_counts", "parses", "profile_shapes", "RTX", "TENSORRT",
            "UNVALIDATED_GPU_BUILD"]

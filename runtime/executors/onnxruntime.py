@@ -1,9 +1,12 @@
 """ONNX Runtime (CPU) executing the graph plugins.onnx exports from the network definition.
 
-The executor's cache is the graph's own cache tensors (plugins/onnx/attention.py): `present_*` outputs
-become the next call's `past_*` inputs. Prompts may come right-padded (the reference runtime's convention);
-rows are rolled to left padding before the call and the logits rolled back, because a sliding layer keeps
-the last `window` rows it is given.
+The executor's cache is the graph's own fixed-capacity cache tensors (plugins/onnx/kv_cache.py), held as numpy
+arrays and bound by pointer through IO binding (runtime/executors/pieces.py): full layers' `present_*` are
+bound to the same memory as their `past_*`, so the graph's TensorScatter writes the new rows in place and no
+step copies or pads a whole cache; rings (window + sinks + 1 rows) come back as small new tensors. Prompts
+run in calls of at most `max_chunk` tokens (GPTOSS_MAX_CHUNK, default plugins.onnx.kv_cache.DEFAULT_MAX_CHUNK)
+against the cache, so no intermediate grows with prompt length x context beyond a chunk's. Rows come
+right-padded (the reference runtime's convention); left-padded rows are rolled to the right first.
 
 Precision: ONNX Runtime's CPU provider has no bf16 GEMMs and no FP4 DequantizeLinear, so this executor runs
 an fp32 graph, exported in the "onnxruntime-cpu" lowering (plugins/onnx/fp4.py: FP4 weights as e2m1 codes
@@ -17,13 +20,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from plugins.onnx.graph import ORT_CPU
+from plugins.onnx.kv_cache import DEFAULT_MAX_CHUNK, present_name
+from runtime.executors.pieces import FixedCache, cache_specs, last_valid, plan_chunks, right_padded, roll_rows
 from spec.network import Network
 
 ELEM = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
@@ -32,72 +36,32 @@ ELEM = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 CPU_FORMATS = ("bf16", "mxfp4", "w4a16-nvfp4")
 
 
-@dataclass
-class OrtCache:
-    """The graph's cache tensors, row = sequence. Entries carry their token position (-1 = empty, masked), so
-    rows may hold different numbers of live entries; `grow_axis` names each tensor's growing axis (full
-    layers add one entry per token) so rows forwarded alone can be put back beside the others."""
-    batch_size: int
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)    # graph input name -> array
-    grow_axis: dict[str, int] = field(default_factory=dict)         # name -> axis that grows (full layers)
-
-    def reset_rows(self, rows) -> None:
-        """Rows become empty sequences (the scheduler's admission of new requests)."""
-        rows = list(rows)
-        for t in self.tensors.values():
-            t[rows] = -1 if t.dtype == np.int64 else 0
-
-    def copy_rows_from(self, src: "OrtCache", src_rows, dst_rows) -> None:
-        for name in self.tensors:
-            moved = src.tensors[name][list(src_rows)]           # gathered first: src may be self
-            self._fit(name, moved.shape)
-            moved = _pad_to(moved, self.grow_axis.get(name), self.tensors[name].shape)
-            self.tensors[name][list(dst_rows)] = moved
-
-    def put_rows(self, first_row: int, tensors: dict[str, np.ndarray]) -> None:
-        """Forwarded rows [first_row, first_row + k) written back; the other rows are padded with empty entries
-        where the forward grew the cache."""
-        for name, new in tensors.items():
-            self._fit(name, new.shape)
-            self.tensors[name][first_row:first_row + new.shape[0]] = _pad_to(new, self.grow_axis.get(name),
-                                                                            self.tensors[name].shape)
-
-    def _fit(self, name: str, shape) -> None:
-        axis = self.grow_axis.get(name)
-        if axis is not None and shape[axis] > self.tensors[name].shape[axis]:
-            full = list(self.tensors[name].shape)
-            full[axis] = shape[axis]
-            self.tensors[name] = _pad_to(self.tensors[name], axis, full)
-
-
-def _pad_to(a: np.ndarray, axis: int | None, shape) -> np.ndarray:
-    """`a` padded at the end of `axis` with empty entries (-1 positions, zero K/V) to shape[axis]."""
-    if axis is None or a.shape[axis] == shape[axis]:
-        return a
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (0, shape[axis] - a.shape[axis])
-    return np.pad(a, pad, constant_values=-1 if a.dtype == np.int64 else 0)
-
-
 class OnnxRuntimeExecutor:
-    def __init__(self, network: Network, onnx_path: str | Path, threads: int | None = None, workdir=None):
+    def __init__(self, network: Network, onnx_path: str | Path, threads: int | None = None, workdir=None,
+                 max_chunk: int | None = None):
         import onnxruntime as ort
         self.network = network
         self.device = torch.device("cpu")
         self.path = Path(onnx_path)
+        self.max_chunk = max_chunk or _max_chunk()
         self._workdir = workdir                   # a temporary export directory this executor owns
+        # The most tokens one forward may take before its estimated peak memory (plugins.onnx.memory) exceeds
+        # the budget; the scheduler admits prompts within it (None: no limit known).
+        self.max_forward_tokens: int | None = None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        _cap_memory(opts)
         _check_cpu_lowering(self.path)
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        self.cache_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_")]
-        self.output_names = [o.name for o in self.session.get_outputs()]
         for i in self.session.get_inputs():
             if i.type not in ELEM:
                 raise ValueError(f"{self.path}: input {i.name} is {i.type}; the CPU executor runs fp32 graphs only "
                                  f"(export with dtype='float32')")
+        full = {layer.index for layer in network.layers if layer.attention.cache_kind.full}
+        self.specs = cache_specs([(i.name, i.shape) for i in self.session.get_inputs()], full)
+        self._elem = {i.name: ELEM[i.type] for i in self.session.get_inputs()}
 
     def close(self) -> None:
         if self._workdir is not None:
@@ -111,50 +75,76 @@ class OnnxRuntimeExecutor:
             pass
 
     # -- the Executor protocol ----------------------------------------------------------------------------
-    def new_cache(self, batch_size: int, capacity: int = 0) -> OrtCache:
-        """Empty cache: full layers 0 rows, sliding layers `window` rows at position -1."""
-        cache = OrtCache(batch_size)
-        for i in self.cache_inputs:
-            shape = [batch_size if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape]
-            grows = [a for a, d in enumerate(i.shape) if isinstance(d, str) and d != "batch"]
-            if grows:
-                cache.grow_axis[i.name] = grows[0]
-            dt = ELEM[i.type]
-            cache.tensors[i.name] = np.full(shape, -1, dt) if dt == np.int64 else np.zeros(shape, dt)
-        return cache
+    def new_cache(self, batch_size: int, capacity: int = 0) -> FixedCache:
+        """Empty cache of the graph's fixed capacity (`capacity` is a hint the graph's shapes already fix)."""
+        def alloc(shape, spec):
+            dt = self._elem[spec.name]
+            return np.full(shape, -1, dt) if spec.is_pos else np.zeros(shape, dt)
+        return FixedCache.empty(self.specs, batch_size, alloc)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: OrtCache,
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: FixedCache,
                 logits: str = "last", first_row: int = 0) -> torch.Tensor:
-        """Rows [first_row, first_row + B) of the cache, as the reference model's forward."""
+        """Rows [first_row, first_row + B) of the cache, as the reference model's forward; a prompt longer than
+        max_chunk runs as several calls against the cache."""
+        if logits == "none":
+            raise ValueError("the onnxruntime executor returns logits only (logits='all' or 'last')")
         ids = input_ids.detach().cpu().numpy().astype(np.int64)
         pos = positions.detach().cpu().numpy().astype(np.int64)
         B, T = ids.shape
         if first_row < 0 or first_row + B > cache.batch_size:
             raise ValueError(f"input covers rows [{first_row}, {first_row + B}), the cache has {cache.batch_size}")
-        valid = pos >= 0
-        shift = T - 1 - np.where(valid.any(1), T - 1 - np.argmax(valid[:, ::-1], axis=1), T - 1)
-        if shift.any():                          # right padding -> left padding (roll each row)
-            ids, pos = _roll_rows(ids, shift), _roll_rows(pos, shift)
+        cache.check_room(pos, self.max_chunk)
+        ids, pos, shift = right_padded(ids, pos)
+        last = last_valid(pos)
+        picked = np.zeros((B, self.network.vocab_size), np.float32)
+        parts = []
+        for cols in plan_chunks(pos, self.max_chunk):
+            out = self._run(ids[:, cols], pos[:, cols], cache, first_row)          # [B, t, V]
+            if logits == "all":
+                parts.append((cols, out))
+            here = (last >= cols.start) & (last < cols.stop)
+            picked[here] = out[here, last[here] - cols.start]
         rows = slice(first_row, first_row + B)
-        feeds = {name: t[rows] for name, t in cache.tensors.items()}
-        feeds["input_ids"] = np.where(pos >= 0, ids, 0)
-        feeds["position_ids"] = pos
-        outs = dict(zip(self.output_names, self.session.run(None, feeds)))
-        cache.put_rows(first_row, {name: outs["present_" + name.removeprefix("past_")] for name in cache.tensors})
-        out = outs["logits"]                     # [B, T, V], left-padded order
-        if logits == "none":
-            raise ValueError("the onnxruntime executor returns logits only (logits='all' or 'last')")
+        cache.lengths[rows] = np.maximum(cache.lengths[rows], pos.max(axis=1) + 1)
         if logits == "last":
-            return torch.from_numpy(np.ascontiguousarray(out[:, -1]))
-        if shift.any():
-            out = _roll_rows(out, -shift)
-        return torch.from_numpy(np.ascontiguousarray(out))
+            return torch.from_numpy(picked)
+        full = np.zeros((B, T, self.network.vocab_size), np.float32)
+        for cols, out in parts:
+            full[:, cols] = out
+        return torch.from_numpy(roll_rows(full, shift) if shift.any() else full)
+
+    def _run(self, ids: np.ndarray, pos: np.ndarray, cache: FixedCache, first_row: int) -> np.ndarray:
+        """One call over cache rows [first_row, first_row + B): full caches bound as both past_* and present_*
+        (written in place), rings' present_* into scratch arrays copied back into those rows."""
+        B = ids.shape[0]
+        rows = slice(first_row, first_row + B)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(np.where(pos >= 0, ids, 0)))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos))
+        rings = {}
+        for s in cache.specs:
+            view = cache.tensors[s.name][rows]                  # contiguous: rows of a C-ordered array
+            _bind(binding.bind_input, s.name, view)
+            out = view if s.in_place else np.empty_like(view)
+            if not s.in_place:
+                rings[s.name] = out
+            _bind(binding.bind_output, present_name(s.name), out)
+        logits = np.empty((B, ids.shape[1], self.network.vocab_size), np.float32)
+        _bind(binding.bind_output, "logits", logits)
+        self.session.run_with_iobinding(binding)
+        for name, out in rings.items():
+            cache.tensors[name][rows] = out
+        return logits
 
 
-def _roll_rows(a: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    T = a.shape[1]
-    idx = (np.arange(T)[None, :] - shift[:, None]) % T
-    return np.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
+def _bind(bind, name: str, a: np.ndarray) -> None:
+    """Bind a numpy array's memory itself (no copy) as input or output `name`."""
+    bind(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+
+
+def _max_chunk() -> int:
+    value = os.environ.get("GPTOSS_MAX_CHUNK")
+    return int(value) if value else DEFAULT_MAX_CHUNK
 
 
 def _check_cpu_lowering(path: Path) -> None:
@@ -178,21 +168,12 @@ def _network(path: Path, ck) -> Network:
     return load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
 
 
-def cpu_can_run(path: str | Path) -> bool:
-    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats) and its fp32
-    graph (written to a temporary file, then held by the session) fits in half the machine's memory."""
+def engine_network(path: str | Path) -> Network:
+    """The network of the engine or checkpoint at `path` (network.json, else derived from the checkpoint)."""
     from checkpoint.convert import load_canonical
     from runtime.api import find_checkpoint
-    from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
-        net = _network(Path(path), ck)
-        exact = set(net.quant_formats()) <= set(CPU_FORMATS)
-        graph_bytes = 4 * total_params(ck.config)
-    return exact and graph_bytes <= _memory_bytes() // 2
-
-
-def _memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return _network(Path(path), ck)
 
 
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
@@ -225,7 +206,36 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes
+    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_bytes())
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+# GPTOSS_ORT_MEMORY_LIMIT=BYTES caps ONNX Runtime's CPU arena (one per process, shared by its sessions): a
+# request whose tensors do not fit fails (runtime.executors.auto then runs it on the reference runtime)
+# instead of taking the machine's memory from the others on it.
+MEMORY_LIMIT_ENV = "GPTOSS_ORT_MEMORY_LIMIT"
+_registered_limit: list[int] = []
+
+
+def _cap_memory(opts) -> None:
+    value = os.environ.get(MEMORY_LIMIT_ENV)
+    if not value:
+        return
+    import onnxruntime as ort
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={value!r}: expected a number of bytes, e.g. 8000000000") from None
+    if not _registered_limit:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
+        _registered_limit.append(limit)
+    elif _registered_limit[0] != limit:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={limit}: this process already capped ONNX Runtime's arena at "
+                         f"{_registered_limit[0]} bytes (one arena per process); start a new process")
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    opts.log_severity_level = 4         # an allocation refused is raised to the caller, not logged again
 
 
 def _threads() -> int | None:

@@ -118,32 +118,46 @@ def test_decode_step_flops_match_active_parameters(key):
                        if not name.startswith(("scores", "attn_v")))
     active = active_params(c)
     assert abs(weight_flops / 2 - active) / active < 0.10, (weight_flops / 2, active)
-    experts = [a for op, name, a, b in shapes if name.startswith("expert_matvec")]
-    assert len(experts) == 2 * c.num_layers           # gate|up and down: gathered weights [tokens, k, out, in]
-    assert all(a[:2] == (1, c.experts_per_token) for a in experts)
+    # one GEMM per expert and projection (plugins/onnx/experts.py), weights [out, in] never gathered per token;
+    # the k routed pairs are their only rows
+    experts = [(name, a, b) for op, name, a, b in shapes if ".expert" in name]
+    assert len(experts) == 2 * c.num_layers * c.num_experts
+    assert all(len(b) == 2 for name, a, b in experts)
+    for i in range(c.num_layers):
+        for proj in ("gate", "down"):
+            rows = [a[0] for name, a, b in experts if name.startswith(f"layers.{i}.") and f".{proj}" in name]
+            assert sum(rows) == c.experts_per_token, (i, proj, rows)
 
 
-def test_sliding_layers_hold_exactly_window_rows():
+def test_cache_has_fixed_capacity_and_rings_hold_exactly_window_rows():
+    """Full layers: kv_capacity rows, written in place (present_* is past_*'s buffer); sliding layers: a ring of
+    W rows + 1 scratch row, holding exactly the last W positions after a prompt and decode steps past the wrap."""
+    from plugins.onnx.kv_cache import DEFAULT_MAX_CHUNK, SCRATCH_ROWS
     key = "odd"
     net = network(key)
-    sess = session(exported(key))
-    kinds = {i.name: i.shape for i in sess.get_inputs()}
-    for layer in net.layers:
-        a = layer.attention
-        rows = kinds[f"past_key_{layer.index}"][2]
-        assert rows == (a.window if a.kind == "sliding" else "past")
-    rt = onnx_runtime(key)
-    ex = rt.model
-    cache = ex.new_cache(1)
     W = CONFIGS[key].sliding_window
+    capacity = CONFIGS[key].max_position_embeddings + DEFAULT_MAX_CHUNK
+    sess = session(exported(key))
+    shapes = {i.name: i.shape for i in sess.get_inputs()}
+    for layer in net.layers:
+        rows = shapes[f"past_key_{layer.index}"][2]
+        assert rows == (W + SCRATCH_ROWS if layer.attention.kind == "sliding" else capacity)
+    ex = onnx_runtime(key).model
+    cache = ex.new_cache(1)
+    full = [f"past_key_{layer.index}" for layer in net.layers if layer.attention.kind == "full"]
+    buffers = {name: cache.tensors[name] for name in cache.tensors}
     ids = torch.tensor([prompt(key, 4 * W)])
     ex.forward(ids, torch.arange(4 * W)[None], cache)
     for step in range(3):
         ex.forward(ids[:, :1], torch.tensor([[4 * W + step]]), cache)
-    for layer in net.layers:
-        got = cache.tensors[f"past_key_{layer.index}"].shape[2]
-        assert got == (W if layer.attention.kind == "sliding" else 4 * W + 3)
-    assert sorted(cache.tensors[f"past_window{W}_pos"][0].tolist()) == list(range(4 * W + 3 - W, 4 * W + 3))
+    for name, t in cache.tensors.items():
+        assert t is buffers[name] and t.shape == buffers[name].shape       # no cache replaced or grown
+    n = 4 * W + 3
+    assert all(np.abs(cache.tensors[name][0, :, :n]).min(axis=-1).max() > 0 for name in full)  # written in place
+    assert all(not cache.tensors[name][0, :, n:].any() for name in full)
+    ring = cache.tensors[f"past_window{W}_pos"][0].tolist()
+    assert sorted(ring[:W]) == list(range(n - W, n)) and ring[W:] == [-1]
+    assert ring[:W] == [p for p in sorted(range(n - W, n), key=lambda p: p % W)]      # row = position mod W
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
@@ -231,9 +245,22 @@ def test_streaming_sink_tokens_match_the_reference_runtime(sinks):
     assert rel_diff(ours.prompt_logits(ids), ref.prompt_logits(ids)) < TOL
     params = SamplingParams(max_tokens=3 * c.sliding_window, stop_token_ids=(), return_logits=True)
     prompts = [ids[:2], ids[:7], ids]
-    for a, b in zip(ours.generate(prompts, params), ref.generate(prompts, params)):
-        assert a.output_ids == b.output_ids
-        assert rel_diff(a.logits, b.logits) < TOL
+    expected = ref.generate(prompts, params)
+    # prefill in one call, and in chunks shorter than the window and longer (a chunk's tokens more than W
+    # behind its last go to the scratch row): the same tokens and logits, decoding 3 windows past the wrap
+    for chunk in (None, c.sliding_window - 1, c.sliding_window + 2):
+        chunked = Runtime(net, None, executor=OnnxRuntimeExecutor(net, path, max_chunk=chunk))
+        for a, b in zip(chunked.generate(prompts, params), expected):
+            assert a.output_ids == b.output_ids, chunk
+            assert rel_diff(a.logits, b.logits) < TOL, chunk
+    # negative control: a ring row off by one in the modulus (position mod W - 1) is noticed
+    import onnx
+
+    from regression.faults import ring_modulus_short
+    bad_path = ROOT / f"sinks{sinks}-ring.onnx"
+    onnx.save(ring_modulus_short(onnx.load(str(path))), str(bad_path))
+    [bad] = Runtime(net, None, executor=OnnxRuntimeExecutor(net, bad_path)).generate([ids], params)
+    assert rel_diff(bad.logits, expected[2].logits) > 100 * TOL
     # negative control: the same weights exported without sink tokens decode differently past the window
     plain = network_from_config(dataclasses.replace(c, sink_tokens=0), dtype="float32")
     no_sinks = Runtime(plain, None, executor=OnnxRuntimeExecutor(plain, export_onnx(
@@ -241,7 +268,8 @@ def test_streaming_sink_tokens_match_the_reference_runtime(sinks):
     [off] = no_sinks.generate([ids], params)
     assert rel_diff(off.logits, ref.generate([ids], params)[0].logits) > 100 * TOL
     sliding = [i for i in ex.session.get_inputs() if "sink" in i.name]
-    assert sliding and all(i.shape[-1] == c.sliding_window + sinks for i in sliding)
+    assert sliding and all(i.shape[-1] == c.sliding_window + sinks + 1 for i in sliding)     # + scratch row
     for layer in net.layers:
         rows = ex.new_cache(1).tensors[f"past_key_{layer.index}"].shape[2]
-        assert rows == (c.sliding_window + sinks if layer.attention.kind == "sliding" else 0)
+        assert rows == (c.sliding_window + sinks + 1 if layer.attention.kind == "sliding" else
+                        c.max_position_embeddings + 512)

@@ -119,26 +119,64 @@ def test_packed_fp4_weights_written_by_the_graph_builder_read_back_exactly(tmp_p
         np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), FP4_VALUES[codes])
 
 
-def test_the_device_caches_row_operations_match_the_cpu_caches():
-    """The TensorRT executor's cache (GPU only as a whole) moves rows as the ONNX Runtime cache does: checked on
-    CPU tensors, since its row operations are plain torch."""
+def test_fixed_cache_row_operations_on_numpy_and_torch():
+    """The executors' shared cache (runtime.executors.pieces.FixedCache) moves rows the same on numpy arrays
+    (ONNX Runtime) and torch tensors (TensorRT on the device; checked on CPU tensors): a moved row takes its
+    filled full-layer slots and its ring, a reset row's ring is emptied, nothing else changes."""
     import numpy as np
     import torch
 
-    from runtime.executors.onnxruntime import OrtCache
-    from runtime.executors.tensorrt import DeviceCache
+    from runtime.executors.pieces import CacheSpec, FixedCache
+    specs = [CacheSpec("past_key_0", (2, 6, 5), True, False), CacheSpec("past_key_1", (2, 4, 5), False, False),
+             CacheSpec("past_window3_pos", (4,), False, True)]
     rng = np.random.default_rng(0)
-    k = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
-    pos = np.tile(np.arange(4), (3, 1)).astype(np.int64)
-    ort = OrtCache(3, {"past_key_0": k.copy(), "past_key_0_pos": pos.copy()}, {"past_key_0": 2, "past_key_0_pos": 1})
-    dev = DeviceCache({"past_key_0": torch.from_numpy(k.copy()), "past_key_0_pos": torch.from_numpy(pos.copy())},
-                      {"past_key_0": 2, "past_key_0_pos": 1})
-    grown = {"past_key_0": rng.standard_normal((1, 2, 6, 5)).astype(np.float32),
-             "past_key_0_pos": np.arange(6, dtype=np.int64)[None]}
-    for cache, wrap in ((ort, lambda a: a), (dev, torch.from_numpy)):
+    start = {s.name: rng.standard_normal((3, *s.shape)).astype(np.float32) if not s.is_pos else
+             np.tile(np.arange(4), (3, 1)).astype(np.int64) for s in specs}
+    caches = []
+    for make in (lambda a: a.copy(), lambda a: torch.from_numpy(a.copy())):
+        cache = FixedCache(3, specs, {n: make(a) for n, a in start.items()}, np.array([4, 6, 2]))
         cache.copy_rows_from(cache, [2], [0])
         cache.reset_rows([1])
-        cache.put_rows(2, {n: wrap(a.copy()) for n, a in grown.items()})
-    for name in ort.tensors:
-        assert np.array_equal(ort.tensors[name], dev.tensors[name].numpy()), name
-    assert ort.tensors["past_key_0_pos"].tolist() == [[0, 1, 2, 3, -1, -1], [-1] * 6, list(range(6))]
+        caches.append({n: np.asarray(t) for n, t in cache.tensors.items()})
+        assert cache.lengths.tolist() == [2, 0, 2]
+    for name in start:
+        assert np.array_equal(caches[0][name], caches[1][name]), name
+    got = caches[0]
+    assert np.array_equal(got["past_key_0"][0, :, :2], start["past_key_0"][2, :, :2])        # filled slots moved
+    assert np.array_equal(got["past_key_0"][0, :, 2:], start["past_key_0"][0, :, 2:])        # the rest untouched
+    assert np.array_equal(got["past_key_1"][0], start["past_key_1"][2])                      # the whole ring
+    assert got["past_window3_pos"].tolist() == [[0, 1, 2, 3], [-1] * 4, [0, 1, 2, 3]]
+
+
+def test_auto_falls_back_with_one_line_when_onnxruntime_cannot_run_a_request(tmp_path):
+    """ONNX Runtime's arena capped (GPTOSS_ORT_MEMORY_LIMIT, a real allocator refusal, in a fresh process: one
+    arena per process) below a 1,500-token prompt's attention scores: --executor onnxruntime fails with one
+    line and exit 2; --executor auto says why in one line and gives the reference runtime's tokens; no
+    traceback either way. Without the cap auto runs the same prompt on ONNX Runtime silently."""
+    import os
+    import subprocess
+    import sys
+    folder = hf_model("tiny")[1]
+    ids = ",".join(map(str, prompt("tiny", 1500, seed=1)))
+
+    def run(executor, cap=None):
+        env = {k: v for k, v in os.environ.items() if k != "GPTOSS_ORT_MEMORY_LIMIT"}
+        if cap:
+            env["GPTOSS_ORT_MEMORY_LIMIT"] = str(cap)
+        return subprocess.run([sys.executable, "-m", "runtime.cli", str(folder), "--input-ids", ids, "--max-tokens",
+                               "4", "--stop-ids", "99999", "--json", "--executor", executor],
+                              capture_output=True, text=True, env=env, timeout=600)
+    want = run("reference")
+    assert want.returncode == 0, want.stderr
+    ort = run("onnxruntime", cap=32_000_000)
+    assert ort.returncode == 2 and "Traceback" not in ort.stderr
+    [line] = ort.stderr.strip().splitlines()
+    assert "could not run this request" in line and "Available memory" in line, line
+    auto = run("auto", cap=32_000_000)
+    assert auto.returncode == 0 and "Traceback" not in auto.stderr, auto.stderr
+    [line] = auto.stderr.strip().splitlines()
+    assert line.startswith("executor auto: onnxruntime could not run this request") and "reference" in line
+    assert json.loads(auto.stdout)["output_ids"] == json.loads(want.stdout)["output_ids"]
+    free = run("auto")
+    assert free.returncode == 0 and free.stderr.strip() == "", free.stderr
+    assert json.loads(free.stdout)["output_ids"] == json.loads(want.stdout)["output_ids"]
