@@ -71,11 +71,6 @@ class CacheConfigError(ValueError):
     """A cache setting (policy, size limit) that makes no sense; the message names it and the fix."""
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("GPTOSS_TRT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-trt"
-    return Path(root)
-
-
 def source_hashes(folder: Path, cache_dir: Path) -> dict[str, str]:
     """sha256 of every file in a checkpoint folder (not recursive), memoised by (path, size, mtime_ns)."""
     memo_file = cache_dir / "file-hashes.json"
