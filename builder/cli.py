@@ -97,11 +97,10 @@ def build_engine_main(argv: list[str] | None = None) -> int:
         parser.error("--gpu and --model (or --checkpoint, whose config names the model) are required "
                      "(or --validate DIR)")
     if not args.model:
+        from checkpoint.errors import CheckpointError
         try:
             args.model = model_from_checkpoint(args.checkpoint)
-        except Exception as e:
-            if type(e).__name__ != "CheckpointError":
-                raise
+        except CheckpointError as e:
             print(f"build-engine: {e}", file=sys.stderr)
             return 2
     if args.plan:

@@ -23,6 +23,7 @@ from builder.engine.gpu import check_target_matches, detect_gpus
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
 from builder.fit import INCOMPATIBLE, LOW_MEMORY, FitPlan, FitError, plan_for
+from checkpoint.errors import CheckpointError
 from checkpoint.fsutil import (UnsafeOutputError, cache_dir, check_output_apart, check_replaceable, install_dir,
                                remove_stale_staging, sha256_file, staging_dir)
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
@@ -295,10 +296,8 @@ def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) ->
     try:
         calibrate_and_convert(src, dst, to=fmt.checkpoint, progress=req.progress, calibration=calibration,
                            kv_cache="fp8" if kv_fp8 else None)
-    except Exception as e:
-        if type(e).__name__ == "CheckpointError":
-            raise BuildError(str(e)) from None
-        raise
+    except CheckpointError as e:
+        raise BuildError(str(e)) from None
 
 
 def write_network(engine: Path, quant: str) -> Network:
