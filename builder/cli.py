@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                                         "(default: the shipped tiny model, or the Hugging Face cache for 20b/120b)")
     b.add_argument("--output", help="engine directory (default: engines/MODEL-GPU-QUANT-tpN)")
     b.add_argument("--cache-policy", default="on", choices=["on", "readonly", "redo", "off"])
-    b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE, else $XDG_CACHE_HOME/gptoss-trt, else ~/.cache/gptoss-trt)")
+    b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE, else $XDG_CACHE_HOME/gptoss-trt, "
+                                       "else ~/.cache/gptoss-trt)")
     b.add_argument("--cache-max-gb", type=float, metavar="GB",
                    help="evict least recently used cache entries past this size (default: $GPTOSS_TRT_CACHE_MAX_GB "
                         "or 100)")
