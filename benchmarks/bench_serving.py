@@ -270,6 +270,7 @@ def make_engine(kind: str, dest: Path) -> Path:
     if kind == "tiny":
         return make_tiny_engine(dest, max_seq_len=1024, max_batch_size=64)
     from benchmarks.bench_runtime import save_random_hf
+    from spec.manifest import MANIFEST_FILE
     from spec.registry.models import ModelConfig
     cfg = ModelConfig(name="h512", num_layers=4, hidden_size=512, head_dim=64, num_q_heads=8, num_kv_heads=2,
                       vocab_size=4096, mlp="moe", intermediate_size=512, num_experts=16, experts_per_token=4,
@@ -277,7 +278,7 @@ def make_engine(kind: str, dest: Path) -> Path:
     save_random_hf(cfg, dest)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(ASSETS / f, dest / f)
-    (dest / "engine.json").write_text(json.dumps({
+    (dest / MANIFEST_FILE).write_text(json.dumps({
         "schema_version": 1, "model": "h512", "gpu": "cpu", "quant": "bf16", "tp": 1, "ep": 1,
         "max_seq_len": 1024, "max_batch_size": 64}, indent=2) + "\n", encoding="utf-8")
     return dest

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                                         "(default: the shipped tiny model, or the Hugging Face cache for 20b/120b)")
     b.add_argument("--output", help="engine directory (default: engines/MODEL-GPU-QUANT-tpN)")
     b.add_argument("--cache-policy", default="on", choices=["on", "readonly", "redo", "off"])
-    b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE or ~/.cache/gptoss-trt)")
+    b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE, else $XDG_CACHE_HOME/gptoss-trt, "
+                                       "else ~/.cache/gptoss-trt)")
     b.add_argument("--cache-max-gb", type=float, metavar="GB",
                    help="evict least recently used cache entries past this size (default: $GPTOSS_TRT_CACHE_MAX_GB "
                         "or 100)")
@@ -97,11 +98,10 @@ def build_engine_main(argv: list[str] | None = None) -> int:
         parser.error("--gpu and --model (or --checkpoint, whose config names the model) are required "
                      "(or --validate DIR)")
     if not args.model:
+        from checkpoint.errors import CheckpointError
         try:
             args.model = model_from_checkpoint(args.checkpoint)
-        except Exception as e:
-            if type(e).__name__ != "CheckpointError":
-                raise
+        except CheckpointError as e:
             print(f"build-engine: {e}", file=sys.stderr)
             return 2
     if args.plan:
@@ -170,9 +170,10 @@ def _cache_max_bytes(args) -> int | None:
 def _run_cache_info(args) -> int:
     from pathlib import Path
 
-    from builder.engine.cache import BuildCache, default_cache_dir, format_info
+    from builder.engine.cache import BuildCache, format_info
+    from checkpoint.fsutil import cache_dir
     try:
-        cache = BuildCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+        cache = BuildCache(Path(args.cache_dir) if args.cache_dir else cache_dir(),
                            max_bytes=_cache_max_bytes(args))
     except ValueError as e:
         print(f"build-engine: {e}", file=sys.stderr)

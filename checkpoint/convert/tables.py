@@ -3,10 +3,14 @@
 Per format:
 - SHAPES: every tensor the format stores, `{layer}` patterns -> (kind, shape from the ModelConfig);
   kind "float" (BF16/F16/F32) or "u8" (MXFP4 blocks and e8m0 scales).
-- READ: canonical pattern -> (quirk, source pattern, ...): how to build each canonical value.
-- DROPPED: source pattern -> None: tensors a format may carry that we deliberately ignore.
-- WRITE: target pattern (or a tuple of patterns one quirk writes together) -> (quirk, canonical pattern, ...).
-- FEATURES (quantized formats): optional parts of a format, each with its own SHAPES/READ/WRITE:
+- ROWS: one `Row` per group of tensors that convert together, declared once for both directions: the stored
+  (source-format) patterns, the canonical patterns, the read quirk that builds each canonical value from the
+  stored ones and the write quirk that builds each stored tensor from the canonical ones. A row with no
+  canonical names is a stored tensor we deliberately ignore (canonical None, as gpt-fast's weight map).
+- READ, WRITE and DROPPED are derived from the rows (`Format.read`, `.write`, `.dropped`):
+  READ: canonical pattern -> (quirk, source pattern, ...); WRITE: target pattern (or a tuple of patterns one
+  quirk writes together) -> (quirk, canonical pattern, ...); DROPPED: source pattern -> None.
+- FEATURES (quantized formats): optional parts of a format, each with its own SHAPES and ROWS:
   "input_scales" (calibrated activation scales, W4A4/W8A8) and "kv_scales" (FP8 KV cache). A checkpoint
   holds a feature's tensors all or none; which it holds is read from its quant config.
 
@@ -14,15 +18,106 @@ Stored kinds: "float" (BF16/F16/F32), "u8" (packed FP4 bytes, e8m0 scales), "f8"
 "scalar" (a float32 [] scale).
 
 checkpoint.convert.mapping expands them per layer and checks both directions exhaustively: every source
-tensor used or dropped, every canonical tensor built once, every target tensor written once.
+tensor used or dropped, every canonical tensor built once, every target tensor written once. Negative controls
+that need a broken table edit one row with `with_row`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 from checkpoint.convert import quant_quirks as qq
 from checkpoint.convert import quirks as q
+
+Quirk = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Row:
+    """Stored `source` tensors <-> `canonical` tensors, both ways:
+
+        canonical[i] = read[i](config, *source)        one read quirk per canonical name
+        targets[j]   = write[j](config, *canonical)    one write quirk per target (see `targets`)
+
+    `read` or `write` may be empty only in a negative control's edited row (`with_row`)."""
+    source: tuple[str, ...]
+    canonical: tuple[str, ...] = ()
+    read: tuple[Quirk, ...] = ()
+    write: tuple[Quirk, ...] = ()
+    # What each write quirk writes, when that is not the rule in `targets` (FP8 q/k/v: weight and scale pairs).
+    write_as: tuple[str | tuple[str, ...], ...] | None = None
+
+    def __post_init__(self):
+        if self.read and len(self.read) != len(self.canonical):
+            raise AssertionError(f"row {self.source}: {len(self.read)} read quirks for {len(self.canonical)} "
+                                 f"canonical names")
+        if self.write and self.write_as is None and len(self.write) not in (1, len(self.source)):
+            raise AssertionError(f"row {self.source}: {len(self.write)} write quirks for {len(self.source)} "
+                                 f"stored names; say which writes what with write_as")
+        if self.write_as is not None:
+            names = [n for t in self.write_as for n in ((t,) if isinstance(t, str) else t)]
+            if sorted(names) != sorted(self.source) or len(self.write_as) != len(self.write):
+                raise AssertionError(f"row {self.source}: write_as {self.write_as} is not one target per write "
+                                     f"quirk covering the stored names once")
+
+    @property
+    def targets(self) -> tuple[str | tuple[str, ...], ...]:
+        """WRITE keys, one per write quirk: one quirk writes all stored names together (a tuple key when there
+        are several), several quirks write one stored name each, or as `write_as` says."""
+        if not self.write:
+            return ()
+        if self.write_as is not None:
+            return self.write_as
+        if len(self.write) == 1:
+            return (self.source[0] if len(self.source) == 1 else self.source,)
+        return self.source
+
+
+def _names(x) -> tuple:
+    return () if x is None else (x,) if isinstance(x, str) else tuple(x)
+
+
+def _quirks(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def row(source, canonical, read: Quirk | tuple = q.same, write: Quirk | tuple = q.same, write_as=None) -> Row:
+    """A row: `source`/`canonical` one pattern or a tuple; `read`/`write` one quirk or one per name."""
+    canonical = _names(canonical)
+    return Row(_names(source), canonical, _quirks(read), _quirks(write), write_as)
+
+
+def dropped(source: str) -> Row:
+    """A stored tensor some exporters save that we ignore (it maps to no canonical name)."""
+    return Row((source,))
+
+
+def _put(table: dict, key, value, what: str) -> None:
+    if key in table:
+        raise AssertionError(f"{what} {key!r} comes from two rows")
+    table[key] = value
+
+
+def read_table(rows) -> dict:
+    out = {}
+    for r in rows:
+        for name, quirk in zip(r.canonical, r.read):
+            _put(out, name, (quirk, *r.source), "canonical name")
+    return out
+
+
+def write_table(rows) -> dict:
+    out = {}
+    for r in rows:
+        for target, quirk in zip(r.targets, r.write):
+            _put(out, target, (quirk, *r.canonical), "write target")
+    return out
+
+
+def _without(rows, drop: Callable[[Row], bool]) -> tuple[Row, ...]:
+    return tuple(r for r in rows if not drop(r))
 
 
 def _qkv_out(c):
@@ -31,7 +126,7 @@ def _qkv_out(c):
 
 # -- HF (transformers GptOssForCausalLM) ------------------------------------------------------------
 L = "model.layers.{layer}."
-
+C = "layers.{layer}."           # canonical per-layer prefix
 HF_COMMON_SHAPES = {
     "model.embed_tokens.weight": ("float", lambda c: (c.vocab_size, c.hidden_size)),
     L + "input_layernorm.weight": ("float", lambda c: (c.hidden_size,)),
@@ -64,76 +159,42 @@ HF_MXFP4_EXPERT_SHAPES = {
     L + "mlp.experts.down_proj_blocks": ("u8", lambda c: (c.num_experts, c.hidden_size, c.intermediate_size // 32, 16)),
     L + "mlp.experts.down_proj_scales": ("u8", lambda c: (c.num_experts, c.hidden_size, c.intermediate_size // 32)),
 }
-
-HF_COMMON_READ = {
-    "embed.weight": (q.same, "model.embed_tokens.weight"),
-    "layers.{layer}.attn_norm.scale": (q.same, L + "input_layernorm.weight"),
-    "layers.{layer}.attn.qkv.weight": (q.merge_qkv, L + "self_attn.q_proj.weight", L + "self_attn.k_proj.weight",
-                                       L + "self_attn.v_proj.weight"),
-    "layers.{layer}.attn.qkv.bias": (q.merge_qkv, L + "self_attn.q_proj.bias", L + "self_attn.k_proj.bias",
-                                     L + "self_attn.v_proj.bias"),
-    "layers.{layer}.attn.sinks": (q.same, L + "self_attn.sinks"),
-    "layers.{layer}.attn.out.weight": (q.same, L + "self_attn.o_proj.weight"),
-    "layers.{layer}.attn.out.bias": (q.same, L + "self_attn.o_proj.bias"),
-    "layers.{layer}.mlp_norm.scale": (q.same, L + "post_attention_layernorm.weight"),
-    "layers.{layer}.moe.router.weight": (q.same, L + "mlp.router.weight"),
-    "layers.{layer}.moe.router.bias": (q.same, L + "mlp.router.bias"),
-    "layers.{layer}.moe.gate.bias": (q.even_last, L + "mlp.experts.gate_up_proj_bias"),
-    "layers.{layer}.moe.up.bias": (q.odd_last, L + "mlp.experts.gate_up_proj_bias"),
-    "layers.{layer}.moe.down.bias": (q.same, L + "mlp.experts.down_proj_bias"),
-    "norm.scale": (q.same, "model.norm.weight"),
-    "lm_head.weight": (q.same, "lm_head.weight"),
-}
-HF_BF16_EXPERT_READ = {
-    "layers.{layer}.moe.gate.weight": (q.gate_from_hf, L + "mlp.experts.gate_up_proj"),
-    "layers.{layer}.moe.up.weight": (q.up_from_hf, L + "mlp.experts.gate_up_proj"),
-    "layers.{layer}.moe.down.weight": (q.down_from_hf, L + "mlp.experts.down_proj"),
-}
-HF_MXFP4_EXPERT_READ = {
-    "layers.{layer}.moe.gate.weight": (q.mxfp4_gate, L + "mlp.experts.gate_up_proj_blocks",
-                                       L + "mlp.experts.gate_up_proj_scales"),
-    "layers.{layer}.moe.up.weight": (q.mxfp4_up, L + "mlp.experts.gate_up_proj_blocks",
-                                     L + "mlp.experts.gate_up_proj_scales"),
-    "layers.{layer}.moe.down.weight": (q.mxfp4_pair, L + "mlp.experts.down_proj_blocks",
-                                       L + "mlp.experts.down_proj_scales"),
-}
+# Rows in the stored file's order (WRITE follows it: each layer's tensors land together in shards).
+HF_COMMON_ROWS = (
+    row("model.embed_tokens.weight", "embed.weight"),
+    row(L + "input_layernorm.weight", C + "attn_norm.scale"),
+    row((L + "self_attn.q_proj.weight", L + "self_attn.k_proj.weight", L + "self_attn.v_proj.weight"),
+        C + "attn.qkv.weight", q.merge_qkv, (q.q_of_qkv, q.k_of_qkv, q.v_of_qkv)),
+    row((L + "self_attn.q_proj.bias", L + "self_attn.k_proj.bias", L + "self_attn.v_proj.bias"),
+        C + "attn.qkv.bias", q.merge_qkv, (q.q_of_qkv, q.k_of_qkv, q.v_of_qkv)),
+    row(L + "self_attn.o_proj.weight", C + "attn.out.weight", q.same, q.plain),
+    row(L + "self_attn.o_proj.bias", C + "attn.out.bias"),
+    row(L + "self_attn.sinks", C + "attn.sinks"),
+    row(L + "post_attention_layernorm.weight", C + "mlp_norm.scale"),
+    row(L + "mlp.router.weight", C + "moe.router.weight"),
+    row(L + "mlp.router.bias", C + "moe.router.bias"),
+    row(L + "mlp.experts.gate_up_proj_bias", (C + "moe.gate.bias", C + "moe.up.bias"),
+        (q.even_last, q.odd_last), q.interleave_last),
+    row(L + "mlp.experts.down_proj_bias", C + "moe.down.bias"),
+    row("model.norm.weight", "norm.scale"),
+    row("lm_head.weight", "lm_head.weight"),
+)
+HF_BF16_EXPERT_ROWS = (
+    row(L + "mlp.experts.gate_up_proj", (C + "moe.gate.weight", C + "moe.up.weight"),
+        (q.gate_from_hf, q.up_from_hf), q.hf_gate_up),
+    row(L + "mlp.experts.down_proj", C + "moe.down.weight", q.down_from_hf, q.hf_down),
+)
+HF_MXFP4_EXPERT_ROWS = (
+    row((L + "mlp.experts.gate_up_proj_blocks", L + "mlp.experts.gate_up_proj_scales"),
+        (C + "moe.gate.weight", C + "moe.up.weight"), (q.mxfp4_gate, q.mxfp4_up), q.packed_gate_up),
+    row((L + "mlp.experts.down_proj_blocks", L + "mlp.experts.down_proj_scales"), C + "moe.down.weight",
+        q.mxfp4_pair, q.packed_pair),
+)
 # Non-persistent RoPE buffers that some exporters save anyway; recomputed from the config.
-HF_DROPPED = {
-    "model.rotary_emb.inv_freq": None,
-    L + "self_attn.rotary_emb.inv_freq": None,
-}
-
-HF_COMMON_WRITE = {
-    "model.embed_tokens.weight": (q.same, "embed.weight"),
-    L + "input_layernorm.weight": (q.same, "layers.{layer}.attn_norm.scale"),
-    L + "self_attn.q_proj.weight": (q.q_of_qkv, "layers.{layer}.attn.qkv.weight"),
-    L + "self_attn.k_proj.weight": (q.k_of_qkv, "layers.{layer}.attn.qkv.weight"),
-    L + "self_attn.v_proj.weight": (q.v_of_qkv, "layers.{layer}.attn.qkv.weight"),
-    L + "self_attn.q_proj.bias": (q.q_of_qkv, "layers.{layer}.attn.qkv.bias"),
-    L + "self_attn.k_proj.bias": (q.k_of_qkv, "layers.{layer}.attn.qkv.bias"),
-    L + "self_attn.v_proj.bias": (q.v_of_qkv, "layers.{layer}.attn.qkv.bias"),
-    L + "self_attn.o_proj.weight": (q.plain, "layers.{layer}.attn.out.weight"),
-    L + "self_attn.o_proj.bias": (q.same, "layers.{layer}.attn.out.bias"),
-    L + "self_attn.sinks": (q.same, "layers.{layer}.attn.sinks"),
-    L + "post_attention_layernorm.weight": (q.same, "layers.{layer}.mlp_norm.scale"),
-    L + "mlp.router.weight": (q.same, "layers.{layer}.moe.router.weight"),
-    L + "mlp.router.bias": (q.same, "layers.{layer}.moe.router.bias"),
-    L + "mlp.experts.gate_up_proj_bias": (q.interleave_last, "layers.{layer}.moe.gate.bias",
-                                          "layers.{layer}.moe.up.bias"),
-    L + "mlp.experts.down_proj_bias": (q.same, "layers.{layer}.moe.down.bias"),
-    "model.norm.weight": (q.same, "norm.scale"),
-    "lm_head.weight": (q.same, "lm_head.weight"),
-}
-HF_BF16_EXPERT_WRITE = {
-    L + "mlp.experts.gate_up_proj": (q.hf_gate_up, "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight"),
-    L + "mlp.experts.down_proj": (q.hf_down, "layers.{layer}.moe.down.weight"),
-}
-HF_MXFP4_EXPERT_WRITE = {
-    (L + "mlp.experts.gate_up_proj_blocks", L + "mlp.experts.gate_up_proj_scales"):
-        (q.packed_gate_up, "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight"),
-    (L + "mlp.experts.down_proj_blocks", L + "mlp.experts.down_proj_scales"):
-        (q.packed_pair, "layers.{layer}.moe.down.weight"),
-}
+HF_DROPPED_ROWS = (
+    dropped("model.rotary_emb.inv_freq"),
+    dropped(L + "self_attn.rotary_emb.inv_freq"),
+)
 
 # -- HF layout of the dense variant (model_type "gpt_oss_dense", e.g. 20b-dense) ----------------------
 # Everything but the MLP is gpt-oss's HF layout. The MLP is stored as one HF gpt-oss expert with the expert
@@ -144,28 +205,22 @@ HF_MXFP4_EXPERT_WRITE = {
 D = L + "mlp."
 _MOE_ONLY = ("mlp.router.", "mlp.experts.", ".moe.")
 HF_DENSE_COMMON_SHAPES = {k: v for k, v in HF_COMMON_SHAPES.items() if not any(m in k for m in _MOE_ONLY)}
-HF_DENSE_COMMON_READ = {k: v for k, v in HF_COMMON_READ.items() if not any(m in k for m in _MOE_ONLY)}
-HF_DENSE_COMMON_WRITE = {k: v for k, v in HF_COMMON_WRITE.items() if not any(m in k for m in _MOE_ONLY)}
+HF_DENSE_COMMON_ROWS = _without(HF_COMMON_ROWS, lambda r: any(m in n for n in r.source + r.canonical
+                                                              for m in _MOE_ONLY))
 HF_DENSE_MLP_SHAPES = {
     D + "gate_up_proj": ("float", lambda c: (c.hidden_size, 2 * c.intermediate_size)),
     D + "gate_up_proj_bias": ("float", lambda c: (2 * c.intermediate_size,)),
     D + "down_proj": ("float", lambda c: (c.intermediate_size, c.hidden_size)),
     D + "down_proj_bias": ("float", lambda c: (c.hidden_size,)),
 }
-HF_DENSE_MLP_READ = {
-    "layers.{layer}.mlp.gate.weight": (q.dense_gate_from_hf, D + "gate_up_proj"),
-    "layers.{layer}.mlp.up.weight": (q.dense_up_from_hf, D + "gate_up_proj"),
-    "layers.{layer}.mlp.gate.bias": (q.dense_gate_bias, D + "gate_up_proj_bias"),
-    "layers.{layer}.mlp.up.bias": (q.dense_up_bias, D + "gate_up_proj_bias"),
-    "layers.{layer}.mlp.down.weight": (q.dense_down_from_hf, D + "down_proj"),
-    "layers.{layer}.mlp.down.bias": (q.same, D + "down_proj_bias"),
-}
-HF_DENSE_MLP_WRITE = {
-    D + "gate_up_proj": (q.hf_dense_gate_up, "layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.up.weight"),
-    D + "gate_up_proj_bias": (q.hf_dense_gate_up_bias, "layers.{layer}.mlp.gate.bias", "layers.{layer}.mlp.up.bias"),
-    D + "down_proj": (q.hf_dense_down, "layers.{layer}.mlp.down.weight"),
-    D + "down_proj_bias": (q.same, "layers.{layer}.mlp.down.bias"),
-}
+HF_DENSE_MLP_ROWS = (
+    row(D + "gate_up_proj", (C + "mlp.gate.weight", C + "mlp.up.weight"),
+        (q.dense_gate_from_hf, q.dense_up_from_hf), q.hf_dense_gate_up),
+    row(D + "gate_up_proj_bias", (C + "mlp.gate.bias", C + "mlp.up.bias"),
+        (q.dense_gate_bias, q.dense_up_bias), q.hf_dense_gate_up_bias),
+    row(D + "down_proj", C + "mlp.down.weight", q.dense_down_from_hf, q.hf_dense_down),
+    row(D + "down_proj_bias", C + "mlp.down.bias"),
+)
 
 # -- OpenAI original (gpt_oss/torch/weights.py and model.py) ---------------------------------------
 B = "block.{layer}."
@@ -190,46 +245,27 @@ OPENAI_SHAPES = {
     "norm.scale": ("float", lambda c: (c.hidden_size,)),
     "unembedding.weight": ("float", lambda c: (c.vocab_size, c.hidden_size)),
 }
-OPENAI_READ = {
-    "embed.weight": (q.same, "embedding.weight"),
-    "layers.{layer}.attn_norm.scale": (q.same, B + "attn.norm.scale"),
-    "layers.{layer}.attn.qkv.weight": (q.same, B + "attn.qkv.weight"),
-    "layers.{layer}.attn.qkv.bias": (q.same, B + "attn.qkv.bias"),
-    "layers.{layer}.attn.sinks": (q.same, B + "attn.sinks"),
-    "layers.{layer}.attn.out.weight": (q.same, B + "attn.out.weight"),
-    "layers.{layer}.attn.out.bias": (q.same, B + "attn.out.bias"),
-    "layers.{layer}.mlp_norm.scale": (q.same, B + "mlp.norm.scale"),
-    "layers.{layer}.moe.router.weight": (q.same, B + "mlp.gate.weight"),
-    "layers.{layer}.moe.router.bias": (q.same, B + "mlp.gate.bias"),
-    "layers.{layer}.moe.gate.weight": (q.mxfp4_gate, B + "mlp.mlp1_weight.blocks", B + "mlp.mlp1_weight.scales"),
-    "layers.{layer}.moe.up.weight": (q.mxfp4_up, B + "mlp.mlp1_weight.blocks", B + "mlp.mlp1_weight.scales"),
-    "layers.{layer}.moe.gate.bias": (q.even_last, B + "mlp.mlp1_bias"),
-    "layers.{layer}.moe.up.bias": (q.odd_last, B + "mlp.mlp1_bias"),
-    "layers.{layer}.moe.down.weight": (q.mxfp4_pair, B + "mlp.mlp2_weight.blocks", B + "mlp.mlp2_weight.scales"),
-    "layers.{layer}.moe.down.bias": (q.same, B + "mlp.mlp2_bias"),
-    "norm.scale": (q.same, "norm.scale"),
-    "lm_head.weight": (q.same, "unembedding.weight"),
-}
-OPENAI_WRITE = {
-    "embedding.weight": (q.same, "embed.weight"),
-    B + "attn.norm.scale": (q.same, "layers.{layer}.attn_norm.scale"),
-    B + "attn.qkv.weight": (q.plain, "layers.{layer}.attn.qkv.weight"),
-    B + "attn.qkv.bias": (q.same, "layers.{layer}.attn.qkv.bias"),
-    B + "attn.sinks": (q.same, "layers.{layer}.attn.sinks"),
-    B + "attn.out.weight": (q.plain, "layers.{layer}.attn.out.weight"),
-    B + "attn.out.bias": (q.same, "layers.{layer}.attn.out.bias"),
-    B + "mlp.norm.scale": (q.same, "layers.{layer}.mlp_norm.scale"),
-    B + "mlp.gate.weight": (q.same, "layers.{layer}.moe.router.weight"),
-    B + "mlp.gate.bias": (q.same, "layers.{layer}.moe.router.bias"),
-    (B + "mlp.mlp1_weight.blocks", B + "mlp.mlp1_weight.scales"):
-        (q.packed_gate_up, "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight"),
-    B + "mlp.mlp1_bias": (q.interleave_last, "layers.{layer}.moe.gate.bias", "layers.{layer}.moe.up.bias"),
-    (B + "mlp.mlp2_weight.blocks", B + "mlp.mlp2_weight.scales"):
-        (q.packed_pair, "layers.{layer}.moe.down.weight"),
-    B + "mlp.mlp2_bias": (q.same, "layers.{layer}.moe.down.bias"),
-    "norm.scale": (q.same, "norm.scale"),
-    "unembedding.weight": (q.same, "lm_head.weight"),
-}
+OPENAI_ROWS = (
+    row("embedding.weight", "embed.weight"),
+    row(B + "attn.norm.scale", C + "attn_norm.scale"),
+    row(B + "attn.qkv.weight", C + "attn.qkv.weight", q.same, q.plain),
+    row(B + "attn.qkv.bias", C + "attn.qkv.bias"),
+    row(B + "attn.sinks", C + "attn.sinks"),
+    row(B + "attn.out.weight", C + "attn.out.weight", q.same, q.plain),
+    row(B + "attn.out.bias", C + "attn.out.bias"),
+    row(B + "mlp.norm.scale", C + "mlp_norm.scale"),
+    row(B + "mlp.gate.weight", C + "moe.router.weight"),
+    row(B + "mlp.gate.bias", C + "moe.router.bias"),
+    row((B + "mlp.mlp1_weight.blocks", B + "mlp.mlp1_weight.scales"), (C + "moe.gate.weight", C + "moe.up.weight"),
+        (q.mxfp4_gate, q.mxfp4_up), q.packed_gate_up),
+    row(B + "mlp.mlp1_bias", (C + "moe.gate.bias", C + "moe.up.bias"), (q.even_last, q.odd_last),
+        q.interleave_last),
+    row((B + "mlp.mlp2_weight.blocks", B + "mlp.mlp2_weight.scales"), C + "moe.down.weight", q.mxfp4_pair,
+        q.packed_pair),
+    row(B + "mlp.mlp2_bias", C + "moe.down.bias"),
+    row("norm.scale", "norm.scale"),
+    row("unembedding.weight", "lm_head.weight"),
+)
 
 
 # -- ModelOpt NVFP4 / FP8 (nvidia-modelopt 0.47 export_hf_checkpoint; layouts in quant_quirks.py) ----
@@ -245,40 +281,27 @@ HF_NVFP4_EXPERT_SHAPES = {
 }
 _NV_GATE_UP = (X + "gate_up_proj", X + "gate_up_proj_weight_scale", X + "gate_up_proj_weight_scale_2")
 _NV_DOWN = (X + "down_proj", X + "down_proj_weight_scale", X + "down_proj_weight_scale_2")
-HF_NVFP4_EXPERT_READ = {
-    "layers.{layer}.moe.gate.weight": (qq.nvfp4_gate_from_hf, *_NV_GATE_UP),
-    "layers.{layer}.moe.up.weight": (qq.nvfp4_up_from_hf, *_NV_GATE_UP),
-    "layers.{layer}.moe.down.weight": (qq.nvfp4_down_from_hf, *_NV_DOWN),
-}
-HF_NVFP4_EXPERT_WRITE = {
-    _NV_GATE_UP: (qq.hf_nvfp4_gate_up, "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight"),
-    _NV_DOWN: (qq.hf_nvfp4_down, "layers.{layer}.moe.down.weight"),
-}
+HF_NVFP4_EXPERT_ROWS = (
+    row(_NV_GATE_UP, (C + "moe.gate.weight", C + "moe.up.weight"), (qq.nvfp4_gate_from_hf, qq.nvfp4_up_from_hf),
+        qq.hf_nvfp4_gate_up),
+    row(_NV_DOWN, C + "moe.down.weight", qq.nvfp4_down_from_hf, qq.hf_nvfp4_down),
+)
 EXPERT_INPUT_SCALE_SHAPES = {
     X + "gate_up_proj_input_scale": ("scalar", lambda c: ()),
     X + "down_proj_input_scale": ("scalar", lambda c: ()),
 }
-EXPERT_INPUT_SCALE_READ = {
-    "layers.{layer}.moe.gate.input_scale": (qq.scale, X + "gate_up_proj_input_scale"),
-    "layers.{layer}.moe.up.input_scale": (qq.scale, X + "gate_up_proj_input_scale"),
-    "layers.{layer}.moe.down.input_scale": (qq.scale, X + "down_proj_input_scale"),
-}
-EXPERT_INPUT_SCALE_WRITE = {
-    X + "gate_up_proj_input_scale": (qq.max_scale, "layers.{layer}.moe.gate.input_scale",
-                                     "layers.{layer}.moe.up.input_scale"),
-    X + "down_proj_input_scale": (qq.scale, "layers.{layer}.moe.down.input_scale"),
-}
+EXPERT_INPUT_SCALE_ROWS = (
+    row(X + "gate_up_proj_input_scale", (C + "moe.gate.input_scale", C + "moe.up.input_scale"),
+        (qq.scale, qq.scale), qq.max_scale),
+    row(X + "down_proj_input_scale", C + "moe.down.input_scale", qq.scale, qq.scale),
+)
 KV_SCALE_SHAPES = {A + "k_proj.k_scale": ("scalar", lambda c: ()), A + "v_proj.v_scale": ("scalar", lambda c: ())}
-KV_SCALE_READ = {"layers.{layer}.attn.qkv.k_scale": (qq.scale, A + "k_proj.k_scale"),
-                 "layers.{layer}.attn.qkv.v_scale": (qq.scale, A + "v_proj.v_scale")}
-KV_SCALE_WRITE = {A + "k_proj.k_scale": (qq.scale, "layers.{layer}.attn.qkv.k_scale"),
-                  A + "v_proj.v_scale": (qq.scale, "layers.{layer}.attn.qkv.v_scale")}
+KV_SCALE_ROWS = (row(A + "k_proj.k_scale", C + "attn.qkv.k_scale", qq.scale, qq.scale),
+                 row(A + "v_proj.v_scale", C + "attn.qkv.v_scale", qq.scale, qq.scale))
 
 _HF_ATTN_WEIGHTS = tuple(A + f"{p}_proj.weight" for p in "qkvo")
 HF_NO_ATTN_SHAPES = {k: v for k, v in HF_COMMON_SHAPES.items() if k not in _HF_ATTN_WEIGHTS}
-HF_NO_ATTN_READ = {k: v for k, v in HF_COMMON_READ.items()
-                   if k not in ("layers.{layer}.attn.qkv.weight", "layers.{layer}.attn.out.weight")}
-HF_NO_ATTN_WRITE = {k: v for k, v in HF_COMMON_WRITE.items() if k not in _HF_ATTN_WEIGHTS}
+HF_NO_ATTN_ROWS = _without(HF_COMMON_ROWS, lambda r: bool(set(r.source) & set(_HF_ATTN_WEIGHTS)))
 HF_FP8_ATTN_SHAPES = {
     A + "q_proj.weight": ("f8", lambda c: (c.num_q_heads * c.head_dim, c.hidden_size)),
     A + "k_proj.weight": ("f8", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
@@ -286,81 +309,91 @@ HF_FP8_ATTN_SHAPES = {
     A + "o_proj.weight": ("f8", lambda c: (c.hidden_size, c.num_q_heads * c.head_dim)),
     **{A + f"{p}_proj.weight_scale": ("scalar", lambda c: ()) for p in "qkvo"},
 }
-HF_FP8_ATTN_READ = {
-    "layers.{layer}.attn.qkv.weight": (qq.fp8_merge_qkv, *(A + f"{p}_proj.weight" for p in "qkv"),
-                                       *(A + f"{p}_proj.weight_scale" for p in "qkv")),
-    "layers.{layer}.attn.out.weight": (qq.fp8_linear, A + "o_proj.weight", A + "o_proj.weight_scale"),
-}
-HF_FP8_ATTN_WRITE = {
-    (A + "q_proj.weight", A + "q_proj.weight_scale"): (qq.fp8_q_of_qkv, "layers.{layer}.attn.qkv.weight"),
-    (A + "k_proj.weight", A + "k_proj.weight_scale"): (qq.fp8_k_of_qkv, "layers.{layer}.attn.qkv.weight"),
-    (A + "v_proj.weight", A + "v_proj.weight_scale"): (qq.fp8_v_of_qkv, "layers.{layer}.attn.qkv.weight"),
-    (A + "o_proj.weight", A + "o_proj.weight_scale"): (qq.fp8_weight, "layers.{layer}.attn.out.weight"),
-}
+_FP8_QKV = tuple((A + f"{p}_proj.weight", A + f"{p}_proj.weight_scale") for p in "qkv")
+HF_FP8_ATTN_ROWS = (
+    # Read takes the three weights then the three scales; each projection is written as its (weight, scale).
+    row(tuple(w for w, _ in _FP8_QKV) + tuple(s for _, s in _FP8_QKV), C + "attn.qkv.weight", qq.fp8_merge_qkv,
+        (qq.fp8_q_of_qkv, qq.fp8_k_of_qkv, qq.fp8_v_of_qkv), write_as=_FP8_QKV),
+    row((A + "o_proj.weight", A + "o_proj.weight_scale"), C + "attn.out.weight", qq.fp8_linear, qq.fp8_weight),
+)
 HF_FP8_EXPERT_SHAPES = {
     X + "gate_up_proj": ("f8", lambda c: (c.num_experts, c.hidden_size, 2 * c.intermediate_size)),
     X + "gate_up_proj_weight_scale": ("scalar", lambda c: ()),
     X + "down_proj": ("f8", lambda c: (c.num_experts, c.intermediate_size, c.hidden_size)),
     X + "down_proj_weight_scale": ("scalar", lambda c: ()),
 }
-HF_FP8_EXPERT_READ = {
-    "layers.{layer}.moe.gate.weight": (qq.fp8_gate_from_hf, X + "gate_up_proj", X + "gate_up_proj_weight_scale"),
-    "layers.{layer}.moe.up.weight": (qq.fp8_up_from_hf, X + "gate_up_proj", X + "gate_up_proj_weight_scale"),
-    "layers.{layer}.moe.down.weight": (qq.fp8_down_from_hf, X + "down_proj", X + "down_proj_weight_scale"),
-}
-HF_FP8_EXPERT_WRITE = {
-    (X + "gate_up_proj", X + "gate_up_proj_weight_scale"):
-        (qq.hf_fp8_gate_up, "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight"),
-    (X + "down_proj", X + "down_proj_weight_scale"): (qq.hf_fp8_down, "layers.{layer}.moe.down.weight"),
-}
+HF_FP8_EXPERT_ROWS = (
+    row((X + "gate_up_proj", X + "gate_up_proj_weight_scale"), (C + "moe.gate.weight", C + "moe.up.weight"),
+        (qq.fp8_gate_from_hf, qq.fp8_up_from_hf), qq.hf_fp8_gate_up),
+    row((X + "down_proj", X + "down_proj_weight_scale"), C + "moe.down.weight", qq.fp8_down_from_hf, qq.hf_fp8_down),
+)
 ATTN_INPUT_SCALE_SHAPES = {A + f"{p}_proj.input_scale": ("scalar", lambda c: ()) for p in "qkvo"}
-ATTN_INPUT_SCALE_READ = {
-    "layers.{layer}.attn.qkv.input_scale": (qq.max_scale, *(A + f"{p}_proj.input_scale" for p in "qkv")),
-    "layers.{layer}.attn.out.input_scale": (qq.scale, A + "o_proj.input_scale"),
-}
-ATTN_INPUT_SCALE_WRITE = {
-    **{A + f"{p}_proj.input_scale": (qq.scale, "layers.{layer}.attn.qkv.input_scale") for p in "qkv"},
-    A + "o_proj.input_scale": (qq.scale, "layers.{layer}.attn.out.input_scale"),
-}
+ATTN_INPUT_SCALE_ROWS = (
+    row(tuple(A + f"{p}_proj.input_scale" for p in "qkv"), C + "attn.qkv.input_scale", qq.max_scale,
+        (qq.scale, qq.scale, qq.scale)),
+    row(A + "o_proj.input_scale", C + "attn.out.input_scale", qq.scale, qq.scale),
+)
+
+
+class _Rows:
+    """READ, WRITE and DROPPED of a format or part, derived from its rows."""
+    rows: tuple[Row, ...]
+
+    @property
+    def read(self) -> dict:
+        return read_table(self.rows)
+
+    @property
+    def write(self) -> dict:
+        return write_table(self.rows)
+
+    @property
+    def dropped(self) -> dict:
+        return {r.source[0]: None for r in self.rows if not r.canonical}
 
 
 @dataclass(frozen=True)
-class Part:
+class Part(_Rows):
     shapes: dict
-    read: dict
-    write: dict
+    rows: tuple[Row, ...]
 
 
 @dataclass(frozen=True)
-class Format:
+class Format(_Rows):
     name: str
     shapes: dict
-    read: dict
-    write: dict
-    dropped: dict
+    rows: tuple[Row, ...]
     features: dict[str, Part] = None     # optional parts (see the module docstring)
 
 
+def with_row(table: Format | Part, name: str, **changes) -> Format | Part:
+    """`table` with its one row that names `name` (a stored or canonical pattern) changed, for negative
+    controls that need a broken table: e.g. write=a quirk with gate and up swapped, or read=() / write=()
+    for a table that no longer reads / writes that row. Everything else stays as declared."""
+    hits = [i for i, r in enumerate(table.rows) if name in r.source or name in r.canonical]
+    if len(hits) != 1:
+        raise KeyError(f"{name!r} is in {len(hits)} rows of {getattr(table, 'name', 'this part')}, not one")
+    rows = list(table.rows)
+    rows[hits[0]] = dataclasses.replace(rows[hits[0]], **{k: _quirks(v) if k in ("read", "write") else v
+                                                          for k, v in changes.items()})
+    return dataclasses.replace(table, rows=tuple(rows))
+
+
 FORMATS: dict[str, Format] = {
-    "hf": Format("hf", {**HF_COMMON_SHAPES, **HF_BF16_EXPERT_SHAPES}, {**HF_COMMON_READ, **HF_BF16_EXPERT_READ},
-                 {**HF_COMMON_WRITE, **HF_BF16_EXPERT_WRITE}, HF_DROPPED),
+    "hf": Format("hf", {**HF_COMMON_SHAPES, **HF_BF16_EXPERT_SHAPES},
+                 HF_COMMON_ROWS + HF_BF16_EXPERT_ROWS + HF_DROPPED_ROWS),
     "hf-mxfp4": Format("hf-mxfp4", {**HF_COMMON_SHAPES, **HF_MXFP4_EXPERT_SHAPES},
-                       {**HF_COMMON_READ, **HF_MXFP4_EXPERT_READ}, {**HF_COMMON_WRITE, **HF_MXFP4_EXPERT_WRITE},
-                       HF_DROPPED),
-    "openai": Format("openai", OPENAI_SHAPES, OPENAI_READ, OPENAI_WRITE, {}),
+                       HF_COMMON_ROWS + HF_MXFP4_EXPERT_ROWS + HF_DROPPED_ROWS),
+    "openai": Format("openai", OPENAI_SHAPES, OPENAI_ROWS),
     "hf-nvfp4": Format("hf-nvfp4", {**HF_COMMON_SHAPES, **HF_NVFP4_EXPERT_SHAPES},
-                       {**HF_COMMON_READ, **HF_NVFP4_EXPERT_READ}, {**HF_COMMON_WRITE, **HF_NVFP4_EXPERT_WRITE},
-                       HF_DROPPED,
-                       {"input_scales": Part(EXPERT_INPUT_SCALE_SHAPES, EXPERT_INPUT_SCALE_READ,
-                                             EXPERT_INPUT_SCALE_WRITE),
-                        "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
+                       HF_COMMON_ROWS + HF_NVFP4_EXPERT_ROWS + HF_DROPPED_ROWS,
+                       {"input_scales": Part(EXPERT_INPUT_SCALE_SHAPES, EXPERT_INPUT_SCALE_ROWS),
+                        "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_ROWS)}),
     "hf-fp8": Format("hf-fp8", {**HF_NO_ATTN_SHAPES, **HF_FP8_ATTN_SHAPES, **HF_FP8_EXPERT_SHAPES},
-                     {**HF_NO_ATTN_READ, **HF_FP8_ATTN_READ, **HF_FP8_EXPERT_READ},
-                     {**HF_NO_ATTN_WRITE, **HF_FP8_ATTN_WRITE, **HF_FP8_EXPERT_WRITE}, HF_DROPPED,
+                     HF_NO_ATTN_ROWS + HF_FP8_ATTN_ROWS + HF_FP8_EXPERT_ROWS + HF_DROPPED_ROWS,
                      {"input_scales": Part({**ATTN_INPUT_SCALE_SHAPES, **EXPERT_INPUT_SCALE_SHAPES},
-                                           {**ATTN_INPUT_SCALE_READ, **EXPERT_INPUT_SCALE_READ},
-                                           {**ATTN_INPUT_SCALE_WRITE, **EXPERT_INPUT_SCALE_WRITE}),
-                      "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
+                                           ATTN_INPUT_SCALE_ROWS + EXPERT_INPUT_SCALE_ROWS),
+                      "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_ROWS)}),
 }
 # FP8 dense MLP: the FP8 expert layout with the expert dim dropped, like the bf16 one above.
 HF_FP8_DENSE_MLP_SHAPES = {
@@ -373,47 +406,33 @@ HF_FP8_DENSE_MLP_SHAPES = {
 }
 _FP8_GATE_UP = (D + "gate_up_proj", D + "gate_up_proj_weight_scale")
 _FP8_DOWN = (D + "down_proj", D + "down_proj_weight_scale")
-HF_FP8_DENSE_MLP_READ = {
-    **{k: v for k, v in HF_DENSE_MLP_READ.items() if k.endswith(".bias")},
-    "layers.{layer}.mlp.gate.weight": (qq.fp8_dense_gate_from_hf, *_FP8_GATE_UP),
-    "layers.{layer}.mlp.up.weight": (qq.fp8_dense_up_from_hf, *_FP8_GATE_UP),
-    "layers.{layer}.mlp.down.weight": (qq.fp8_dense_down_from_hf, *_FP8_DOWN),
-}
-HF_FP8_DENSE_MLP_WRITE = {
-    **{k: v for k, v in HF_DENSE_MLP_WRITE.items() if k.endswith("_bias")},
-    _FP8_GATE_UP: (qq.hf_fp8_dense_gate_up, "layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.up.weight"),
-    _FP8_DOWN: (qq.hf_fp8_dense_down, "layers.{layer}.mlp.down.weight"),
-}
+HF_FP8_DENSE_MLP_ROWS = (
+    *(r for r in HF_DENSE_MLP_ROWS if all(n.endswith(".bias") for n in r.canonical)),
+    row(_FP8_GATE_UP, (C + "mlp.gate.weight", C + "mlp.up.weight"),
+        (qq.fp8_dense_gate_from_hf, qq.fp8_dense_up_from_hf), qq.hf_fp8_dense_gate_up),
+    row(_FP8_DOWN, C + "mlp.down.weight", qq.fp8_dense_down_from_hf, qq.hf_fp8_dense_down),
+)
 DENSE_INPUT_SCALE_SHAPES = {D + "gate_up_proj_input_scale": ("scalar", lambda c: ()),
                             D + "down_proj_input_scale": ("scalar", lambda c: ())}
-DENSE_INPUT_SCALE_READ = {
-    "layers.{layer}.mlp.gate.input_scale": (qq.scale, D + "gate_up_proj_input_scale"),
-    "layers.{layer}.mlp.up.input_scale": (qq.scale, D + "gate_up_proj_input_scale"),
-    "layers.{layer}.mlp.down.input_scale": (qq.scale, D + "down_proj_input_scale"),
-}
-DENSE_INPUT_SCALE_WRITE = {
-    D + "gate_up_proj_input_scale": (qq.max_scale, "layers.{layer}.mlp.gate.input_scale",
-                                     "layers.{layer}.mlp.up.input_scale"),
-    D + "down_proj_input_scale": (qq.scale, "layers.{layer}.mlp.down.input_scale"),
-}
-_HF_DENSE_NO_ATTN = ({k: v for k, v in HF_DENSE_COMMON_SHAPES.items() if k not in _HF_ATTN_WEIGHTS},
-                     {k: v for k, v in HF_DENSE_COMMON_READ.items()
-                      if k not in ("layers.{layer}.attn.qkv.weight", "layers.{layer}.attn.out.weight")},
-                     {k: v for k, v in HF_DENSE_COMMON_WRITE.items() if k not in _HF_ATTN_WEIGHTS})
+DENSE_INPUT_SCALE_ROWS = (
+    row(D + "gate_up_proj_input_scale", (C + "mlp.gate.input_scale", C + "mlp.up.input_scale"),
+        (qq.scale, qq.scale), qq.max_scale),
+    row(D + "down_proj_input_scale", C + "mlp.down.input_scale", qq.scale, qq.scale),
+)
+_HF_DENSE_NO_ATTN_SHAPES = {k: v for k, v in HF_DENSE_COMMON_SHAPES.items() if k not in _HF_ATTN_WEIGHTS}
+_HF_DENSE_NO_ATTN_ROWS = _without(HF_DENSE_COMMON_ROWS, lambda r: bool(set(r.source) & set(_HF_ATTN_WEIGHTS)))
 
 # Layouts of the dense variant, by the same format names: unquantized HF, and FP8 (every linear but
 # embeddings and lm_head, as for the MoE). gpt-oss's MXFP4 and OpenAI formats and ModelOpt's NVFP4 gpt-oss
 # export quantize experts only, so they have no dense counterpart to follow.
 DENSE_FORMATS: dict[str, Format] = {
-    "hf": Format("hf", {**HF_DENSE_COMMON_SHAPES, **HF_DENSE_MLP_SHAPES}, {**HF_DENSE_COMMON_READ, **HF_DENSE_MLP_READ},
-                 {**HF_DENSE_COMMON_WRITE, **HF_DENSE_MLP_WRITE}, HF_DROPPED),
-    "hf-fp8": Format("hf-fp8", {**_HF_DENSE_NO_ATTN[0], **HF_FP8_ATTN_SHAPES, **HF_FP8_DENSE_MLP_SHAPES},
-                     {**_HF_DENSE_NO_ATTN[1], **HF_FP8_ATTN_READ, **HF_FP8_DENSE_MLP_READ},
-                     {**_HF_DENSE_NO_ATTN[2], **HF_FP8_ATTN_WRITE, **HF_FP8_DENSE_MLP_WRITE}, HF_DROPPED,
+    "hf": Format("hf", {**HF_DENSE_COMMON_SHAPES, **HF_DENSE_MLP_SHAPES},
+                 HF_DENSE_COMMON_ROWS + HF_DENSE_MLP_ROWS + HF_DROPPED_ROWS),
+    "hf-fp8": Format("hf-fp8", {**_HF_DENSE_NO_ATTN_SHAPES, **HF_FP8_ATTN_SHAPES, **HF_FP8_DENSE_MLP_SHAPES},
+                     _HF_DENSE_NO_ATTN_ROWS + HF_FP8_ATTN_ROWS + HF_FP8_DENSE_MLP_ROWS + HF_DROPPED_ROWS,
                      {"input_scales": Part({**ATTN_INPUT_SCALE_SHAPES, **DENSE_INPUT_SCALE_SHAPES},
-                                           {**ATTN_INPUT_SCALE_READ, **DENSE_INPUT_SCALE_READ},
-                                           {**ATTN_INPUT_SCALE_WRITE, **DENSE_INPUT_SCALE_WRITE}),
-                      "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_READ, KV_SCALE_WRITE)}),
+                                           ATTN_INPUT_SCALE_ROWS + DENSE_INPUT_SCALE_ROWS),
+                      "kv_scales": Part(KV_SCALE_SHAPES, KV_SCALE_ROWS)}),
 }
 # Which part of a layout its quant config switches on: ModelOpt's quant_algo / kv_cache_quant_algo.
 FEATURES = ("input_scales", "kv_scales")

@@ -14,6 +14,7 @@ import yaml
 from builder.engine import BuildError
 from builder.engine.build import BuildRequest, build
 from builder.engine.options import unknown_option_keys, upstream_fields
+from spec.manifest import MANIFEST_FILE
 from tests.support import BIN
 
 
@@ -48,7 +49,7 @@ def test_cpu_engine_directory_and_manifest(cpu_engine):
     names = {p.name for p in cpu_engine.iterdir()}
     assert {"config.json", "model.safetensors", "network.json", "tokenizer.json", "engine.json", "triton"} <= names
     assert not any(n.startswith(".") for n in names)
-    m = json.loads((cpu_engine / "engine.json").read_text())
+    m = json.loads((cpu_engine / MANIFEST_FILE).read_text())
     assert (m["model"], m["gpu"], m["quant"], m["tp"], m["ep"]) == ("tiny", "cpu", "bf16", 1, 1)
     assert set(m["inputs"]["sha256"]) >= {"config.json", "model.safetensors"}
     assert all(len(h) == 64 for h in m["inputs"]["sha256"].values())
@@ -76,7 +77,7 @@ def test_smoke_tokens_match_an_independent_run(cpu_engine):
     """The recorded smoke generation is what transformers' greedy decoding of the same checkpoint says."""
     transformers = pytest.importorskip("transformers")
     import torch
-    m = json.loads((cpu_engine / "engine.json").read_text())["validated_on"][0]
+    m = json.loads((cpu_engine / MANIFEST_FILE).read_text())["validated_on"][0]
     model = transformers.GptOssForCausalLM.from_pretrained(cpu_engine, dtype=torch.float32).eval()
     ids = torch.tensor([m["prompt_ids"]])
     with torch.no_grad():
@@ -85,7 +86,7 @@ def test_smoke_tokens_match_an_independent_run(cpu_engine):
 
 
 def test_gpu_target_without_tensorrt_llm_says_it_is_not_validated(h100_engine):
-    m = json.loads((h100_engine / "engine.json").read_text())
+    m = json.loads((h100_engine / MANIFEST_FILE).read_text())
     assert m["quant"] == "mxfp4" and m["trtllm_quant_algo"] == "W4A16_MXFP4" and m["sm"] == 90
     trt = [v for v in m["validated_on"] if v["runtime"].startswith("tensorrt_llm")]
     assert trt and not trt[0]["ok"] and f"build-engine --validate {h100_engine}" in trt[0]["note"]
@@ -113,7 +114,7 @@ def test_identical_rebuild_is_a_fast_cache_hit(cpu_engine, cache_dir):
 
 def test_cache_hit_into_a_new_output(cpu_engine, cache_dir, tmp_path):
     out = build(BuildRequest(model="tiny", gpu="cpu", output=str(tmp_path / "copy"), cache_dir=str(cache_dir)))
-    assert (out / "engine.json").read_text() == (cpu_engine / "engine.json").read_text()
+    assert (out / MANIFEST_FILE).read_text() == (cpu_engine / MANIFEST_FILE).read_text()
 
 
 def _inode(path: Path) -> tuple[int, int]:
@@ -142,7 +143,7 @@ def test_cache_holds_no_second_copy(cpu_engine, cache_dir, tmp_path):
             if f.is_file():
                 seen[_inode(f)] = f.stat().st_size
     # engine.json is rewritten by rename on install (its notes name the new place), the rest is shared
-    assert sum(seen.values()) <= one + 2 * (cpu_engine / "engine.json").stat().st_size
+    assert sum(seen.values()) <= one + 2 * (cpu_engine / MANIFEST_FILE).stat().st_size
 
 
 def test_cache_evicts_the_least_recently_used_entry_past_its_limit(cpu_engine, tmp_path, capsys):
@@ -161,7 +162,7 @@ def test_cache_evicts_the_least_recently_used_entry_past_its_limit(cpu_engine, t
     # an entry alone over the limit is not kept either
     small = BuildCache(tmp_path / "small", max_bytes=size // 2)
     small.store("d" * 64, cpu_engine)
-    assert small.entries() == [] and (cpu_engine / "engine.json").is_file()   # the engine itself stays
+    assert small.entries() == [] and (cpu_engine / MANIFEST_FILE).is_file()   # the engine itself stays
 
 
 def test_cache_info_lists_entries_and_the_limit(cpu_engine, cache_dir):
@@ -209,7 +210,7 @@ def test_too_little_disk_is_refused_before_writing(tmp_path, monkeypatch):
 
 def _complete(engine: Path) -> str:
     """Which engine a folder holds, asserting it is whole: 'cpu' (the old one) or 'h100' (the new one)."""
-    m = json.loads((engine / "engine.json").read_text())
+    m = json.loads((engine / MANIFEST_FILE).read_text())
     assert {"config.json", "network.json", "triton"} <= {p.name for p in engine.iterdir()}
     return m["gpu"]
 

@@ -17,6 +17,7 @@ import torch
 from checkpoint.modelopt_config import source_quant
 from checkpoint.convert import convert_checkpoint, load_canonical
 from runtime.api import Runtime
+from spec.manifest import MANIFEST_FILE
 from spec.registry.gpus import get_gpu
 from spec.target import quant_for
 from tests.support import BIN
@@ -39,7 +40,7 @@ def _build(src, out, *extra):
                         "--cache-policy", "off", "--no-progress", *extra],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
-    return json.loads((out / "engine.json").read_text()), r.stderr
+    return json.loads((out / MANIFEST_FILE).read_text()), r.stderr
 
 
 def _blocks(folder):

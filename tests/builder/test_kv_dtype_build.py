@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from checkpoint.convert import load_canonical
+from spec.manifest import MANIFEST_FILE
 from tests.support import BIN
 
 
@@ -24,7 +25,7 @@ def _build(out, cache, *extra):
 
 
 def _facts(engine):
-    m = json.loads((engine / "engine.json").read_text())
+    m = json.loads((engine / MANIFEST_FILE).read_text())
     options = yaml.safe_load((engine / "llm_api_options.yaml").read_text())
     quant = json.loads((engine / "hf_quant_config.json").read_text())["quantization"]
     with load_canonical(engine) as ck:
@@ -51,7 +52,7 @@ def test_default_on_blackwell_is_fp8_with_calibrated_kv_scales(engines):
     assert m["plan"]["kv_dtype"] == m["target"]["kv_cache_dtype"] == "fp8"
     assert options["kv_cache_config"]["dtype"] == "fp8"
     assert quant["kv_cache_quant_algo"] == "FP8" and len(kv_scales) == 2 * 4      # k and v of tiny's 4 layers
-    assert m["cache_key"] != json.loads((engines[0] / "engine.json").read_text())["cache_key"]
+    assert m["cache_key"] != json.loads((engines[0] / MANIFEST_FILE).read_text())["cache_key"]
 
 
 def test_plan_only_says_the_same(tmp_path):

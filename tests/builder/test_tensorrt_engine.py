@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
+from spec.manifest import MANIFEST_FILE
 from tests.support import BIN
 
 GREEDY_TOKENS = 12
@@ -39,7 +40,7 @@ def engines(tmp_path_factory):
 
 
 def manifest(engine: Path) -> dict:
-    return json.loads((engine / "engine.json").read_text())
+    return json.loads((engine / MANIFEST_FILE).read_text())
 
 
 def sha256(path: Path) -> str:
@@ -204,7 +205,7 @@ def test_a_plan_that_cannot_be_built_fails_the_build_and_installs_nothing(tmp_pa
 
 @pytest.mark.parametrize("gpu", ["rtx-5090", "l40s"])
 def test_manifest_names_no_staging_path(engines, gpu):
-    text = (engines[gpu] / "engine.json").read_text()
+    text = (engines[gpu] / MANIFEST_FILE).read_text()
     assert not STAGING.search(text), STAGING.search(text)
 
 

@@ -4,8 +4,6 @@ only the logits give it away."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -19,10 +17,9 @@ L = "model.layers.{layer}."
 B = "block.{layer}."
 
 
-def _patch(monkeypatch, fmt: str, **changes):
-    for table, entries in changes.items():
-        new = {**getattr(tables.FORMATS[fmt], table), **entries}
-        monkeypatch.setitem(tables.FORMATS, fmt, dataclasses.replace(tables.FORMATS[fmt], **{table: new}))
+def _patch(monkeypatch, fmt: str, name: str, **changes):
+    """FORMATS[fmt] with the row naming `name` edited (tables.with_row), for this test only."""
+    monkeypatch.setitem(tables.FORMATS, fmt, tables.with_row(tables.FORMATS[fmt], name, **changes))
 
 
 def swapped(fn):
@@ -53,8 +50,7 @@ def test_controls_pass_unbroken(tmp_path):
 
 
 def test_flipped_interleave_is_caught_by_transformers(tmp_path, monkeypatch):
-    _patch(monkeypatch, "hf", write={L + "mlp.experts.gate_up_proj": (
-        swapped(q.hf_gate_up), "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight")})
+    _patch(monkeypatch, "hf", L + "mlp.experts.gate_up_proj", write=swapped(q.hf_gate_up))
     src = hf_checkpoint("a")
     assert not _lossless_hf_ok(src, convert_checkpoint(src, tmp_path / "hf", "hf", progress=False), "a")
 
@@ -62,9 +58,7 @@ def test_flipped_interleave_is_caught_by_transformers(tmp_path, monkeypatch):
 def test_flipped_interleave_is_caught_by_the_reference(tmp_path, monkeypatch):
     src = hf_checkpoint("a")
     mx = convert_checkpoint(src, tmp_path / "mx", "hf-mxfp4", progress=False)
-    _patch(monkeypatch, "openai",
-           write={(B + "mlp.mlp1_weight.blocks", B + "mlp.mlp1_weight.scales"):
-                  (swapped(q.packed_gate_up), "layers.{layer}.moe.gate.weight", "layers.{layer}.moe.up.weight")})
+    _patch(monkeypatch, "openai", B + "mlp.mlp1_weight.blocks", write=swapped(q.packed_gate_up))
     assert not _reference_ok(mx, convert_checkpoint(mx, tmp_path / "oa", "openai", progress=False), "a")
 
 
@@ -73,7 +67,7 @@ def test_dropped_sinks_are_caught(tmp_path, monkeypatch, fmt):
     src = hf_checkpoint("a")
     mx = convert_checkpoint(src, tmp_path / "mx", "hf-mxfp4", progress=False)
     sinks = L + "self_attn.sinks" if fmt == "hf" else B + "attn.sinks"
-    _patch(monkeypatch, fmt, write={sinks: (zeros, "layers.{layer}.attn.sinks")})
+    _patch(monkeypatch, fmt, sinks, write=zeros)
     if fmt == "hf":
         assert not _lossless_hf_ok(src, convert_checkpoint(src, tmp_path / "hf", "hf", progress=False), "a")
     else:
@@ -81,13 +75,18 @@ def test_dropped_sinks_are_caught(tmp_path, monkeypatch, fmt):
 
 
 def test_tables_missing_a_tensor_fail_the_exhaustiveness_check(monkeypatch):
-    write = dict(tables.FORMATS["openai"].write)
-    write.pop(B + "attn.sinks")
-    monkeypatch.setitem(tables.FORMATS, "openai", dataclasses.replace(tables.FORMATS["openai"], write=write))
+    _patch(monkeypatch, "openai", B + "attn.sinks", write=())           # the table writes no sinks
     with pytest.raises(AssertionError, match=r"block\.0\.attn\.sinks"):
         expand("openai", get_model("tiny"))
-    read = dict(tables.FORMATS["hf"].read)
-    read.pop("layers.{layer}.attn.sinks")
-    monkeypatch.setitem(tables.FORMATS, "hf", dataclasses.replace(tables.FORMATS["hf"], read=read))
+    _patch(monkeypatch, "hf", "layers.{layer}.attn.sinks", read=())   # ... reads no sinks
     with pytest.raises(AssertionError, match=r"missing \['layers\.0\.attn\.sinks'"):
         expand("hf", get_model("tiny"))
+
+
+def test_with_row_edits_that_row_only():
+    hf = tables.FORMATS["hf"]
+    edited = tables.with_row(hf, L + "self_attn.sinks", write=zeros)
+    changed = {k for k in hf.write if hf.write[k] != edited.write[k]}
+    assert changed == {L + "self_attn.sinks"} and edited.read == hf.read and hf.write[L + "self_attn.sinks"][0] is q.same
+    with pytest.raises(KeyError, match="in 0 rows"):
+        tables.with_row(hf, "no.such.tensor", write=zeros)

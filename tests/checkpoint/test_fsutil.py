@@ -36,3 +36,21 @@ def test_stale_staging_of_dead_processes_is_removed_and_a_stranded_old_copy_rest
     removed = fsutil.remove_stale_staging(dst)
     assert [p.name for p in removed] == [f".engine.partial-{dead}-abcdef12"]
     assert _tree(dst) == {"a": "old"} and live.is_dir()
+
+
+def test_cache_dir_is_ours_else_xdg_else_home(tmp_path, monkeypatch):
+    from model_repo.tokenizer import tiktoken_dir
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("GPTOSS_TRT_CACHE", str(tmp_path / "ours"))
+    assert fsutil.cache_dir() == tmp_path / "ours"
+    monkeypatch.setenv("GPTOSS_TRT_CACHE", "")          # empty counts as unset
+    assert fsutil.cache_dir() == tmp_path / "xdg" / "gptoss-trt"
+    monkeypatch.delenv("GPTOSS_TRT_CACHE")
+    assert fsutil.cache_dir() == tmp_path / "xdg" / "gptoss-trt"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    assert fsutil.cache_dir() == tmp_path / "home" / ".cache" / "gptoss-trt"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert fsutil.cache_dir() == tmp_path / "home" / ".cache" / "gptoss-trt"
+    # Its users follow it: the tokenizer vocabulary sits inside it.
+    assert tiktoken_dir() == tmp_path / "home" / ".cache" / "gptoss-trt" / "tiktoken"

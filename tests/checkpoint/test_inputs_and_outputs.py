@@ -18,6 +18,7 @@ from builder.engine.build import BuildRequest, build
 from builder.engine.sources import shipped_checkpoint
 from checkpoint.convert import convert_checkpoint
 from checkpoint.errors import CheckpointError
+from spec.manifest import MANIFEST_FILE
 from spec.registry.models import get_model
 from tests.support import BIN
 from tests.support.fuzz_checkpoint import write_base
@@ -106,7 +107,7 @@ def test_write_model_repo_output_must_not_be_or_contain_the_engine(tmp_path):
     from model_repo.write import main
     engine = tmp_path / "eng"
     engine.mkdir()
-    (engine / "engine.json").write_text(json.dumps({"max_seq_len": 64, "max_batch_size": 2, "model": "tiny"}))
+    (engine / MANIFEST_FILE).write_text(json.dumps({"max_seq_len": 64, "max_batch_size": 2, "model": "tiny"}))
     (tmp_path / "link").symlink_to(engine)
     before = digest(tmp_path)
     for out in (engine, tmp_path, tmp_path / "link"):
@@ -222,7 +223,7 @@ def test_cache_hit_manifest_names_the_new_output(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
     assert "cache hit" in r.stderr
-    notes = [v.get("note", "") for v in json.loads((tmp_path / "second" / "engine.json").read_text())["validated_on"]]
+    notes = [v.get("note", "") for v in json.loads((tmp_path / "second" / MANIFEST_FILE).read_text())["validated_on"]]
     assert any(f"build-engine --validate {tmp_path / 'second'}`" in n for n in notes), notes
     assert not any(str(tmp_path / "first") in n for n in notes)
 
@@ -241,7 +242,7 @@ def test_wrong_types_in_the_manifest_are_messages(tmp_path, capsys, manifest):
     from model_repo.write import main
     engine = tmp_path / "eng"
     engine.mkdir()
-    (engine / "engine.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    (engine / MANIFEST_FILE).write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
     assert main([str(engine)]) == 2
     err = capsys.readouterr().err
     assert "engine.json" in err and "Traceback" not in err

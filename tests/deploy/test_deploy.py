@@ -24,6 +24,7 @@ from builder.engine.build import BuildRequest, build
 from deploy import launch
 from deploy.deploy_cli import MARKER, main
 from deploy.sizing import MIB, deploy_data
+from spec.manifest import MANIFEST_FILE
 from tests.support import REPO
 
 DATA = REPO / "deploy" / "data"
@@ -133,7 +134,7 @@ def test_tp2_on_8_gpu_nodes_is_one_pod_with_2_gpus(engines, tmp_path, podmonitor
 def test_memory_request_comes_from_the_plan(engines, tmp_path):
     objs = deploy(engines["tp2"], tmp_path / "k", "--target", "k8s", "--gpus-per-node", "8")
     [c] = containers(objs["deployment.yaml"])
-    plan = json.loads((engines["tp2"] / "engine.json").read_text())["plan"]
+    plan = json.loads((engines["tp2"] / MANIFEST_FILE).read_text())["plan"]
     d = deploy_data()
     hm, shm = d["host_memory"], d["shm"]
     expect = 2 * (plan["weight_bytes_per_gpu"] + hm["per_gpu_rank_bytes"]) + hm["server_baseline_bytes"] \
@@ -175,7 +176,7 @@ def test_cpu_engine_asks_for_no_gpu(engines, tmp_path, compose_schema):
     text = "".join(p.read_text() for p in (tmp_path / "k").glob("*.yaml"))
     assert "nvidia.com/gpu" not in text
     [c] = containers(objs["deployment.yaml"])
-    plan = json.loads((engines["cpu"] / "engine.json").read_text())["plan"]
+    plan = json.loads((engines["cpu"] / MANIFEST_FILE).read_text())["plan"]
     d = deploy_data()
     expect = plan["weight_bytes_per_gpu"] + plan["kv_bytes_per_sequence"] * plan["max_batch_size"] \
         + plan["runtime_reserve_bytes"] + d["host_memory"]["server_baseline_bytes"] + d["shm"]["base_bytes"]

@@ -20,6 +20,7 @@ from model_repo.write import (
     template,
     write_model_repo,
 )
+from spec.manifest import MANIFEST_FILE
 from tests.support import REPO
 from tests.support.serving import make_tiny_engine
 
@@ -116,7 +117,7 @@ def test_rewrites_its_own_repo_but_not_a_foreign_folder(engine, tmp_path):
 
 
 def test_needs_a_manifest_or_max_seq_len(tmp_path, engine):
-    (engine / "engine.json").unlink()
+    (engine / MANIFEST_FILE).unlink()
     with pytest.raises(ModelRepoError, match="engine.json"):
         write_model_repo(engine)
     repo = write_model_repo(engine, max_seq_len=256)
@@ -126,15 +127,15 @@ def test_needs_a_manifest_or_max_seq_len(tmp_path, engine):
 def test_bad_options_are_refused(engine):
     with pytest.raises(ModelRepoError, match="executor must be one of auto, onnxruntime"):
         write_model_repo(engine, executor="vllm")
-    (engine / "engine.json").write_text(json.dumps({"schema_version": 3, "model": "tiny"}), encoding="utf-8")
+    (engine / MANIFEST_FILE).write_text(json.dumps({"schema_version": 3, "model": "tiny"}), encoding="utf-8")
     with pytest.raises(ModelRepoError, match="max_seq_len"):
         write_model_repo(engine)
 
 
 def test_released_models_use_o200k_harmony(engine):
-    m = json.loads((engine / "engine.json").read_text(encoding="utf-8"))
+    m = json.loads((engine / MANIFEST_FILE).read_text(encoding="utf-8"))
     m["model"] = "20b"
-    (engine / "engine.json").write_text(json.dumps(m), encoding="utf-8")
+    (engine / MANIFEST_FILE).write_text(json.dumps(m), encoding="utf-8")
     repo = write_model_repo(engine)
     assert 'string_value: "o200k_harmony"' in (repo / "preprocessing" / "config.pbtxt").read_text(encoding="utf-8")
 

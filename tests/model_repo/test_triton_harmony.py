@@ -22,7 +22,7 @@ from model_repo.tokenizer import (
     O200K_SHA256,
     HFTokenizer,
     O200kHarmonyTokenizer,
-    cache_dir,
+    tiktoken_dir,
     choose_tokenizer,
     ensure_o200k,
 )
@@ -41,7 +41,7 @@ def tiny_tok():
 
 def test_o200k_vocabulary_is_offline_and_verified():
     d = ensure_o200k()
-    assert d == cache_dir()
+    assert d == tiktoken_dir()
     for f in (d / "o200k_base.tiktoken",
               d / hashlib.sha1(b"https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken").hexdigest()):
         assert hashlib.sha256(f.read_bytes()).hexdigest() == O200K_SHA256

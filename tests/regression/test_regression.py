@@ -20,6 +20,7 @@ from regression import core, faults
 from regression.ci import build_engines
 from regression.cli import main as regression
 from regression.suite import load_suite, split_segments
+from spec.manifest import MANIFEST_FILE
 from tests.support import REPO
 
 ROOT = REPO
@@ -239,7 +240,7 @@ def test_committed_golden_is_current(engines, capsys):
     try:
         golden = core.load_golden(suite)
         core.check_same_source(golden, {**golden["engine"], "target": str(engines["bf16"]),
-                                        "source_sha256": json.loads((engines["bf16"] / "engine.json").read_text())
+                                        "source_sha256": json.loads((engines["bf16"] / MANIFEST_FILE).read_text())
                                         ["inputs"]["sha256"]})
     except core.GoldenError as e:
         pytest.skip(f"regression/goldens/tiny.json is stale (the CI gate says so too): {e}")

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from checkpoint.convert import convert_checkpoint, load_canonical
 from checkpoint.errors import CheckpointError
 from runtime import Runtime, SamplingParams
+from spec.manifest import MANIFEST_FILE
 from spec.network import DenseMLP, load_network
 from spec.registry import get_model
 from tests.support import BIN, REPO
@@ -140,7 +141,7 @@ def engine(tmp_path_factory):
 
 
 def test_build_engine_builds_the_dense_engine(engine):
-    m = json.loads((engine / "engine.json").read_text())
+    m = json.loads((engine / MANIFEST_FILE).read_text())
     assert (m["model"], m["gpu"], m["quant"]) == ("tiny-dense", "cpu", "bf16")
     net = load_network(engine / "network.json")
     assert all(isinstance(layer.mlp, DenseMLP) for layer in net.layers)
@@ -243,6 +244,6 @@ def test_a_new_size_is_one_registry_entry(monkeypatch, tmp_path):
     assert read_model_config(ckpt)[0] == wide
     out = build(BuildRequest(model="tiny-dense-wide", gpu="cpu", checkpoint=str(ckpt), output=str(tmp_path / "e"),
                              cache_policy="off", progress=False))
-    assert json.loads((out / "engine.json").read_text())["model"] == "tiny-dense-wide"
+    assert json.loads((out / MANIFEST_FILE).read_text())["model"] == "tiny-dense-wide"
     ids = _ids(40, seed=6)
     assert rel_diff(Runtime.from_dir(out).prompt_logits(ids), hf_logits(wide, ids, seed=5)) < TOL

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from spec.manifest import SCHEMA_VERSION, EngineManifest, ManifestError
+from spec.manifest import MANIFEST_FILE, SCHEMA_VERSION, EngineManifest, ManifestError
 from tests.support import BIN
 
 
 def _edit(engine: Path, **changes) -> None:
-    data = json.loads((engine / "engine.json").read_text())
+    data = json.loads((engine / MANIFEST_FILE).read_text())
     data.update(changes)
-    (engine / "engine.json").write_text(json.dumps(data))
+    (engine / MANIFEST_FILE).write_text(json.dumps(data))
 
 
 def test_round_trip(tiny_engine):
@@ -45,7 +45,7 @@ def test_bad_manifests_are_refused_by_name(tiny_engine, changes, message):
 def test_missing_and_not_json(tmp_path):
     with pytest.raises(ManifestError, match="engine.json: missing"):
         EngineManifest.read(tmp_path)
-    (tmp_path / "engine.json").write_text("[" * 100000)
+    (tmp_path / MANIFEST_FILE).write_text("[" * 100000)
     with pytest.raises(ManifestError, match="not readable JSON"):
         EngineManifest.read(tmp_path)
 

@@ -25,9 +25,12 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+from spec.manifest import MANIFEST_FILE
+from spec.network import NETWORK_FILE
+
 MEMORY_HEADROOM = 2 << 30          # address space allowed above what the process holds before the cases
 CASE_SECONDS = 60
-FILES = ("engine.json", "network.json")
+FILES = (MANIFEST_FILE, NETWORK_FILE)
 
 
 def weird_value(rng: random.Random, old):
