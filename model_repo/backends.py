@@ -191,10 +191,12 @@ def resolve_executor(engine_dir: Path, executor: str = "auto", present=None, max
     """The ExecutorChoice the served model makes for this engine on this machine (runtime.executors.choice,
     the rule run-engine uses too), holding GPU engines to their GPU. BackendError says why and what to pass."""
     from runtime.executors.choice import choose_executor
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     try:
+        read_engine(engine_dir)                    # every limit and id range-checked before anything runs
         return choose_executor(engine_dir, executor, tokens=max_seq_len or _max_seq_len(engine_dir), served=True,
                                present=present)
-    except ExecutorChoiceError as e:
+    except (ExecutorChoiceError, *ENGINE_ERRORS) as e:
         raise BackendError(str(e)) from None
 
 

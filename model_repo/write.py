@@ -62,13 +62,13 @@ def fill(text: str, values: dict, where: str = "") -> str:
 
 
 def read_manifest(engine_dir: Path) -> dict:
-    from spec.manifest import EngineManifest, ManifestError
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     if not (engine_dir / "engine.json").is_file():
         raise ModelRepoError(f"{engine_dir}: no engine.json; pass an engine directory built by build-engine "
                              f"(or give --max-seq-len to serve a plain checkpoint folder)")
     try:
-        return EngineManifest.read(engine_dir).to_dict()
-    except ManifestError as e:
+        return read_engine(engine_dir).manifest.to_dict()
+    except ENGINE_ERRORS as e:
         raise ModelRepoError(str(e)) from None
 
 
