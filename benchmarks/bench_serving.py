@@ -4,6 +4,13 @@ called directly and for the served models, same engine, same prompts, same run.
     python benchmarks/bench_serving.py                                   # the tiny engine, made in a temp dir
     python benchmarks/bench_serving.py --model h512                      # a random 4-layer hidden-512 model
     python benchmarks/bench_serving.py --engine DIR --concurrency 1,16,64 --max-tokens 64 --json out.json
+    python benchmarks/bench_serving.py --executors onnxruntime,reference --concurrency 1,16   # both executors
+
+Each executor of --executors (default onnxruntime,reference) gets its own rows: the runtime on it and a server whose
+tensorrt_llm model runs it (write_model_repo(executor=...)). "vs run-engine" is tok/s against the generate row at
+concurrency 1 of run-engine's default executor (runtime.executors.choice.choose_executor's auto for these
+prompts), the one-stream goal's peer (>= 0.9); "x c=1" the 16-stream goal (>= 3). ONNX Runtime runs one
+intra-op thread and torch one thread everywhere, as the served model does (cpu_threads 1): like for like.
 
 Targets (rows), each a small class in TARGETS below; a new way in (another endpoint, another load generator) is
 one more class with `start`, `generate` and `close`, appended to TARGETS:
@@ -308,8 +315,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"of {', '.join(TARGETS)}")
     ap.add_argument("--max-batch-size", type=int, help="in-flight batch rows (default: the largest concurrency)")
+    ap.add_argument("--executors", default="onnxruntime,reference",
+                    help="executors to serve and run, each with its own rows (runtime/executors/choice.py names)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
+    executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     levels = [int(x) for x in args.concurrency.split(",")]
     per = [int(x) for x in args.requests_per_client.split(",")]
     per = per * len(levels) if len(per) == 1 else per
@@ -320,67 +330,79 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
 
+    import os
+
     import torch
     torch.set_num_threads(1)          # what the served model uses (cpu_threads 1): like for like
+    os.environ["GPTOSS_ORT_THREADS"] = "1"
     from deploy.server import TritonServer
     from model_repo.write import write_model_repo
-    from runtime import Runtime
+    from runtime.executors import load_runtime
+    from runtime.executors.choice import choose_executor
 
     max_batch = args.max_batch_size or max(levels)
+    rows, mismatches = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         engine = Path(args.engine) if args.engine else make_engine(args.model, Path(tmp) / args.model)
         prompts = make_prompts(engine, 64)
-        server = None
-        if any(n not in ("runtime", "generate") for n in names):
-            repo = write_model_repo(engine, Path(tmp) / "repo", backend="reference", max_batch_size=max_batch,
-                                    cpu_threads=1)
-            server = TritonServer(repo, log_file=Path(tmp) / "server.log")
-            t = time.perf_counter()
-            server.start(timeout_s=600)
-            print(f"server ready in {time.perf_counter() - t:.1f} s", flush=True)
-        ctx = Context(engine, Runtime.from_dir(engine), server, max_batch)
-        targets = [TARGETS[n]() for n in names]
-        rows, mismatches = [], {}
-        try:
-            for t in targets:
-                t.start(ctx)
-                run_level(t, prompts[:2], 1, 1, 4)                      # warm up
-            reference: dict = {}
-            for c, n in zip(levels, per):
-                for t, level in zip(targets, _interleaved(targets, prompts, c, n, args.max_tokens)):
-                    for p, s in level.samples:
-                        key = tuple(p.ids)
-                        if t.name in ("generate", "runtime") or key not in reference:
-                            reference.setdefault(key, s.ids)
-                        if s.ids != reference[key]:
-                            mismatches[t.name] = mismatches.get(t.name, 0) + 1
-                    level.samples = [s for _, s in level.samples]
-                    rows.append(level.row())
-                    r = rows[-1]
-                    print(f"  {r['target']:18} c={c:<3} {r['tok_s']:8.1f} tok/s", flush=True)
-        finally:
-            for t in targets:
-                t.close()
-            if server is not None:
-                server.stop()
+        default = choose_executor(engine, "auto", tokens=max(len(p.ids) for p in prompts))
+        print(f"run-engine's default: {default.line()}", flush=True)
+        reference: dict = {}
+        for ex in executors:
+            server = None
+            if any(n not in ("runtime", "generate") for n in names):
+                repo = write_model_repo(engine, Path(tmp) / f"repo-{ex}", executor=ex, max_batch_size=max_batch,
+                                        cpu_threads=1)
+                server = TritonServer(repo, log_file=Path(tmp) / f"server-{ex}.log")
+                t = time.perf_counter()
+                server.start(timeout_s=600)
+                print(f"{ex}: server ready in {time.perf_counter() - t:.1f} s", flush=True)
+            ctx = Context(engine, load_runtime(engine, ex, log=lambda line: None), server, max_batch)
+            targets = [TARGETS[n]() for n in names]
+            try:
+                for t in targets:
+                    t.start(ctx)
+                    run_level(t, prompts[:2], 1, 1, 4)                      # warm up
+                for c, n in zip(levels, per):
+                    for t, level in zip(targets, _interleaved(targets, prompts, c, n, args.max_tokens)):
+                        for p, s in level.samples:
+                            key = tuple(p.ids)
+                            reference.setdefault(key, s.ids)        # the first executor's runtime answers
+                            if s.ids != reference[key]:
+                                name = f"{ex} {t.name}"
+                                mismatches[name] = mismatches.get(name, 0) + 1
+                        level.samples = [s for _, s in level.samples]
+                        row = level.row()
+                        row["executor"] = ex
+                        rows.append(row)
+                        print(f"  {ex:12} {row['target']:18} c={c:<3} {row['tok_s']:8.1f} tok/s", flush=True)
+            finally:
+                for t in targets:
+                    t.close()
+                if server is not None:
+                    server.stop()
 
-    base = {(r["concurrency"]): r["tok_s"] for r in rows if r["target"] == "generate"}
-    one = {r["target"]: r["tok_s"] for r in rows if r["concurrency"] == min(levels)}
+    base = {(r["executor"], r["concurrency"]): r["tok_s"] for r in rows if r["target"] == "generate"}
+    one = {(r["executor"], r["target"]): r["tok_s"] for r in rows if r["concurrency"] == min(levels)}
+    run_engine = base.get((default.name, min(levels)), float("nan"))
     for r in rows:
-        r["vs_generate"] = r["tok_s"] / base[r["concurrency"]] if r["concurrency"] in base else float("nan")
-        r["vs_c1"] = r["tok_s"] / one[r["target"]] if r["target"] in one else float("nan")
+        r["vs_generate"] = base.get((r["executor"], r["concurrency"]), float("nan"))
+        r["vs_generate"] = r["tok_s"] / r["vs_generate"]
+        r["vs_c1"] = r["tok_s"] / one.get((r["executor"], r["target"]), float("nan"))
+        r["vs_run_engine"] = r["tok_s"] / run_engine
     print(f"\nengine {engine.name if args.engine else args.model}; {len(prompts)} Harmony chat prompts of "
           f"{min(len(p.ids) for p in prompts)}-{max(len(p.ids) for p in prompts)} tokens; {args.max_tokens} tokens "
-          f"each (greedy, no end token); in-flight batch {max_batch}; 1 torch thread; "
-          f"answers differing from the runtime's: {mismatches or 'none'}")
-    hdr = (f"{'target':18} {'conc':>4} {'reqs':>4} {'tok/s':>8} {'vs generate':>11} {'x c=1':>6} "
-           f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}   (ms)")
+          f"each (greedy, no end token); in-flight batch {max_batch}; 1 torch / ONNX Runtime thread; run-engine's "
+          f"default executor {default.name} (generate c={min(levels)}: {run_engine:.1f} tok/s); "
+          f"answers differing from the first executor's runtime: {mismatches or 'none'}")
+    hdr = (f"{'executor':12} {'target':16} {'conc':>4} {'reqs':>4} {'tok/s':>8} {'vs generate':>11} "
+           f"{'vs run-engine':>13} {'x c=1':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}   (ms)")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['target']:18} {r['concurrency']:>4} {r['requests']:>4} {r['tok_s']:>8.1f} "
-              f"{r['vs_generate']:>11.2f} {r['vs_c1']:>6.2f} {r['ttft_ms_p50']:>9.1f} {r['ttft_ms_p99']:>9.1f} "
-              f"{r['itl_ms_p50']:>8.2f} {r['itl_ms_p99']:>8.2f}")
+        print(f"{r['executor']:12} {r['target']:16} {r['concurrency']:>4} {r['requests']:>4} {r['tok_s']:>8.1f} "
+              f"{r['vs_generate']:>11.2f} {r['vs_run_engine']:>13.2f} {r['vs_c1']:>6.2f} {r['ttft_ms_p50']:>9.1f} "
+              f"{r['ttft_ms_p99']:>9.1f} {r['itl_ms_p50']:>8.2f} {r['itl_ms_p99']:>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "mismatches": mismatches}, indent=1))
     return 1 if mismatches else 0

@@ -3,6 +3,11 @@
     serve-engine ENGINE_DIR [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--host 127.0.0.1]
                  [--executor auto|onnxruntime|reference|tensorrt|trtllm] [--log-file F] [--chat "message"]
                  [--openai-port P [--served-model-name NAME]]   (an OpenAI-compatible endpoint in front of Triton)
+                 [--max-restarts N]
+
+A model whose backend process dies (deploy/watchdog.py) fails loudly: requests in flight end with an error naming
+the model, readiness turns false, and the server is restarted, at most --max-restarts times (default 3), after
+which serve-engine exits with status 3.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import threading
 from pathlib import Path
 
 from deploy.client import ClientError, LLMClient
+from deploy.watchdog import EXIT_STATUS_AFTER_RESTARTS, POLL_S as WATCH_POLL_S, StubWatchdog
 from spec.manifest import MANIFEST_FILE
+
+# After a stub died: how long the front model gets to end its requests with the error before the server is killed.
+CRASH_GRACE_S = 0.3
 
 
 # -- serve-engine ------------------------------------------------------------------------------------------
@@ -71,6 +80,11 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--openai-port", type=int, metavar="P",
                    help="also serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions, "
                         "/metrics) on this port, same --host; it answers 503 until the model is loaded")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="when a model's backend process dies (SIGKILL, SIGSEGV, ...): requests in flight end at once "
+                        "with an error naming the model, readiness (/v2/health/ready, the OpenAI /health) turns "
+                        "false, and tritonserver is restarted, at most this many times (default 3; each is logged); "
+                        "after that serve-engine exits with status 3")
     p.add_argument("--served-model-name", help="the model name the OpenAI API answers to (default: the engine's "
                                                "model, e.g. gpt-oss-20b)")
     args = p.parse_args(argv)
@@ -92,10 +106,12 @@ def serve_main(argv: list[str] | None = None) -> int:
             print(f"serve-engine: error: {e}", file=sys.stderr)
             return 2
         print(f"serve-engine: {how}: {repo}", flush=True)
+        def new_server():
+            return TritonServer(repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                                metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file,
+                                exit_timeout_s=max(0, args.drain_timeout))
         try:
-            srv = TritonServer(repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-                               metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file,
-                               exit_timeout_s=max(0, args.drain_timeout))
+            srv = new_server()
         except ServerError as e:
             print(f"serve-engine: error: {e}", file=sys.stderr)
             return 2
@@ -133,11 +149,39 @@ def serve_main(argv: list[str] | None = None) -> int:
                   f"(models: tensorrt_llm_bls, ensemble, preprocessing, tensorrt_llm, postprocessing)", flush=True)
             if args.chat is not None:
                 return _demo_chat(srv.grpc_url, args.chat, args.max_tokens)
-            while not stop.wait(0.5):
+            restarts = 0
+            dog = StubWatchdog(srv.proc.pid)
+            dog.arm()
+            while not stop.wait(WATCH_POLL_S):
                 if not srv.alive():
                     rc = srv.proc.returncode or 1
                     print(f"serve-engine: tritonserver exited with status {rc}", file=sys.stderr)
                     return rc
+                gone = dog.dead()
+                if gone is None:
+                    continue
+                message = gone.message()
+                print(f"serve-engine: error: {message}", file=sys.stderr, flush=True)
+                _fail_in_flight(srv, openai, message)
+                if restarts >= args.max_restarts:
+                    print(f"serve-engine: error: {restarts} restart(s) spent (--max-restarts {args.max_restarts}); "
+                          f"exiting with status {EXIT_STATUS_AFTER_RESTARTS}", file=sys.stderr, flush=True)
+                    return EXIT_STATUS_AFTER_RESTARTS
+                restarts += 1
+                print(f"serve-engine: restarting tritonserver ({restarts} of {args.max_restarts})", flush=True)
+                srv.stop()
+                srv = new_server()
+                try:
+                    srv.launch()
+                    srv.wait_ready(args.ready_timeout)
+                except ServerError as e:
+                    print(f"serve-engine: error: restart failed: {e}", file=sys.stderr)
+                    return 1
+                if openai is not None:
+                    openai.mark_up()
+                dog = StubWatchdog(srv.proc.pid)
+                dog.arm()
+                print(f"serve-engine: ready again after restart {restarts}", flush=True)
             print("serve-engine: stopping", flush=True)
             return 0
         finally:
@@ -152,6 +196,20 @@ def serve_main(argv: list[str] | None = None) -> int:
                 print(f"serve-engine: error: tritonserver did not stop within {srv.exit_timeout_s + 15} s and was "
                       f"killed (SIGKILL); see {args.log_file or 'its log'}", file=sys.stderr, flush=True)
                 return 1
+
+
+def _fail_in_flight(srv, openai, message: str) -> None:
+    """A model's stub died: requests waiting on it end with `message` (the front model reads the crash file; the
+    OpenAI endpoint is told), then the server goes (its readiness with it)."""
+    import time
+    try:
+        srv.crash_file.write_text(message + "\n", encoding="utf-8")
+    except (OSError, AttributeError):
+        pass
+    if openai is not None:
+        openai.mark_down(message)
+    time.sleep(CRASH_GRACE_S)
+    srv.kill()
 
 
 def _start(srv, timeout, errors):

@@ -32,7 +32,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from model_repo.requests import DRAIN_FILE_ENV
+from model_repo.requests import CRASH_FILE_ENV, DRAIN_FILE_ENV
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "triton_python_backend_shm_region"
@@ -189,6 +189,7 @@ class TritonServer:
         self.proc: subprocess.Popen | None = None
         self.killed = False            # stop() had to SIGKILL it
         self.drain_file: Path | None = None
+        self.crash_file: Path | None = None      # deploy/watchdog.py writes it when a model's stub dies
         self.served_repository: Path | None = None   # a plain-ASCII link to model_repository, where needed
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -269,6 +270,8 @@ class TritonServer:
         env = server_env(self.env)
         self.drain_file = Path(self._tmp.name) / "draining"
         env[DRAIN_FILE_ENV] = str(self.drain_file)
+        self.crash_file = Path(self._tmp.name) / "crashed"
+        env[CRASH_FILE_ENV] = str(self.crash_file)
         self.proc = subprocess.Popen(self.command(backend_dir), env=env, stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout is not None else None,
                                      start_new_session=True, cwd=self._tmp.name, preexec_fn=tie)
@@ -388,6 +391,16 @@ class TritonServer:
             except FileNotFoundError:
                 pass
         return removed
+
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs at once (a model's stub died: a graceful stop would wait on it);
+        stop() then cleans up."""
+        self._kill_stubs()
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

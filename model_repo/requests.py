@@ -21,6 +21,9 @@ from runtime.scheduler import SHUTDOWN_MESSAGE as SHUTTING_DOWN  # noqa: F401  (
 # Set by deploy.server for the models: the path of a file whose existence means "the server is stopping: end
 # every request in flight now, with an error", so Triton's exit finds nothing in flight and unloads cleanly.
 DRAIN_FILE_ENV = "GPTOSS_DRAIN_FILE"
+# A file serve-engine's watchdog writes when a model's backend process died (deploy/watchdog.py); its text names
+# the model. The front model ends the requests waiting on it with that error at once.
+CRASH_FILE_ENV = "GPTOSS_CRASH_FILE"
 
 INVALID_ARG_PREFIX = "invalid argument: "
 

@@ -135,6 +135,24 @@ def _choice_here(engine_dir: Path, executor: str, max_seq_len: int) -> str:
         return " ".join(f"not decided here ({e}); the model chooses when it loads".split())
 
 
+def _write_llmapi_yaml(engine_dir: Path, model_dir: Path, values: dict) -> None:
+    """GPU engines: upstream's llmapi model.yaml beside our tensorrt_llm model (model_repo/llmapi.py)."""
+    from spec.manifest import EngineManifest, ManifestError
+    try:
+        if not EngineManifest.read(engine_dir).runs_on_gpu:
+            return
+    except ManifestError:
+        return
+    from model_repo.llmapi import MODEL_YAML, dump, llmapi_model_yaml
+    from model_repo.trtllm import EngineLoadError
+    try:
+        doc = llmapi_model_yaml(engine_dir, max_batch_size=values["max_num_sequences"],
+                                max_seq_len=values["max_seq_len"])
+    except (EngineLoadError, ValueError) as e:
+        raise ModelRepoError(f"{engine_dir}: cannot write upstream's llmapi model.yaml: {e}") from None
+    (model_dir / MODEL_YAML).write_text(dump(doc), encoding="utf-8")
+
+
 def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *, force: bool = True,
                      **options) -> Path:
     """Write the repository (default: ENGINE_DIR/triton). An existing folder is replaced only if it is one of ours
@@ -165,6 +183,7 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
             (mdir / "config.pbtxt").write_text(fill(template(name), values, f"{name}/config.pbtxt"), encoding="utf-8")
             if name in PYTHON_MODELS:
                 (mdir / "1" / "model.py").write_text(model_source(name), encoding="utf-8")
+        _write_llmapi_yaml(engine_dir, tmp / "tensorrt_llm", values)
         (tmp / REPO_MARKER).write_text(json.dumps({"engine_dir": str(engine_dir.resolve()), "values": values},
                                                   indent=1) + "\n", encoding="utf-8")
         install_dir(tmp, out)

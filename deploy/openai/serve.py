@@ -57,6 +57,16 @@ class OpenAIServer:
         self.log_level = log_level
         self._server = None
         self._thread: threading.Thread | None = None
+        self.triton = None             # the TritonStream, once started
+
+    def mark_down(self, message: str) -> None:
+        """The model's backend died (serve-engine's watchdog): /health 503, requests end with `message`."""
+        if self.triton is not None:
+            self.triton.mark_down(message)
+
+    def mark_up(self) -> None:
+        if self.triton is not None:
+            self.triton.mark_up()
 
     @property
     def url(self) -> str:
@@ -67,7 +77,8 @@ class OpenAIServer:
         import uvicorn
         from deploy.openai.app import create_app
         from deploy.openai.triton_stream import TritonStream
-        app = create_app(self.model, TritonStream(self.grpc_url))
+        self.triton = TritonStream(self.grpc_url)
+        app = create_app(self.model, self.triton)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level=self.log_level, access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)

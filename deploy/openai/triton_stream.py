@@ -28,6 +28,17 @@ class TritonStream:
         self._client = None
         self._ready = False
         self._stopping: set = set()
+        # Set by serve-engine's watchdog while a model's backend process is dead (deploy/watchdog.py): readiness is
+        # false, new requests fail at once and broken streams end with this message, which names the model.
+        self.down: str | None = None
+
+    def mark_down(self, message: str) -> None:
+        self.down = message
+        self._ready = False
+
+    def mark_up(self) -> None:
+        self.down = None
+        self._ready = False            # asked again
 
     async def client(self):
         if self._client is None:
@@ -37,6 +48,8 @@ class TritonStream:
 
     async def is_ready(self) -> bool:
         """Whether the model answers; once it has, assumed to stay up (a dead server shows up as errors)."""
+        if self.down is not None:
+            return False
         if self._ready:
             return True
         try:
@@ -58,6 +71,8 @@ class TritonStream:
         """Yields (new token ids, finish reason or None); the last item has the reason ("stop" or "length").
         Raises InvalidRequestError (the model refused the request), ServerUnavailableError, ClientError."""
         from model_repo.requests import pack_stop_words
+        if self.down is not None:
+            raise ServerUnavailableError(self.down)
         arrays = {
             "input_ids": np.asarray([prompt_ids], dtype=np.int32),
             "input_lengths": np.asarray([[len(prompt_ids)]], dtype=np.int32),
@@ -103,6 +118,8 @@ class TritonStream:
         except InvalidRequestError:
             raise
         except Exception as e:  # noqa: BLE001 - grpc errors -> our classes
+            if self.down is not None:
+                raise ServerUnavailableError(self.down) from None
             from tritonclient.utils import InferenceServerException
             if isinstance(e, InferenceServerException):
                 raise classify(e.message(), str(e.status()) if e.status() else None) from None

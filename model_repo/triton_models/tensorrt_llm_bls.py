@@ -19,6 +19,7 @@ disconnects is noticed within ~0.1 s (a failed send is noticed at once); the gen
 `tensorrt_llm` by a `stop` request.
 """
 
+import os
 import queue
 import threading
 import time
@@ -86,6 +87,9 @@ class TritonPythonModel:
                 self._run(request, sender)
             except rq.RequestError as e:
                 _send(sender, pb_utils.InferenceResponse(error=invalid(str(e))), FINAL)
+            except BackendCrashed as e:
+                log_error(f"tensorrt_llm_bls: {e}")
+                _send(sender, pb_utils.InferenceResponse(error=internal(str(e))), FINAL)
             except Exception as e:  # noqa: BLE001 - every failure is an error response; the model keeps serving
                 log_error(f"tensorrt_llm_bls: {type(e).__name__}: {e}")
                 _send(sender, pb_utils.InferenceResponse(error=error_of(e)), FINAL)
@@ -279,10 +283,28 @@ class _Arrived:
 _END = object()
 
 
-def _arrivals(responses, rid: str):
+class BackendCrashed(RuntimeError):
+    """The model this request waits on died (serve-engine's watchdog wrote the crash file): its message names it."""
+
+
+def crash_message() -> str | None:
+    """The watchdog's message if a model's backend process died (model_repo.requests.CRASH_FILE_ENV)."""
+    path = os.environ.get(rq.CRASH_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or "a model's backend process died"
+    except OSError:
+        return None
+
+
+def _arrivals(responses, rid: str, crashed=crash_message):
     """The responses of a decoupled call, read on their own thread; each item yielded is everything that arrived
     while the previous one was being handled (joined by _Arrived; an error response stays on its own). Under
-    load the request's thread thus answers many tokens with one response instead of falling behind."""
+    load the request's thread thus answers many tokens with one response instead of falling behind. While
+    nothing arrives, `crashed()` is asked every CANCEL_CHECK_S: a message raises BackendCrashed (the model's
+    process is gone and no response will ever come)."""
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
     def read():
@@ -295,7 +317,13 @@ def _arrivals(responses, rid: str):
             inbox.put(_END)
     threading.Thread(target=read, daemon=True, name=f"bls-read-{rid[-8:]}").start()
     while True:
-        items = [inbox.get()]
+        try:
+            items = [inbox.get(timeout=CANCEL_CHECK_S)]
+        except queue.Empty:
+            message = crashed()
+            if message:
+                raise BackendCrashed(message) from None
+            continue
         while True:
             try:
                 items.append(inbox.get_nowait())

@@ -10,7 +10,8 @@ from tests.support.openai_server import ServedTiny
 
 @pytest.fixture(scope="module")
 def served(request, tmp_path_factory):
-    """The served endpoint, with the module's SERVED dict as ServedTiny's options (max_batch_size, max_seq_len).
+    """The served endpoint, with the module's SERVED dict as ServedTiny's options (max_batch_size, max_seq_len,
+    extra_args: more serve-engine flags).
     .while_loading holds what it answered a chat request sent before Triton had loaded the model."""
     s = ServedTiny(tmp_path_factory.mktemp("openai"), **getattr(request.module, "SERVED", {}))
     try:

@@ -151,3 +151,24 @@ def test_write_model_repo_command(engine, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "model_repo.write", str(tmp_path / "missing")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a directory" in bad.stderr
+
+
+def test_gpu_engines_get_upstreams_llmapi_model_yaml(engine, tmp_path):
+    """GPU engines: upstream's llmapi model.yaml (its interface: everything but triton_config goes to
+    LLM(**kwargs); triton_config has decoupled and max_batch_size), from the engine's LLM-API options."""
+    import yaml
+    from model_repo.llmapi import MODEL_YAML
+    from spec.manifest import EngineManifest
+    cpu_repo = write_model_repo(engine, tmp_path / "cpu")
+    assert not (cpu_repo / "tensorrt_llm" / MODEL_YAML).exists()          # negative control: CPU engine
+    m = EngineManifest.read(engine)
+    m.gpu, m.sm, m.quant = "h100", 90, "bf16"
+    m.write(engine)
+    (engine / "llm_api_options.yaml").write_text("tensor_parallel_size: 1\nmax_batch_size: 8\n"
+                                                 "kv_cache_config: {free_gpu_memory_fraction: 0.85}\n")
+    repo = write_model_repo(engine, tmp_path / "gpu", max_batch_size=3)
+    doc = yaml.safe_load((repo / "tensorrt_llm" / MODEL_YAML).read_text())
+    assert doc["model"] == str(engine.resolve()) and doc["backend"] == "pytorch"
+    assert doc["max_batch_size"] == 8 and doc["max_seq_len"] == 777          # the options file wins
+    assert doc["kv_cache_config"] == {"free_gpu_memory_fraction": 0.85} and doc["tensor_parallel_size"] == 1
+    assert doc["triton_config"]["decoupled"] is True and doc["triton_config"]["max_batch_size"] == 0

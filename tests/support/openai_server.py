@@ -18,14 +18,15 @@ ROOT = REPO
 
 
 class ServedTiny:
-    def __init__(self, tmp: Path, max_batch_size: int = 16, max_seq_len: int = 512):
+    def __init__(self, tmp: Path, max_batch_size: int = 16, max_seq_len: int = 512, extra_args: tuple = ()):
+        """extra_args: more serve-engine flags (e.g. ("--max-restarts", "1"))."""
         self.engine = make_tiny_engine(tmp / "engine", max_seq_len=max_seq_len, max_batch_size=max_batch_size)
         self.grpc, self.http, self.metrics, self.port = free_port(), free_port(), free_port(), free_port()
         self.log = tmp / "triton.log"
         self.out = tmp / "serve.out"
         cmd = [sys.executable, "-c", "import sys; from deploy.serve_cli import serve_main; sys.exit(serve_main())",
                str(self.engine), "--grpc-port", str(self.grpc), "--http-port", str(self.http),
-               "--metrics-port", str(self.metrics), "--openai-port", str(self.port), "--log-file", str(self.log)]
+               "--metrics-port", str(self.metrics), "--openai-port", str(self.port), "--log-file", str(self.log), *extra_args]
         self._out = open(self.out, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, text=True)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
