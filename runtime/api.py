@@ -76,6 +76,7 @@ class Runtime:
                                                                           device=device)
         self.tokenizer = tokenizer
         self.source = source
+        self.executor_choice = None       # runtime.executors.load_runtime: the ExecutorChoice that made it
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",

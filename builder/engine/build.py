@@ -57,6 +57,7 @@ class BuildRequest:
     # Targets whose engine is a TensorRT plan: skip the plan and install the graph alone (recorded as such).
     graph_only: bool = False
     plan_workspace_bytes: int | None = None   # the plan builder's workspace limit (None: TensorRT's default)
+    cache_max_bytes: int | None = None        # None: $GPTOSS_TRT_CACHE_MAX_GB, else 100 GB
 
 
 def _say(msg: str) -> None:
@@ -138,7 +139,8 @@ def build(req: BuildRequest) -> Path:
         target, quant = kept, kept.quant
         p = make_plan(req, model, target)
         _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
-    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
+    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
+                       max_bytes=req.cache_max_bytes)
     out = Path(req.output) if req.output else default_output(p)
     check_output_safe(out, src, req.calib_file, cache.root)
     inputs = {
@@ -158,16 +160,15 @@ def build(req: BuildRequest) -> Path:
     if hit is not None:
         if _cache_key_of(out) != key:
             tmp = staging_dir(out)
-            shutil.rmtree(tmp)
-            shutil.copytree(hit, tmp)
-            from builder.engine.validate import repoint_notes
-            repoint_notes(tmp, out)
             try:
-                check_engine_values(tmp)     # the cache is a folder on disk like any other: read it as input
-            except BuildError:
+                cache.install_from(key, tmp)       # hard links: the engine's bytes stay on disk once
+                from builder.engine.validate import repoint_notes
+                repoint_notes(tmp, out)            # engine.json is rewritten by rename: the cache's stays
+                check_engine_values(tmp)           # the cache is a folder on disk like any other: read it as input
+                install_dir(tmp, out, _engine_replaceable)
+            except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            install_dir(tmp, out, _engine_replaceable)
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
