@@ -193,3 +193,18 @@ def test_metrics_count_requests_tokens_and_ttft(served, client):
     assert metric(after, "gptoss_openai_time_to_first_token_seconds_count", endpoint=ep) == \
         metric(before, "gptoss_openai_time_to_first_token_seconds_count", endpoint=ep) + 1
     assert metric(after, "gptoss_openai_requests_running") == 0
+
+
+@pytest.mark.parametrize("extra,param", [({"max_tokens": "10"}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
+                                         ({"stream": "true"}, "stream"), ({"temperature": "0.5"}, "temperature"),
+                                         ({"seed": 10 ** 30}, "seed")])
+def test_no_type_coercion_a_string_or_bool_for_a_number_is_400(client, extra, param):
+    """Strict request models (#22): "10" and true are not 10 and 1, as OpenAI's API refuses them; the control
+    is the same request with the proper type (the test above this one's siblings)."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                       extra_body=extra, **({} if "max_tokens" in extra else {"max_tokens": 2}))
+    assert e.value.status_code == 400 and e.value.body["type"] == "invalid_request_error"
+    assert param in (e.value.body["param"] or "") + e.value.body["message"]
+    ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].finish_reason in ("length", "stop")
