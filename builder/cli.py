@@ -87,7 +87,34 @@ def format_plan(p: FitPlan) -> str:
     return "\n".join(lines)
 
 
+class Terminated(BaseException):
+    """SIGTERM during a build: raised in the main thread so every `finally` (the staging folder's removal) runs."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
 def build_engine_main(argv: list[str] | None = None) -> int:
+    """Ctrl-C: one line and exit 130; SIGTERM: the staging folder removed, one line and exit 143 (128 + 15).
+    Either way --output is as it was (the install is one rename)."""
+    import signal
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _build_engine_main(argv)
+    except KeyboardInterrupt:
+        print("build-engine: interrupted (Ctrl-C); the staging folder was removed and --output is unchanged",
+              file=sys.stderr)
+        return 130
+    except Terminated:
+        print("build-engine: stopped by SIGTERM; the staging folder was removed and --output is unchanged",
+              file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _build_engine_main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.validate:

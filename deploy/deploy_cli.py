@@ -24,7 +24,8 @@ import yaml
 from checkpoint.fsutil import install_dir, staging_dir
 from deploy import compose, docker, k8s
 from deploy.engine_info import DeployError, EngineInfo, read_manifest
-from deploy.sizing import Placement, placement
+from deploy.inputs import check_args, check_image, check_path, check_ports, comment_text
+from deploy.sizing import Placement, deploy_data, placement
 
 TARGETS = ("docker", "compose", "k8s")
 MARKER = ".gptoss-deploy.json"
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _name(args: argparse.Namespace, info: EngineInfo) -> str:
-    name = args.name or re.sub(r"[^a-z0-9]+", "-", f"gptoss-{info.model}".lower()).strip("-")
+    name = args.name or re.sub(r"[^a-z0-9]+", "-", f"gptoss-{info.model}".lower()).strip("-")[:MAX_NAME].strip("-")
     if not DNS_LABEL.match(name) or len(name) > MAX_NAME:
         raise DeployError(f"--name {name!r}: must be lowercase letters, digits and '-', at most {MAX_NAME} "
                           f"characters, starting and ending with a letter or digit")
@@ -79,17 +80,16 @@ def _name(args: argparse.Namespace, info: EngineInfo) -> str:
 
 def render(args: argparse.Namespace) -> tuple[dict[str, str], EngineInfo, Placement]:
     """Relative path -> file text for everything --target writes. Raises DeployError on bad input."""
-    if args.gpus_per_node is not None and args.gpus_per_node < 1:
-        raise DeployError(f"--gpus-per-node {args.gpus_per_node}: must be at least 1 (the GPUs one node offers)")
-    if args.wheel is not None and not args.wheel.is_file():
-        raise DeployError(f"--wheel {args.wheel}: no such file (build it with `python -m pip wheel --no-deps "
-                          f"-w dist .` in the project)")
+    check_args(args, docker.wheel_name())
+    check_ports(deploy_data()["ports"])
     info = read_manifest(args.engine_dir)
+    check_path("ENGINE_DIR (resolved)", info.engine_dir)    # it is a bind-mount source and in every header
     place = placement(info, args.gpus_per_node or info.gpu.max_gpus_per_node)
     name = _name(args, info)
     image = args.image or f"{docker.PROJECT}:{docker.project_version()}-{'cpu' if info.on_cpu else 'gpu'}"
-    header = (f"# Written by deploy-engine for {info.engine_dir} ({info.model} on {info.gpu.name}, {info.quant}, "
-              f"tp={info.tp} pp={info.pp}).\n")
+    check_image("--image (default)", image)
+    header = "# " + comment_text(f"Written by deploy-engine for {info.engine_dir} ({info.model} on {info.gpu.name}, "
+                                 f"{info.quant}, tp={info.tp} pp={info.pp}).") + "\n"
     files: dict[str, str] = {}
     if args.target == "docker":
         files.update(docker.files(info.on_cpu))

@@ -46,7 +46,16 @@ def resolve_repository(target: Path, executor: str | None, tmpdir: Path) -> tupl
     choice = resolve_executor(target, executor or "auto")
     print(f"serve-engine: {choice.line()}", flush=True)
     if (target / "triton").is_dir() and _is_model_repo(target / "triton") and not executor:
-        return target / "triton", "the engine's triton/ repository"
+        from model_repo.integrity import verify_repo
+        from spec.manifest import EngineManifest
+        recorded = EngineManifest.read(target).triton_sha256
+        if recorded is not None:
+            verify_repo(target, recorded)     # IntegrityError: extra, missing or edited files, links
+            print(f"serve-engine: triton/ verified: its {len(recorded)} files are the ones engine.json recorded",
+                  flush=True)
+            return target / "triton", "the engine's triton/ repository"
+        # An engine built before hashes were recorded: serve a repository written afresh from its manifest
+        # rather than code nobody vouched for.
     repo = write_model_repo(target, tmpdir / "triton", executor=executor or "auto")
     return repo, "a repository written for this run"
 

@@ -153,6 +153,9 @@ def server_env(base: dict | None = None) -> dict:
                                                           if p and p != libdir])
     # The stub may start with an ASCII locale; the models read UTF-8 files and text.
     env.setdefault("PYTHONUTF8", "1")
+    # The served models write no __pycache__ into the repository: the engine's triton/ is verified file by file
+    # against engine.json (model_repo.integrity), and a .pyc there would be code Python prefers to model.py.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
     # The models import this project's packages; make the source tree importable even without `pip install -e`.
     repo_root = str(Path(__file__).resolve().parent.parent)

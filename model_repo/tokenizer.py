@@ -168,9 +168,13 @@ class HFTokenizer(ServingTokenizer):
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer
         self.path = Path(path)
-        self.tok = Tokenizer.from_file(str(self.path))
+        try:
+            self.tok = Tokenizer.from_file(str(self.path))
+            spec = json.loads(self.path.read_text(encoding="utf-8"))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises its own Exception; JSON, OS and decode errors
+            raise TokenizerError(f"{self.path}: not a tokenizer.json the tokenizers library reads ({str(e)[:200]}); "
+                                 f"copy the model's tokenizer.json into the engine directory") from None
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        spec = json.loads(self.path.read_text(encoding="utf-8"))
         self._added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         self._added_by_id = {i: c for c, i in self._added.items()}
         decoder = spec.get("decoder") or {}

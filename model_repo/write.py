@@ -27,6 +27,7 @@ from pathlib import Path
 
 from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, install_dir, remove_stale_staging,
                                staging_dir)
+from model_repo.integrity import TRITON_DIR, record_repo
 from model_repo.requests import MAX_CONTEXT_LOGITS_BYTES
 from model_repo.tokenizer import choose_tokenizer
 from runtime.executors.choice import CHOICES, SERVED_ONLY
@@ -190,7 +191,18 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if out.resolve() == (engine_dir / TRITON_DIR).resolve() and (engine_dir / "engine.json").is_file():
+        record_in_manifest(engine_dir)
     return out
+
+
+def record_in_manifest(engine_dir: Path) -> None:
+    """The engine's own triton/ was (re)written: engine.json records its files' hashes, which serve-engine checks
+    before it serves the folder (model_repo.integrity)."""
+    from spec.manifest import EngineManifest
+    m = EngineManifest.read(engine_dir)
+    m.triton_sha256 = record_repo(engine_dir)
+    m.write(engine_dir)
 
 
 def leftover_placeholders(repo: str | Path) -> list[str]:

@@ -61,7 +61,12 @@ def load_tokenizer(*folders: Path):
         f = folder / TOKENIZER_FILE
         if f.is_file():
             from tokenizers import Tokenizer
-            return Tokenizer.from_file(str(f))
+            try:
+                return Tokenizer.from_file(str(f))
+            except Exception as e:  # noqa: BLE001 - tokenizers raises its own Exception for any bad file
+                raise RuntimeLoadError(f"{f}: not a tokenizer.json the tokenizers library reads ({str(e)[:200]}); "
+                                       f"copy the model's tokenizer.json into the engine, or remove the file and "
+                                       f"use --input-ids") from None
     return None
 
 

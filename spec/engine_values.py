@@ -69,12 +69,48 @@ def check_manifest_values(m: EngineManifest, where: str, vocab_size: int | None 
     check_token_ids(where, "stop_token_ids", m.stop_token_ids, vocab_size)
 
 
+# An engine holds tens of files; walking far more is not reading an engine.
+MAX_ENGINE_ENTRIES = 10000
+
+
+def check_engine_files(engine_dir: Path) -> None:
+    """Every file an engine holds is a regular file or folder inside it: a link out of the directory (a
+    tokenizer.json pointing at another file of the machine) or a FIFO/device (which blocks its reader) is
+    refused, so what a tool reads is what the engine directory holds."""
+    import os
+    import stat
+    root = engine_dir.resolve()
+    pending, seen = [engine_dir], 0
+    while pending:
+        folder = pending.pop()
+        for entry in os.scandir(folder):
+            seen += 1
+            if seen > MAX_ENGINE_ENTRIES:
+                raise EngineValueError(f"{engine_dir}: more than {MAX_ENGINE_ENTRIES} entries; not an engine directory")
+            path = Path(entry.path)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    raise EngineValueError(f"{path}: a link to {target}, outside the engine directory; an engine's "
+                                           f"files must be inside it (copy the file in instead of linking it)")
+                mode = os.stat(target).st_mode
+                if stat.S_ISDIR(mode):
+                    continue                     # inside the engine: walked where it really is
+            if stat.S_ISDIR(mode):
+                pending.append(path)
+            elif not stat.S_ISREG(mode):
+                raise EngineValueError(f"{path}: not a regular file (a FIFO, socket or device); remove it from the "
+                                       f"engine directory")
+
+
 def read_engine(engine_dir: str | Path, need_network: bool = False) -> EngineValues:
     """engine.json (and network.json when present, or required by need_network) parsed and range-checked, and
     the two checked against each other: stop tokens inside the network's vocabulary, max_seq_len within its
     positions."""
     engine_dir = Path(engine_dir)
     manifest = EngineManifest.read(engine_dir)
+    check_engine_files(engine_dir)
     where = str(engine_dir / MANIFEST_FILE)
     net_file = engine_dir / NETWORK_FILE
     network = None

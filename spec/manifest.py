@@ -59,6 +59,9 @@ class EngineManifest:
     stop_token_ids: list = field(default_factory=list)
     # TensorRT graph and plan: {"onnx", "plan", "builder", "builder_version", "sm", "ran_on_gpu"}.
     tensorrt: dict | None = None
+    # sha256 of every file under triton/ as write_model_repo wrote it (model_repo.integrity): serve-engine
+    # serves that folder only if it still matches. None: an engine written before hashes were recorded.
+    triton_sha256: dict | None = None
 
     # -- reading ---------------------------------------------------------------------------------------
     @classmethod
@@ -139,7 +142,7 @@ _TYPES: dict[str, tuple] = {
     "trtllm_quant_algo": (str, type(None)), "target": (dict,), "cache_key": (str, type(None)),
     "inputs": (dict,), "tools": (dict,), "plan": (dict,), "network_kernels": (list,),
     "build_seconds": (int, float, type(None)), "validated_on": (list,), "tokenizer": (str, type(None)),
-    "stop_token_ids": (list,), "tensorrt": (dict, type(None)),
+    "stop_token_ids": (list,), "tensorrt": (dict, type(None)), "triton_sha256": (dict, type(None)),
 }
 _POSITIVE = ("tp", "ep", "max_seq_len", "max_batch_size")
 
@@ -153,6 +156,9 @@ def _check_type(where: str, name: str, value, types: tuple) -> None:
         raise ManifestError(f"{where}: field {name!r} must be at least 1, got {value}")
     if name == "validated_on" and not all(isinstance(r, dict) for r in value):
         raise ManifestError(f"{where}: field 'validated_on' must be an array of objects")
+    if name == "triton_sha256" and value is not None and not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in value.items()):
+        raise ManifestError(f"{where}: field 'triton_sha256' must map file names to sha256 hex digests")
     if name == "stop_token_ids" and not all(type(t) is int and t >= 0 for t in value):
         raise ManifestError(f"{where}: field 'stop_token_ids' must be an array of token ids, got "
                             f"{json.dumps(value)[:80]}")

@@ -34,7 +34,8 @@ from spec.target import Target, quant_for, resolve_target
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
-ENGINE_LAYOUT_VERSION = 4
+# 5: engine.json records the sha256 of every file under triton/ (triton_sha256), checked by serve-engine.
+ENGINE_LAYOUT_VERSION = 5
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 

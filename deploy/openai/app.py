@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from contextlib import aclosing, asynccontextmanager
@@ -253,12 +254,49 @@ async def completion_chunks(reply: Reply, job: Job, deltas):
 
 
 # -- plumbing ----------------------------------------------------------------------------------------------------
+# The largest request body read (GPTOSS_OPENAI_MAX_BODY_BYTES); a larger one is 413 before it is parsed.
+MAX_BODY_BYTES_ENV = "GPTOSS_OPENAI_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+
+
+def max_body_bytes() -> int:
+    value = os.environ.get(MAX_BODY_BYTES_ENV)
+    return int(value) if value and value.isdigit() else DEFAULT_MAX_BODY_BYTES
+
+
+def _decode_body(raw: bytes):
+    """JSON text -> object, off the event loop (a large body costs CPU time). Deep nesting (RecursionError),
+    integers past Python's digit limit (ValueError) and lone surrogates are client mistakes, 400."""
+    try:
+        body = json.loads(raw)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")     # lone surrogates (\ud800) fail here
+    except RecursionError:
+        raise errors.bad_request("the request body nests too deeply") from None
+    except (ValueError, UnicodeError) as e:                         # JSONDecodeError is a ValueError
+        raise errors.bad_request(f"the request body is not valid JSON: {str(e)[:200]}") from None
+    return body
+
+
+async def _read_body(request: Request) -> bytes:
+    limit = max_body_bytes()
+    declared = request.headers.get("content-length")
+    too_big = errors.OpenAIError(413, f"the request body is larger than {limit} bytes ({MAX_BODY_BYTES_ENV}); "
+                                      f"send a shorter prompt", param=None, code="request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def parse(request: Request, cls):
     state = app_state(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise errors.bad_request(f"the request body is not valid JSON: {e}") from None
+    import anyio
+    body = await anyio.to_thread.run_sync(_decode_body, await _read_body(request))
     if not isinstance(body, dict):
         raise errors.bad_request("the request body must be a JSON object")
     try:

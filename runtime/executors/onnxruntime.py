@@ -53,8 +53,23 @@ class OnnxRuntimeExecutor:
         if threads:
             opts.intra_op_num_threads = threads
         _cap_memory(opts)
-        _check_cpu_lowering(self.path)
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        from runtime.api import RuntimeLoadError
+        try:
+            _check_cpu_lowering(self.path)
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except RuntimeLoadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, onnx's and ONNX Runtime's own error classes
+            text = str(e).strip().splitlines()
+            raise RuntimeLoadError(f"{self.path}: not an ONNX graph ONNX Runtime can load ({type(e).__name__}: "
+                                   f"{text[0][:300] if text else ''}); export it again with plugins.onnx.export_onnx"
+                                   f"(..., lowering='{ORT_CPU}'), or leave out --onnx and the executor exports the "
+                                   f"network itself") from None
+        missing = sorted({"input_ids", "position_ids"} - {i.name for i in self.session.get_inputs()}) + sorted(
+            {"logits"} - {o.name for o in self.session.get_outputs()})
+        if missing:
+            raise RuntimeLoadError(f"{self.path}: the graph has no {', '.join(missing)}; it is not a graph "
+                                   f"export_onnx wrote for this engine's network")
         for i in self.session.get_inputs():
             if i.type not in ELEM:
                 raise ValueError(f"{self.path}: input {i.name} is {i.type}; the CPU executor runs fp32 graphs only "

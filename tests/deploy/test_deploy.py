@@ -23,6 +23,7 @@ import yaml
 from builder.engine.build import BuildRequest, build
 from deploy import launch
 from deploy.deploy_cli import MARKER, main
+from deploy.docker import wheel_name
 from deploy.sizing import MIB, deploy_data
 from spec.manifest import MANIFEST_FILE
 from tests.support import REPO
@@ -265,11 +266,93 @@ def test_dockerfiles_are_hadolint_clean(engines, tmp_path):
         assert r.returncode != 0 and "DL3008" in r.stdout and "DL3015" in r.stdout
 
 
+def _wheel(path: Path, metadata: str | None = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n") -> Path:
+    """A wheel as pip builds one: a zip with NAME-VERSION.dist-info/WHEEL (PEP 427)."""
+    import zipfile
+    dist_info = "-".join(path.name.split("-")[:2]) + ".dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("deploy/__init__.py", "")
+        z.writestr(f"{dist_info}/METADATA", "Metadata-Version: 2.1\nName: gptoss-trt\n")
+        if metadata is not None:
+            z.writestr(f"{dist_info}/WHEEL", metadata)
+    return path
+
+
 def test_wheel_goes_into_the_build_context(engines, tmp_path):
-    wheel = tmp_path / "gptoss_trt-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"PK\x05\x06" + bytes(18))
+    wheel = _wheel(tmp_path / wheel_name())
     assert main([str(engines["cpu"]), "--target", "compose", "--out", str(tmp_path / "c"), "--wheel", str(wheel)]) == 0
     assert (tmp_path / "c" / "docker" / "dist" / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_wheel_must_be_a_wheel_of_this_project(engines, tmp_path, capsys):
+    out = tmp_path / "c"
+    args = [str(engines["cpu"]), "--target", "docker", "--out", str(out), "--wheel"]
+    cases = {
+        "an empty zip": (tmp_path / "a" / wheel_name(), lambda p: p.write_bytes(b"PK\x05\x06" + bytes(18)),
+                         ".dist-info/WHEEL, so not a wheel"),
+        "a text file": (tmp_path / "b" / wheel_name(), lambda p: p.write_text("not a zip"), "not a zip archive"),
+        "no Wheel-Version": (tmp_path / "c2" / wheel_name(), lambda p: _wheel(p, "Generator: x\n"),
+                             "no Wheel-Version line"),
+        "another name": (tmp_path / "d" / "other-1.0-py3-none-any.whl", lambda p: _wheel(p),
+                         f"installs dist/{wheel_name()}"),
+    }
+    for why, (path, make, says) in cases.items():
+        path.parent.mkdir(parents=True)
+        make(path)
+        assert main(args + [str(path)]) == 2, why
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (why, err)
+        assert _nothing_written(out)
+    (tmp_path / "e").mkdir()
+    assert main(args + [str(_wheel(tmp_path / "e" / wheel_name()))]) == 0          # the control: a real wheel
+
+
+BAD_FLAGS = [
+    (["--namespace", "Prod_NS"], "--namespace 'Prod_NS': must be a DNS-1123 label"),
+    (["--namespace", "a" * 64], "DNS-1123 label"),
+    (["--namespace", "ok\nkind: Secret"], "control character(s) \\n"),
+    (["--replicas", str(2 ** 31)], "--replicas 2147483648: must be an integer in [1, 2147483647]"),
+    (["--replicas", "0"], "--replicas 0"),
+    (["--autoscale-max", str(2 ** 40)], "--autoscale-max 1099511627776"),
+    (["--gpus-per-node", "100000"], "--gpus-per-node 100000"),
+    (["--image", "reg.example.com/img:1\nkind: Secret"], "control character(s) \\n"),
+    (["--image", "Not An Image"], "not an image reference"),
+    (["--engine-pvc", "claim\nx"], "control character(s)"),
+    (["--engine-pvc", "Claim_1"], "DNS-1123 subdomain"),
+    (["--gpu-product", "H100\n80GB"], "control character(s)"),
+    (["--bind", "127.0.0.1\n"], "control character(s)"),
+    (["--bind", "localhost"], "not an IP address"),
+]
+
+
+@pytest.mark.parametrize("flags,says", BAD_FLAGS, ids=[" ".join(f[0])[:40] for f in BAD_FLAGS])
+def test_flags_that_would_end_up_in_a_file_are_checked(engines, tmp_path, capsys, flags, says):
+    out = tmp_path / "out"
+    assert main([str(engines["tp2"]), "--target", "k8s", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+    assert _nothing_written(out)
+
+
+def test_good_names_and_counts_pass_the_same_checks(engines, tmp_path):
+    """The negative control of the flag checks: valid values at their limits are accepted and validate."""
+    objs = deploy(engines["tp2"], tmp_path / "ok", "--target", "k8s", "--namespace", "a" * 63, "--replicas",
+                  str(2 ** 31 - 1), "--image", "registry.example.com:5000/team/gptoss-trt:0.1.0-gpu@sha256:" + "a" * 64,
+                  "--engine-pvc", "engines.team-a.claim", "--gpu-product", "NVIDIA-H100-80GB-HBM3")
+    validate_core(objs)
+    assert objs["deployment.yaml"]["spec"]["replicas"] == 2 ** 31 - 1
+
+
+def test_engine_path_with_a_newline_cannot_break_out_of_the_header_comment(engines, tmp_path, capsys):
+    import shutil
+    odd = tmp_path / "engine\nkind: Secret"
+    shutil.copytree(engines["cpu"], odd, symlinks=True)
+    out = tmp_path / "out"
+    assert main([str(odd), "--target", "compose", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "control character(s) \\n" in err and _nothing_written(out)
+    from deploy.inputs import comment_text
+    assert comment_text("a\nb\x1b\u2028c") == "a\\nb\\x1b\\u2028c"
 
 
 # -- bad input, atomic output -------------------------------------------------------------------------------

@@ -193,3 +193,55 @@ def test_metrics_count_requests_tokens_and_ttft(served, client):
     assert metric(after, "gptoss_openai_time_to_first_token_seconds_count", endpoint=ep) == \
         metric(before, "gptoss_openai_time_to_first_token_seconds_count", endpoint=ep) + 1
     assert metric(after, "gptoss_openai_requests_running") == 0
+
+
+@pytest.mark.parametrize("extra,param", [({"max_tokens": "10"}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
+                                         ({"stream": "true"}, "stream"), ({"temperature": "0.5"}, "temperature"),
+                                         ({"seed": 10 ** 30}, "seed")])
+def test_no_type_coercion_a_string_or_bool_for_a_number_is_400(client, extra, param):
+    """Strict request models (#22): "10" and true are not 10 and 1, as OpenAI's API refuses them; the control
+    is the same request with the proper type (the test above this one's siblings)."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                       extra_body=extra, **({} if "max_tokens" in extra else {"max_tokens": 2}))
+    assert e.value.status_code == 400 and e.value.body["type"] == "invalid_request_error"
+    assert param in (e.value.body["param"] or "") + e.value.body["message"]
+    ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+def test_client_mistakes_in_the_body_are_400_or_413_in_openais_shape(served, client):
+    """A body over the limit (413, naming the limit and its setting), deep nesting, a lone surrogate and an
+    integer of 5,000 digits (400): OpenAI's error body each time, and the endpoint answers normally after."""
+    from deploy.openai.app import DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_ENV
+    chat = '{"model": "tiny", "messages": [{"role": "user", "content": "%s"}]%s}'
+    # over the limit: refused on its Content-Length, before a byte of the body is read
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(served.base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", f"{u.path}/chat/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(DEFAULT_MAX_BODY_BYTES + 1))
+    conn.endheaders()
+    r = conn.getresponse()
+    err = json.loads(r.read())["error"]
+    assert r.status == 413 and MAX_BODY_BYTES_ENV in err["message"] and str(DEFAULT_MAX_BODY_BYTES) in err["message"]
+    conn.close()
+    cases = [
+        ('{"model": "tiny", "x": ' + "[" * 100000 + "]" * 100000 + "}", 400, "nests too deeply"),
+        (chat % ("\\ud800", ""), 400, "not valid JSON"),
+        (chat % ("hi", ', "max_tokens": ' + "9" * 5000), 400, "not valid JSON"),
+    ]
+    for body, status, says in cases:
+        req = urllib.request.Request(f"{served.base_url}/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=30)
+            raise AssertionError(f"accepted: {body[:60]}")
+        except urllib.error.HTTPError as e:
+            assert e.code == status, (body[:60], e.code)
+            err = json.loads(e.read())["error"]
+            assert set(err) == {"message", "type", "param", "code"} and says in err["message"], err
+    ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].finish_reason in ("length", "stop")
