@@ -280,7 +280,8 @@ def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPla
     """engine/tensorrt/: the ONNX graph, and the TensorRT plan where this machine can build it; returns
     engine.json's "tensorrt" section."""
     from builder.tensorrt.engine_dir import write_tensorrt
-    return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len)
+    return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len,
+                          attention_bytes=p.runtime_reserve_bytes or None)
 
 
 def validate_after_build(engine: Path, target: Target, installed_at: Path) -> list[dict]:

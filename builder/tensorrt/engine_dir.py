@@ -4,7 +4,8 @@ can be built on this machine (TensorRT-RTX targets), plus the engine.json sectio
 engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {external data file: sha256},
 "plan": REL_PATH | null, "plan_sha256",
 "builder": "tensorrt-rtx" | "tensorrt" | null, "builder_version": str | null, "sm": int | null,
-"graph_dtype": ..., "limits": {...}, "ran_on_gpu": bool, "note": why there is or is not a plan}.
+"graph_dtype": ..., "limits": {...}, "profiles": [{name, max_batch_size, max_tokens, max_seq_len, kv_capacity}
+per optimization profile, in the plan's order], "ran_on_gpu": bool, "note": why there is or is not a plan}.
 `ran_on_gpu` is true only after an executor generated tokens from the plan on a GPU
 (`build-engine --validate DIR`); building a plan is not running it.
 """
@@ -22,18 +23,31 @@ ONNX_FILE = "model.onnx"
 # float32 activations: the CPU executors check this very graph against the reference runtime (fp32); the
 # quantized GEMMs keep their FP8/FP4 weights and Q/DQ whatever this is.
 GRAPH_DTYPE = "float32"
-# Tokens one call may feed per sequence (the prefill chunk): TensorRT-LLM's max_num_tokens default, capped
-# by the context.
+# Tokens one call may feed per sequence (the prefill chunk): at most TensorRT-LLM's max_num_tokens default,
+# capped by the context and by what the decomposed attention's scores may take (ATTENTION_BYTES, or the fit
+# plan's runtime reserve when the build has one).
 MAX_TOKENS = 8192
+ATTENTION_BYTES = 4 << 30
+PREFILL_BATCH_SIZE = 1
 
 
 def plan_file(sm: int) -> str:
     return f"model.sm{sm}.plan"
 
 
-def limits_of(max_batch_size: int, max_seq_len: int):
+def limits_of(max_batch_size: int, max_seq_len: int, network=None, attention_bytes: float | None = None):
+    """Limits of the plan's profiles. The prefill chunk t is the largest power of two <= MAX_TOKENS whose
+    attention scores and probabilities (fp32, every query head: 2 x 4 x heads x t x (max_seq_len + t) bytes
+    per sequence) fit in attention_bytes: no tensor grows with context x chunk beyond that budget."""
     from builder.tensorrt.plan import Limits
-    return Limits(max_batch_size=max_batch_size, max_tokens=min(MAX_TOKENS, max_seq_len), max_seq_len=max_seq_len)
+    t = min(MAX_TOKENS, max_seq_len)
+    if network is not None:
+        heads = max(layer.attention.num_q_heads for layer in network.layers)
+        budget = attention_bytes or ATTENTION_BYTES
+        while t > 16 and 8 * heads * PREFILL_BATCH_SIZE * t * (max_seq_len + t) > budget:
+            t //= 2
+    return Limits(max_batch_size=max_batch_size, max_tokens=t, max_seq_len=max_seq_len,
+                  prefill_batch_size=PREFILL_BATCH_SIZE)
 
 
 def _say(msg: str) -> None:
@@ -41,19 +55,23 @@ def _say(msg: str) -> None:
     print(f"build-engine: {msg}", file=sys.stderr, flush=True)
 
 
-def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int) -> dict:
+def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int,
+                   attention_bytes: float | None = None) -> dict:
     """Export engine/tensorrt/model.onnx from the engine's checkpoint and build the plan if this machine can.
     Returns the engine.json "tensorrt" section. Never raises for a missing or failing TensorRT: the
     section says what happened, and the rest of the engine stands."""
     from dataclasses import asdict
+
+    from builder.tensorrt.plan import profile_limits
     kind = builder_for(sm)
-    lim = limits_of(max_batch_size, max_seq_len)
+    lim = limits_of(max_batch_size, max_seq_len, network, attention_bytes)
     section = {"onnx": None, "onnx_data": {}, "plan": None, "builder": kind, "builder_version": None, "sm": sm,
-               "graph_dtype": GRAPH_DTYPE, "limits": asdict(lim), "ran_on_gpu": False}
+               "graph_dtype": GRAPH_DTYPE, "limits": asdict(lim), "profiles": profile_limits(lim),
+               "ran_on_gpu": False}
     out = engine / TENSORRT_DIR
     out.mkdir(exist_ok=True)
     try:
-        saved = export_graph(engine, network, out / ONNX_FILE)
+        saved = export_graph(engine, network, out / ONNX_FILE, lim.kv_capacity)
     except Exception as e:  # a network or format the exporter does not cover: the engine still stands
         section["note"] = f"no ONNX graph: the exporter failed: {type(e).__name__}: {e}"
         _say(f"      tensorrt: {section['note']}")
@@ -104,12 +122,12 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_graph(engine: Path, network, path: Path):
+def export_graph(engine: Path, network, path: Path, kv_capacity: int | None = None):
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
     t0 = time.perf_counter()
     with load_canonical(engine) as ck:
-        saved = export_onnx(network, ck, path, dtype=GRAPH_DTYPE)
+        saved = export_onnx(network, ck, path, dtype=GRAPH_DTYPE, kv_capacity=kv_capacity)
     _say(f"      tensorrt: {path.name} ({saved.weight_bytes / 2**20:.1f} MiB of weights, "
          f"{time.perf_counter() - t0:.1f} s)")
     return saved
