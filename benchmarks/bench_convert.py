@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -29,33 +28,8 @@ PATHS = [("hf", "hf-mxfp4"), ("hf-mxfp4", "openai"), ("openai", "hf"), ("hf", "h
 
 
 def make_synthetic(folder: Path, layers: int, vocab: int) -> Path:
-    import torch
-
-    from checkpoint import ShardedWriter, TensorSpec
-    from checkpoint.config_io import hf_config_dict
-    from checkpoint.convert.mapping import expand
-    from spec.registry import get_model
-
-    config = get_model("20b").with_overrides(name="synthetic-20b", num_layers=layers, vocab_size=vocab)
-    ex = expand("hf", config)
-    specs = [TensorSpec(name, "BF16", shape) for name, (_, shape) in ex.shapes.items()]
-    folder.mkdir(parents=True)
-    writer = ShardedWriter(folder, specs)
-    # Random normal values, drawn once (drawing 3 GB of them costs more than the conversions) and
-    # read at a different offset for every piece.
-    g = torch.Generator().manual_seed(0)
-    pool = (torch.randn(2 * (32 << 20), generator=g) * 0.02).to(torch.bfloat16)
-    for spec in specs:
-        rows = spec.shape[0]
-        step = max(1, (64 << 20) // max(1, spec.nbytes // rows))      # ~64 MB of bf16 per piece
-        for r in range(0, rows, step):
-            shape = (min(step, rows - r),) + spec.shape[1:]
-            n = math.prod(shape)
-            start = int(torch.randint(0, pool.numel() - n + 1, (), generator=g))
-            writer.write(spec.name, pool[start:start + n].reshape(shape), r)
-    writer.close()
-    (folder / "config.json").write_text(json.dumps(hf_config_dict(config, mxfp4=False), indent=2))
-    return folder
+    from checkpoint.synthetic import write_synthetic
+    return write_synthetic(folder, "20b", layers=layers, vocab_size=vocab, mxfp4=False, tokenizer=False)
 
 
 def folder_bytes(folder: Path) -> int:

@@ -9,19 +9,24 @@ What is recorded (as ModelOpt's max calibration does, with quantization off whil
 - `<qkv module>.k_scale` / `.v_scale` names -> max |K| (after RoPE, what the cache stores) and max |V|.
 The caller turns amax into scales (checkpoint.quant_policy: input_scale, kv_scale).
 
-Memory stays bounded: one text at a time (truncated to max_tokens), logits never computed, and only the
-running maxima are kept. The hook points are the runtime's own: the activation-quantizer slots of its
+Memory stays bounded by one layer, not by the model: calibrate() runs run_streaming, which carries every
+text's hidden states from layer to layer and reads each layer's weights from the checkpoint only while that
+layer runs (a MoE layer's experts a slice at a time); texts are truncated to max_tokens, logits never
+computed, and only the running maxima are kept. run() (the whole model loaded, one text through every
+layer at a time) is its oracle: the same float operations in the same order, so the same maxima bit for bit. The hook points are the runtime's own: the activation-quantizer slots of its
 prepared linears and MoE (plugins.reference: act_quant, act_in, act_mid), and KVCache.update.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from checkpoint.calibration import Calibration, CalibrationError
+from checkpoint.errors import CheckpointError
 from spec.canonical import input_scale_name
 
 # The built-in calibration set: varied English prose (narrative, technical, dialogue, lists, numbers,
@@ -70,6 +75,9 @@ DEFAULT_TEXTS = (
     "The museum's new exhibit features paintings, sculptures and photographs from five continents.",
 )
 DEFAULT_MAX_TOKENS = 512
+# How many bytes of one MoE layer's dequantized experts streaming calibration holds at once (20b: 100 MB
+# per expert in float32, so ~10 experts; a whole 120b layer would be 12.7 GB).
+EXPERT_BYTES = 1 << 30
 
 
 def load_texts(calibration) -> list[str]:
@@ -100,18 +108,7 @@ def _recorder(cal: Calibration, name: str):
 def instrument(model, cal: Calibration) -> None:
     """Point every linear's activation-quantizer slot at an amax recorder (quantization off)."""
     for (_, attn, _, mlp), layer in zip(model.layers, model.network.layers):
-        a = layer.attention
-        attn.qkv.act_quant = _recorder(cal, input_scale_name(a.qkv.weight))
-        attn.out.act_quant = _recorder(cal, input_scale_name(a.out.weight))
-        m = layer.mlp
-        gate_up = _recorder(cal, input_scale_name(m.gate.weight))
-        up_name = input_scale_name(m.up.weight)
-
-        def both(x, gate_up=gate_up, up_name=up_name):      # gate and up read the same input
-            cal.record(cal.amax, up_name, x)
-            return gate_up(x)
-        mlp.act_in = both
-        mlp.act_mid = _recorder(cal, input_scale_name(m.down.weight))
+        _instrument_layer(attn, mlp, layer, cal)
 
 
 def _kv_names(network) -> list[tuple[str, str]]:
@@ -120,7 +117,9 @@ def _kv_names(network) -> list[tuple[str, str]]:
 
 
 def run(model, tokenizer, texts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True) -> Calibration:
-    """Calibrate an already loaded runtime.model.ReferenceModel on `texts` (tokenized with `tokenizer`)."""
+    """Calibrate an already loaded runtime.model.ReferenceModel on `texts` (tokenized with `tokenizer`), the
+    whole model in memory, one text through all layers at a time (run_streaming computes the same maxima
+    holding one layer; this is its oracle)."""
     from tqdm import tqdm
     cal = Calibration()
     instrument(model, cal)
@@ -153,19 +152,161 @@ def run(model, tokenizer, texts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS
     return cal
 
 
+class _CheckpointView(Mapping):
+    """A canonical checkpoint as the read-on-access Mapping runtime.model takes: a value is read from the
+    shards' mmap when a layer is built and freed with it; `rows` reads only experts [a, b) of each tensor."""
+
+    def __init__(self, ck, rows: slice | None = None):
+        self.ck, self.rows, self._names = ck, rows, set(ck.names())
+
+    def __getitem__(self, name):
+        if name not in self._names:
+            raise KeyError(name)
+        return self.ck.get(name) if self.rows is None else self.ck.get(name, rows=self.rows)
+
+    def __contains__(self, name):
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+
+def _expert_slices(m, dtype: torch.dtype, budget: int) -> list[slice]:
+    """Consecutive expert ranges whose dequantized gate, up and down weights fit `budget` bytes (at least one
+    expert each): a 120b layer's 128 experts are 12.7 GB in float32."""
+    per_expert = (2 * m.gate.out_features * m.gate.in_features + m.down.out_features * m.down.in_features) * \
+        torch.empty((), dtype=dtype).element_size()
+    step = max(1, min(m.num_experts, budget // max(1, per_expert)))
+    return [slice(a, min(a + step, m.num_experts)) for a in range(0, m.num_experts, step)]
+
+
+@torch.inference_mode()
+def run_streaming(ck, network, tokenizer, texts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS,
+                  progress: bool = True, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                  expert_bytes: int = EXPERT_BYTES) -> Calibration:
+    """run()'s maxima, bit for bit, holding one layer at a time: every text's hidden states [1, T, H] are
+    carried from layer to layer, each layer's weights are read from the checkpoint `ck` (load_canonical)
+    when it runs and freed after, and a MoE layer's experts are dequantized `expert_bytes` at a time.
+    Every float operation is the one ReferenceModel.forward does for that text, on the same tensors and in
+    the same order (attention per text with its own cache; the experts of a text in ascending order via
+    plugins.reference.moe.run_experts), so amax values are equal, not just close. (Batching the texts'
+    tokens into one GEMM per expert would be faster but changes float rounding: BLAS kernels differ by M.)
+    """
+    from tqdm import tqdm
+    from plugins.reference.moe import route, run_experts
+    from plugins.reference.norm import rms_norm
+    from spec.network import MoE
+    from runtime.model import ReferenceModel
+    model = ReferenceModel.layer_by_layer(network, _CheckpointView(ck), dtype=dtype, device=device)
+    cal = Calibration()
+    names = _kv_names(network)
+    seqs = []
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids[:max_tokens]
+        if not ids:
+            continue
+        if max(ids) >= network.vocab_size:
+            raise CalibrationError(f"calibration: the tokenizer produced token id {max(ids)}, beyond the model's "
+                                   f"vocab_size {network.vocab_size}; fix: use the tokenizer.json that "
+                                   f"belongs to this model")
+        seqs.append(ids)
+    if not seqs:
+        raise CalibrationError("calibration: every text tokenized to nothing; fix: pass texts with content")
+    # The embedding rows the texts use, read one row at a time (bf16 -> dtype per row is the same value as
+    # converting the whole table first).
+    emb = network.embedding.weight
+    rows = {t: ck.get(emb, rows=slice(t, t + 1)).to(model.device, dtype) for t in sorted({t for s in seqs for t in s})}
+    xs = [torch.cat([rows[t] for t in ids])[None] for ids in seqs]            # [1, T, H] per text
+    del rows
+    positions = [torch.arange(len(ids), device=model.device)[None] for ids in seqs]
+    with tqdm(total=len(network.layers), desc="calibrating", unit="layer", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        for i, spec in enumerate(network.layers):
+            attn_norm, attn, mlp_norm, mlp = model.load_layer(i, experts=False)
+            _instrument_layer(attn, mlp, spec, cal)
+            hs = []
+            for t, x in enumerate(xs):
+                T = x.shape[1]
+                cache = model.new_cache(1, capacity=T)
+                update = cache.update
+
+                def recording_update(layer, k, v, update=update):
+                    cal.record(cal.kv_amax, names[layer][0], k)
+                    cal.record(cal.kv_amax, names[layer][1], v)
+                    return update(layer, k, v)
+                cache.update = recording_update
+                plan = cache.begin(positions[t], 0)
+                rope = model._rope(attn.spec.rope, positions[t])
+                x = x + model._attention(rms_norm(x, attn_norm, model.eps[i][0]), attn, rope, cache, plan, i)
+                xs[t] = x
+                hs.append(rms_norm(x, mlp_norm, model.eps[i][1]).view(T, -1))
+            del attn
+            m = mlp.spec
+            if isinstance(m, MoE):
+                routed = [route(h, mlp.router.weight, mlp.router.bias, m.top_k) for h in hs]
+                xq = [mlp.act_in(h) for h in hs]                      # records the gate/up input amax
+                outs = [torch.zeros_like(h) for h in hs]
+                for part in _expert_slices(m, dtype, expert_bytes):
+                    wgu, bgu, wd, bd = model.expert_weights(m, _CheckpointView(ck, part), part.stop - part.start)
+                    for t, (weights, idx) in enumerate(routed):
+                        run_experts(outs[t], xq[t], weights, idx, wgu, bgu, wd, bd, m.swiglu_alpha,
+                                    m.swiglu_limit, mlp.act_mid, first=part.start)
+                    del wgu, bgu, wd, bd
+            else:
+                from plugins.reference.moe import dense_mlp
+                outs = [dense_mlp(h, mlp.w_gate_up, mlp.b_gate_up, mlp.w_down, mlp.b_down, m.swiglu_alpha,
+                                  m.swiglu_limit, act_quant_in=mlp.act_in, act_quant_mid=mlp.act_mid) for h in hs]
+            for t, o in enumerate(outs):
+                xs[t] = xs[t] + o.view(xs[t].shape)
+            del mlp, hs, outs
+            bar.update(1)
+    cal.texts = len(seqs)
+    cal.tokens = sum(len(s) for s in seqs)
+    return cal
+
+
+def _instrument_layer(attn, mlp, spec, cal: Calibration) -> None:
+    """instrument() for one layer's weights (what load_layer returned)."""
+    a = spec.attention
+    attn.qkv.act_quant = _recorder(cal, input_scale_name(a.qkv.weight))
+    attn.out.act_quant = _recorder(cal, input_scale_name(a.out.weight))
+    m = spec.mlp
+    gate_up = _recorder(cal, input_scale_name(m.gate.weight))
+    up_name = input_scale_name(m.up.weight)
+
+    def both(x):                                           # gate and up read the same input
+        cal.record(cal.amax, up_name, x)
+        return gate_up(x)
+    mlp.act_in = both
+    mlp.act_mid = _recorder(cal, input_scale_name(m.down.weight))
+
+
 def calibrate(src, calibration="default", *, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
-              dtype: torch.dtype = torch.float32, device: str = "cpu") -> Calibration:
-    """Load checkpoint folder `src` in the reference runtime (as it is: bf16, MXFP4, ...; activations never
-    quantized while calibrating) and calibrate it on `calibration` ("default" or a text file).
-    `dtype` / `device` are the runtime's: the runtime holds the whole model dequantized, so a released
-    20b/120b needs bfloat16 on a GPU ("cuda") rather than the CPU's float32."""
-    from runtime.api import Runtime, RuntimeLoadError
+              dtype: torch.dtype = torch.float32, device: str = "cpu", expert_bytes: int = EXPERT_BYTES) -> Calibration:
+    """Calibrate checkpoint folder `src` (as it is: bf16, MXFP4, ...; activations never quantized while
+    calibrating) on `calibration` ("default" or a text file), layer by layer (run_streaming): peak memory
+    is one layer's dequantized weights (a MoE layer's experts `expert_bytes` at a time) plus the texts'
+    hidden states, whatever the depth. `dtype` / `device` are the reference runtime's ("cuda" on a GPU
+    build box: each layer is moved there as it runs)."""
+    from checkpoint.convert import load_canonical
+    from runtime.api import RuntimeLoadError, find_checkpoint, load_tokenizer
+    from spec.network import network_from_checkpoint
     texts = load_texts(calibration)
+    src = Path(src)
     try:
-        rt = Runtime.from_dir(src, dtype=dtype, device=device)
-    except RuntimeLoadError as e:
+        ckpt_dir = find_checkpoint(src)
+        tokenizer = load_tokenizer(src, ckpt_dir)
+        if tokenizer is None:
+            raise CalibrationError(f"{src}: calibration needs the model's tokenizer.json next to its config.json; "
+                                   f"fix: copy tokenizer.json into {src}, or write weight-only (no calibration)")
+        with load_canonical(ckpt_dir) as ck:
+            network = network_from_checkpoint(ck)
+            return run_streaming(ck, network, tokenizer, texts, max_tokens=max_tokens, progress=progress,
+                                 dtype=dtype, device=device, expert_bytes=expert_bytes)
+    except (RuntimeLoadError, CheckpointError) as e:
+        if isinstance(e, CalibrationError):
+            raise
         raise CalibrationError(f"calibration could not load {src} in the reference runtime: {e}") from None
-    if rt.tokenizer is None:
-        raise CalibrationError(f"{src}: calibration needs the model's tokenizer.json next to its config.json; "
-                               f"fix: copy tokenizer.json into {src}, or write weight-only (no calibration)")
-    return run(rt.model, rt.tokenizer, texts, max_tokens=max_tokens, progress=progress)

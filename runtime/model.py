@@ -95,58 +95,93 @@ def _input_scale(tensors: Mapping, *specs):
 
 class ReferenceModel:
     def __init__(self, network: Network, tensors: Mapping[str, object], dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", load_layers: bool = True):
         self.network = network
+        self._tensors = None if load_layers else tensors
         self.dtype = dtype
         self.device = torch.device(device)
         net, H = network, network.hidden_size
 
-        def plain(name, shape):
-            return prepare_linear(_tensor(tensors, name, shape), None, "bf16", name, dtype, self.device).weight
-
-        def linear(spec, in_f=None, out_f=None):
-            w = _tensor(tensors, spec.weight, (spec.out_features, spec.in_features))
-            b = None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,))
-            return prepare_linear(w, b, spec.quant, spec.weight, dtype, self.device,
-                                  input_scale=_input_scale(tensors, spec))
-
-        def norm(spec):
-            return _tensor(tensors, spec.weight, (spec.size,)).to(self.device, torch.float32)
-
-        self.embed = plain(net.embedding.weight, (net.vocab_size, H))
+        # The embedding is read whole only by a model that holds its layers (a 20b one is 2.3 GB in float32);
+        # layer_by_layer's caller looks up the rows it needs.
+        self.embed = None
+        if load_layers:
+            self.embed = prepare_linear(_tensor(tensors, net.embedding.weight, (net.vocab_size, H)), None, "bf16",
+                                        net.embedding.weight, dtype, self.device).weight
         self.rope_tables: dict[Rope, tuple[torch.Tensor, float]] = {}
         self._rope_cache: dict[Rope, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.layers = []
         for layer in net.layers:
-            a = layer.attention
-            if a.rope not in self.rope_tables:           # keyed by the (frozen) Rope: layers that share it share tables
-                inv_freq, conc = rope_frequencies(a.rope)
-                self.rope_tables[a.rope] = (inv_freq.to(self.device), conc)
-            sinks = None
-            if a.learned_sinks:
-                sinks = _tensor(tensors, a.sinks, (a.num_q_heads,)).to(self.device, torch.float32)
-            attn = _AttnWeights(a, linear(a.qkv), linear(a.out), sinks, _kv_quantizer(tensors, a))
-            self.layers.append((norm(layer.attn_norm), attn, norm(layer.mlp_norm), self._mlp(layer.mlp, tensors)))
+            rope = layer.attention.rope
+            if rope not in self.rope_tables:             # keyed by the (frozen) Rope: layers that share it share tables
+                inv_freq, conc = rope_frequencies(rope)
+                self.rope_tables[rope] = (inv_freq.to(self.device), conc)
         self.eps = [(layer.attn_norm.eps, layer.mlp_norm.eps) for layer in net.layers]
-        self.final_norm = norm(net.final_norm)
-        self.lm_head = linear(net.lm_head)
+        self.layers = []
+        if not load_layers:
+            return
+        self.layers = [self.load_layer(i, tensors) for i in range(len(net.layers))]
+        self.final_norm = self._norm(net.final_norm, tensors)
+        self.lm_head = self._linear(net.lm_head, tensors)
 
-    def _mlp(self, m, tensors) -> _MlpWeights:
+    def _linear(self, spec, tensors) -> PreparedLinear:
+        w = _tensor(tensors, spec.weight, (spec.out_features, spec.in_features))
+        b = None if spec.bias is None else _tensor(tensors, spec.bias, (spec.out_features,))
+        return prepare_linear(w, b, spec.quant, spec.weight, self.dtype, self.device,
+                              input_scale=_input_scale(tensors, spec))
+
+    def _norm(self, spec, tensors) -> torch.Tensor:
+        return _tensor(tensors, spec.weight, (spec.size,)).to(self.device, torch.float32)
+
+    @classmethod
+    def layer_by_layer(cls, network: Network, tensors: Mapping[str, object], dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu") -> "ReferenceModel":
+        """A model that holds no layer, no embedding and no head (the caller reads the embedding rows it needs): each
+        layer's weights are built by load_layer(i) when the caller needs them and dropped after, so a pass
+        over the layers holds one layer at a time (builder.calibrate's streaming calibration)."""
+        return cls(network, tensors, dtype, device, load_layers=False)
+
+    def load_layer(self, i: int, tensors: Mapping[str, object] | None = None, experts: bool = True):
+        """Layer i's (attn_norm, attention, mlp_norm, mlp) weights, dequantized; experts=False leaves a MoE
+        layer's expert weights out (w_gate_up etc. None; expert_weights builds them for a slice of experts)."""
+        tensors = self._tensors if tensors is None else tensors
+        layer = self.network.layers[i]
+        a = layer.attention
+        sinks = None
+        if a.learned_sinks:
+            sinks = _tensor(tensors, a.sinks, (a.num_q_heads,)).to(self.device, torch.float32)
+        attn = _AttnWeights(a, self._linear(a.qkv, tensors), self._linear(a.out, tensors), sinks,
+                            _kv_quantizer(tensors, a))
+        return (self._norm(layer.attn_norm, tensors), attn, self._norm(layer.mlp_norm, tensors),
+                self._mlp(layer.mlp, tensors, experts))
+
+    def expert_weights(self, m: MoE, tensors: Mapping[str, object], num_experts: int):
+        """(w_gate_up [E, 2I, H], b_gate_up [E, 2I], w_down [E, H, I], b_down [E, H]) of the experts whose
+        canonical values `tensors` holds (all of them, or rows [a, b) of each: num_experts = b - a)."""
+        dt, dev = self.dtype, self.device
+
+        def experts(spec):
+            w = prepare_expert_weights(_tensor(tensors, spec.weight, (num_experts, spec.out_features,
+                                                                      spec.in_features)),
+                                       spec.quant, spec.weight, dt, dev)
+            b = None if spec.bias is None else \
+                _tensor(tensors, spec.bias, (num_experts, spec.out_features)).to(dev, dt)
+            return w, b
+        (wg, bg), (wu, bu), (wd, bd) = experts(m.gate), experts(m.up), experts(m.down)
+        # gate and up side by side (not interleaved): one GEMM for both.
+        w_gate_up = torch.cat([wg, wu], dim=1).contiguous()
+        b_gate_up = None if bg is None or bu is None else torch.cat([bg, bu], dim=-1).contiguous()
+        return w_gate_up, b_gate_up, wd, bd
+
+    def _mlp(self, m, tensors, experts: bool = True) -> _MlpWeights:
         dt, dev = self.dtype, self.device
         if isinstance(m, MoE):
-            def experts(spec):
-                w = prepare_expert_weights(_tensor(tensors, spec.weight, (m.num_experts, spec.out_features,
-                                                                          spec.in_features)),
-                                           spec.quant, spec.weight, dt, dev)
-                b = None if spec.bias is None else \
-                    _tensor(tensors, spec.bias, (m.num_experts, spec.out_features)).to(dev, dt)
-                return w, b
-            (wg, bg), (wu, bu), (wd, bd) = experts(m.gate), experts(m.up), experts(m.down)
+            w_gate_up = b_gate_up = wd = bd = None
+            if experts:
+                w_gate_up, b_gate_up, wd, bd = self.expert_weights(m, tensors, m.num_experts)
             router = prepare_linear(_tensor(tensors, m.router.weight, (m.num_experts, m.router.in_features)),
                                     None if m.router.bias is None else
                                     _tensor(tensors, m.router.bias, (m.num_experts,)),
                                     m.router.quant, m.router.weight, dt, dev)
-            cat_dim = 1
         else:
             def one(spec):
                 w = prepare_expert_weights(_tensor(tensors, spec.weight, (spec.out_features, spec.in_features)),
@@ -155,10 +190,9 @@ class ReferenceModel:
                 return w, b
             (wg, bg), (wu, bu), (wd, bd) = one(m.gate), one(m.up), one(m.down)
             router = None
-            cat_dim = 0
-        # gate and up side by side (not interleaved): one GEMM for both.
-        w_gate_up = torch.cat([wg, wu], dim=cat_dim).contiguous()
-        b_gate_up = None if bg is None or bu is None else torch.cat([bg, bu], dim=-1).contiguous()
+            # gate and up side by side (not interleaved): one GEMM for both.
+            w_gate_up = torch.cat([wg, wu], dim=0).contiguous()
+            b_gate_up = None if bg is None or bu is None else torch.cat([bg, bu], dim=-1).contiguous()
         act_in = activation_quantizer(m.gate.quant, _input_scale(tensors, m.gate, m.up), m.gate.weight)
         act_mid = activation_quantizer(m.down.quant, _input_scale(tensors, m.down), m.down.weight)
         return _MlpWeights(m, router, w_gate_up, b_gate_up, wd, bd, act_in, act_mid)

@@ -93,3 +93,43 @@ def capabilities(sm: int | None) -> SmCapabilities:
 def kernel_status(sm: int | None, kernel: str) -> str | None:
     """"supported", "unverified", or None when the stack has no such kernel on this SM."""
     return capabilities(sm).kernels.get(kernel)
+
+
+# -- the compute dtype of an engine's TensorRT graph, per SM ------------------------------------------------
+# bf16 where the SM has bf16 tensor cores (Ampere SM80 and later), fp16 where it lacks them (Turing SM75:
+# fp16 tensor cores only). GPU graphs keep fp32 islands where the numerics need them whatever this is
+# (plugins/onnx: the sink softmax and the scores, RMSNorm's statistic, the router's logits and routing
+# weights). The CPU target (None) gets the fp32 graph its executors check against the reference runtime.
+# Source: NVIDIA CUDA C++ Programming Guide, "Arithmetic Instructions" and the per-architecture tuning guides
+# (bf16 tensor-core MMA from compute capability 8.0; Turing 7.5 has fp16 and int8/int4 MMA only).
+GRAPH_DTYPE_BY_SM: dict[int | None, str] = {
+    75: "float16",
+    80: "bfloat16", 86: "bfloat16", 89: "bfloat16",
+    90: "bfloat16",
+    100: "bfloat16", 103: "bfloat16",
+    120: "bfloat16", 121: "bfloat16",
+    None: "float32",
+}
+
+
+# The matmuls inside those fp32 islands (attention scores and probs @ V, the router GEMM) run in fp32 unless
+# the SM's TensorRT-RTX has no fp32 GEMM: there they run in the compute dtype (tensor cores accumulate in fp32)
+# and the island starts at their output. TensorRT-RTX 1.7.1 for SM75: "Cannot compile operation 'scores' for
+# Turing (SM75): FP32 GEMM is not supported" (its builder's log, building the tiny graph here).
+ISLAND_GEMM_DTYPE_BY_SM: dict[int | None, str] = {75: "float16"}
+
+
+def island_gemm_dtype(sm: int | None) -> str:
+    """The dtype of the GEMMs inside the graph's fp32 islands on this SM: "float32" unless listed."""
+    return ISLAND_GEMM_DTYPE_BY_SM.get(sm, "float32")
+
+
+def graph_dtype(sm: int | None) -> str:
+    """The compute dtype ("bfloat16", "float16" or "float32") an engine's TensorRT graph is exported in for
+    this SM: a lookup in GRAPH_DTYPE_BY_SM."""
+    try:
+        return GRAPH_DTYPE_BY_SM[sm]
+    except KeyError:
+        raise KeyError(f"no graph dtype entry for SM {sm}; known: "
+                       f"{sorted(k for k in GRAPH_DTYPE_BY_SM if k is not None)} (add it to "
+                       f"spec.capabilities.GRAPH_DTYPE_BY_SM)") from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from spec.capabilities import kernel_status, moe_backend
 from spec.registry.gpus import GpuProfile, get_gpu
-from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QuantFormat, get_quant
+from spec.registry.quant_formats import AUTO_KEEPS_SOURCE_BY_ARCH, AUTO_QUANT_BY_ARCH, QuantFormat, get_quant
 from spec.registry.serving import SERVING_BY_ARCH, ServingProfile
 
 
@@ -54,17 +54,24 @@ class Target:
                 "kv_cache_dtype": self.kv_cache_dtype, "serving_source": self.serving.source}
 
 
-def quant_for(gpu: GpuProfile, quant: str = "auto") -> QuantFormat:
-    """The quant format: `auto` is the architecture's default (Blackwell nvfp4, Hopper mxfp4, ...)."""
-    return get_quant(AUTO_QUANT_BY_ARCH[gpu.arch] if quant == "auto" else quant)
+def quant_for(gpu: GpuProfile, quant: str = "auto", source_quant: str | None = None) -> QuantFormat:
+    """The quant format: `auto` is the architecture's default (Blackwell nvfp4, Hopper mxfp4, ...), or the
+    source checkpoint's own format (`source_quant`) where the architecture keeps it (AUTO_KEEPS_SOURCE_BY_ARCH)."""
+    if quant != "auto":
+        return get_quant(quant)
+    if source_quant in AUTO_KEEPS_SOURCE_BY_ARCH.get(gpu.arch, ()):
+        return get_quant(source_quant)
+    return get_quant(AUTO_QUANT_BY_ARCH[gpu.arch])
 
 
-def resolve_target(gpu: str, quant: str = "auto", kv_dtype: str | None = None) -> Target:
-    """The one lookup of `--gpu`: its profile, its architecture's serving profile, the quant format and the
-    KV-cache dtype (None: the serving profile's). KeyError (naming the valid choices) for unknown names."""
+def resolve_target(gpu: str, quant: str = "auto", kv_dtype: str | None = None,
+                   source_quant: str | None = None) -> Target:
+    """The one lookup of `--gpu`: its profile, its architecture's serving profile, the quant format (for
+    `auto`, given the source checkpoint's format when known) and the KV-cache dtype (None: the serving
+    profile's). KeyError (naming the valid choices) for unknown names."""
     profile = get_gpu(gpu)
     serving = SERVING_BY_ARCH[profile.arch]
-    return Target(profile, serving, quant_for(profile, quant), kv_dtype or serving.kv_cache_dtype)
+    return Target(profile, serving, quant_for(profile, quant, source_quant), kv_dtype or serving.kv_cache_dtype)
 
 
 def target_of_manifest(manifest) -> Target:

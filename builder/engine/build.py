@@ -17,14 +17,14 @@ from pathlib import Path
 import yaml
 
 import spec
-from builder.engine import BuildError
+from builder.engine import EXIT_NO_PLAN, BuildError
 from builder.engine.cache import BuildCache, cache_key, default_cache_dir, source_hashes
 from builder.engine.gpu import check_target_matches, detect_gpus
 from builder.engine.options import llm_api_options
 from builder.engine.sources import resolve_checkpoint
 from builder.fit import INCOMPATIBLE, LOW_MEMORY, FitPlan, FitError, plan_for
 from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_replaceable, install_dir,
-                               remove_stale_staging, staging_dir)
+                               remove_stale_staging, sha256_file, staging_dir)
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
 from spec.network import NETWORK_FILE, Network, check_config_matches
 from spec.registry.models import ModelConfig, get_model
@@ -54,6 +54,10 @@ class BuildRequest:
     calib_file: str | None = None
     kv_dtype: str | None = None
     progress: bool = True
+    # Targets whose engine is a TensorRT plan: skip the plan and install the graph alone (recorded as such).
+    graph_only: bool = False
+    plan_workspace_bytes: int | None = None   # the plan builder's workspace limit (None: TensorRT's default)
+    cache_max_bytes: int | None = None        # None: $GPTOSS_TRT_CACHE_MAX_GB, else 100 GB
 
 
 def _say(msg: str) -> None:
@@ -80,10 +84,11 @@ def _model(model):
         raise FitError(e.args[0]) from None
 
 
-def resolve(req: BuildRequest) -> Target:
-    """`--gpu`, `--quant` and `--kv-dtype`, looked up once for the whole build."""
+def resolve(req: BuildRequest, source_quant: str | None = None) -> Target:
+    """`--gpu`, `--quant` and `--kv-dtype` (and, for `--quant auto`, the source checkpoint's own format, which
+    some architectures keep: spec.registry.quant_formats.AUTO_KEEPS_SOURCE_BY_ARCH)."""
     try:
-        return resolve_target(req.gpu, req.quant, req.kv_dtype)
+        return resolve_target(req.gpu, req.quant, req.kv_dtype, source_quant)
     except KeyError as e:
         raise FitError(e.args[0]) from None
 
@@ -96,6 +101,16 @@ def make_plan(req: BuildRequest, model, target: Target) -> FitPlan:
         p = plan_for(model, target, tp=p.tp, ep=p.ep, max_seq_len=req.max_seq_len,
                      max_batch_size=p.fits_max_batch_size)
     return p
+
+
+def _source_quant(src: Path) -> str | None:
+    """The source's format from its config files; None where they cannot say (the load reports why later)."""
+    from checkpoint.config_io import source_quant
+    from checkpoint.errors import CheckpointError
+    try:
+        return source_quant(src)
+    except (CheckpointError, StopIteration):
+        return None
 
 
 def default_output(p: FitPlan) -> Path:
@@ -119,7 +134,13 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
-    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
+    kept = resolve(req, _source_quant(src))
+    if kept.quant != target.quant:                       # `auto` keeps the source's format on this target
+        target, quant = kept, kept.quant
+        p = make_plan(req, model, target)
+        _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
+    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
+                       max_bytes=req.cache_max_bytes)
     out = Path(req.output) if req.output else default_output(p)
     check_output_safe(out, src, req.calib_file, cache.root)
     inputs = {
@@ -127,7 +148,8 @@ def build(req: BuildRequest) -> Path:
         "model": model.name, "gpu_sm": gpu.sm, "gpu": gpu.name, "quant": quant.name, "tp": p.tp, "ep": p.ep,
         "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size, "kv_cache_dtype": target.kv_cache_dtype,
         "calib_file": source_hashes_of_file(req.calib_file), "tools": tool_versions(),
-        "engine_layout": ENGINE_LAYOUT_VERSION,
+        "engine_layout": ENGINE_LAYOUT_VERSION, "graph_only": req.graph_only,
+        "plan_workspace_bytes": req.plan_workspace_bytes,
     }
     key = cache_key(inputs)
     _say(f"      {src} ({len(inputs['sources'])} files), cache key {key[:16]}")
@@ -138,11 +160,15 @@ def build(req: BuildRequest) -> Path:
     if hit is not None:
         if _cache_key_of(out) != key:
             tmp = staging_dir(out)
-            shutil.rmtree(tmp)
-            shutil.copytree(hit, tmp)
-            from builder.engine.validate import repoint_notes
-            repoint_notes(tmp, out)
-            install_dir(tmp, out, _engine_replaceable)
+            try:
+                cache.install_from(key, tmp)       # hard links: the engine's bytes stay on disk once
+                from builder.engine.validate import repoint_notes
+                repoint_notes(tmp, out)            # engine.json is rewritten by rename: the cache's stays
+                check_engine_values(tmp)           # the cache is a folder on disk like any other: read it as input
+                install_dir(tmp, out, _engine_replaceable)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
@@ -158,7 +184,7 @@ def build(req: BuildRequest) -> Path:
         network = write_network(engine, quant.name)
         if target.is_gpu:
             write_llm_api_options(engine, llm_api_options(p, target, network))
-        trt = write_tensorrt_dir(engine, network, target, p)
+        trt = write_tensorrt_dir(engine, network, target, p, req)
         _say("[5/6] validate")
         validated = validate_after_build(engine, target, installed_at=out)
         _say("[6/6] manifest, Triton model repository, install")
@@ -172,12 +198,23 @@ def build(req: BuildRequest) -> Path:
             build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated, tensorrt=trt,
         ).write(engine)
         write_triton_repo(engine)
+        check_engine_values(engine)
         install_dir(engine, out, _engine_replaceable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def check_engine_values(engine: Path) -> None:
+    """The engine about to be installed passes the reader every tool uses (spec.engine_values): what the build
+    wrote is what run-engine, serve-engine and deploy-engine accept."""
+    from spec.engine_values import ENGINE_ERRORS, read_engine
+    try:
+        read_engine(engine, need_network=True)
+    except ENGINE_ERRORS as e:
+        raise BuildError(f"the engine this build wrote fails its own checks: {e}") from None
 
 
 def check_checkpoint_is(model, src: Path) -> None:
@@ -221,8 +258,7 @@ def write_triton_repo(engine: Path) -> None:
 def source_hashes_of_file(path: str | None) -> str | None:
     if not path:
         return None
-    from builder.engine.cache import _hash_file
-    return _hash_file(Path(path))
+    return sha256_file(path)
 
 
 def check_disk(out: Path, model, quant) -> None:
@@ -268,20 +304,34 @@ def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) ->
 def write_network(engine: Path, quant: str) -> Network:
     """network.json for the converted checkpoint in `engine`, checked against the config.json beside it."""
     from checkpoint.convert import load_canonical
-    from spec.network import network_from_checkpoint
-    with load_canonical(engine) as ck:
-        network = network_from_checkpoint(ck, quant=quant)
-        check_config_matches(network, ck.config, where=str(engine))
+    from spec.network import NetworkError, network_from_checkpoint
+    try:
+        with load_canonical(engine) as ck:
+            network = network_from_checkpoint(ck, quant=quant)
+            check_config_matches(network, ck.config, where=str(engine))
+    except NetworkError as e:
+        # the checkpoint's config.json says something no network may (an end token outside the vocabulary, ...)
+        raise BuildError(f"the checkpoint's config.json (as converted into {engine.name}/): {e}; fix the "
+                         f"checkpoint's config.json") from None
     network.save(engine / NETWORK_FILE)
     return network
 
 
-def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPlan) -> dict:
-    """engine/tensorrt/: the ONNX graph, and the TensorRT plan where this machine can build it; returns
-    engine.json's "tensorrt" section."""
+def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPlan, req: BuildRequest) -> dict:
+    """engine/tensorrt/: the ONNX graph, and the TensorRT plan where the target's engine is one; returns
+    engine.json's "tensorrt" section. A plan that cannot be built fails the build (exit 4, nothing installed)
+    unless --graph-only asked for the graph alone."""
+    from builder.tensorrt import PlanBuildError
     from builder.tensorrt.engine_dir import write_tensorrt
-    return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len,
-                          attention_bytes=p.runtime_reserve_bytes or None)
+    try:
+        return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len,
+                              graph_only=req.graph_only, workspace_bytes=req.plan_workspace_bytes,
+                              attention_bytes=p.runtime_reserve_bytes or None)
+    except PlanBuildError as e:
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise BuildError(f"no TensorRT plan for {target.name} (SM {target.sm}), so nothing was installed: {reason}; "
+                         f"fix: address the reason, or pass --graph-only for an engine with the ONNX graph "
+                         f"and no plan", exit_code=EXIT_NO_PLAN) from None
 
 
 def validate_after_build(engine: Path, target: Target, installed_at: Path) -> list[dict]:

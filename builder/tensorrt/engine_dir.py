@@ -2,10 +2,14 @@
 can be built on this machine (TensorRT-RTX targets), plus the engine.json section that says which.
 
 engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {external data file: sha256},
-"plan": REL_PATH | null, "plan_sha256",
+"plan": REL_PATH | null, "plan_sha256", "plan_bytes", "plan_seconds" (build time), "plan_layers" and
+"plan_gemm_layers" (the parsed network's layers and its matrix multiplies), "weights_stripped" (the plan is
+refitted from the ONNX weights at load),
 "builder": "tensorrt-rtx" | "tensorrt" | null, "builder_version": str | null, "sm": int | null,
-"graph_dtype": ..., "limits": {...}, "profiles": [{name, max_batch_size, max_tokens, max_seq_len, kv_capacity}
-per optimization profile, in the plan's order], "ran_on_gpu": bool, "note": why there is or is not a plan}.
+"graph_dtype": the graph's compute dtype (spec.capabilities.graph_dtype(sm)), "island_gemm_dtype": the
+dtype of the matmuls inside its fp32 islands (spec.capabilities.island_gemm_dtype(sm)), "limits": {...},
+"profiles": [{name, max_batch_size, max_tokens, max_seq_len, kv_capacity} per optimization profile, in the
+plan's order], "ran_on_gpu": bool, "graph_only": true (only with --graph-only), "note": why there is or is not a plan}.
 `ran_on_gpu` is true only after an executor generated tokens from the plan on a GPU
 (`build-engine --validate DIR`); building a plan is not running it.
 """
@@ -16,13 +20,15 @@ import time
 from pathlib import Path
 
 from builder.tensorrt import PlanBuildError
+from checkpoint.fsutil import sha256_file
 from builder.tensorrt.targets import RTX, TENSORRT, builder_for
 
 TENSORRT_DIR = "tensorrt"
 ONNX_FILE = "model.onnx"
-# float32 activations: the CPU executors check this very graph against the reference runtime (fp32); the
-# quantized GEMMs keep their FP8/FP4 weights and Q/DQ whatever this is.
-GRAPH_DTYPE = "float32"
+GRAPH_PATH = f"{TENSORRT_DIR}/{ONNX_FILE}"
+# The graph's compute dtype is the target SM's (spec.capabilities.graph_dtype: bf16, fp16 on SM75, fp32 for
+# the CPU target); the quantized GEMMs keep their FP8/FP4 weights and Q/DQ whatever it is. The CPU executors
+# never run this file: they export the fp32 form of the same emitters (runtime.executors.onnxruntime).
 # Tokens one call may feed per sequence (the prefill chunk): at most TensorRT-LLM's max_num_tokens default,
 # capped by the context and by what the decomposed attention's scores may take (ATTENTION_BYTES, or the fit
 # plan's runtime reserve when the build has one).
@@ -55,29 +61,37 @@ def _say(msg: str) -> None:
     print(f"build-engine: {msg}", file=sys.stderr, flush=True)
 
 
-def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int,
+def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int, *,
+                   graph_only: bool = False, workspace_bytes: int | None = None,
                    attention_bytes: float | None = None) -> dict:
-    """Export engine/tensorrt/model.onnx from the engine's checkpoint and build the plan if this machine can.
-    Returns the engine.json "tensorrt" section. Never raises for a missing or failing TensorRT: the
-    section says what happened, and the rest of the engine stands."""
+    """Export engine/tensorrt/model.onnx from the engine's checkpoint and, where the target's engine is a
+    TensorRT-RTX plan, build it. Returns the engine.json "tensorrt" section.
+
+    A target whose engine is a plan gets one or the build fails: PlanBuildError (TensorRT's reason, or the
+    missing builder) unless graph_only, which skips the plan and records that none exists. Messages name
+    files relative to the engine (the staging folder they are written in is gone once installed)."""
     from dataclasses import asdict
 
     from builder.tensorrt.plan import profile_limits
+    from spec.capabilities import graph_dtype, island_gemm_dtype
     kind = builder_for(sm)
+    dtype, island_gemm = graph_dtype(sm), island_gemm_dtype(sm)
     lim = limits_of(max_batch_size, max_seq_len, network, attention_bytes)
     section = {"onnx": None, "onnx_data": {}, "plan": None, "builder": kind, "builder_version": None, "sm": sm,
-               "graph_dtype": GRAPH_DTYPE, "limits": asdict(lim), "profiles": profile_limits(lim),
-               "ran_on_gpu": False}
+               "graph_dtype": dtype, "island_gemm_dtype": island_gemm, "limits": asdict(lim),
+               "profiles": profile_limits(lim), "ran_on_gpu": False}
     out = engine / TENSORRT_DIR
     out.mkdir(exist_ok=True)
     try:
-        saved = export_graph(engine, network, out / ONNX_FILE, lim.kv_capacity)
-    except Exception as e:  # a network or format the exporter does not cover: the engine still stands
+        saved = export_graph(engine, network, out / ONNX_FILE, dtype, island_gemm, lim.kv_capacity)
+    except Exception as e:  # a network or format the exporter does not cover
         section["note"] = f"no ONNX graph: the exporter failed: {type(e).__name__}: {e}"
+        if kind == RTX:
+            raise PlanBuildError(f"{GRAPH_PATH}: {section['note']}") from e
         _say(f"      tensorrt: {section['note']}")
         return section
-    section["onnx"] = f"{TENSORRT_DIR}/{ONNX_FILE}"
-    section["onnx_sha256"] = sha256_of(out / ONNX_FILE)
+    section["onnx"] = GRAPH_PATH
+    section["onnx_sha256"] = sha256_file(out / ONNX_FILE)
     section["onnx_data"] = saved.data_files
     if kind is None:
         section["note"] = "no GPU target: the ONNX graph is for the CPU executors (no TensorRT plan)"
@@ -86,49 +100,43 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
         section["note"] = (f"TensorRT-RTX cannot target SM {sm}; standard TensorRT builds the plan on an SM {sm} "
                            f"GPU: run `build-engine --validate DIR` there")
         return section
-    return _build_here(engine, out, section, sm, lim)
+    if graph_only:
+        section["graph_only"] = True
+        section["note"] = (f"graph-only engine (--graph-only): no plan was built; build-engine without "
+                           f"--graph-only builds the SM {sm} plan")
+        _say(f"      tensorrt: {section['note']}")
+        return section
+    return _build_here(out, section, sm, lim, workspace_bytes)
 
 
-def _build_here(engine: Path, out: Path, section: dict, sm: int, lim) -> dict:
+def _build_here(out: Path, section: dict, sm: int, lim, workspace_bytes: int | None) -> dict:
     from builder.tensorrt.plan import build_plan
     try:
         import tensorrt_rtx  # noqa: F401  (is the builder installed?)
     except ImportError:
-        section["note"] = ("no plan: tensorrt_rtx is not installed (./tools/bootstrap.sh installs it, or "
-                           "pip install '.[tensorrt-rtx]'); the ONNX graph is there")
-        _say(f"      tensorrt: {section['note']}")
-        return section
-    try:
-        result = build_plan(out / ONNX_FILE, out / plan_file(sm), RTX, sm, lim)
-    except PlanBuildError as e:
-        section["note"] = f"no plan: {e}"
-        _say(f"      tensorrt: {section['note']}")
-        return section
-    section.update(plan=f"{TENSORRT_DIR}/{plan_file(sm)}", plan_sha256=sha256_of(result.plan),
+        raise PlanBuildError("tensorrt_rtx is not installed, so the SM {sm} plan cannot be built (./tools/"
+                             "bootstrap.sh installs it, or pip install '.[tensorrt-rtx]')".format(sm=sm)) from None
+    result = build_plan(out / ONNX_FILE, out / plan_file(sm), RTX, sm, lim, workspace_bytes=workspace_bytes,
+                        shown_as=GRAPH_PATH)
+    section.update(plan=f"{TENSORRT_DIR}/{plan_file(sm)}", plan_sha256=sha256_file(result.plan),
                    builder_version=result.builder_version,
-                   plan_bytes=result.plan_bytes, plan_seconds=result.seconds,
+                   plan_bytes=result.plan_bytes, plan_seconds=result.seconds, plan_layers=result.layers,
+                   plan_gemm_layers=result.gemm_layers, weights_stripped=result.weights_stripped,
                    note=(f"built ahead of time by TensorRT-RTX {result.builder_version} for SM {sm} on a machine "
                          f"without a GPU: its kernels compile when a GPU loads it; never run"))
-    _say(f"      tensorrt: {section['plan']} ({result.plan_bytes / 2**20:.1f} MiB, {result.seconds:.1f} s)")
+    _say(f"      tensorrt: {section['plan']} ({result.plan_bytes / 2**20:.1f} MiB, {result.seconds:.1f} s, "
+         f"{result.layers} layers, {result.gemm_layers} GEMMs)")
     return section
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def export_graph(engine: Path, network, path: Path, kv_capacity: int | None = None):
+def export_graph(engine: Path, network, path: Path, dtype: str, island_gemm: str = "float32",
+                 kv_capacity: int | None = None):
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
     t0 = time.perf_counter()
     with load_canonical(engine) as ck:
-        saved = export_onnx(network, ck, path, dtype=GRAPH_DTYPE, kv_capacity=kv_capacity)
-    _say(f"      tensorrt: {path.name} ({saved.weight_bytes / 2**20:.1f} MiB of weights, "
+        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm, kv_capacity=kv_capacity)
+    _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights, "
          f"{time.perf_counter() - t0:.1f} s)")
     return saved
 
@@ -156,7 +164,7 @@ def validate_tensorrt(engine: Path, section: dict | None, present_sms: list[int]
             _say(f"tensorrt: building the SM {sm} plan with standard TensorRT ({UNVALIDATED_GPU_BUILD})")
             result = build_plan(engine / t["onnx"], engine / TENSORRT_DIR / plan_file(sm), TENSORRT, sm,
                                 Limits(**t["limits"]))
-            t.update(plan=f"{TENSORRT_DIR}/{plan_file(sm)}", plan_sha256=sha256_of(result.plan),
+            t.update(plan=f"{TENSORRT_DIR}/{plan_file(sm)}", plan_sha256=sha256_file(result.plan),
                      builder_version=result.builder_version, plan_bytes=result.plan_bytes,
                      note=f"built on this SM {sm} GPU by standard TensorRT {result.builder_version}")
         if t.get("plan") is None:

@@ -1,10 +1,15 @@
 """Build a serialized TensorRT plan from an ONNX file.
 
-Both builders take the same path: OnnxParser (its errors listed by node index, name and op), one
-optimization profile per kind of call (decode, prefill chunk) whose dynamic dimensions come from the engine's
-limits (`profile_shapes`, `profile_limits`), a
+Both builders take the same path: OnnxParser (its errors listed by node index, name and op), an
+optimization profile per kind of call (decode, prefill chunk; `PROFILES`, `profile_shapes`, `profile_limits`), a
 strongly typed network (the graph's Q/DQ and casts fix every precision), no timing cache (TensorRT-RTX
-would query a GPU for it). TensorRT-RTX targets one compute capability, ahead of time: its kernels are
+would query a GPU for it). The plan is streamed to disk as the builder serializes it (IStreamWriter), so it
+is never held in memory twice (builder buffer + a Python bytes copy). `strip_weights=True` builds a
+weight-stripped plan (BuilderFlag.STRIP_PLAN, refit mode REFIT_IDENTICAL): the plan holds kernels and
+shapes only, and is refitted at load from the engine's own ONNX weights (Refitter + OnnxParserRefitter
+.refit_from_file), so plan bytes do not repeat the weights. TensorRT-RTX 1.7.1 cannot build one without a GPU:
+any refittable build (REFIT, REFIT_IDENTICAL, STRIP_PLAN with refittable weights) fails in its Myelin JIT
+with "CHECK(status == CUDA_SUCCESS) failed" (tried here); build-engine therefore builds full plans. TensorRT-RTX targets one compute capability, ahead of time: its kernels are
 compiled on the GPU when the plan is loaded, so a plan built here proves the graph parses, type-checks
 and lowers, not that it runs. Standard TensorRT builds for the GPU it runs on.
 """
@@ -35,7 +40,7 @@ class Limits:
 # Two optimization profiles, one per kind of call (plugins.onnx.export: batch, seq = new tokens per call; the
 # caches have fixed capacities): decode, one token for up to max_batch_size sequences; prefill, a chunk of up
 # to max_tokens for up to prefill_batch_size sequences. Symbolic dimension name -> (min, opt, max); an unknown
-# name is an error, never a guess.
+# name is an error, never a guess. Profile index = position here (decode 0, prefill 1).
 PROFILES = {
     "decode": {"batch": lambda lim: (1, 1, lim.max_batch_size), "seq": lambda lim: (1, 1, 1)},
     "prefill": {"batch": lambda lim: (1, 1, lim.prefill_batch_size),
@@ -44,7 +49,8 @@ PROFILES = {
 
 
 def profile_shapes(model, limits: Limits, profile: str = "decode") -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Graph inputs -> (min, opt, max) shapes in one profile. Fixed dims are kept; symbolic ones looked up."""
+    """Graph inputs -> (min, opt, max) shapes in one profile: every input with a symbolic dim (each profile
+    must give each dynamic input, fixed range or not), symbolic dims looked up in PROFILES[profile]."""
     ranges_of = PROFILES[profile]
     shapes = {}
     for inp in model.graph.input:
@@ -59,7 +65,7 @@ def profile_shapes(model, limits: Limits, profile: str = "decode") -> dict[str, 
             else:
                 raise PlanBuildError(f"graph input {inp.name!r} axis {i} is {d.dim_param or 'unnamed'!r}: no "
                                      f"profile range for it; name dynamic axes one of {', '.join(ranges_of)}")
-        if dynamic:                     # every profile must give every dynamic input, fixed range or not
+        if dynamic:
             shapes[inp.name] = tuple(tuple(r[k] for r in ranges) for k in range(3))
     return shapes
 
@@ -86,6 +92,31 @@ class PlanResult:
     sm: int
     seconds: float
     plan_bytes: int
+    layers: int = 0            # layers of the parsed network (before the builder fuses them)
+    gemm_layers: int = 0       # of which matrix multiplies (IMatrixMultiplyLayer: Gemm and MatMul nodes)
+    weights_stripped: bool = False
+
+
+def layer_counts(trt, network) -> tuple[int, int]:
+    """(layers, matrix-multiply layers) of a parsed TensorRT network."""
+    mm = trt.LayerType.MATRIX_MULTIPLY
+    gemms = sum(network.get_layer(i).type == mm for i in range(network.num_layers))
+    return network.num_layers, int(gemms)
+
+
+def _stream_writer(trt, f):
+    """A trt.IStreamWriter writing each chunk the builder serializes straight to the open file `f`."""
+    class FileWriter(trt.IStreamWriter):
+        def __init__(self):
+            trt.IStreamWriter.__init__(self)
+            self.bytes = 0
+
+        def write(self, data) -> int:
+            # data: the builder's buffer (a bytes-like object); written as given, never collected
+            n = f.write(data)
+            self.bytes += n
+            return n
+    return FileWriter()
 
 
 def import_builder(kind: str):
@@ -103,19 +134,45 @@ def _network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, log_level: str = "ERROR") -> PlanResult:
-    """Parse onnx_path and write the serialized plan to `out` (via a temporary file and a rename)."""
+def _recording_logger(trt, log_level: str):
+    """A TensorRT logger that prints like trt.Logger and keeps the error lines, so a failed build can say why
+    in its own exception (build_serialized_network only returns None)."""
+    threshold = getattr(trt.Logger, log_level)
+
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if int(severity) <= int(trt.Logger.ERROR):
+                self.errors.append(" ".join(str(msg).split()))
+            if int(severity) <= int(threshold):
+                import sys
+                print(f"[TRT] {severity.name}: {msg}", file=sys.stderr, flush=True)
+
+    return Recorder()
+
+
+def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, log_level: str = "ERROR",
+               workspace_bytes: int | None = None, shown_as: str | None = None,
+               strip_weights: bool = False) -> PlanResult:
+    """Parse onnx_path and write the serialized plan to `out` (streamed to a temporary file, then renamed).
+    workspace_bytes: the builder's WORKSPACE memory-pool limit (None: TensorRT's default, the device's memory).
+    shown_as: how messages name the graph (a staging folder's path would be stale once installed).
+    strip_weights: a weight-stripped plan, refitted from onnx_path's weights at load."""
     import onnx
     trt = import_builder(kind)
     t0 = time.perf_counter()
-    logger = trt.Logger(getattr(trt.Logger, log_level))
+    shown = shown_as or str(onnx_path)
+    logger = _recording_logger(trt, log_level)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves external data files beside the graph.
     if not parser.parse_from_file(str(onnx_path)):
         errors = parser_errors(parser)
-        raise PlanBuildError(f"{onnx_path}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
+        raise PlanBuildError(f"{shown}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
                              + "\n  ".join(errors))
     config = builder.create_builder_config()
     if kind == RTX:
@@ -131,16 +188,38 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
         for name, (lo, opt, hi) in profile_shapes(graph, limits, which).items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise PlanBuildError(f"{onnx_path}: {kind} {trt.__version__} could not build a plan for SM {sm} "
-                             f"(its log above says why)")
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if strip_weights:
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)      # refit mode defaults to REFIT_IDENTICAL
+    layers, gemms = layer_counts(trt, network)
+    del graph
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(serialized)
-    tmp.replace(out)
-    return PlanResult(out, kind, trt.__version__, sm, round(time.perf_counter() - t0, 3), out.stat().st_size)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with open(tmp, "wb") as f:
+            if hasattr(builder, "build_serialized_network_to_stream"):
+                ok = builder.build_serialized_network_to_stream(network, config, _stream_writer(trt, f))
+            else:                                        # older TensorRT: one host buffer, written once
+                serialized = builder.build_serialized_network(network, config)
+                ok = serialized is not None
+                if ok:
+                    f.write(serialized)
+                    del serialized
+        if not ok:
+            # The first error is the cause; on a machine without a GPU the streamed build also logs
+            # "cudaError 35: CUDA driver version is insufficient" after it, which says nothing about the plan.
+            causes = [m for m in logger.errors if "cudaError 35" not in m] or logger.errors
+            reason = causes[0] if causes else "no error was logged"
+            why = (" (weight-stripped and refittable builds need a CUDA device: TensorRT-RTX's JIT compiles "
+                   "refittable layers on it)") if strip_weights else ""
+            raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}"
+                                 f"{why}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return PlanResult(out, kind, trt.__version__, sm, round(time.perf_counter() - t0, 3), out.stat().st_size,
+                      layers, gemms, strip_weights)
 
 
 def parses(onnx_path: Path, kind: str = RTX) -> list[str]:
@@ -155,5 +234,5 @@ def parses(onnx_path: Path, kind: str = RTX) -> list[str]:
 
 UNVALIDATED_GPU_BUILD = ("built with standard TensorRT on this GPU by code written against its Python API and "
                          "not yet run on any GPU by this project")
-__all__ = ["Limits", "PlanResult", "PROFILES", "build_plan", "parses", "profile_limits", "profile_shapes", "RTX", "TENSORRT",
+__all__ = ["Limits", "PlanResult", "PROFILES", "build_plan", "profile_limits", "layer_counts", "parses", "profile_shapes", "RTX", "TENSORRT",
            "UNVALIDATED_GPU_BUILD"]

@@ -12,6 +12,9 @@ an FP4 weight, and W4A4's dynamic quantizer of a GEMM's input.
   activation quantizer is written out in standard ops with numerics.nvfp4.quantize_nvfp4_activations'
   arithmetic: per-block amax, the e4m3 block scale through a real FLOAT8E4M3FN Cast, and numerics' e2m1
   rounding (nearest, ties to even, saturating) as the count of numerics.mxfp4.E2M1_BOUNDS |q| passes.
+- "onnxruntime-cpu-packed": as "onnxruntime-cpu", except FP4 experts: kept as their bytes (ONNX Runtime
+  folds the table decode above into fp32 initializers at session start, 8x the packed bytes) and decoded at
+  run time for the routed experts only (routed_expert_gemm).
 Both give numerics' values bit for bit (onnx.reference on the first, ONNX Runtime on the second:
 tests/plugins/test_onnx_quant.py). Not modelled on the CPU: the GPU's approximate reciprocals, and block
 scales whose reciprocal overflows float32 (numerics divides there).
@@ -28,7 +31,7 @@ from onnx import TensorProto
 
 from numerics.mxfp4 import E2M1_BOUNDS, E2M1_TIES_UP, FP4_VALUES, unpack_nibbles
 from numerics.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX
-from plugins.onnx.graph import ORT_CPU, TENSORRT, Graph
+from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED, TENSORRT, Graph
 
 # Custom-op domain of TensorRT's ONNX parser (TRT_FP4DynamicQuantize and friends).
 TRT_DOMAIN = "trt"
@@ -121,7 +124,101 @@ def _cpu_activation(g: Graph, x: str, input_scale: np.float32, name: str) -> str
 EMITTERS: dict[str, tuple[Callable, Callable]] = {
     TENSORRT: (_trt_weight, _trt_activation),
     ORT_CPU: (_cpu_weight, _cpu_activation),
+    ORT_CPU_PACKED: (_cpu_weight, _cpu_activation),
 }
+
+
+# -- "onnxruntime-cpu-packed": FP4 experts decoded at run time, routed experts only ------------------------------
+def _e4m3_values() -> np.ndarray:
+    import ml_dtypes
+    return np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+
+
+_E4M3_VALUES = _e4m3_values()
+_BYTES = np.arange(256)
+_E2M1_BYTE_VALUES = np.stack([FP4_VALUES[_BYTES & 0x0F], FP4_VALUES[_BYTES >> 4]], axis=-1).astype(np.float32)
+
+
+def _packed_expert_initializers(g: Graph, get, shape: tuple[int, ...], name: str) -> tuple[str, str, str]:
+    """[E, out, in/2] packed codes (uint8, two a byte, low nibble first), [E, out, in/16] e4m3 block scales and
+    the fp32 global scale, as stored: ONNX Runtime keeps uint8 and FP8 initializers as they are."""
+    E, out, k = shape
+    packed = g.packed_weight(g.fresh(f"{name}.packed"), "uint8", (E, out, k // 2), lambda: [get().packed])
+    # e4m3 block scales as their bytes: ONNX's Gather takes no FLOAT8 tensors, so they are decoded by a 256-entry
+    # table after the Gather (the same values as a DequantizeLinear of the FLOAT8 tensor)
+    s8 = g.packed_weight(g.fresh(f"{name}.block_scale_bytes"), "uint8", (E, out, k // BLOCK),
+                         lambda: [np.ascontiguousarray(get().block_scale).view(np.uint8)])
+    g2 = g.packed_weight(g.fresh(f"{name}.global_scale"), "float32", (), lambda: [np.float32(get().global_scale)])
+    return packed, s8, g2
+
+
+def _decode_routed(g: Graph, stored: tuple[str, str, str], expert: str, shape: tuple[int, ...], tag: str) -> str:
+    """Expert `expert` ([1] int64, a run-time value)'s weight [out, in] in fp32 from the packed initializers:
+    Gather its codes and scales (a run-time index, so ONNX Runtime cannot fold the decode into a float
+    initializer at session start), each byte's two e2m1 values from a 256-entry table, times the block scales.
+    The same values as numerics' dequantize."""
+    packed, s8, g2 = stored
+    _, out, k = shape
+    codes = g.op("Squeeze", g.op("Gather", packed, expert, axis=0), g.ints([0]), name=f"{tag}.codes")  # [out, k/2]
+    # one Gather per byte on a [256, 2] table (its low nibble's e2m1 value, then its high one's): the nibble split
+    # (BitwiseAnd / BitShift, a Concat) folded into the table, one int32 index per two weights
+    pairs = g.op("Gather", g.shared_const("e2m1_byte_values", _E2M1_BYTE_VALUES),
+                 g.op("Cast", codes, to=TensorProto.INT32), axis=0, name=f"{tag}.decode")           # [out, k/2, 2]
+    values = g.op("Reshape", pairs, g.ints([out, k]))
+    s_bytes = g.op("Cast", g.op("Squeeze", g.op("Gather", s8, expert, axis=0), g.ints([0])), to=TensorProto.INT32)
+    s_values = g.op("Gather", g.shared_const("e4m3_values", _E4M3_VALUES), s_bytes, axis=0, name=f"{tag}.scale_decode")
+    scales = g.op("Mul", s_values, g2, name=f"{tag}.dq_scale")
+    return _times_block_scales(g, values, scales, tag)
+
+
+def _subgraph(g: Graph, build: Callable[[], str], name: str, elem: int):
+    """The nodes `build()` adds to g, taken out as a graph whose one output is build()'s value (inner values
+    may read the outer graph's names: ONNX's outer scope)."""
+    from onnx import helper
+    outer, g.nodes = g.nodes, []
+    try:
+        value = build()
+        out = g.fresh(f"{name}.out")
+        g.op("Identity", value, outputs=[out], name=f"{name}.identity")
+        body = g.nodes
+    finally:
+        g.nodes = outer
+    return helper.make_graph(body, name, [], [helper.make_tensor_value_info(out, elem, None)])
+
+
+def routed_expert_gemm(g: Graph, stored_by_linear, shapes, x_rows: str, e: int, pairs, emit_act, tag: str,
+                       elem: int) -> str:
+    """Expert e's rows [m, in] -> [m, sum(out)], its FP4 weights decoded only when m > 0: an If on its row
+    count (an expert no pair chose runs nothing), whose branch takes the expert id from its first sorted row."""
+    start, end = pairs.bounds(e)
+    routed = g.op("Squeeze", g.op("Greater", end, start), g.ints([0]), name=f"{tag}.routed")
+
+    def then():
+        expert = g.op("Gather", pairs.expert_of_sorted, start, axis=0, name=f"{tag}.id")     # = e, at run time
+        xq = emit_act(x_rows)
+        ys = [g.op("Gemm", xq, _decode_routed(g, stored, expert, shape, f"{tag}.{i}"), transB=1,
+                   name=f"{tag}.{i}.gemm") for i, (stored, shape) in enumerate(zip(stored_by_linear, shapes))]
+        return ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1)
+
+    def skip():
+        width = sum(shape[1] for shape in shapes)
+        return g.op("Slice", g.op("ConstantOfShape", g.ints([1, width]),
+                                  value=_zero_tensor(elem)), g.ints([0]), g.ints([0]), g.ints([0]))   # [0, out]
+    return g.op("If", routed, name=f"{tag}.if_routed", then_branch=_subgraph(g, then, f"{tag}.then", elem),
+                else_branch=_subgraph(g, skip, f"{tag}.else", elem))
+
+
+def _zero_tensor(elem: int):
+    from onnx import helper
+    return helper.make_tensor("zero", elem, [1], [0])
+
+
+def packed_expert_initializers(g: Graph, get, shape, name):
+    return _packed_expert_initializers(g, get, tuple(shape), name)
+
+
+# lowerings whose FP4 experts are decoded at run time, routed experts only (plugins.onnx.quant.quant_expert_gemm)
+ROUTED_EXPERT_LOWERINGS = (ORT_CPU_PACKED,)
 
 
 def emit_nvfp4_weight(g: Graph, get, shape: tuple[int, ...], name: str) -> str:

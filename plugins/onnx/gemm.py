@@ -7,7 +7,9 @@ from plugins.onnx.graph import Graph
 from plugins.onnx.weights import WeightSource
 
 
-def dense_bias(g: Graph, linears, weights: WeightSource, lead: tuple[int, ...] = ()) -> str | None:
+def dense_bias(g: Graph, linears, weights: WeightSource, lead: tuple[int, ...] = (),
+               dtype: str | None = None) -> str | None:
+    """The linears' biases concatenated, in `dtype` (default: the graph's compute dtype)."""
     if all(lin.bias is None for lin in linears):
         return None
     if any(lin.bias is None for lin in linears):
@@ -19,7 +21,7 @@ def dense_bias(g: Graph, linears, weights: WeightSource, lead: tuple[int, ...] =
     def chunks():
         yield torch.cat([torch.as_tensor(weights.value(lin.bias)).float() for lin in linears], dim=-1)
     return g.weight("+".join(lin.bias for lin in linears), lead + (sum(lin.out_features for lin in linears),),
-                    chunks)
+                    chunks, dtype=dtype)
 
 
 def gemm(g: Graph, x: str, w: str, b: str | None, in_features: int, out_features: int) -> str:

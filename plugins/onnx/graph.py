@@ -35,7 +35,11 @@ DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 
 # standard ops ONNX Runtime's CPU provider runs (it has no FLOAT4E2M1 tensors and no trt:: ops).
 TENSORRT = "tensorrt"
 ORT_CPU = "onnxruntime-cpu"
-LOWERINGS = (TENSORRT, ORT_CPU)
+# "onnxruntime-cpu-packed": the CPU form with FP4 experts kept packed (half a byte per weight) and decoded at run
+# time for the routed experts only (plugins/onnx/fp4.py), for models whose fp32-folded experts do not fit in
+# memory (ONNX Runtime folds the "onnxruntime-cpu" form's decode into fp32 weights when a session starts).
+ORT_CPU_PACKED = "onnxruntime-cpu-packed"
+LOWERINGS = (TENSORRT, ORT_CPU, ORT_CPU_PACKED)
 
 PACKED_ITEMSIZE = {"uint8": 1, "int8": 1, "float8e4m3fn": 1, "float8e5m2": 1, "float8e8m0": 1, "int32": 4,
                    "int64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
@@ -76,15 +80,20 @@ def _bytes_of(t, dtype: str) -> bytes:
 class Graph:
     """Nodes, inputs, outputs and lazy weights of one ONNX graph in compute dtype `dtype`, for one lowering."""
 
-    def __init__(self, name: str, dtype: str = "float32", lowering: str = TENSORRT):
+    def __init__(self, name: str, dtype: str = "float32", lowering: str = TENSORRT, island_gemm: str = "float32"):
         if dtype not in DTYPES:
             raise ValueError(f"graph dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if island_gemm not in ("float32", dtype):
+            raise ValueError(f"island GEMM dtype {island_gemm!r} is neither float32 nor the graph's {dtype!r}")
         if lowering not in LOWERINGS:
             raise ValueError(f"graph lowering {lowering!r} is not one of {', '.join(LOWERINGS)}")
         self.name = name
         self.lowering = lowering
         self.dtype = dtype
         self.elem = onnx_type(dtype)
+        # the dtype of the matmuls inside fp32 islands (spec.capabilities.island_gemm_dtype): float32, or the
+        # compute dtype where the target has no fp32 GEMM
+        self.island_gemm = island_gemm
         self.nodes = []
         self.inputs = []
         self.outputs = []

@@ -1,9 +1,10 @@
-"""The MLP: MoE (biased router, top-k then softmax over k, only the k experts' weights read) or dense; both
-with gpt-oss's clamped SwiGLU.
+"""The MLP: MoE (biased router, top-k then softmax over k, only the routed experts run) or dense; both with
+gpt-oss's clamped SwiGLU.
 
-MoE per token: logits = x @ Wr.T + br; TopK(k) of the logits; softmax over those k; the k experts' gate|up
-and down weights gathered on the expert axis (plugins.onnx.linear.emit_expert_linear) and applied as
-mat-vecs; outputs summed with the routing weights. No pass over all experts, for any number of tokens.
+MoE: logits = x @ Wr.T + br; TopK(k) of the logits; softmax over those k; then plugins/onnx/experts.py, the
+sparse lowering of every quant format: (token, slot) pairs sorted by expert, each expert's gate|up GEMM,
+SwiGLU and down GEMM on its own rows, outputs summed with the routing weights. No pass over all experts and no
+weight copies, for any number of tokens.
 SwiGLU: gate clamped above at `limit`, up clamped to [-limit, limit], out = (up + 1) * gate * sigmoid(alpha*gate).
 """
 
@@ -13,7 +14,8 @@ from onnx import TensorProto
 
 from spec.network import DenseMLP, MoE
 from plugins.onnx.graph import Graph
-from plugins.onnx.linear import emit_expert_linear, emit_linear
+from plugins.onnx.experts import emit_moe_experts
+from plugins.onnx.linear import emit_fp32_linear, emit_linear
 from plugins.onnx.weights import WeightSource
 
 
@@ -32,18 +34,16 @@ def emit_moe(g: Graph, h: str, m: MoE, weights: WeightSource) -> str:
     H = m.router.in_features
     inter = m.gate.out_features
     x = g.op("Reshape", h, g.ints([-1, H]))                                     # [N, H]
-    logits = emit_linear(g, x, m.router, weights)                                # [N, E]
-    if g.dtype != "float32":          # routing in fp32 (TopK takes no bf16 before opset 24)
-        logits = g.op("Cast", logits, to=TensorProto.FLOAT)
+    # Routing is an fp32 island: router GEMM, TopK and the softmax over k (a bf16 rounding of near-tied
+    # logits picks other experts; TopK also takes no bf16 before opset 24).
+    logits = emit_fp32_linear(g, x, m.router, weights)                           # [N, E] fp32
     top_vals, top_idx = g.op("TopK", logits, g.ints([m.top_k]), axis=-1, largest=1, sorted=1, outputs=2,
                              name="router_topk")
     route_w = g.op("Softmax", top_vals, axis=-1, name="route_weights")          # softmax over the k
     if g.dtype != "float32":
         route_w = g.op("Cast", route_w, to=g.elem)
-    gate_up = emit_expert_linear(g, g.op("Unsqueeze", x, g.ints([1])), top_idx, (m.gate, m.up), weights)
-    act = emit_clamped_swiglu(g, gate_up, inter, m.swiglu_alpha, m.swiglu_limit)
-    y = emit_expert_linear(g, act, top_idx, m.down, weights)                    # [N, k, H]
-    y = g.op("ReduceSum", g.op("Mul", y, g.op("Unsqueeze", route_w, g.ints([-1]))), g.ints([1]), keepdims=0)
+    y = emit_moe_experts(g, x, top_idx, route_w, m, weights,
+                         lambda gate_up: emit_clamped_swiglu(g, gate_up, inter, m.swiglu_alpha, m.swiglu_limit))
     return g.op("Reshape", y, g.op("Shape", h), name="moe_out")
 
 

@@ -14,7 +14,11 @@ def emit_rmsnorm(g: Graph, x: str, norm: Norm, weights: WeightSource) -> str:
     weights.check(norm.weight, (norm.size,))
     scale = g.weight(norm.weight, (norm.size,), lambda: weights.dense_chunks(norm.weight), dtype="float32")
     x32 = x if g.dtype == "float32" else g.op("Cast", x, to=TensorProto.FLOAT)
-    ms = g.op("ReduceMean", g.op("Mul", x32, x32), g.ints([-1]), keepdims=1)
-    inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, g.f32(norm.eps, "eps"))))
+    # named rmsnorm_stat*: the fp32 statistic (x^2 overflows fp16 from |x| > 256, and gpt-oss's residual
+    # stream reaches thousands)
+    ms = g.op("ReduceMean", g.op("Mul", x32, x32, name="rmsnorm_stat_sq"), g.ints([-1]), keepdims=1,
+              name="rmsnorm_stat_mean")
+    inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, g.f32(norm.eps, "eps"), name="rmsnorm_stat_eps"),
+                                  name="rmsnorm_stat_sqrt"), name="rmsnorm_stat_inv")
     y = g.op("Mul", g.op("Mul", x32, inv), scale, name="rmsnorm")
     return y if g.dtype == "float32" else g.op("Cast", y, to=g.elem)

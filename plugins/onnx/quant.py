@@ -16,13 +16,13 @@ fp16/bf16, as in ModelOpt's graphs. Values are bit-identical to numerics' dequan
 
 Experts: TensorRT accepts FP4/FP8 tensors only as inputs of DequantizeLinear (or reshape/concat): a
 Gather of an FP4 initializer by expert index fails to build ("has datatype FP4 but is not consumed by
-... IDequantizeLayer"), and a Gather after dequantizing all experts would read all of them. So the
-(token, slot) pairs are sorted by expert with standard ops (TensorRT-RTX has no NonZero) and every
-expert runs one GEMM on its own rows, with its weights in the pattern above: FP4 GEMMs, and an expert
-no token chose runs zero rows and reads nothing. Same values as the reference runtime, bit for bit
-before the GEMM's float accumulation.
+... IDequantizeLayer"), and a Gather after dequantizing all experts would read all of them. So each
+expert's weights are initializers of their own in the pattern above, and plugins/onnx/experts.py (the
+one sparse MoE lowering of every format) runs each expert's GEMM on its own sorted rows: FP4 GEMMs, and
+an expert no token chose runs zero rows and reads nothing. Same values as the reference runtime, bit for
+bit before the GEMM's float accumulation.
 
-Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_EMITTERS (`quant_linear`, `quant_expert`); this
+Registered in plugins.onnx.linear's LINEAR_EMITTERS / EXPERT_GEMMS (`quant_linear`, `quant_expert_gemm`); this
 module does not import that one.
 Large quantized initializers are written lazily like the exporter's other weights (one tensor at a time).
 """
@@ -229,64 +229,41 @@ def _expert_slice(w, e: int):
     return FP8Tensor(w.data[e], w.scale)
 
 
-def _sort_pairs_by_expert(g, idx: str, E: int, tag: str):
-    """idx [N, k] -> (starts [E], ends [E], order [M], dest [M]) over the M = N*k (token, slot) pairs:
-    `order` lists the pairs expert by expert (expert e's are order[starts[e]:ends[e]]) and dest[p] is pair
-    p's place in that list. Standard ops only (TensorRT-RTX has no NonZero): one-hot, CumSum, ScatterND."""
-    flat = g.op("Reshape", idx, g.ints([-1]), name=f"{tag}.pairs")                 # [M] expert of each pair
-    onehot = g.op("Cast", g.op("Equal", g.op("Unsqueeze", flat, g.ints([1])), g.ints(list(range(E)))),
-                  to=TensorProto.INT64)                                             # [M, E]
-    counts = g.op("ReduceSum", onehot, g.ints([0]), keepdims=0)                      # [E]
-    ends = g.op("CumSum", counts, g.ints(0))
-    starts = g.op("Sub", ends, counts)
-    rank = g.op("Sub", g.op("ReduceSum", g.op("Mul", g.op("CumSum", onehot, g.ints(0)), onehot), g.ints([1]),
-                            keepdims=0), g.ints(1))                                 # [M] rank within its expert
-    dest = g.op("Add", g.op("Gather", starts, flat, axis=0), rank, name=f"{tag}.dest")
-    m = g.op("Shape", flat)
-    arange = g.op("Range", g.ints(0), g.op("Squeeze", m, g.ints([0])), g.ints(1))
-    order = g.op("ScatterND", g.op("ConstantOfShape", m, value=_int64_zero()), g.op("Unsqueeze", dest, g.ints([-1])),
-                 arange, name=f"{tag}.order")
-    return starts, ends, order, dest
-
-
-def _int64_zero():
-    from onnx import helper
-    return helper.make_tensor("zero", TensorProto.INT64, [1], [0])
-
-
-def quant_expert(g, x: str, idx: str, linears, weights) -> str:
-    """x [N, 1|k, in], idx [N, k] -> [N, k, out]. The (token, slot) pairs are sorted by expert; each expert
-    runs one GEMM on its own pairs' inputs with its quantized weights in the format's pattern
-    (FLOAT4E2M1 / FLOAT8E4M3FN initializers and Q/DQ: what TensorRT turns into FP4/FP8 GEMMs); the
-    results, in sorted order, are gathered back to their pairs. An expert no token chose runs a GEMM of
-    zero rows: its weights are not read."""
+def quant_expert_gemm(g, linears, weights):
+    """Expert e's rows [m, in] -> act(rows) @ deq(W_e).T [m, sum(out)] (plugins.onnx.experts sorts the pairs and
+    calls this per expert): its quantized weights in the format's pattern (FLOAT4E2M1 / FLOAT8E4M3FN
+    initializers and Q/DQ: what TensorRT turns into FP4/FP8 GEMMs), the activation quantizer on its own rows.
+    The activations' global scale is shared by all experts (the max of their calibrated scales), as in the
+    reference runtime."""
     quant, first = linears[0].quant, linears[0].weight
     check, emit_weight, emit_act = _format(quant, first)
     E, n_in = linears[0].num_experts, linears[0].in_features
-    outs = [lin.out_features for lin in linears]
     for lin in linears:
         weights.check(lin.weight, (E, lin.out_features, n_in))
     loaders = [_loader(g, weights, lin.weight, check) for lin in linears]
     in_scale = _input_scale(linears, weights)
     if emit_act is not _no_activation:
         in_scale = input_scale_value(in_scale, first)        # a missing scale is named by its module
-    lead = g.op("Shape", idx)                                                        # [N, k]
-    x_flat = g.op("Reshape", g.op("Expand", x, g.op("Concat", lead, g.ints([n_in]), axis=0)), g.ints([-1, n_in]))
-    starts, ends, order, dest = _sort_pairs_by_expert(g, idx, E, first)
-    results = []
-    for e in range(E):
-        tag = f"{first}.expert{e}"
-        rows = g.op("Slice", order, g.op("Slice", starts, g.ints([e]), g.ints([e + 1])),
-                    g.op("Slice", ends, g.ints([e]), g.ints([e + 1])), g.ints([0]), name=f"{tag}.rows")
-        xq = emit_act(g, g.op("Gather", x_flat, rows, axis=0), in_scale, tag, g.elem)   # [m_e, in]
+
+    if g.lowering in fp4.ROUTED_EXPERT_LOWERINGS and check is as_nvfp4:
+        stored = [fp4.packed_expert_initializers(g, get, (E, lin.out_features, n_in), lin.weight)
+                  for lin, get in zip(linears, loaders)]
+        shapes = [(E, lin.out_features, n_in) for lin in linears]
+
+        def routed_e(x_rows: str, e: int, pairs) -> str:
+            tag = f"{first}.expert{e}"
+            y = fp4.routed_expert_gemm(g, stored, shapes, x_rows, e, pairs,
+                                       lambda x: emit_act(g, _cast(g, x, FLOAT) if g.elem != FLOAT else x, in_scale, tag,
+                                                        FLOAT), tag, FLOAT)
+            return _cast(g, y, g.elem)
+        return routed_e
+
+    def gemm_e(x_rows: str, e: int, pairs=None) -> str:
+        xq = emit_act(g, x_rows, in_scale, f"{first}.expert{e}", g.elem)                 # [m_e, in]
         ys = []
         for lin, get in zip(linears, loaders):
             w = emit_weight(g, lambda get=get, e=e: _expert_slice(get(), e), (lin.out_features, n_in),
                             f"{lin.weight}.expert{e}", g.elem)
             ys.append(g.op("Gemm", xq, w, transB=1, name=f"{lin.weight}.expert{e}.gemm"))
-        results.append(ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1))
-    y_sorted = g.op("Concat", *results, axis=0)                                     # [M, out], by expert
-    y = g.op("Reshape", g.op("Gather", y_sorted, dest, axis=0),
-             g.op("Concat", lead, g.ints([sum(outs)]), axis=0), name=f"{first}.experts_out")
-    b = dense_bias(g, linears, weights, lead=(E,))
-    return y if b is None else g.op("Add", y, g.op("Gather", b, idx, axis=0))
+        return ys[0] if len(ys) == 1 else g.op("Concat", *ys, axis=-1)
+    return gemm_e

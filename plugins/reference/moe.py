@@ -95,18 +95,29 @@ def moe(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor 
 def _moe_quantized(x, weights, idx, w_gate_up, b_gate_up, w_down, b_down, alpha, limit, q_in, q_mid):
     """The expert loop with activation fake-quant: each GEMM input quantized as the engine's kernel does
     (the input once for all experts, the SwiGLU output per token and expert; routing weights after)."""
-    inter = w_gate_up.shape[1] // 2
     xq = x if q_in is None else q_in(x)
     out = torch.zeros_like(x)
-    for e in idx.unique().tolist():
+    run_experts(out, xq, weights, idx, w_gate_up, b_gate_up, w_down, b_down, alpha, limit, q_mid)
+    return out
+
+
+def run_experts(out, xq, weights, idx, w_gate_up, b_gate_up, w_down, b_down, alpha, limit, q_mid=None,
+                first: int = 0) -> None:
+    """Add into `out` [N, H] the routed outputs of experts [first, first + len(w_gate_up)) (the weights given
+    are those experts' rows), each hit expert once on its tokens, in ascending expert order: called once with
+    all experts, or once per consecutive slice of them (a layer whose experts do not fit memory at once),
+    the float operations and their order are the same, so the result is bit-identical."""
+    inter = w_gate_up.shape[1] // 2
+    hit = idx.unique()
+    for e in hit[(hit >= first) & (hit < first + w_gate_up.shape[0])].tolist():
         tok, slot = (idx == e).nonzero(as_tuple=True)
-        h = F.linear(xq[tok], w_gate_up[e], None if b_gate_up is None else b_gate_up[e])
+        j = e - first
+        h = F.linear(xq[tok], w_gate_up[j], None if b_gate_up is None else b_gate_up[j])
         a = clamped_swiglu(h[:, :inter], h[:, inter:], alpha, limit)
         if q_mid is not None:
             a = q_mid(a)
-        o = F.linear(a, w_down[e], None if b_down is None else b_down[e])
+        o = F.linear(a, w_down[j], None if b_down is None else b_down[j])
         out.index_add_(0, tok, o * weights[tok, slot, None])
-    return out
 
 
 def dense_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor,

@@ -45,10 +45,14 @@ class OnnxRuntimeExecutor:
         self.path = Path(onnx_path)
         self.max_chunk = max_chunk or _max_chunk()
         self._workdir = workdir                   # a temporary export directory this executor owns
+        # The most tokens one forward may take before its estimated peak memory (plugins.onnx.memory) exceeds
+        # the budget; the scheduler admits prompts within it (None: no limit known).
+        self.max_forward_tokens: int | None = None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        _cap_memory(opts)
         _check_cpu_lowering(self.path)
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         for i in self.session.get_inputs():
@@ -164,21 +168,12 @@ def _network(path: Path, ck) -> Network:
     return load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
 
 
-def cpu_can_run(path: str | Path) -> bool:
-    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats) and its fp32
-    graph (written to a temporary file, then held by the session) fits in half the machine's memory."""
+def engine_network(path: str | Path) -> Network:
+    """The network of the engine or checkpoint at `path` (network.json, else derived from the checkpoint)."""
     from checkpoint.convert import load_canonical
     from runtime.api import find_checkpoint
-    from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
-        net = _network(Path(path), ck)
-        exact = set(net.quant_formats()) <= set(CPU_FORMATS)
-        graph_bytes = 4 * total_params(ck.config)
-    return exact and graph_bytes <= _memory_bytes() // 2
-
-
-def _memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return _network(Path(path), ck)
 
 
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
@@ -211,7 +206,36 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes
+    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_bytes())
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+# GPTOSS_ORT_MEMORY_LIMIT=BYTES caps ONNX Runtime's CPU arena (one per process, shared by its sessions): a
+# request whose tensors do not fit fails (runtime.executors.auto then runs it on the reference runtime)
+# instead of taking the machine's memory from the others on it.
+MEMORY_LIMIT_ENV = "GPTOSS_ORT_MEMORY_LIMIT"
+_registered_limit: list[int] = []
+
+
+def _cap_memory(opts) -> None:
+    value = os.environ.get(MEMORY_LIMIT_ENV)
+    if not value:
+        return
+    import onnxruntime as ort
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={value!r}: expected a number of bytes, e.g. 8000000000") from None
+    if not _registered_limit:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
+        _registered_limit.append(limit)
+    elif _registered_limit[0] != limit:
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={limit}: this process already capped ONNX Runtime's arena at "
+                         f"{_registered_limit[0]} bytes (one arena per process); start a new process")
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    opts.log_severity_level = 4         # an allocation refused is raised to the caller, not logged again
 
 
 def _threads() -> int | None:

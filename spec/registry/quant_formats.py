@@ -66,6 +66,12 @@ AUTO_QUANT_BY_ARCH = {
     "ampere": "bf16",       # neither FP8 nor FP4
     "cpu": "bf16",          # the reference runtime
 }
+# ... except that `auto` on these architectures keeps a source checkpoint already stored in one of these
+# formats: the CPU executors run weight-only formats exactly, so a released MXFP4 20b stays ~13 GB rather
+# than becoming 42 GB of bf16. Other architectures re-quantize to their own format (the kernels they run).
+AUTO_KEEPS_SOURCE_BY_ARCH: dict[str, tuple[str, ...]] = {
+    "cpu": ("mxfp4",),
+}
 
 
 def get_quant(name: str) -> QuantFormat:

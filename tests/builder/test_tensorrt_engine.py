@@ -1,12 +1,14 @@
 """build-engine's tensorrt/ folder on the tiny model: real TensorRT-RTX plans for an RTX 5090 (NVFP4 W4A4) and
-an L40S (FP8 W8A8), built here without a GPU; TensorRT-RTX's own parser accepts the graphs; the NVFP4 graph's
-greedy tokens on the CPU equal the reference runtime's NVFP4 emulation; the manifest never claims a run."""
+an L40S (FP8 W8A8), built here without a GPU, their graphs in the SM's compute dtype (bf16 on both); TensorRT-RTX's
+own parser accepts the graphs; the NVFP4 graph's greedy tokens on the CPU (bf16 emulated, tests/support/bf16.py)
+equal the reference runtime's NVFP4 emulation; the manifest never claims a run."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,16 @@ def test_plan_built_here_and_never_claimed_to_run(engines, gpu, sm, quant):
     assert plan.name == f"model.sm{sm}.plan" and plan.stat().st_size == t["plan_bytes"] > 1 << 20
     assert sha256(plan) == t["plan_sha256"] and sha256(graph) == t["onnx_sha256"]
     assert "never run" in t["note"]
+    # the graph TensorRT built is in the SM's compute dtype, looked up in spec.capabilities
+    from spec.capabilities import graph_dtype
+    assert t["graph_dtype"] == graph_dtype(sm) == "bfloat16"
+    elem = {i.name: i.type.tensor_type.elem_type for i in onnx.load(graph, load_external_data=False).graph.input}
+    assert elem["past_key_0"] == onnx.TensorProto.BFLOAT16
+    # the parsed network's size, counted by TensorRT: every expert GEMM and attention matmul is a layer
+    from spec.registry.models import get_model
+    c = get_model("tiny")
+    assert t["plan_layers"] > t["plan_gemm_layers"] >= c.num_layers * (2 + 3 * c.num_experts)
+    assert t["plan_seconds"] > 0 and t["weights_stripped"] is False
     # nothing in validated_on says a TensorRT plan (or TensorRT-LLM) ran
     assert not any(v["ok"] for v in m["validated_on"] if v["runtime"] != "reference")
 
@@ -118,7 +130,9 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     rt = Runtime.from_dir(engine)
     prompt = rt.encode("The king")
     [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
-    model = onnx.load(engine / "tensorrt" / "model.onnx")
+    # the engine's bf16 graph as a GPU computes it: ops in fp32, every bf16 value rounded (tests/support/bf16.py)
+    from tests.support.bf16 import emulate
+    model = emulate(onnx.load(engine / "tensorrt" / "model.onnx"), manifest(engine)["tensorrt"]["graph_dtype"])
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
     # the same network in the CPU lowering (plugins/onnx/fp4.py), through ONNX Runtime: the CPU executor's path
     from checkpoint.convert import load_canonical
@@ -146,19 +160,52 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) != list(ref.output_ids)
 
 
-def test_missing_builder_gives_graph_without_plan(engines, tmp_path, monkeypatch):
+def test_missing_builder_fails_a_plan_target_unless_graph_only(engines, tmp_path, monkeypatch):
     import shutil
 
+    from builder.tensorrt import PlanBuildError
     from builder.tensorrt.engine_dir import write_tensorrt
     from spec.network import load_network
     engine = tmp_path / "e"
     shutil.copytree(engines["rtx-5090"], engine)
     shutil.rmtree(engine / "tensorrt")
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)      # import tensorrt_rtx -> ImportError
-    t = write_tensorrt(engine, load_network(engine / "network.json"), 120, 4, 256)
-    assert t["plan"] is None and t["onnx"] == "tensorrt/model.onnx" and not t["ran_on_gpu"]
-    assert "tensorrt_rtx is not installed" in t["note"] and (engine / t["onnx"]).is_file()
+    with pytest.raises(PlanBuildError, match="tensorrt_rtx is not installed"):
+        write_tensorrt(engine, load_network(engine / "network.json"), 120, 4, 256)
+    t = write_tensorrt(engine, load_network(engine / "network.json"), 120, 4, 256, graph_only=True)
+    assert t["plan"] is None and t["graph_only"] is True and t["onnx"] == "tensorrt/model.onnx"
+    assert "--graph-only" in t["note"] and (engine / t["onnx"]).is_file()
     assert not list((engine / "tensorrt").glob("*.plan"))
+
+
+STAGING = re.compile(r"\.[^/\s]+\.[a-z]+-\d+-[0-9a-f]{8}")     # checkpoint.fsutil.staging_dir's names
+
+
+def test_a_plan_that_cannot_be_built_fails_the_build_and_installs_nothing(tmp_path):
+    """A 0-byte builder workspace: TensorRT-RTX asks for more workspace memory; build-engine exits 4 with that
+    reason in one line and leaves no engine (and no staging folder) behind."""
+    out = tmp_path / "engine"
+    r = build(out, "--model", "tiny", "--gpu", "rtx-5090", "--plan-workspace-mib", "0", "--cache-policy", "off",
+              cache=tmp_path / "cache")
+    assert r.returncode == 4, r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("build-engine: no TensorRT plan")]
+    assert "SM 120" in line and "workspace memory" in line and "--graph-only" in line, line
+    assert not STAGING.search(line), line
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no staging folder left
+    # the twin with --graph-only: an engine with the graph, no plan, and engine.json says so
+    r = build(out, "--model", "tiny", "--gpu", "rtx-5090", "--plan-workspace-mib", "0", "--graph-only",
+              "--cache-policy", "off", cache=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    t = manifest(out)["tensorrt"]
+    assert t["plan"] is None and t["graph_only"] is True and (out / t["onnx"]).is_file()
+    assert not list((out / "tensorrt").glob("*.plan"))
+
+
+@pytest.mark.parametrize("gpu", ["rtx-5090", "l40s"])
+def test_manifest_names_no_staging_path(engines, gpu):
+    text = (engines[gpu] / "engine.json").read_text()
+    assert not STAGING.search(text), STAGING.search(text)
 
 
 def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_instructions(engines, tmp_path):

@@ -1,11 +1,10 @@
 """Exporting a graph far larger than memory budgets allow holding: a 20b-shaped checkpoint (released layer
-shapes and vocabulary, MXFP4 experts as shipped, 2 layers) written streaming, then exported to a bf16 ONNX
+shapes and vocabulary, MXFP4 experts as shipped, 2 layers; checkpoint.synthetic) written streaming, then exported to a bf16 ONNX
 graph with external data in a subprocess whose peak RSS (resource.getrusage) must stay under 4 GB.
 Slow (about a minute: ~3 GB of checkpoint and ~5.5 GB of graph are written); marked `slow`."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -13,12 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from checkpoint.config_io import hf_config_dict
-from checkpoint.convert.mapping import expand
-from checkpoint.safetensors_io import SafetensorsWriter, TensorSpec
-from spec.registry import get_model
+from checkpoint.synthetic import write_synthetic
 from tests.support import REPO
 
 ROOT = REPO
@@ -38,40 +33,10 @@ print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 10
 """
 
 
-def write_20b_shaped(folder: Path, layers: int = 2) -> None:
-    """HF MXFP4 layout, every tensor written in row pieces cut from one reused random block."""
-    c = dataclasses.replace(get_model("20b"), num_layers=layers)
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(hf_config_dict(c, mxfp4=True)))
-    shapes = expand("hf-mxfp4", c).shapes
-    specs = [TensorSpec(n, "BF16" if kind == "float" else "U8", shape) for n, (kind, shape) in shapes.items()]
-    g = torch.Generator().manual_seed(0)
-    noise = (0.02 * torch.randn(1 << 22, generator=g)).to(torch.bfloat16)
-    codes = torch.randint(0, 256, (1 << 22,), generator=g, dtype=torch.uint8)
-    scales = torch.randint(118, 127, (1 << 22,), generator=g, dtype=torch.uint8)
-    w = SafetensorsWriter(folder / "model.safetensors", specs)
-    for spec in specs:
-        row = 1
-        for s in spec.shape[1:]:
-            row *= s
-        src = scales if spec.name.endswith("_scales") else codes if spec.dtype == "U8" else noise
-        if "norm" in spec.name:
-            src = torch.ones(1 << 22, dtype=torch.bfloat16)
-        step = max(1, (1 << 22) // max(1, row))
-        for r in range(0, spec.shape[0], step):
-            n = min(step, spec.shape[0] - r)
-            if n * row <= src.numel():
-                piece = src[:n * row]
-            else:                              # a row longer than the random block: tile it
-                piece = src.repeat(-(-n * row // src.numel()))[:n * row]
-            w.write(spec.name, piece.reshape((n,) + tuple(spec.shape[1:])), r)
-    w.close()
-
-
 @pytest.mark.slow
 def test_20b_shaped_export_streams_under_4gb(tmp_path):
     ckpt = tmp_path / "ckpt"
-    write_20b_shaped(ckpt)
+    write_synthetic(ckpt, "20b", layers=2, tokenizer=False)
     out = tmp_path / "model.onnx"
     r = subprocess.run([sys.executable, "-c", CHILD, str(ckpt), str(out)], cwd=ROOT, capture_output=True,
                        text=True, timeout=600)

@@ -118,9 +118,15 @@ def test_decode_step_flops_match_active_parameters(key):
                        if not name.startswith(("scores", "attn_v")))
     active = active_params(c)
     assert abs(weight_flops / 2 - active) / active < 0.10, (weight_flops / 2, active)
-    experts = [a for op, name, a, b in shapes if name.startswith("expert_matvec")]
-    assert len(experts) == 2 * c.num_layers           # gate|up and down: gathered weights [tokens, k, out, in]
-    assert all(a[:2] == (1, c.experts_per_token) for a in experts)
+    # one GEMM per expert and projection (plugins/onnx/experts.py), weights [out, in] never gathered per token;
+    # the k routed pairs are their only rows
+    experts = [(name, a, b) for op, name, a, b in shapes if ".expert" in name]
+    assert len(experts) == 2 * c.num_layers * c.num_experts
+    assert all(len(b) == 2 for name, a, b in experts)
+    for i in range(c.num_layers):
+        for proj in ("gate", "down"):
+            rows = [a[0] for name, a, b in experts if name.startswith(f"layers.{i}.") and f".{proj}" in name]
+            assert sum(rows) == c.experts_per_token, (i, proj, rows)
 
 
 def test_cache_has_fixed_capacity_and_rings_hold_exactly_window_rows():

@@ -14,6 +14,7 @@ from numerics.fp8 import quantize_fp8
 from numerics.mxfp4 import FP4_VALUES, MXFP4Weight, quantize_mxfp4
 from numerics.nvfp4 import fake_quantize_nvfp4_activations, quantize_nvfp4, quantize_nvfp4_activations
 from plugins.onnx import quant
+from plugins.onnx.experts import emit_expert_linear
 from plugins.onnx.fp4 import tensorrt_only
 from plugins.onnx.graph import LOWERINGS, ORT_CPU, TENSORRT, Graph
 from plugins.onnx.trt_ops import reference_evaluator
@@ -144,7 +145,7 @@ def test_experts_sorted_by_expert_match_per_pair_oracle(fmt, lowering):
     g = Graph("t", lowering=lowering)
     x = g.input("x", "float32", ["n", 1, K])
     idx = g.input("idx", "int64", ["n", 2])
-    g.output(quant.quant_expert(g, x, idx, (lin,), WeightSource(tensors)), "y", "float32", ["n", 2, N])
+    g.output(emit_expert_linear(g, x, idx, (lin,), WeightSource(tensors)), "y", "float32", ["n", 2, N])
     model = g.model()
     xs = X.reshape(-1, 1, K)
     ids = np.array([[3, 1], [0, 3], [1, 3], [3, 0], [1, 0], [0, 1]], dtype=np.int64)   # expert 2: no token
@@ -181,17 +182,17 @@ def test_missing_input_scale_is_an_error_naming_it():
 
 # -- TensorRT-RTX: its own parser and builder (ahead of time, no GPU) ------------------------------------------
 def _expert_graph(fmt: str) -> onnx.ModelProto:
-    wq, s = quantized(fmt, WE), input_scale(fmt)
+    wq, s = (torch.from_numpy(WE), 1.0) if fmt == "bf16" else (quantized(fmt, WE), input_scale(fmt))
     tensors = {"e.weight": wq, "e.bias": torch.from_numpy(B), "e.input_scale": torch.tensor(s)}
     g = Graph("t")
     x = g.input("x", "float32", ["batch", 1, K])
     idx = g.input("idx", "int64", ["batch", 2])
-    g.output(quant.quant_expert(g, x, idx, (ExpertLinear("e.weight", "e.bias", E, K, N, quant=fmt),),
+    g.output(emit_expert_linear(g, x, idx, (ExpertLinear("e.weight", "e.bias", E, K, N, quant=fmt),),
                                 WeightSource(tensors)), "y", "float32", ["batch", 2, N])
     return g.model()
 
 
-@pytest.mark.parametrize("fmt,sm", [("nvfp4", 120), ("fp8", 89)])
+@pytest.mark.parametrize("fmt,sm", [("nvfp4", 120), ("fp8", 89), ("bf16", 120)])
 def test_tensorrt_rtx_builds_the_patterns(tmp_path, fmt, sm):
     from builder.tensorrt.plan import Limits, build_plan, parses
     path = tmp_path / "g.onnx"

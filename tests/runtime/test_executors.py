@@ -146,3 +146,37 @@ def test_fixed_cache_row_operations_on_numpy_and_torch():
     assert np.array_equal(got["past_key_0"][0, :, 2:], start["past_key_0"][0, :, 2:])        # the rest untouched
     assert np.array_equal(got["past_key_1"][0], start["past_key_1"][2])                      # the whole ring
     assert got["past_window3_pos"].tolist() == [[0, 1, 2, 3], [-1] * 4, [0, 1, 2, 3]]
+
+
+def test_auto_falls_back_with_one_line_when_onnxruntime_cannot_run_a_request(tmp_path):
+    """ONNX Runtime's arena capped (GPTOSS_ORT_MEMORY_LIMIT, a real allocator refusal, in a fresh process: one
+    arena per process) below a 1,500-token prompt's attention scores: --executor onnxruntime fails with one
+    line and exit 2; --executor auto says why in one line and gives the reference runtime's tokens; no
+    traceback either way. Without the cap auto runs the same prompt on ONNX Runtime silently."""
+    import os
+    import subprocess
+    import sys
+    folder = hf_model("tiny")[1]
+    ids = ",".join(map(str, prompt("tiny", 1500, seed=1)))
+
+    def run(executor, cap=None):
+        env = {k: v for k, v in os.environ.items() if k != "GPTOSS_ORT_MEMORY_LIMIT"}
+        if cap:
+            env["GPTOSS_ORT_MEMORY_LIMIT"] = str(cap)
+        return subprocess.run([sys.executable, "-m", "runtime.cli", str(folder), "--input-ids", ids, "--max-tokens",
+                               "4", "--stop-ids", "99999", "--json", "--executor", executor],
+                              capture_output=True, text=True, env=env, timeout=600)
+    want = run("reference")
+    assert want.returncode == 0, want.stderr
+    ort = run("onnxruntime", cap=32_000_000)
+    assert ort.returncode == 2 and "Traceback" not in ort.stderr
+    [line] = ort.stderr.strip().splitlines()
+    assert "could not run this request" in line and "Available memory" in line, line
+    auto = run("auto", cap=32_000_000)
+    assert auto.returncode == 0 and "Traceback" not in auto.stderr, auto.stderr
+    [line] = auto.stderr.strip().splitlines()
+    assert line.startswith("executor auto: onnxruntime could not run this request") and "reference" in line
+    assert json.loads(auto.stdout)["output_ids"] == json.loads(want.stdout)["output_ids"]
+    free = run("auto")
+    assert free.returncode == 0 and free.stderr.strip() == "", free.stderr
+    assert json.loads(free.stdout)["output_ids"] == json.loads(want.stdout)["output_ids"]
