@@ -8,7 +8,8 @@ refitted from the ONNX weights at load),
 "builder": "tensorrt-rtx" | "tensorrt" | null, "builder_version": str | null, "sm": int | null,
 "graph_dtype": the graph's compute dtype (spec.capabilities.graph_dtype(sm)), "island_gemm_dtype": the
 dtype of the matmuls inside its fp32 islands (spec.capabilities.island_gemm_dtype(sm)), "limits": {...},
-"ran_on_gpu": bool, "graph_only": true (only with --graph-only), "note": why there is or is not a plan}.
+"profiles": [{name, max_batch_size, max_tokens, max_seq_len, kv_capacity} per optimization profile, in the
+plan's order], "ran_on_gpu": bool, "graph_only": true (only with --graph-only), "note": why there is or is not a plan}.
 `ran_on_gpu` is true only after an executor generated tokens from the plan on a GPU
 (`build-engine --validate DIR`); building a plan is not running it.
 """
@@ -28,18 +29,31 @@ GRAPH_PATH = f"{TENSORRT_DIR}/{ONNX_FILE}"
 # The graph's compute dtype is the target SM's (spec.capabilities.graph_dtype: bf16, fp16 on SM75, fp32 for
 # the CPU target); the quantized GEMMs keep their FP8/FP4 weights and Q/DQ whatever it is. The CPU executors
 # never run this file: they export the fp32 form of the same emitters (runtime.executors.onnxruntime).
-# Tokens one call may feed per sequence (the prefill chunk): TensorRT-LLM's max_num_tokens default, capped
-# by the context.
+# Tokens one call may feed per sequence (the prefill chunk): at most TensorRT-LLM's max_num_tokens default,
+# capped by the context and by what the decomposed attention's scores may take (ATTENTION_BYTES, or the fit
+# plan's runtime reserve when the build has one).
 MAX_TOKENS = 8192
+ATTENTION_BYTES = 4 << 30
+PREFILL_BATCH_SIZE = 1
 
 
 def plan_file(sm: int) -> str:
     return f"model.sm{sm}.plan"
 
 
-def limits_of(max_batch_size: int, max_seq_len: int):
+def limits_of(max_batch_size: int, max_seq_len: int, network=None, attention_bytes: float | None = None):
+    """Limits of the plan's profiles. The prefill chunk t is the largest power of two <= MAX_TOKENS whose
+    attention scores and probabilities (fp32, every query head: 2 x 4 x heads x t x (max_seq_len + t) bytes
+    per sequence) fit in attention_bytes: no tensor grows with context x chunk beyond that budget."""
     from builder.tensorrt.plan import Limits
-    return Limits(max_batch_size=max_batch_size, max_tokens=min(MAX_TOKENS, max_seq_len), max_seq_len=max_seq_len)
+    t = min(MAX_TOKENS, max_seq_len)
+    if network is not None:
+        heads = max(layer.attention.num_q_heads for layer in network.layers)
+        budget = attention_bytes or ATTENTION_BYTES
+        while t > 16 and 8 * heads * PREFILL_BATCH_SIZE * t * (max_seq_len + t) > budget:
+            t //= 2
+    return Limits(max_batch_size=max_batch_size, max_tokens=t, max_seq_len=max_seq_len,
+                  prefill_batch_size=PREFILL_BATCH_SIZE)
 
 
 def _say(msg: str) -> None:
@@ -48,7 +62,8 @@ def _say(msg: str) -> None:
 
 
 def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int, *,
-                   graph_only: bool = False, workspace_bytes: int | None = None) -> dict:
+                   graph_only: bool = False, workspace_bytes: int | None = None,
+                   attention_bytes: float | None = None) -> dict:
     """Export engine/tensorrt/model.onnx from the engine's checkpoint and, where the target's engine is a
     TensorRT-RTX plan, build it. Returns the engine.json "tensorrt" section.
 
@@ -57,16 +72,18 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
     files relative to the engine (the staging folder they are written in is gone once installed)."""
     from dataclasses import asdict
 
+    from builder.tensorrt.plan import profile_limits
     from spec.capabilities import graph_dtype, island_gemm_dtype
     kind = builder_for(sm)
     dtype, island_gemm = graph_dtype(sm), island_gemm_dtype(sm)
-    lim = limits_of(max_batch_size, max_seq_len)
+    lim = limits_of(max_batch_size, max_seq_len, network, attention_bytes)
     section = {"onnx": None, "onnx_data": {}, "plan": None, "builder": kind, "builder_version": None, "sm": sm,
-               "graph_dtype": dtype, "island_gemm_dtype": island_gemm, "limits": asdict(lim), "ran_on_gpu": False}
+               "graph_dtype": dtype, "island_gemm_dtype": island_gemm, "limits": asdict(lim),
+               "profiles": profile_limits(lim), "ran_on_gpu": False}
     out = engine / TENSORRT_DIR
     out.mkdir(exist_ok=True)
     try:
-        saved = export_graph(engine, network, out / ONNX_FILE, dtype, island_gemm)
+        saved = export_graph(engine, network, out / ONNX_FILE, dtype, island_gemm, lim.kv_capacity)
     except Exception as e:  # a network or format the exporter does not cover
         section["note"] = f"no ONNX graph: the exporter failed: {type(e).__name__}: {e}"
         if kind == RTX:
@@ -112,12 +129,13 @@ def _build_here(out: Path, section: dict, sm: int, lim, workspace_bytes: int | N
     return section
 
 
-def export_graph(engine: Path, network, path: Path, dtype: str, island_gemm: str = "float32"):
+def export_graph(engine: Path, network, path: Path, dtype: str, island_gemm: str = "float32",
+                 kv_capacity: int | None = None):
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
     t0 = time.perf_counter()
     with load_canonical(engine) as ck:
-        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm)
+        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm, kv_capacity=kv_capacity)
     _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights, "
          f"{time.perf_counter() - t0:.1f} s)")
     return saved

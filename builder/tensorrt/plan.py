@@ -1,7 +1,7 @@
 """Build a serialized TensorRT plan from an ONNX file.
 
-Both builders take the same path: OnnxParser (its errors listed by node index, name and op), one
-optimization profile whose dynamic dimensions come from the engine's limits (`profile_shapes`), a
+Both builders take the same path: OnnxParser (its errors listed by node index, name and op), an
+optimization profile per kind of call (decode, prefill chunk; `PROFILES`, `profile_shapes`, `profile_limits`), a
 strongly typed network (the graph's Q/DQ and casts fix every precision), no timing cache (TensorRT-RTX
 would query a GPU for it). The plan is streamed to disk as the builder serializes it (IStreamWriter), so it
 is never held in memory twice (builder buffer + a Python bytes copy). `strip_weights=True` builds a
@@ -27,38 +27,53 @@ from builder.tensorrt.targets import RTX, RTX_COMPUTE_CAPABILITY, TENSORRT
 @dataclass(frozen=True)
 class Limits:
     max_batch_size: int
-    max_tokens: int        # tokens one call may feed per sequence (prefill chunk)
-    max_seq_len: int       # past + new tokens a sequence may reach (the KV cache's length)
+    max_tokens: int        # tokens one call may feed per sequence (prefill chunk; the cache's headroom)
+    max_seq_len: int       # positions a sequence may reach
+    prefill_batch_size: int = 1   # sequences one prefill call may carry
+
+    @property
+    def kv_capacity(self) -> int:
+        """Rows of the full-attention caches (plugins/onnx/kv_cache.py): the context plus one chunk of headroom."""
+        return self.max_seq_len + self.max_tokens
 
 
-# Symbolic dimension name -> (min, opt, max) from the limits. The exporter names every dynamic axis with
-# one of these; an unknown name is an error, never a guess.
-# (plugins.onnx.export: batch, seq = new tokens per call, past = full-attention cache rows; sliding layers'
-# caches have a fixed `window` rows.) Optimal point: decode, one token on half a context.
-DIM_RANGES = {
-    "batch": lambda lim: (1, 1, lim.max_batch_size),
-    "seq": lambda lim: (1, 1, lim.max_tokens),
-    "past": lambda lim: (0, lim.max_seq_len // 2, lim.max_seq_len - 1),
+# Two optimization profiles, one per kind of call (plugins.onnx.export: batch, seq = new tokens per call; the
+# caches have fixed capacities): decode, one token for up to max_batch_size sequences; prefill, a chunk of up
+# to max_tokens for up to prefill_batch_size sequences. Symbolic dimension name -> (min, opt, max); an unknown
+# name is an error, never a guess. Profile index = position here (decode 0, prefill 1).
+PROFILES = {
+    "decode": {"batch": lambda lim: (1, 1, lim.max_batch_size), "seq": lambda lim: (1, 1, 1)},
+    "prefill": {"batch": lambda lim: (1, 1, lim.prefill_batch_size),
+                "seq": lambda lim: (1, lim.max_tokens, lim.max_tokens)},
 }
 
 
-def profile_shapes(model, limits: Limits) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Graph inputs -> (min, opt, max) shapes. Fixed dims are kept; symbolic ones looked up in DIM_RANGES."""
+def profile_shapes(model, limits: Limits, profile: str = "decode") -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Graph inputs -> (min, opt, max) shapes in one profile: every input with a symbolic dim (each profile
+    must give each dynamic input, fixed range or not), symbolic dims looked up in PROFILES[profile]."""
+    ranges_of = PROFILES[profile]
     shapes = {}
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
-        ranges = []
+        ranges, dynamic = [], False
         for i, d in enumerate(dims):
             if d.HasField("dim_value"):
                 ranges.append((d.dim_value,) * 3)
-            elif d.dim_param in DIM_RANGES:
-                ranges.append(DIM_RANGES[d.dim_param](limits))
+            elif d.dim_param in ranges_of:
+                ranges.append(ranges_of[d.dim_param](limits))
+                dynamic = True
             else:
                 raise PlanBuildError(f"graph input {inp.name!r} axis {i} is {d.dim_param or 'unnamed'!r}: no "
-                                     f"profile range for it; name dynamic axes one of {', '.join(DIM_RANGES)}")
-        if any(r[0] != r[2] for r in ranges):
+                                     f"profile range for it; name dynamic axes one of {', '.join(ranges_of)}")
+        if dynamic:
             shapes[inp.name] = tuple(tuple(r[k] for r in ranges) for k in range(3))
     return shapes
+
+
+def profile_limits(limits: Limits) -> list[dict]:
+    """What each profile of a plan admits, in profile order (engine.json's tensorrt.profiles)."""
+    return [{"name": name, "max_batch_size": ranges["batch"](limits)[2], "max_tokens": ranges["seq"](limits)[2],
+             "max_seq_len": limits.max_seq_len, "kv_capacity": limits.kv_capacity} for name, ranges in PROFILES.items()]
 
 
 def parser_errors(parser) -> list[str]:
@@ -167,11 +182,12 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
             raise PlanBuildError(f"TensorRT-RTX {trt.__version__} cannot target SM {sm}; it has {', '.join(have)}")
         config.num_compute_capabilities = 1
         config.set_compute_capability(getattr(trt.ComputeCapability, cc), 0)
-    profile = builder.create_optimization_profile()
     graph = onnx.load(str(onnx_path), load_external_data=False)
-    for name, (lo, opt, hi) in profile_shapes(graph, limits).items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+    for which in PROFILES:                      # profile index = position in PROFILES (decode 0, prefill 1)
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile_shapes(graph, limits, which).items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
     if workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if strip_weights:
@@ -218,5 +234,5 @@ def parses(onnx_path: Path, kind: str = RTX) -> list[str]:
 
 UNVALIDATED_GPU_BUILD = ("built with standard TensorRT on this GPU by code written against its Python API and "
                          "not yet run on any GPU by this project")
-__all__ = ["Limits", "PlanResult", "build_plan", "layer_counts", "parses", "profile_shapes", "RTX", "TENSORRT",
+__all__ = ["Limits", "PlanResult", "PROFILES", "build_plan", "profile_limits", "layer_counts", "parses", "profile_shapes", "RTX", "TENSORRT",
            "UNVALIDATED_GPU_BUILD"]

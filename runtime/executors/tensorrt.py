@@ -46,7 +46,7 @@ class TensorRTExecutor:
         except ImportError:
             raise RuntimeLoadError(f"the plan needs the {module} Python package, which is not installed") from None
         self.trt, self.network, self.device = trt, network, torch.device(device)
-        self.max_chunk = DEFAULT_MAX_CHUNK
+        self.max_chunk, self.prefill_batch = DEFAULT_MAX_CHUNK, None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with open(plan_path, "rb") as f:
@@ -58,6 +58,11 @@ class TensorRTExecutor:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        # Profiles (builder.tensorrt.plan.PROFILES): 0 decode (one token), 1 prefill (chunks of max_chunk tokens
+        # for up to prefill_batch sequences).
+        if self.engine.num_optimization_profiles > 1:
+            batch, seq = self.engine.get_tensor_profile_shape("input_ids", 1)[2]
+            self.max_chunk, self.prefill_batch = int(seq), int(batch)
 
     def _torch_dtype(self, name: str) -> torch.dtype:
         import numpy as np
@@ -76,9 +81,14 @@ class TensorRTExecutor:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: FixedCache,
                 logits: str = "last", first_row: int = 0) -> torch.Tensor:
+        B, T = input_ids.shape
+        if T > 1 and self.prefill_batch and B > self.prefill_batch:     # the prefill profile's batch limit
+            step = self.prefill_batch
+            parts = [self.forward(input_ids[r:r + step], positions[r:r + step], cache, logits, first_row + r)
+                     for r in range(0, B, step)]
+            return torch.cat(parts)
         ids = input_ids.detach().cpu().numpy().astype(np.int64)
         pos = positions.detach().cpu().numpy().astype(np.int64)
-        B, T = ids.shape
         cache.check_room(pos, self.max_chunk)
         ids, pos, shift = right_padded(ids, pos)
         last = last_valid(pos)
@@ -104,6 +114,9 @@ class TensorRTExecutor:
                  "position_ids": torch.from_numpy(pos).to(self.device)}
         views = {s.name: cache.tensors[s.name][rows] for s in cache.specs}     # contiguous row ranges
         feeds.update(views)
+        stream = torch.cuda.current_stream(self.device)
+        if self.engine.num_optimization_profiles > 1:
+            self.context.set_optimization_profile_async(0 if ids.shape[1] == 1 else 1, stream.cuda_stream)
         for name in self.inputs:
             t = feeds[name]
             self.context.set_input_shape(name, tuple(t.shape))
@@ -117,7 +130,6 @@ class TensorRTExecutor:
                 shape = tuple(self.context.get_tensor_shape(name))
                 outs[name] = torch.empty(shape, dtype=self._torch_dtype(name), device=self.device)
             self.context.set_tensor_address(name, outs[name].data_ptr())
-        stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         stream.synchronize()
