@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--output", help="engine directory (default: engines/MODEL-GPU-QUANT-tpN)")
     b.add_argument("--cache-policy", default="on", choices=["on", "readonly", "redo", "off"])
     b.add_argument("--cache-dir", help="build cache (default: $GPTOSS_TRT_CACHE or ~/.cache/gptoss-trt)")
+    b.add_argument("--cache-max-gb", type=float, metavar="GB",
+                   help="evict least recently used cache entries past this size (default: $GPTOSS_TRT_CACHE_MAX_GB "
+                        "or 100)")
+    b.add_argument("--cache-info", action="store_true",
+                   help="print what the build cache holds (entries, key, model/gpu/quant, bytes, last used) and its "
+                        "limit, then stop (--json for JSON)")
     b.add_argument("--calib-file", help="calibration texts, one per line (NVFP4 W4A4 input scales, FP8 KV)")
     b.add_argument("--cross-build", action="store_true", help="build for --gpu although this machine has another GPU")
     b.add_argument("--graph-only", action="store_true",
@@ -85,6 +91,8 @@ def build_engine_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.validate:
         return _run_validate(args.validate)
+    if args.cache_info:
+        return _run_cache_info(args)
     if not args.gpu or not (args.model or args.checkpoint):
         parser.error("--gpu and --model (or --checkpoint, whose config names the model) are required "
                      "(or --validate DIR)")
@@ -122,13 +130,14 @@ def _run_plan(args) -> int:
 def _run_build(args) -> int:
     from builder.engine import BuildError
     from builder.engine.build import BuildRequest, build, dump_manifest
-    from builder.engine.cache import CacheMiss
+    from builder.engine.cache import CacheConfigError, CacheMiss
     from builder.engine.sources import SourceError
     req = BuildRequest(model=args.model, gpu=args.gpu, checkpoint=args.checkpoint, quant=args.quant, tp=args.tp,
                        ep=args.ep, max_seq_len=args.max_seq_len, max_batch_size=args.max_batch_size,
                        output=args.output, cache_policy=args.cache_policy, cache_dir=args.cache_dir,
                        calib_file=args.calib_file, kv_dtype=args.kv_dtype, cross_build=args.cross_build,
                        progress=not args.no_progress, graph_only=args.graph_only,
+                       cache_max_bytes=_cache_max_bytes(args),
                        plan_workspace_bytes=None if args.plan_workspace_mib is None else args.plan_workspace_mib * 2**20)
     try:
         out = build(req)
@@ -138,7 +147,7 @@ def _run_build(args) -> int:
     except BuildError as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return e.exit_code
-    except (CacheMiss, SourceError) as e:
+    except (CacheMiss, CacheConfigError, SourceError) as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 2
     except OSError as e:       # a read-only or full disk: the staging folder is gone, the old engine intact
@@ -147,6 +156,29 @@ def _run_build(args) -> int:
         return 2
     if args.json:
         print(dump_manifest(out))
+    return 0
+
+
+def _cache_max_bytes(args) -> int | None:
+    if args.cache_max_gb is None:
+        return None
+    if args.cache_max_gb < 0:
+        raise SystemExit(f"build-engine: --cache-max-gb {args.cache_max_gb} is negative; fix: a size in GB >= 0")
+    return int(args.cache_max_gb * GB)
+
+
+def _run_cache_info(args) -> int:
+    from pathlib import Path
+
+    from builder.engine.cache import BuildCache, default_cache_dir, format_info
+    try:
+        cache = BuildCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+                           max_bytes=_cache_max_bytes(args))
+    except ValueError as e:
+        print(f"build-engine: {e}", file=sys.stderr)
+        return 2
+    info = cache.info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 

@@ -119,6 +119,48 @@ def install_dir(tmp: Path, dst: Path, replaceable: Callable[[Path], None] | None
         old.unlink()
 
 
+def link_tree(src: Path, dst: Path) -> str | None:
+    """Recreate the folder tree `src` at `dst` (which must not exist or be empty) with every file hard-linked, so
+    the bytes are on disk once. Where a link is impossible (another filesystem, or one without hard links) the
+    files are copied instead; returns None when all were linked, else the reason they were copied (callers say
+    so). Linked files share their inode: replace such a file by rename (as every writer here does), never
+    write it in place."""
+    import errno
+    copied_because = None
+    dst.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(src):
+        here = Path(root)
+        rel = here.relative_to(src)
+        for d in dirs:
+            (dst / rel / d).mkdir(exist_ok=True)
+        for name in files:
+            a, b = here / name, dst / rel / name
+            if copied_because is None:
+                try:
+                    os.link(a, b, follow_symlinks=False)
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                    copied_because = f"{e.strerror} ({a} -> {b.parent})"
+            shutil.copy2(a, b, follow_symlinks=False)
+    return copied_because
+
+
+def unique_bytes(folder: Path) -> tuple[int, int]:
+    """(bytes of the files under folder with each inode counted once, the part of those no path outside the
+    folder links to: what deleting the folder frees)."""
+    inodes: dict[tuple[int, int], list] = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            entry = inodes.setdefault((st.st_dev, st.st_ino), [st.st_size, st.st_nlink, 0])
+            entry[2] += 1
+    total = sum(size for size, _, _ in inodes.values())
+    alone = sum(size for size, nlink, inside in inodes.values() if nlink <= inside)
+    return total, alone
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

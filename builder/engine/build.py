@@ -57,6 +57,7 @@ class BuildRequest:
     # Targets whose engine is a TensorRT plan: skip the plan and install the graph alone (recorded as such).
     graph_only: bool = False
     plan_workspace_bytes: int | None = None   # the plan builder's workspace limit (None: TensorRT's default)
+    cache_max_bytes: int | None = None        # None: $GPTOSS_TRT_CACHE_MAX_GB, else 100 GB
 
 
 def _say(msg: str) -> None:
@@ -138,7 +139,8 @@ def build(req: BuildRequest) -> Path:
         target, quant = kept, kept.quant
         p = make_plan(req, model, target)
         _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
-    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy)
+    cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
+                       max_bytes=req.cache_max_bytes)
     out = Path(req.output) if req.output else default_output(p)
     check_output_safe(out, src, req.calib_file, cache.root)
     inputs = {
@@ -158,11 +160,15 @@ def build(req: BuildRequest) -> Path:
     if hit is not None:
         if _cache_key_of(out) != key:
             tmp = staging_dir(out)
-            shutil.rmtree(tmp)
-            shutil.copytree(hit, tmp)
-            from builder.engine.validate import repoint_notes
-            repoint_notes(tmp, out)
-            install_dir(tmp, out, _engine_replaceable)
+            try:
+                cache.install_from(key, tmp)       # hard links: the engine's bytes stay on disk once
+                from builder.engine.validate import repoint_notes
+                repoint_notes(tmp, out)            # engine.json is rewritten by rename: the cache's stays
+                check_engine_values(tmp)           # the cache is a folder on disk like any other: read it as input
+                install_dir(tmp, out, _engine_replaceable)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         _say(f"cache hit: {out} ({time.perf_counter() - t0:.2f} s)")
         return out
 
@@ -192,12 +198,23 @@ def build(req: BuildRequest) -> Path:
             build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated, tensorrt=trt,
         ).write(engine)
         write_triton_repo(engine)
+        check_engine_values(engine)
         install_dir(engine, out, _engine_replaceable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def check_engine_values(engine: Path) -> None:
+    """The engine about to be installed passes the reader every tool uses (spec.engine_values): what the build
+    wrote is what run-engine, serve-engine and deploy-engine accept."""
+    from spec.engine_values import ENGINE_ERRORS, read_engine
+    try:
+        read_engine(engine, need_network=True)
+    except ENGINE_ERRORS as e:
+        raise BuildError(f"the engine this build wrote fails its own checks: {e}") from None
 
 
 def check_checkpoint_is(model, src: Path) -> None:
@@ -287,10 +304,15 @@ def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) ->
 def write_network(engine: Path, quant: str) -> Network:
     """network.json for the converted checkpoint in `engine`, checked against the config.json beside it."""
     from checkpoint.convert import load_canonical
-    from spec.network import network_from_checkpoint
-    with load_canonical(engine) as ck:
-        network = network_from_checkpoint(ck, quant=quant)
-        check_config_matches(network, ck.config, where=str(engine))
+    from spec.network import NetworkError, network_from_checkpoint
+    try:
+        with load_canonical(engine) as ck:
+            network = network_from_checkpoint(ck, quant=quant)
+            check_config_matches(network, ck.config, where=str(engine))
+    except NetworkError as e:
+        # the checkpoint's config.json says something no network may (an end token outside the vocabulary, ...)
+        raise BuildError(f"the checkpoint's config.json (as converted into {engine.name}/): {e}; fix the "
+                         f"checkpoint's config.json") from None
     network.save(engine / NETWORK_FILE)
     return network
 

@@ -191,7 +191,10 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
                     f.write(serialized)
                     del serialized
         if not ok:
-            reason = logger.errors[-1] if logger.errors else "no error was logged"
+            # The first error is the cause; on a machine without a GPU the streamed build also logs
+            # "cudaError 35: CUDA driver version is insufficient" after it, which says nothing about the plan.
+            causes = [m for m in logger.errors if "cudaError 35" not in m] or logger.errors
+            reason = causes[0] if causes else "no error was logged"
             why = (" (weight-stripped and refittable builds need a CUDA device: TensorRT-RTX's JIT compiles "
                    "refittable layers on it)") if strip_weights else ""
             raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}"

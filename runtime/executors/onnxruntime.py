@@ -45,6 +45,9 @@ class OnnxRuntimeExecutor:
         self.path = Path(onnx_path)
         self.max_chunk = max_chunk or _max_chunk()
         self._workdir = workdir                   # a temporary export directory this executor owns
+        # The most tokens one forward may take before its estimated peak memory (plugins.onnx.memory) exceeds
+        # the budget; the scheduler admits prompts within it (None: no limit known).
+        self.max_forward_tokens: int | None = None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -165,21 +168,12 @@ def _network(path: Path, ck) -> Network:
     return load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
 
 
-def cpu_can_run(path: str | Path) -> bool:
-    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats) and its fp32
-    graph (written to a temporary file, then held by the session) fits in half the machine's memory."""
+def engine_network(path: str | Path) -> Network:
+    """The network of the engine or checkpoint at `path` (network.json, else derived from the checkpoint)."""
     from checkpoint.convert import load_canonical
     from runtime.api import find_checkpoint
-    from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
-        net = _network(Path(path), ck)
-        exact = set(net.quant_formats()) <= set(CPU_FORMATS)
-        graph_bytes = 4 * total_params(ck.config)
-    return exact and graph_bytes <= _memory_bytes() // 2
-
-
-def _memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return _network(Path(path), ck)
 
 
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
@@ -212,6 +206,8 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes
+    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_bytes())
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
 
 

@@ -116,6 +116,70 @@ def test_cache_hit_into_a_new_output(cpu_engine, cache_dir, tmp_path):
     assert (out / "engine.json").read_text() == (cpu_engine / "engine.json").read_text()
 
 
+def _inode(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def test_cache_holds_no_second_copy(cpu_engine, cache_dir, tmp_path):
+    """The cache entry and every engine installed from it share inodes (hard links), so the bytes are on disk
+    once: the union of the three folders, counted by inode (du's way), is one engine's bytes."""
+    from builder.engine.cache import BuildCache
+    from checkpoint.fsutil import unique_bytes
+    from spec.manifest import EngineManifest
+    key = EngineManifest.read(cpu_engine).cache_key
+    entry = BuildCache(cache_dir).entry(key)
+    copy = build(BuildRequest(model="tiny", gpu="cpu", output=str(tmp_path / "again"), cache_dir=str(cache_dir)))
+    weights = sorted(p.relative_to(cpu_engine) for p in cpu_engine.rglob("*.safetensors"))
+    assert weights
+    for rel in weights + [Path("network.json"), Path("tensorrt/model.onnx")]:
+        assert _inode(cpu_engine / rel) == _inode(entry / rel) == _inode(copy / rel), rel
+        assert (copy / rel).stat().st_nlink >= 3
+    one, _ = unique_bytes(cpu_engine)
+    seen = {}
+    for folder in (cpu_engine, entry, copy):
+        for f in folder.rglob("*"):
+            if f.is_file():
+                seen[_inode(f)] = f.stat().st_size
+    # engine.json is rewritten by rename on install (its notes name the new place), the rest is shared
+    assert sum(seen.values()) <= one + 2 * (cpu_engine / "engine.json").stat().st_size
+
+
+def test_cache_evicts_the_least_recently_used_entry_past_its_limit(cpu_engine, tmp_path, capsys):
+    from builder.engine.cache import BuildCache
+    from checkpoint.fsutil import unique_bytes
+    size, _ = unique_bytes(cpu_engine)
+    cache = BuildCache(tmp_path / "cache", max_bytes=int(2.5 * size))      # room for two engines, not three
+    for key in ("a" * 64, "b" * 64):
+        cache.store(key, cpu_engine)
+        time.sleep(0.05)
+    assert cache.lookup("a" * 64) is not None                     # a hit: "a" is now the most recently used
+    time.sleep(0.05)
+    cache.store("c" * 64, cpu_engine)
+    assert [e.key[0] for e in cache.entries()] == ["a", "c"]      # "b" went, least recently used
+    assert not cache.entry("b" * 64).exists() and "evicted bbbbbbbbbbbbbbbb" in capsys.readouterr().err
+    # an entry alone over the limit is not kept either
+    small = BuildCache(tmp_path / "small", max_bytes=size // 2)
+    small.store("d" * 64, cpu_engine)
+    assert small.entries() == [] and (cpu_engine / "engine.json").is_file()   # the engine itself stays
+
+
+def test_cache_info_lists_entries_and_the_limit(cpu_engine, cache_dir):
+    from spec.manifest import EngineManifest
+    key = EngineManifest.read(cpu_engine).cache_key
+    r = cli("--cache-info", "--json", "--cache-dir", str(cache_dir), env={"GPTOSS_TRT_CACHE_MAX_GB": "7"})
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["max_bytes"] == 7 * 10**9 and info["root"] == str(cache_dir)
+    [e] = [e for e in info["entries"] if e["key"] == key]
+    assert (e["model"], e["gpu"], e["quant"]) == ("tiny", "cpu", "bf16") and e["bytes"] > 1 << 20
+    assert e["last_used_iso"].endswith("Z") and info["bytes"] >= e["bytes"]
+    r = cli("--cache-info", "--cache-dir", str(cache_dir), "--cache-max-gb", "2")
+    assert r.returncode == 0 and key[:16] in r.stdout and "2.00 GB limit" in r.stdout, r.stdout + r.stderr
+    r = cli("--cache-info", "--cache-dir", str(cache_dir), env={"GPTOSS_TRT_CACHE_MAX_GB": "lots"})
+    assert r.returncode == 2 and "GPTOSS_TRT_CACHE_MAX_GB" in r.stderr
+
+
 def test_readonly_cache_miss_fails_clearly(tmp_path):
     r = cli("--model", "tiny", "--gpu", "cpu", "--output", str(tmp_path / "e"), "--cache-dir", str(tmp_path / "empty"),
             "--cache-policy", "readonly")
