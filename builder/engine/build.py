@@ -105,7 +105,7 @@ def make_plan(req: BuildRequest, model, target: Target) -> FitPlan:
 
 def _source_quant(src: Path) -> str | None:
     """The source's format from its config files; None where they cannot say (the load reports why later)."""
-    from checkpoint.config_io import source_quant
+    from checkpoint.modelopt_config import source_quant
     from checkpoint.errors import CheckpointError
     try:
         return source_quant(src)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plugins.onnx.graph import ORT_CPU
+from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED
 from plugins.onnx.kv_cache import DEFAULT_MAX_CHUNK, present_name
 from runtime.executors.pieces import FixedCache, cache_specs, last_valid, plan_chunks, right_padded, roll_rows
 from spec.network import Network
@@ -176,6 +176,32 @@ def engine_network(path: str | Path) -> Network:
         return _network(Path(path), ck)
 
 
+# Expert formats whose weights the "onnxruntime-cpu-packed" lowering keeps as their FP4 bytes.
+PACKED_EXPERT_FORMATS = ("mxfp4", "w4a16-nvfp4", "nvfp4")
+
+
+def cpu_lowering(net: Network, fp32_bytes: int, memory_bytes: int) -> tuple[str, int]:
+    """(lowering, bytes the session holds): "onnxruntime-cpu" (FP4 folded to fp32 at session start) while its
+    fp32 graph fits in half the memory, else, when every MoE's experts are FP4, "onnxruntime-cpu-packed"
+    (experts as their bytes: half a byte a weight plus an e4m3 scale byte per 16, decoded per routed expert)."""
+    from spec.network import MoE
+    moes = [layer.mlp for layer in net.layers if isinstance(layer.mlp, MoE)]
+    packable = moes and all(lin.quant in PACKED_EXPERT_FORMATS for m in moes for lin in (m.gate, m.up, m.down))
+    if fp32_bytes <= memory_bytes // 2 or not packable:
+        return ORT_CPU, fp32_bytes
+    expert = sum(lin.num_experts * lin.out_features * lin.in_features for m in moes for lin in (m.gate, m.up, m.down))
+    return ORT_CPU_PACKED, fp32_bytes - 4 * expert + expert // 2 + expert // 16
+
+
+def _fp32_bytes(ck) -> int:
+    from spec.params import total_params
+    return 4 * total_params(ck.config)
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None, threads: int | None = None):
     """An engine directory or checkpoint folder -> runtime.api.Runtime over ONNX Runtime. Without
     onnx_path the network is exported to a temporary fp32 graph (removed when the executor is closed)."""
@@ -201,7 +227,7 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
             workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
             try:
                 onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32",
-                                        lowering=ORT_CPU).path
+                                        lowering=cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())[0]).path
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
