@@ -92,8 +92,8 @@ def run_case(case: str, gpu: str, work: Path, full_20b: Path | None, keep: bool)
     r = subprocess.run([sys.executable, __file__, "--child", str(engine / t["onnx"]), str(plan), str(t["sm"]),
                         json.dumps(t["limits"])], capture_output=True, text=True)
     if r.returncode:
-        tail = [ln for ln in r.stderr.strip().splitlines() if ln.strip()][-2:]
-        row["error"] = f"plan build exit {r.returncode}: {' | '.join(tail)}"
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        row["error"] = f"plan build exit {r.returncode}: {lines[-1] if lines else 'no output'}"
     else:
         row.update(json.loads(r.stdout.strip().splitlines()[-1]))
     if not keep:
