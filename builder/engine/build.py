@@ -6,6 +6,7 @@ end, so a killed build leaves the previous engine intact and no partial one. Eac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -28,7 +29,7 @@ from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_repl
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
 from spec.network import NETWORK_FILE, Network, check_config_matches
 from spec.registry.models import ModelConfig, get_model
-from spec.target import Target, resolve_target
+from spec.target import Target, quant_for, resolve_target
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
@@ -84,11 +85,11 @@ def _model(model):
         raise FitError(e.args[0]) from None
 
 
-def resolve(req: BuildRequest, source_quant: str | None = None) -> Target:
-    """`--gpu`, `--quant` and `--kv-dtype` (and, for `--quant auto`, the source checkpoint's own format, which
-    some architectures keep: spec.registry.quant_formats.AUTO_KEEPS_SOURCE_BY_ARCH)."""
+def resolve(req: BuildRequest) -> Target:
+    """`--gpu`, `--quant` and `--kv-dtype`. For `--quant auto` the build revisits the quant once the source
+    checkpoint's format is known (some architectures keep it: AUTO_KEEPS_SOURCE_BY_ARCH)."""
     try:
-        return resolve_target(req.gpu, req.quant, req.kv_dtype, source_quant)
+        return resolve_target(req.gpu, req.quant, req.kv_dtype)
     except KeyError as e:
         raise FitError(e.args[0]) from None
 
@@ -134,9 +135,9 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
-    kept = resolve(req, _source_quant(src))
-    if kept.quant != target.quant:                       # `auto` keeps the source's format on this target
-        target, quant = kept, kept.quant
+    kept = quant_for(gpu, req.quant, _source_quant(src))     # the GPU was looked up once, above
+    if kept != target.quant:                             # `auto` keeps the source's format on this target
+        target, quant = dataclasses.replace(target, quant=kept), kept
         p = make_plan(req, model, target)
         _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
