@@ -154,6 +154,14 @@ def _recording_logger(trt, log_level: str):
     return Recorder()
 
 
+def _reason(errors: list[str]) -> str:
+    """The error that says why: the last one that is not the CUDA-runtime catch-all TensorRT-RTX logs after a
+    failed JIT step on a machine without a GPU ("cudaError 35: CUDA driver version is insufficient"), which
+    follows the real reason (seen after the workspace error on the bf16 NVFP4 graph)."""
+    specific = [e for e in errors if "catchCudaError" not in e]
+    return (specific or errors or ["no error was logged"])[-1]
+
+
 def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, log_level: str = "ERROR",
                workspace_bytes: int | None = None, shown_as: str | None = None,
                strip_weights: bool = False) -> PlanResult:
