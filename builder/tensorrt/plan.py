@@ -189,7 +189,11 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
                     f.write(serialized)
                     del serialized
         if not ok:
-            reason = logger.errors[-1] if logger.errors else "no error was logged"
+            # The first error is the cause; what follows is the builder unwinding (e.g. a CUDA call on a machine
+            # without a GPU), so the message leads with it.
+            reason = logger.errors[0] if logger.errors else "no error was logged"
+            if len(logger.errors) > 1:
+                reason += f" (and {len(logger.errors) - 1} later error(s) in the log above)"
             raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}")
         tmp.replace(out)
     finally:
