@@ -2,12 +2,18 @@
 the machine's memory-bandwidth roofline beside them.
 
     python benchmarks/bench_executors.py [--config tiny|mid|both] [--prompt-len 64] [--new-tokens 64]
+        [--peers VENV --long-prompt 4000]
 
 Executors: the reference runtime (torch), ONNX Runtime on the exported fp32 graph (runtime.executors), and
 transformers' GptOssForCausalLM.generate. decode tok/s = (N - 1) / (first -> last token) inside one
 generation, best of --repeats interleaved runs. Roofline: measured copy bandwidth (numpy, read + write
 bytes over time) / weight bytes one decode step reads (fp32: active parameters, embedding row excluded,
 x 4 bytes). Goal: the fastest executor >= 3x transformers on `mid`.
+
+--peers VENV (a virtual environment with onnxruntime-genai, benchmarks/peers.py): a second table on the same
+saved weights, our ONNX Runtime executor beside onnxruntime-genai (fp32, CPU), prefill tok/s (prompt tokens /
+seconds to the first token) and decode tok/s for a short (--prompt-len) and a long (--long-prompt) prompt, with
+the ratio ours / genai and whether the greedy tokens agree.
 """
 
 from __future__ import annotations
@@ -101,12 +107,52 @@ def bench(name: str, prompt_len: int, new_tokens: int, repeats: int) -> dict:
             "step_bytes": 4 * (active_params(c))}
 
 
+def peer_rows(name: str, venv: Path, lengths: list[int], new_tokens: int) -> list[dict]:
+    """Ours (runtime.executors onnxruntime) and onnxruntime-genai on one saved random model, per prompt length."""
+    import peers
+    c = CONFIGS[name]
+    rows = []
+    with tempfile.TemporaryDirectory(dir="/work/scratch" if Path("/work/scratch").is_dir() else None) as tmp:
+        save_random_hf(c, Path(tmp) / name)
+        ours = load_runtime(Path(tmp) / name, "onnxruntime")
+        genai_dir = peers.build_genai(venv, Path(tmp) / name, Path(tmp) / f"{name}-genai")
+        for length in lengths:
+            ids = torch.randint(0, c.vocab_size, (length,), generator=torch.Generator().manual_seed(1)).tolist()
+            t0, times, toks = CLOCK(), [], []
+            for event in ours.generate_stream([ids], SamplingParams(max_tokens=new_tokens, stop_token_ids=())):
+                times.append(CLOCK())
+                toks.append(event.token_id)
+            g = peers.run_genai(venv, genai_dir, ids, new_tokens)
+            for who, prefill_s, t, out in (("onnxruntime", times[0] - t0, times, toks),
+                                           ("onnxruntime-genai", g["prefill_s"], g["times"], g["tokens"])):
+                rows.append({"model": name, "prompt": length, "who": who, "prefill_tok_s": length / prefill_s,
+                             "decode_tok_s": (len(t) - 1) / (t[-1] - t[0]), "tokens": out})
+        ours.model.close()
+    return rows
+
+
+def print_peers(rows: list[dict]) -> None:
+    print(f"\n{'model':<6} {'prompt':>6} {'engine':<18} {'prefill tok/s':>14} {'decode tok/s':>13} "
+          f"{'ours/genai prefill':>19} {'ours/genai decode':>18} {'same tokens':>12}")
+    by = {(r["model"], r["prompt"], r["who"]): r for r in rows}
+    for r in rows:
+        peer = by[(r["model"], r["prompt"], "onnxruntime-genai")]
+        ours = by[(r["model"], r["prompt"], "onnxruntime")]
+        ratio = (f"{ours['prefill_tok_s'] / peer['prefill_tok_s']:>18.2f}x {ours['decode_tok_s'] / peer['decode_tok_s']:>17.2f}x"
+                 if r["who"] == "onnxruntime" else f"{'':>19} {'':>18}")
+        print(f"{r['model']:<6} {r['prompt']:>6} {r['who']:<18} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f} "
+              f"{ratio} {str(r['tokens'] == ours['tokens']):>12}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=("tiny", "mid", "both"), default="both")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peers", type=Path, help="virtual environment with onnxruntime-genai (benchmarks/peers.py)")
+    ap.add_argument("--long-prompt", type=int, default=4000, help="the long prompt of the --peers table")
+    ap.add_argument("--peers-only", action="store_true", help="with --peers: skip the transformers table")
     args = ap.parse_args(argv)
     import onnxruntime
     bw = copy_bandwidth()
@@ -116,7 +162,7 @@ def main(argv=None) -> int:
           f"copy bandwidth {bw / 1e9:.1f} GB/s")
     print(f"{'model':<6} {'executor':<13} {'decode tok/s':>13} {'x transformers':>15} {'% of roofline':>14} "
           f"{'same tokens':>12}")
-    for name in names:
+    for name in ([] if args.peers_only else names):
         r = bench(name, args.prompt_len, args.new_tokens, args.repeats)
         roof = bw / r["step_bytes"]
         for who, v in r["tok_s"].items():
@@ -124,6 +170,10 @@ def main(argv=None) -> int:
                   f"{str(r['agree'][who]):>12}")
         print(f"{name:<6} {'roofline':<13} {roof:>13.1f}   ({r['step_bytes'] / 2**20:.1f} MiB of fp32 weights "
               f"per step)")
+    if args.peers:
+        rows = [r for name in names for r in peer_rows(name, args.peers, [args.prompt_len, args.long_prompt],
+                                                          args.new_tokens)]
+        print_peers(rows)
     return 0
 
 

@@ -7,8 +7,9 @@ Each case runs the real CLI in a subprocess and records: the command, its exit c
 seconds of each build stage ("[k/6]" lines, timed as they arrive on stderr), the peak RSS of the whole
 process tree (the sum of VmRSS over build-engine and its children, polled every 0.2 s; and, from
 getrusage(RUSAGE_CHILDREN), the largest single process), the engine's bytes on disk (allocated blocks, hard
-links counted once) against the checkpoint's bytes, and the build cache's bytes. Built engines are deleted
-after measuring unless --keep. Checkpoints are written by checkpoint.synthetic (released shapes and names,
+links counted once) against the checkpoint's bytes, and the build cache's bytes. Built engines and the cache
+are deleted after each case unless --keep (a 20b engine is ~28 GB today: a 13.8 GB checkpoint plus its
+bf16 graph; check free disk first). Checkpoints are written by checkpoint.synthetic (released shapes and names,
 MXFP4 experts, random values) when not given: the full 20b (13.8 GB) and 120b slices of 2 and 4 layers
 (120b's 128-expert layers; memory should not grow with depth, time extrapolates to 36 layers).
 Not a test: on the project's 2-core / 24 GB machines the whole set takes about an hour; run it under
@@ -159,8 +160,9 @@ def main() -> None:
         row.update({"checkpoint_bytes": ck_bytes, "engine_bytes": disk_bytes(out), "cache_bytes": disk_bytes(cache),
                     "plan_built": (out / "tensorrt").is_dir() and any((out / "tensorrt").rglob("*.plan")),
                     "engine_over_checkpoint": round(disk_bytes(out) / ck_bytes, 3) if ck_bytes else None})
-        if not a.keep:
+        if not a.keep:                 # the cache holds hard links to the engine: both go, or no disk comes back
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
         rows.append(row)
         if a.json:
             print(json.dumps(row), flush=True)

@@ -227,27 +227,6 @@ def model_config_from_checkpoint(folder: str | Path) -> ModelConfig:
     return read_model_config(folder)[0]
 
 
-def source_quant(folder: str | Path) -> str:
-    """The registry quant format a checkpoint folder stores, from its config files alone (no tensors read, no
-    torch): HF with quantization_config mxfp4 and OpenAI original -> "mxfp4"; a ModelOpt export -> its
-    format (nvfp4, w4a16-nvfp4, fp8); plain HF -> "bf16". Loading checks the tensors agree
-    (checkpoint.convert.load_canonical)."""
-    from checkpoint.modelopt_config import read_quant_config
-    from spec.registry.quant_formats import QUANT_FORMATS
-    folder = Path(folder)
-    raw = read_json(folder / "config.json")
-    kind = config_kind(raw)
-    if kind == "openai":
-        return "mxfp4"
-    if (raw.get("quantization_config") or {}).get("quant_method") == "mxfp4":
-        return "mxfp4"
-    modelopt = read_quant_config(folder, raw)
-    if modelopt is not None:
-        return next(name for name, q in QUANT_FORMATS.items()
-                    if q.trtllm_quant_algo == modelopt["quant_algo"] and q.checkpoint in ("hf-nvfp4", "hf-fp8"))
-    return "bf16"
-
-
 # -- writing ----------------------------------------------------------------------------------------
 def hf_config_dict(config: ModelConfig, mxfp4: bool, dtype: str = "bfloat16") -> dict:
     """transformers 5.x GptOssConfig as it saves one (rope_parameters, swiglu_alpha)."""

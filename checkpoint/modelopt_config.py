@@ -115,3 +115,24 @@ def read_quant_config(folder: Path, raw_config: dict) -> dict | None:
                               f"{NVFP4_GROUP}; fix: re-export with group_size 16")
     return {"quant_algo": algo, "kv_cache_quant_algo": kv, "group_size": q.get("group_size"),
             "exclude_modules": list(q.get("exclude_modules") or [])}
+
+
+def source_quant(folder: str | Path) -> str:
+    """The registry quant format a checkpoint folder stores, from its config files alone (no tensors read, no
+    torch): HF with quantization_config mxfp4 and OpenAI original -> "mxfp4"; a ModelOpt export -> its
+    format (nvfp4, w4a16-nvfp4, fp8); plain HF -> "bf16". Loading checks the tensors agree
+    (checkpoint.convert.load_canonical)."""
+    from checkpoint.config_io import config_kind
+    from spec.registry.quant_formats import QUANT_FORMATS
+    folder = Path(folder)
+    raw = read_json(folder / "config.json")
+    kind = config_kind(raw)
+    if kind == "openai":
+        return "mxfp4"
+    if (raw.get("quantization_config") or {}).get("quant_method") == "mxfp4":
+        return "mxfp4"
+    modelopt = read_quant_config(folder, raw)
+    if modelopt is not None:
+        return next(name for name, q in QUANT_FORMATS.items()
+                    if q.trtllm_quant_algo == modelopt["quant_algo"] and q.checkpoint in ("hf-nvfp4", "hf-fp8"))
+    return "bf16"

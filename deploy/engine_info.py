@@ -43,15 +43,15 @@ class EngineInfo:
 
 def read_manifest(engine_dir: Path) -> EngineInfo:
     """What deploy/ needs of an engine: its manifest (spec.manifest.EngineManifest) and the plan's memory numbers."""
-    from spec.manifest import EngineManifest, ManifestError
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     from spec.target import target_of_manifest
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
         raise DeployError(f"{engine_dir}: no such engine directory (build one with `build-engine --output DIR`)")
     try:
-        m = EngineManifest.read(engine_dir)
+        m = read_engine(engine_dir).manifest
         gpu = target_of_manifest(m).gpu
-    except ManifestError as e:
+    except ENGINE_ERRORS as e:
         raise DeployError(f"{e}; {engine_dir} is not a usable engine directory (build one with `build-engine "
                           f"--model M --gpu G --output {engine_dir}`)") from None
     except KeyError as e:

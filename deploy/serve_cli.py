@@ -1,7 +1,7 @@
 """`serve-engine`: start a real tritonserver on an engine directory (or a Triton model repository).
 
     serve-engine ENGINE_DIR [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [--host 127.0.0.1]
-                 [--backend auto|reference|trtllm] [--log-file F] [--chat "message"]
+                 [--executor auto|onnxruntime|reference|tensorrt|trtllm] [--log-file F] [--chat "message"]
                  [--openai-port P [--served-model-name NAME]]   (an OpenAI-compatible endpoint in front of Triton)
 """
 
@@ -22,21 +22,22 @@ def _is_model_repo(d: Path) -> bool:
     return d.is_dir() and any(p.name == "config.pbtxt" for p in d.glob("*/config.pbtxt"))
 
 
-def resolve_repository(target: Path, backend: str | None, tmpdir: Path) -> tuple[Path, str]:
+def resolve_repository(target: Path, executor: str | None, tmpdir: Path) -> tuple[Path, str]:
     """ENGINE_DIR (with triton/ inside, or engine.json only) or a model repository -> (repository, how)."""
     from model_repo.write import write_model_repo
     if _is_model_repo(target) and not (target / "engine.json").is_file():
-        if backend:
-            raise SystemExit("serve-engine: --backend applies to engine directories, not to a model repository")
+        if executor:
+            raise SystemExit("serve-engine: --executor applies to engine directories, not to a model repository")
         return target, "model repository"
     if not (target / "engine.json").is_file():
         raise SystemExit(f"serve-engine: {target}: neither an engine directory (engine.json) nor a model repository")
     # Before any server starts: the manifest must be one we read, and the engine's target must fit this machine.
-    from model_repo.backends import resolve_backend
-    resolve_backend(target, backend or "auto")
-    if (target / "triton").is_dir() and _is_model_repo(target / "triton") and not backend:
+    from model_repo.backends import resolve_executor
+    choice = resolve_executor(target, executor or "auto")
+    print(f"serve-engine: {choice.line()}", flush=True)
+    if (target / "triton").is_dir() and _is_model_repo(target / "triton") and not executor:
         return target / "triton", "the engine's triton/ repository"
-    repo = write_model_repo(target, tmpdir / "triton", backend=backend or "auto")
+    repo = write_model_repo(target, tmpdir / "triton", executor=executor or "auto")
     return repo, "a repository written for this run"
 
 
@@ -50,8 +51,13 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--backend", choices=["auto", "reference", "trtllm"],
-                   help="write a fresh repository with this tensorrt_llm backend instead of using triton/")
+    from model_repo.write import EXECUTORS
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="write a fresh repository whose tensorrt_llm model runs this executor instead of using "
+                        "triton/ (runtime/executors/choice.py, run-engine's rule; auto: the TensorRT-RTX plan on "
+                        "an RTX GPU of the engine's SM, TensorRT-LLM on datacenter GPUs, ONNX Runtime on CPU where "
+                        "it runs the engine exactly within memory for max_seq_len, else reference); the choice "
+                        "and its reason are printed")
     p.add_argument("--log-file", help="tritonserver output goes here instead of the terminal")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
@@ -80,7 +86,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     with tempfile.TemporaryDirectory(prefix="serve-engine-") as tmp:
         try:
-            repo, how = resolve_repository(target, args.backend, Path(tmp))
+            repo, how = resolve_repository(target, args.executor, Path(tmp))
         except Exception as e:  # noqa: BLE001
             print(f"serve-engine: error: {e}", file=sys.stderr)
             return 2

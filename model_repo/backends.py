@@ -1,8 +1,9 @@
-"""What the `tensorrt_llm` model runs: TensorRT-LLM's LLM API where it is installed and a GPU is present, the
-reference runtime's in-flight scheduler (runtime.scheduler) otherwise. Both take runtime.scheduler.Requests and
-call their emit callback as tokens come, so the Triton glue is the same.
+"""What the `tensorrt_llm` model runs: the executor runtime.executors.choice.choose_executor picks (the same rule
+as run-engine): the runtime's in-flight scheduler (runtime.scheduler) over ONNX Runtime, the reference runtime or
+the TensorRT plan (ExecutorBackend), or TensorRT-LLM's LLM API on datacenter GPUs (TrtllmBackend). Both take
+runtime.scheduler.Requests and call their emit callback as tokens come, so the Triton glue is the same.
 
-    backend = make_backend(engine_dir, "auto", max_batch_size=16, max_seq_len=4096)
+    backend = make_backend(engine_dir, "auto", max_batch_size=16, max_seq_len=4096)   # --executor's values
     backend.submit(runtime.scheduler.Request(...)); backend.cancel(request_id); backend.shutdown()
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from model_repo.requests import DRAIN_FILE_ENV
+from runtime.executors.choice import ExecutorChoiceError
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request, Scheduler
 
@@ -27,16 +29,23 @@ class BackendError(RuntimeError):
     pass
 
 
-class ReferenceBackend:
-    name = "reference"
+class ExecutorBackend:
+    """The runtime's in-flight scheduler over one of its executors (ONNX Runtime, the reference runtime, the
+    TensorRT plan): the same batching, stop rules, cancellation, logprobs and context logits whichever runs."""
 
-    def __init__(self, engine_dir: Path, max_batch_size: int, max_seq_len: int, log: Callable[[str], None],
-                 cpu_threads: int = 1):
+    def __init__(self, engine_dir: Path, choice, max_batch_size: int, max_seq_len: int,
+                 log: Callable[[str], None], cpu_threads: int = 1):
         import torch
-        from runtime import Runtime
+        from runtime.executors import LOADERS
         if cpu_threads > 0:
             torch.set_num_threads(cpu_threads)
-        self.runtime = Runtime.from_dir(engine_dir)
+        self.name = choice.name
+        self.choice = choice
+        if choice.name == "onnxruntime":
+            from runtime.executors.onnxruntime import load_onnxruntime
+            self.runtime = load_onnxruntime(engine_dir, threads=cpu_threads or None)
+        else:
+            self.runtime = LOADERS[choice.name](engine_dir, torch.float32)
         self.vocab_size = self.runtime.network.vocab_size
         self.max_seq_len = max_seq_len
         self.default_stop_ids = tuple(self.runtime.eos_token_ids)
@@ -61,6 +70,9 @@ class ReferenceBackend:
 
     def shutdown(self) -> None:
         self.scheduler.stop()
+        close = getattr(self.runtime.model, "close", None)
+        if close is not None:
+            close()
 
 
 class TrtllmBackend:
@@ -175,56 +187,36 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def trtllm_available() -> bool:
-    """TensorRT-LLM importable and a CUDA device present (checked without importing tensorrt_llm's heavy init)."""
-    import importlib.util
-    if importlib.util.find_spec("tensorrt_llm") is None:
-        return False
+def resolve_executor(engine_dir: Path, executor: str = "auto", present=None, max_seq_len: int | None = None):
+    """The ExecutorChoice the served model makes for this engine on this machine (runtime.executors.choice,
+    the rule run-engine uses too), holding GPU engines to their GPU. BackendError says why and what to pass."""
+    from runtime.executors.choice import choose_executor
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def resolve_backend(engine_dir: Path, kind: str = "auto", present=None) -> str:
-    """"reference" or "trtllm" for this engine on this machine, honouring the target the engine was built for:
-    a CPU engine never goes to TensorRT-LLM, and a GPU engine goes to the reference runtime (which emulates
-    its numerics on the CPU) only when asked for by name. BackendError says why and what to pass instead."""
-    from runtime.devices import detect_gpus
-    from spec.manifest import EngineManifest, ManifestError
-    if kind not in ("auto", "reference", "trtllm"):
-        raise BackendError(f"unknown backend {kind!r}; use auto, reference or trtllm")
-    try:
-        m = EngineManifest.read(engine_dir)
-    except ManifestError as e:
+        read_engine(engine_dir)                    # every limit and id range-checked before anything runs
+        return choose_executor(engine_dir, executor, tokens=max_seq_len or _max_seq_len(engine_dir), served=True,
+                               present=present)
+    except (ExecutorChoiceError, *ENGINE_ERRORS) as e:
         raise BackendError(str(e)) from None
-    if kind == "reference":
-        return kind
-    if not m.runs_on_gpu:
-        if kind == "trtllm":
-            raise BackendError(f"{engine_dir} was built for the CPU (--gpu cpu, {m.quant}); TensorRT-LLM serves GPU "
-                               f"engines: rebuild with build-engine --gpu <your GPU>, or serve with --backend reference")
-        return "reference"
-    present = detect_gpus() if present is None else present
-    here = ", ".join(sorted({f"{g.name} (SM {g.sm})" for g in present})) or "no NVIDIA GPU"
-    if not any(g.sm == m.sm for g in present):
-        raise BackendError(f"{engine_dir} was built for {m.gpu} (SM {m.sm}) and this machine has {here}: "
-                           f"TensorRT-LLM cannot run it here. Serve it on a {m.gpu} box, rebuild for this machine "
-                           f"(build-engine --gpu ...), or pass --backend reference to emulate its {m.quant} "
-                           f"numerics with the reference runtime on the CPU")
-    if not trtllm_available():
-        raise BackendError(f"{engine_dir} is a {m.gpu} engine and this machine has the GPU, but tensorrt_llm is not "
-                           f"importable: install TensorRT-LLM (or NVIDIA's Triton TensorRT-LLM container), or pass "
-                           f"--backend reference")
-    return "trtllm"
 
 
-def make_backend(engine_dir: str | Path, kind: str = "auto", *, max_batch_size: int = 16, max_seq_len: int = 4096,
+def _max_seq_len(engine_dir: Path) -> int | None:
+    from spec.manifest import EngineManifest, ManifestError
+    try:
+        return EngineManifest.read(engine_dir).max_seq_len
+    except ManifestError:
+        return None
+
+
+def make_backend(engine_dir: str | Path, executor: str = "auto", *, max_batch_size: int = 16, max_seq_len: int = 4096,
                  options_file: str | None = None, cpu_threads: int = 1, log: Callable[[str], None] = print):
-    """cpu_threads: torch threads of the reference runtime (0: torch's default)."""
+    """cpu_threads: torch threads of the reference runtime, ONNX Runtime's intra-op threads (0: their default).
+    The choice and its reason are logged (`log`) and kept as backend.choice."""
     engine_dir = Path(engine_dir)
-    kind = resolve_backend(engine_dir, kind)
-    if kind == "reference":
-        return ReferenceBackend(engine_dir, max_batch_size, max_seq_len, log, cpu_threads)
-    return TrtllmBackend(engine_dir, max_batch_size, max_seq_len, log, options_file)
+    choice = resolve_executor(engine_dir, executor, max_seq_len=max_seq_len)
+    log(f"tensorrt_llm: {choice.line()}")
+    if choice.name == "trtllm":
+        backend = TrtllmBackend(engine_dir, max_batch_size, max_seq_len, log, options_file)
+        backend.choice = choice
+        return backend
+    return ExecutorBackend(engine_dir, choice, max_batch_size, max_seq_len, log, cpu_threads)

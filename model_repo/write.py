@@ -2,7 +2,7 @@
 
     write_model_repo(engine_dir)                 # -> engine_dir/triton (what build-engine does)
     write_model_repo(engine_dir, "/srv/repo")    # anywhere else
-    write-model-repo ENGINE_DIR [--output DIR] [--backend auto|reference|trtllm] [--max-batch-size N] ...
+    write-model-repo ENGINE_DIR [--output DIR] [--executor auto|onnxruntime|reference|tensorrt|trtllm] ...
 
 Models: preprocessing, tensorrt_llm, postprocessing, tensorrt_llm_bls (the front model) and ensemble (the usual
 client-facing name, forwarding to tensorrt_llm_bls). Each config.pbtxt is a template (model_repo/templates) whose
@@ -29,13 +29,14 @@ from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, install_di
                                staging_dir)
 from model_repo.requests import MAX_CONTEXT_LOGITS_BYTES
 from model_repo.tokenizer import choose_tokenizer
+from runtime.executors.choice import CHOICES, SERVED_ONLY
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls", "ensemble")
 PYTHON_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 REPO_MARKER = ".gptoss-model-repo"
 DEFAULT_MAX_BATCH = 16
-BACKENDS = ("auto", "reference", "trtllm")
+EXECUTORS = CHOICES + SERVED_ONLY       # the tensorrt_llm model's executor (runtime.executors.choice)
 
 
 class ModelRepoError(ValueError):
@@ -61,13 +62,13 @@ def fill(text: str, values: dict, where: str = "") -> str:
 
 
 def read_manifest(engine_dir: Path) -> dict:
-    from spec.manifest import EngineManifest, ManifestError
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     if not (engine_dir / "engine.json").is_file():
         raise ModelRepoError(f"{engine_dir}: no engine.json; pass an engine directory built by build-engine "
                              f"(or give --max-seq-len to serve a plain checkpoint folder)")
     try:
-        return EngineManifest.read(engine_dir).to_dict()
-    except ManifestError as e:
+        return read_engine(engine_dir).manifest.to_dict()
+    except ENGINE_ERRORS as e:
         raise ModelRepoError(str(e)) from None
 
 
@@ -76,7 +77,7 @@ def _pbtxt_string(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
-def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_batch_size: int | None = None,
+def repo_values(engine_dir: Path, output: Path, *, executor: str = "auto", max_batch_size: int | None = None,
                 max_seq_len: int | None = None, tokenizer: str | None = None,
                 default_reasoning_effort: str = "medium", instances: int = 1, cpu_threads: int = 1,
                 max_context_logits_bytes: int | None = None) -> dict:
@@ -88,8 +89,8 @@ def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_ba
     batch = max_batch_size or manifest.get("max_batch_size") or DEFAULT_MAX_BATCH
     if int(batch) < 1:
         raise ModelRepoError(f"max_batch_size must be >= 1, got {batch}")
-    if backend not in BACKENDS:
-        raise ModelRepoError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if executor not in EXECUTORS:
+        raise ModelRepoError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if default_reasoning_effort not in ("low", "medium", "high"):
         raise ModelRepoError(f"default reasoning effort must be low, medium or high, got {default_reasoning_effort!r}")
     try:
@@ -109,7 +110,8 @@ def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_ba
         "max_num_sequences": int(batch),
         "max_seq_len": int(seq),
         "tokenizer": _pbtxt_string(tokenizer or choose_tokenizer(engine_dir)),
-        "backend": backend,
+        "executor": executor,
+        "executor_choice": _pbtxt_string(_choice_here(engine_dir, executor, int(seq))),
         "decoupled_mode": "true",
         "llm_api_options_file": _pbtxt_string(options_file),
         "default_stop_ids": ",".join(str(int(s)) for s in stops),
@@ -120,6 +122,16 @@ def repo_values(engine_dir: Path, output: Path, *, backend: str = "auto", max_ba
         "cpu_threads": int(cpu_threads),
         "max_context_logits_bytes": int(max_context_logits_bytes or MAX_CONTEXT_LOGITS_BYTES),
     }
+
+
+def _choice_here(engine_dir: Path, executor: str, max_seq_len: int) -> str:
+    """The executor choice on the machine writing the repository, with its reason (the model makes it again
+    when it loads, on the serving machine, and logs it)."""
+    from model_repo.backends import BackendError, resolve_executor
+    try:
+        return resolve_executor(engine_dir, executor, max_seq_len=max_seq_len).line()
+    except (BackendError, ValueError, OSError) as e:
+        return " ".join(f"not decided here ({e}); the model chooses when it loads".split())
 
 
 def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *, force: bool = True,
@@ -176,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                                             "postprocessing, tensorrt_llm_bls, ensemble) for an engine directory.")
     p.add_argument("engine_dir", help="engine directory (engine.json, checkpoint, network.json, tokenizer)")
     p.add_argument("--output", help="where to write it (default: ENGINE_DIR/triton)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="what tensorrt_llm runs: TensorRT-LLM's LLM API (trtllm, GPU), the reference runtime "
-                        "(reference), or auto (trtllm where importable with a GPU)")
+    p.add_argument("--executor", default="auto", choices=EXECUTORS,
+                   help="what tensorrt_llm runs (runtime/executors/choice.py, the rule run-engine uses): auto "
+                        "(default: the TensorRT-RTX plan on an RTX GPU of the engine's SM, TensorRT-LLM on "
+                        "datacenter GPUs, ONNX Runtime on CPU where it runs the engine exactly within memory, "
+                        "else reference), or one by name")
     p.add_argument("--max-batch-size", type=int, help="in-flight batch size (default: engine.json max_batch_size)")
     p.add_argument("--max-seq-len", type=int, help="default: engine.json max_seq_len")
     p.add_argument("--tokenizer", choices=["o200k_harmony", "tokenizer.json"],
@@ -187,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="default Harmony reasoning effort when a request does not set one")
     p.add_argument("--instances", type=int, default=1, help="instances of preprocessing and postprocessing")
     p.add_argument("--cpu-threads", type=int, default=1,
-                   help="torch threads of the reference runtime (0: torch's default, all cores); 1 suits small "
+                   help="threads of the executor (torch's, or ONNX Runtime's intra-op; 0: their default, all cores); 1 suits small "
                         "models and shared machines")
     p.add_argument("--max-context-logits-mib", type=int,
                    help=f"largest context_logits answer (prompt x vocab float32) the server returns, MiB "
                         f"(default {MAX_CONTEXT_LOGITS_BYTES // 2**20})")
     args = p.parse_args(argv)
     try:
-        out = write_model_repo(args.engine_dir, args.output, backend=args.backend, max_batch_size=args.max_batch_size,
+        out = write_model_repo(args.engine_dir, args.output, executor=args.executor, max_batch_size=args.max_batch_size,
                                max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
                                default_reasoning_effort=args.reasoning_effort, instances=args.instances,
                                cpu_threads=args.cpu_threads,

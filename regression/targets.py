@@ -49,12 +49,13 @@ class EngineTarget:
         self.path = Path(engine_dir)
         if not self.path.is_dir():
             raise TargetError(f"{self.path}: no such engine directory")
-        from spec.manifest import EngineManifest, ManifestError, is_engine_dir
+        from spec.engine_values import ENGINE_ERRORS, read_engine
+        from spec.manifest import is_engine_dir
         self.manifest = {}
         if is_engine_dir(self.path):
             try:
-                self.manifest = EngineManifest.read(self.path).to_dict()
-            except ManifestError as e:
+                self.manifest = read_engine(self.path).manifest.to_dict()
+            except ENGINE_ERRORS as e:
                 raise TargetError(str(e)) from None
         self.device, self.dtype = device, dtype
         self._rt = None

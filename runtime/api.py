@@ -17,7 +17,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from spec.manifest import EngineManifest, ManifestError, is_engine_dir
+from spec.manifest import is_engine_dir
 from spec.network import NETWORK_FILE, Network, load_network, network_from_checkpoint
 from runtime.generate import GenerationResult, TokenEvent, generate, generate_stream
 from runtime.kv_cache import kv_cache_bytes
@@ -34,12 +34,14 @@ class RuntimeLoadError(ValueError):
 
 
 def check_manifest(path: Path) -> None:
-    """An engine directory whose manifest this code cannot read (another schema_version, a broken file) is
-    refused by every executor; a plain checkpoint folder has none and passes."""
+    """An engine directory whose manifest or network this code cannot read (another schema_version, a broken
+    file, a value outside spec.bounds' ranges) is refused by every executor; a plain checkpoint folder has none
+    and passes."""
     if is_engine_dir(path):
+        from spec.engine_values import ENGINE_ERRORS, read_engine
         try:
-            EngineManifest.read(path)
-        except ManifestError as e:
+            read_engine(path)
+        except ENGINE_ERRORS as e:
             raise RuntimeLoadError(str(e)) from None
 
 
@@ -74,6 +76,7 @@ class Runtime:
                                                                           device=device)
         self.tokenizer = tokenizer
         self.source = source
+        self.executor_choice = None       # runtime.executors.load_runtime: the ExecutorChoice that made it
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",

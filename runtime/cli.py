@@ -1,14 +1,16 @@
 """run-engine DIR (--prompt TEXT | --input-ids 1,2,3) [--max-tokens N] [--temperature T] [--seed S]
 [--top-k K] [--top-p P] [--stop-ids 1,2] [--ignore-eos] [--logits-out FILE.npy] [--json]
-[--executor {auto,onnxruntime,reference}]
+[--executor {auto,onnxruntime,reference,tensorrt}]
 
 DIR is an engine directory (network.json + checkpoint) or any checkpoint folder the converter reads.
 --ignore-eos decodes past the end tokens (only --stop-ids stop it), so a benchmark gets exactly --max-tokens.
 --logits-out saves the float32 logits of every prompt position, shape [prompt_len, vocab].
---executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), or the torch reference runtime
-(any dtype; every quant format it emulates). auto (default): onnxruntime, the faster on CPU
-(benchmarks/bench_executors.py), when it runs the engine exactly (float32, unquantized or weight-only formats),
-else reference; a request ONNX Runtime fails is run on the reference runtime, with one line saying why.
+--executor: ONNX Runtime on the network's fp32 ONNX graph (plugins/onnx), the torch reference runtime
+(any dtype; every quant format it emulates), or the engine's TensorRT plan (GPU). auto (default): the rule
+serve-engine shares (runtime/executors/choice.py): the TensorRT-RTX plan on a GPU of its SM, else onnxruntime,
+the faster on CPU (benchmarks/bench_executors.py), when it runs the engine exactly (float32, unquantized or
+weight-only formats) and its graph's estimated memory for the prompt fits, else reference; a request ONNX Runtime
+fails is then run on the reference runtime. The choice, its reason and any fallback go to stderr, one line each.
 --json prints {"output_ids": [...], "finish_reason": ..., "prompt_ids": [...], "text": ... (with a tokenizer),
 "timing": {"prefill_s", "decode_s", "decode_tokens_per_s"}}: prefill_s from the call to the first generated token,
 decode_s from the first to the last one, decode_tokens_per_s = (tokens - 1) / decode_s (null under 2 tokens).
@@ -54,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     from runtime.executors import DEFAULT_EXECUTOR, EXECUTORS
     p.add_argument("--executor", choices=tuple(EXECUTORS), default=DEFAULT_EXECUTOR,
-                   help="what runs the network (default auto: onnxruntime, the fastest on CPU, when it runs this "
-                        "engine exactly, else reference; tensorrt: the engine's TensorRT plan, on a GPU, unvalidated)")
+                   help="what runs the network (default auto: the engine's TensorRT-RTX plan on a GPU of its SM; "
+                        "else onnxruntime, the fastest on CPU, when it runs this engine exactly and its memory "
+                        "estimate for the prompt fits; else reference. tensorrt: the plan, GPU, unvalidated)")
     p.add_argument("--onnx", help="with --executor onnxruntime: run this fp32 ONNX graph, exported in the "
                    "onnxruntime-cpu lowering (a TensorRT graph, e.g. the one under the engine's tensorrt/, is "
                    "refused), instead of exporting the network")
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from checkpoint.errors import CheckpointError
     from spec.network import NetworkError
-    from runtime.api import RuntimeLoadError
+    from runtime.api import RuntimeLoadError, find_checkpoint, load_tokenizer
     from runtime.executors import load_runtime
+    from runtime.executors.choice import ExecutorChoiceError
     from runtime.model import WeightError
     from runtime.sampling import SamplingParams
     from plugins.reference.linear import UnsupportedQuantError
@@ -90,14 +94,17 @@ def main(argv: list[str] | None = None) -> int:
                                    f"(use --executor reference for bfloat16)")
         if args.onnx is not None and not Path(args.onnx).is_file():
             raise RuntimeLoadError(f"--onnx {args.onnx}: no such file")
-        rt = load_runtime(args.dir, args.executor, dtype=getattr(torch, args.dtype), onnx_path=args.onnx)
         if args.prompt is not None:
-            if rt.tokenizer is None:
+            tokenizer = load_tokenizer(Path(args.dir), find_checkpoint(Path(args.dir)))
+            if tokenizer is None:
                 raise RuntimeLoadError(f"{args.dir}: --prompt needs a tokenizer.json in the directory; "
                                        f"none found, use --input-ids instead")
-            ids = rt.encode(args.prompt)
+            ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
         else:
             ids = args.input_ids
+        # The prompt's prefill is the largest forward: auto weighs ONNX Runtime's memory for it.
+        rt = load_runtime(args.dir, args.executor, dtype=getattr(torch, args.dtype), onnx_path=args.onnx,
+                          tokens=len(ids))
         stops = tuple(args.stop_ids or ()) if args.ignore_eos or args.stop_ids is not None else None
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed, stop_token_ids=stops,
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         stamps = [time.perf_counter() for _ in rt.generate_stream([ids], params, results)]
         [res] = results
-    except (CheckpointError, NetworkError, RuntimeLoadError, WeightError, UnsupportedQuantError, ValueError,
+    except (CheckpointError, NetworkError, RuntimeLoadError, ExecutorChoiceError, WeightError, UnsupportedQuantError, ValueError,
             NotImplementedError) as e:
         print(f"run-engine: error: {e}", file=sys.stderr)
         return 2

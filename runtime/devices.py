@@ -30,3 +30,15 @@ def detect_gpus() -> list[PresentGpu]:
         major, minor = cap.split(".")
         gpus.append(PresentGpu(name, int(major) * 10 + int(minor), int(float(mem))))
     return gpus
+
+
+def trtllm_importable() -> bool:
+    """TensorRT-LLM importable and a CUDA device present (checked without importing tensorrt_llm's heavy init)."""
+    import importlib.util
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        return False
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False

@@ -137,7 +137,7 @@ class Scheduler:
                     else:
                         kept.append(req)
                 self._queue = kept
-            new = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size - len(self._rows)))]
+            new = self._take_new()
         if cancelled:
             self._drop([i for i, r in enumerate(self._rows) if r.req.request_id in cancelled], "cancelled")
         if new:
@@ -146,6 +146,21 @@ class Scheduler:
             self._decode()
         with self._cv:
             return bool(self._rows or self._queue)
+
+    def _take_new(self) -> list[Request]:
+        """Queued requests for this step's prefill (under self._cv): as many as free rows allow, and, for an
+        executor that bounds one forward's tokens (max_forward_tokens: ONNX Runtime's memory estimate), only as
+        many as keep the padded prefill (rows x longest prompt) within it; the rest wait for the next step."""
+        room = self.max_batch_size - len(self._rows)
+        limit = getattr(self.model, "max_forward_tokens", None)
+        new, longest = [], 0
+        while self._queue and len(new) < room:
+            n = len(self._queue[0].prompt)
+            if new and limit and (len(new) + 1) * max(longest, n) > limit:
+                break
+            longest = max(longest, n)
+            new.append(self._queue.popleft())
+        return new
 
     def _admit(self, reqs: list[Request]) -> None:
         rows = []
@@ -318,6 +333,11 @@ class Scheduler:
             return f"request {req.request_id}: the prompt is empty"
         if min(req.prompt) < 0 or max(req.prompt) >= vocab:
             return f"request {req.request_id}: the prompt has token ids outside [0, {vocab})"
+        limit = getattr(self.model, "max_forward_tokens", None)
+        if limit and len(req.prompt) > limit:
+            return (f"request {req.request_id}: the prompt is {len(req.prompt)} tokens and this executor forwards "
+                    f"at most {limit} within its memory budget (plugins/onnx/memory.py); send a shorter prompt or "
+                    f"serve with --executor reference")
         if self.max_seq_len and len(req.prompt) >= self.max_seq_len:
             return (f"request {req.request_id}: the prompt is {len(req.prompt)} tokens, max_seq_len is "
                     f"{self.max_seq_len}")

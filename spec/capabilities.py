@@ -112,6 +112,18 @@ GRAPH_DTYPE_BY_SM: dict[int | None, str] = {
 }
 
 
+# The matmuls inside those fp32 islands (attention scores and probs @ V, the router GEMM) run in fp32 unless
+# the SM's TensorRT-RTX has no fp32 GEMM: there they run in the compute dtype (tensor cores accumulate in fp32)
+# and the island starts at their output. TensorRT-RTX 1.7.1 for SM75: "Cannot compile operation 'scores' for
+# Turing (SM75): FP32 GEMM is not supported" (its builder's log, building the tiny graph here).
+ISLAND_GEMM_DTYPE_BY_SM: dict[int | None, str] = {75: "float16"}
+
+
+def island_gemm_dtype(sm: int | None) -> str:
+    """The dtype of the GEMMs inside the graph's fp32 islands on this SM: "float32" unless listed."""
+    return ISLAND_GEMM_DTYPE_BY_SM.get(sm, "float32")
+
+
 def graph_dtype(sm: int | None) -> str:
     """The compute dtype ("bfloat16", "float16" or "float32") an engine's TensorRT graph is exported in for
     this SM: a lookup in GRAPH_DTYPE_BY_SM."""

@@ -6,6 +6,7 @@ end, so a killed build leaves the previous engine intact and no partial one. Eac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -28,7 +29,7 @@ from checkpoint.fsutil import (UnsafeOutputError, check_output_apart, check_repl
 from spec.manifest import MANIFEST_FILE, EngineManifest, ManifestError, is_engine_dir
 from spec.network import NETWORK_FILE, Network, check_config_matches
 from spec.registry.models import ModelConfig, get_model
-from spec.target import Target, resolve_target
+from spec.target import Target, quant_for, resolve_target
 
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
@@ -84,11 +85,11 @@ def _model(model):
         raise FitError(e.args[0]) from None
 
 
-def resolve(req: BuildRequest, source_quant: str | None = None) -> Target:
-    """`--gpu`, `--quant` and `--kv-dtype` (and, for `--quant auto`, the source checkpoint's own format, which
-    some architectures keep: spec.registry.quant_formats.AUTO_KEEPS_SOURCE_BY_ARCH)."""
+def resolve(req: BuildRequest) -> Target:
+    """`--gpu`, `--quant` and `--kv-dtype`. For `--quant auto` the build revisits the quant once the source
+    checkpoint's format is known (some architectures keep it: AUTO_KEEPS_SOURCE_BY_ARCH)."""
     try:
-        return resolve_target(req.gpu, req.quant, req.kv_dtype, source_quant)
+        return resolve_target(req.gpu, req.quant, req.kv_dtype)
     except KeyError as e:
         raise FitError(e.args[0]) from None
 
@@ -105,7 +106,7 @@ def make_plan(req: BuildRequest, model, target: Target) -> FitPlan:
 
 def _source_quant(src: Path) -> str | None:
     """The source's format from its config files; None where they cannot say (the load reports why later)."""
-    from checkpoint.config_io import source_quant
+    from checkpoint.modelopt_config import source_quant
     from checkpoint.errors import CheckpointError
     try:
         return source_quant(src)
@@ -134,9 +135,9 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
-    kept = resolve(req, _source_quant(src))
-    if kept.quant != target.quant:                       # `auto` keeps the source's format on this target
-        target, quant = kept, kept.quant
+    kept = quant_for(gpu, req.quant, _source_quant(src))     # the GPU was looked up once, above
+    if kept != target.quant:                             # `auto` keeps the source's format on this target
+        target, quant = dataclasses.replace(target, quant=kept), kept
         p = make_plan(req, model, target)
         _say(f"      --quant auto keeps the source's {quant.name} on {gpu.name}")
     cache = BuildCache(Path(req.cache_dir) if req.cache_dir else default_cache_dir(), req.cache_policy,
@@ -164,6 +165,7 @@ def build(req: BuildRequest) -> Path:
                 cache.install_from(key, tmp)       # hard links: the engine's bytes stay on disk once
                 from builder.engine.validate import repoint_notes
                 repoint_notes(tmp, out)            # engine.json is rewritten by rename: the cache's stays
+                check_engine_values(tmp)           # the cache is a folder on disk like any other: read it as input
                 install_dir(tmp, out, _engine_replaceable)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -197,12 +199,23 @@ def build(req: BuildRequest) -> Path:
             build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated, tensorrt=trt,
         ).write(engine)
         write_triton_repo(engine)
+        check_engine_values(engine)
         install_dir(engine, out, _engine_replaceable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cache.store(key, out)
     summarize(out)
     return out
+
+
+def check_engine_values(engine: Path) -> None:
+    """The engine about to be installed passes the reader every tool uses (spec.engine_values): what the build
+    wrote is what run-engine, serve-engine and deploy-engine accept."""
+    from spec.engine_values import ENGINE_ERRORS, read_engine
+    try:
+        read_engine(engine, need_network=True)
+    except ENGINE_ERRORS as e:
+        raise BuildError(f"the engine this build wrote fails its own checks: {e}") from None
 
 
 def check_checkpoint_is(model, src: Path) -> None:
@@ -292,10 +305,15 @@ def write_checkpoint(src: Path, dst: Path, target: Target, req: BuildRequest) ->
 def write_network(engine: Path, quant: str) -> Network:
     """network.json for the converted checkpoint in `engine`, checked against the config.json beside it."""
     from checkpoint.convert import load_canonical
-    from spec.network import network_from_checkpoint
-    with load_canonical(engine) as ck:
-        network = network_from_checkpoint(ck, quant=quant)
-        check_config_matches(network, ck.config, where=str(engine))
+    from spec.network import NetworkError, network_from_checkpoint
+    try:
+        with load_canonical(engine) as ck:
+            network = network_from_checkpoint(ck, quant=quant)
+            check_config_matches(network, ck.config, where=str(engine))
+    except NetworkError as e:
+        # the checkpoint's config.json says something no network may (an end token outside the vocabulary, ...)
+        raise BuildError(f"the checkpoint's config.json (as converted into {engine.name}/): {e}; fix the "
+                         f"checkpoint's config.json") from None
     network.save(engine / NETWORK_FILE)
     return network
 

@@ -6,7 +6,8 @@ engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {e
 "plan_gemm_layers" (the parsed network's layers and its matrix multiplies), "weights_stripped" (the plan is
 refitted from the ONNX weights at load),
 "builder": "tensorrt-rtx" | "tensorrt" | null, "builder_version": str | null, "sm": int | null,
-"graph_dtype": the graph's compute dtype (spec.capabilities.graph_dtype(sm)), "limits": {...},
+"graph_dtype": the graph's compute dtype (spec.capabilities.graph_dtype(sm)), "island_gemm_dtype": the
+dtype of the matmuls inside its fp32 islands (spec.capabilities.island_gemm_dtype(sm)), "limits": {...},
 "ran_on_gpu": bool, "graph_only": true (only with --graph-only), "note": why there is or is not a plan}.
 `ran_on_gpu` is true only after an executor generated tokens from the plan on a GPU
 (`build-engine --validate DIR`); building a plan is not running it.
@@ -56,16 +57,16 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
     files relative to the engine (the staging folder they are written in is gone once installed)."""
     from dataclasses import asdict
 
-    from spec.capabilities import graph_dtype
+    from spec.capabilities import graph_dtype, island_gemm_dtype
     kind = builder_for(sm)
-    dtype = graph_dtype(sm)
+    dtype, island_gemm = graph_dtype(sm), island_gemm_dtype(sm)
     lim = limits_of(max_batch_size, max_seq_len)
     section = {"onnx": None, "onnx_data": {}, "plan": None, "builder": kind, "builder_version": None, "sm": sm,
-               "graph_dtype": dtype, "limits": asdict(lim), "ran_on_gpu": False}
+               "graph_dtype": dtype, "island_gemm_dtype": island_gemm, "limits": asdict(lim), "ran_on_gpu": False}
     out = engine / TENSORRT_DIR
     out.mkdir(exist_ok=True)
     try:
-        saved = export_graph(engine, network, out / ONNX_FILE, dtype)
+        saved = export_graph(engine, network, out / ONNX_FILE, dtype, island_gemm)
     except Exception as e:  # a network or format the exporter does not cover
         section["note"] = f"no ONNX graph: the exporter failed: {type(e).__name__}: {e}"
         if kind == RTX:
@@ -111,12 +112,12 @@ def _build_here(out: Path, section: dict, sm: int, lim, workspace_bytes: int | N
     return section
 
 
-def export_graph(engine: Path, network, path: Path, dtype: str):
+def export_graph(engine: Path, network, path: Path, dtype: str, island_gemm: str = "float32"):
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
     t0 = time.perf_counter()
     with load_canonical(engine) as ck:
-        saved = export_onnx(network, ck, path, dtype=dtype)
+        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm)
     _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights, "
          f"{time.perf_counter() - t0:.1f} s)")
     return saved

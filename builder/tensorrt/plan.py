@@ -6,8 +6,10 @@ strongly typed network (the graph's Q/DQ and casts fix every precision), no timi
 would query a GPU for it). The plan is streamed to disk as the builder serializes it (IStreamWriter), so it
 is never held in memory twice (builder buffer + a Python bytes copy). `strip_weights=True` builds a
 weight-stripped plan (BuilderFlag.STRIP_PLAN, refit mode REFIT_IDENTICAL): the plan holds kernels and
-shapes only, and is refitted at load from the engine's own ONNX weights (runtime.executors.tensorrt:
-Refitter + OnnxParserRefitter.refit_from_file), so plan bytes do not repeat the weights. TensorRT-RTX targets one compute capability, ahead of time: its kernels are
+shapes only, and is refitted at load from the engine's own ONNX weights (Refitter + OnnxParserRefitter
+.refit_from_file), so plan bytes do not repeat the weights. TensorRT-RTX 1.7.1 cannot build one without a GPU:
+any refittable build (REFIT, REFIT_IDENTICAL, STRIP_PLAN with refittable weights) fails in its Myelin JIT
+with "CHECK(status == CUDA_SUCCESS) failed" (tried here); build-engine therefore builds full plans. TensorRT-RTX targets one compute capability, ahead of time: its kernels are
 compiled on the GPU when the plan is loaded, so a plan built here proves the graph parses, type-checks
 and lowers, not that it runs. Standard TensorRT builds for the GPU it runs on.
 """
@@ -189,12 +191,14 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
                     f.write(serialized)
                     del serialized
         if not ok:
-            # The first error is the cause; what follows is the builder unwinding (e.g. a CUDA call on a machine
-            # without a GPU), so the message leads with it.
-            reason = logger.errors[0] if logger.errors else "no error was logged"
-            if len(logger.errors) > 1:
-                reason += f" (and {len(logger.errors) - 1} later error(s) in the log above)"
-            raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}")
+            # The first error is the cause; on a machine without a GPU the streamed build also logs
+            # "cudaError 35: CUDA driver version is insufficient" after it, which says nothing about the plan.
+            causes = [m for m in logger.errors if "cudaError 35" not in m] or logger.errors
+            reason = causes[0] if causes else "no error was logged"
+            why = (" (weight-stripped and refittable builds need a CUDA device: TensorRT-RTX's JIT compiles "
+                   "refittable layers on it)") if strip_weights else ""
+            raise PlanBuildError(f"{shown}: {kind} {trt.__version__} could not build a plan for SM {sm}: {reason}"
+                                 f"{why}")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

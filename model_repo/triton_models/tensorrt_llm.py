@@ -39,7 +39,7 @@ class TritonPythonModel:
         _, p = model_params(args)
         self.engine_dir = resolve_engine_dir(args, p["engine_dir"])
         self.max_seq_len = int(p["max_seq_len"])
-        kind = p.get("backend", "auto")
+        kind = p.get("executor") or p.get("backend") or "auto"      # "backend": repositories written before
         self.backend = make_backend(self.engine_dir, kind, max_batch_size=int(p["max_num_sequences"]),
                                     max_seq_len=self.max_seq_len, options_file=p.get("llm_api_options_file") or None,
                                     cpu_threads=int(p.get("cpu_threads") or 0), log=log_warn)
@@ -50,7 +50,7 @@ class TritonPythonModel:
         self.default_stop_ids = tuple(int(x) for x in p.get("default_stop_ids", "").split(",") if x.strip()) \
             or self.backend.default_stop_ids
         self.writer = ResponseWriter(self.backend.cancel, log=log_error)
-        log_info(f"tensorrt_llm: {self.backend.name} backend, engine {self.engine_dir}, in-flight batch "
+        log_info(f"tensorrt_llm: {self.backend.choice.line()}, engine {self.engine_dir}, in-flight batch "
                  f"{p['max_num_sequences']}, max_seq_len {self.max_seq_len}, default stop ids {self.default_stop_ids}; "
                  f"loaded and warmed up in {time.monotonic() - t0:.1f} s")
 

@@ -2,7 +2,8 @@
 
 Decomposed (no fused Attention op), because TensorRT's attention layer has no sinks and its parser drops
 ONNX Attention's window attribute:
-  scores = (q * sm_scale) @ k^T + mask         q pre-scaled; fp32 whatever the compute dtype
+  scores = (q * sm_scale) @ k^T + mask         q pre-scaled; fp32 whatever the compute dtype (the two matmuls
+                                               in the compute dtype where the target has no fp32 GEMM)
   probs  = softmax([scores | sink])[..., :-1]  the learned per-head sink logit: an extra column, then dropped
   out    = probs @ v
 The mask is computed once per forward and layer kind from token positions (never from buffer order):
@@ -48,6 +49,14 @@ def _cast32(g: Graph, x: str) -> str:
     return x if g.dtype == "float32" else g.op("Cast", x, to=TensorProto.FLOAT)
 
 
+def _island_gemm_input(g: Graph, x: str) -> str:
+    """x (fp32 or the compute dtype) as the island's matmuls take it: fp32, or the compute dtype where the
+    target has no fp32 GEMM (g.island_gemm; its result is cast to fp32 at once)."""
+    if g.island_gemm == "float32":
+        return _cast32(g, x)
+    return g.op("Cast", x, to=g.elem)
+
+
 def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: tuple[str, str], cache,
                    past_k: str, past_v: str, out_k: str, out_v: str) -> str:
     """h [b, s, hidden] -> attention output [b, s, hidden]; the layer's cache (a plugins.onnx.kv_cache
@@ -61,8 +70,10 @@ def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: 
     k_all, v_all, _, _ = cache.update(g, past_k, past_v, k, v, out_k, out_v)
     mask = cache.mask
     # q heads grouped under their kv head: [b, Hkv, G*s, D] against k [b, Hkv, S, D]
-    qg = g.op("Reshape", g.op("Mul", _cast32(g, q), g.f32(a.sm_scale)), g.ints([0, Hkv, -1, D]))
-    scores = g.op("MatMul", qg, g.op("Transpose", _cast32(g, k_all), perm=[0, 1, 3, 2]), name="scores")
+    qg = g.op("Reshape", _island_gemm_input(g, g.op("Mul", _cast32(g, q), g.f32(a.sm_scale))),
+              g.ints([0, Hkv, -1, D]))
+    scores = g.op("MatMul", qg, g.op("Transpose", _island_gemm_input(g, k_all), perm=[0, 1, 3, 2]), name="scores")
+    scores = _cast32(g, scores) if g.island_gemm != "float32" else scores
     shape4 = g.op("Shape", scores)
     shape5 = g.op("Concat", g.op("Slice", shape4, g.ints([0]), g.ints([1])), g.ints([Hkv, G, -1]),
                   g.op("Slice", shape4, g.ints([3]), g.ints([4])), axis=0)
@@ -78,9 +89,10 @@ def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: 
                      name="sink_softmax")
     else:
         probs = g.op("Softmax", scores5, axis=-1)
-    out = g.op("MatMul", g.op("Reshape", probs, shape4), _cast32(g, v_all), name="attn_v")   # [b, Hkv, G*s, D]
+    out = g.op("MatMul", _island_gemm_input(g, g.op("Reshape", probs, shape4)), _island_gemm_input(g, v_all),
+               name="attn_v")                                                 # [b, Hkv, G*s, D]
     out = g.op("Transpose", g.op("Reshape", out, g.ints([0, Hq, -1, D])), perm=[0, 2, 1, 3])
     out = g.op("Reshape", out, g.ints([0, 0, Hq * D]))
-    if g.dtype != "float32":
+    if g.dtype != "float32" and g.island_gemm == "float32":
         out = g.op("Cast", out, to=g.elem)
     return emit_linear(g, out, a.out, weights)

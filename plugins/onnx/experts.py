@@ -27,7 +27,7 @@ from typing import Callable
 from onnx import TensorProto, helper
 
 from plugins.onnx.gemm import dense_bias
-from plugins.onnx.graph import Graph
+from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED, Graph
 from plugins.onnx.linear import expert_gemm
 from plugins.onnx.weights import WeightSource
 
@@ -36,6 +36,12 @@ from plugins.onnx.weights import WeightSource
 # routing at run time (plugins/onnx/fp4.py's routed decode). Registered per quant format in
 # plugins.onnx.linear.EXPERT_GEMMS.
 ExpertGemm = Callable[[str, int, "SortedPairs"], str]
+
+
+# Lowerings whose experts take their rows with one Split by the per-expert counts (a dynamic `split` input, which
+# ONNX Runtime runs) instead of a Slice per expert: on ONNX Runtime's CPU provider each node costs ~10 us, which
+# in a decode step of a small model is most of the time. TensorRT's lowering keeps the Slices.
+SPLIT_LOWERINGS = (ORT_CPU, ORT_CPU_PACKED)
 
 
 class SortedPairs:
@@ -47,9 +53,10 @@ class SortedPairs:
         flat = g.op("Reshape", idx, g.ints([-1]), name=f"{tag}.pairs")                 # [M] expert of each pair
         onehot = g.op("Cast", g.op("Equal", g.op("Unsqueeze", flat, g.ints([1])), g.ints(list(range(num_experts)))),
                       to=TensorProto.INT64)                                           # [M, E]
-        counts = g.op("ReduceSum", onehot, g.ints([0]), keepdims=0, name=f"{tag}.counts")   # [E]
+        self.counts = counts = g.op("ReduceSum", onehot, g.ints([0]), keepdims=0, name=f"{tag}.counts")   # [E]
         self.ends = g.op("CumSum", counts, g.ints(0), name=f"{tag}.ends")
         self.starts = g.op("Sub", self.ends, counts, name=f"{tag}.starts")
+        self._bounds: dict[int, tuple[str, str]] = {}
         # rank of a pair among its expert's pairs, in pair order: the sort is stable (tokens stay in order)
         rank = g.op("Sub", g.op("ReduceSum", g.op("Mul", g.op("CumSum", onehot, g.ints(0)), onehot), g.ints([1]),
                                 keepdims=0), g.ints(1))
@@ -62,9 +69,12 @@ class SortedPairs:
         self.expert_of_sorted = g.op("Gather", flat, self.order, axis=0, name=f"{tag}.sorted_experts")
 
     def bounds(self, e: int) -> tuple[str, str]:
+        """Expert e's [start], [end] in sorted order (made once, shared by its projections)."""
         g = self.g
-        return (g.op("Slice", self.starts, g.ints([e]), g.ints([e + 1]), name=f"{self.tag}.expert{e}.start"),
-                g.op("Slice", self.ends, g.ints([e]), g.ints([e + 1]), name=f"{self.tag}.expert{e}.end"))
+        if e not in self._bounds:
+            self._bounds[e] = (g.op("Slice", self.starts, g.ints([e]), g.ints([e + 1]), name=f"{self.tag}.expert{e}.start"),
+                               g.op("Slice", self.ends, g.ints([e]), g.ints([e + 1]), name=f"{self.tag}.expert{e}.end"))
+        return self._bounds[e]
 
     def rows(self, sorted_values: str, e: int) -> str:
         """Expert e's contiguous rows of a tensor in sorted order ([M, ...] -> [m_e, ...])."""
@@ -73,7 +83,11 @@ class SortedPairs:
 
     def per_expert(self, sorted_x: str, gemm: ExpertGemm, tag: str) -> str:
         """Each expert's GEMM on its rows of sorted_x [M, in] -> [M, out], still in sorted order."""
-        outs = [gemm(self.rows(sorted_x, e), e, self) for e in range(self.E)]
+        if self.g.lowering in SPLIT_LOWERINGS and self.E > 1:
+            parts = self.g.op("Split", sorted_x, self.counts, axis=0, outputs=self.E, name=f"{tag}.split")
+        else:
+            parts = [self.rows(sorted_x, e) for e in range(self.E)]
+        outs = [gemm(parts[e], e, self) for e in range(self.E)]
         return outs[0] if len(outs) == 1 else self.g.op("Concat", *outs, axis=0, name=f"{tag}.sorted_out")
 
     def add_bias(self, y_sorted: str, bias: str | None) -> str:

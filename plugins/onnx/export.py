@@ -1,6 +1,7 @@
 """spec.network.Network + canonical weights -> one ONNX graph for prefill and decode.
 
     saved = export_onnx(network, weights, "model.onnx", dtype="float32")   # weights: dict or load_canonical(...)
+    export_onnx(network, weights, path, dtype="bfloat16")   # a GPU graph: spec.capabilities.graph_dtype(sm)
     saved.path, saved.data_files ({external data file: sha256}, empty when the weights are inline)
     export_onnx(network, weights, path, lowering="onnxruntime-cpu")       # the form ONNX Runtime's CPU runs
 
@@ -39,12 +40,13 @@ from plugins.onnx.weights import WeightSource
 
 
 def build_graph(network: Network, weights, dtype: str = "float32", lowering: str = TENSORRT,
-                kv_capacity: int | None = None) -> Graph:
+                kv_capacity: int | None = None, island_gemm: str = "float32") -> Graph:
     """kv_capacity: rows of the full-attention caches (default: the network's max_position_embeddings plus
-    DEFAULT_MAX_CHUNK, the headroom a call's padding rows may be written to; plugins/onnx/kv_cache.py)."""
+    DEFAULT_MAX_CHUNK, the headroom a call's padding rows may be written to; plugins/onnx/kv_cache.py).
+    island_gemm: the dtype of the GEMMs inside the fp32 islands (spec.capabilities.island_gemm_dtype)."""
     capacity = kv_capacity or network.max_position_embeddings + DEFAULT_MAX_CHUNK
     weights = weights if isinstance(weights, WeightSource) else WeightSource(weights)
-    g = Graph(network.name or "gpt-oss", dtype, lowering)
+    g = Graph(network.name or "gpt-oss", dtype, lowering, island_gemm)
     ids = g.input("input_ids", "int64", ["batch", "seq"])
     pos = g.input("position_ids", "int64", ["batch", "seq"])
     pos0 = g.op("Max", pos, g.ints(0), name="positions_clamped")     # padding rows read table row 0
@@ -85,7 +87,10 @@ def build_graph(network: Network, weights, dtype: str = "float32", lowering: str
 
 
 def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32", lowering: str = TENSORRT,
-                external: bool | None = None, kv_capacity: int | None = None) -> SavedGraph:
+                external: bool | None = None, kv_capacity: int | None = None,
+                island_gemm: str = "float32") -> SavedGraph:
     """Build and write the graph. external=None: weights inline below 1.8 GB, else one external data file
-    written tensor by tensor (its sha256 in the result). kv_capacity: as build_graph."""
-    return build_graph(network, weights, dtype, lowering, kv_capacity).save(path, external=external)
+    written tensor by tensor (its sha256 in the result). kv_capacity: as build_graph. dtype: the compute
+    dtype; island_gemm: the dtype of the GEMMs inside its fp32 islands (spec.capabilities.island_gemm_dtype;
+    float32 unless the target lacks fp32 GEMMs)."""
+    return build_graph(network, weights, dtype, lowering, kv_capacity, island_gemm).save(path, external=external)

@@ -12,6 +12,9 @@ an FP4 weight, and W4A4's dynamic quantizer of a GEMM's input.
   activation quantizer is written out in standard ops with numerics.nvfp4.quantize_nvfp4_activations'
   arithmetic: per-block amax, the e4m3 block scale through a real FLOAT8E4M3FN Cast, and numerics' e2m1
   rounding (nearest, ties to even, saturating) as the count of numerics.mxfp4.E2M1_BOUNDS |q| passes.
+- "onnxruntime-cpu-packed": as "onnxruntime-cpu", except FP4 experts: kept as their bytes (ONNX Runtime
+  folds the table decode above into fp32 initializers at session start, 8x the packed bytes) and decoded at
+  run time for the routed experts only (routed_expert_gemm).
 Both give numerics' values bit for bit (onnx.reference on the first, ONNX Runtime on the second:
 tests/plugins/test_onnx_quant.py). Not modelled on the CPU: the GPU's approximate reciprocals, and block
 scales whose reciprocal overflows float32 (numerics divides there).
@@ -132,6 +135,8 @@ def _e4m3_values() -> np.ndarray:
 
 
 _E4M3_VALUES = _e4m3_values()
+_BYTES = np.arange(256)
+_E2M1_BYTE_VALUES = np.stack([FP4_VALUES[_BYTES & 0x0F], FP4_VALUES[_BYTES >> 4]], axis=-1).astype(np.float32)
 
 
 def _packed_expert_initializers(g: Graph, get, shape: tuple[int, ...], name: str) -> tuple[str, str, str]:
@@ -150,16 +155,16 @@ def _packed_expert_initializers(g: Graph, get, shape: tuple[int, ...], name: str
 def _decode_routed(g: Graph, stored: tuple[str, str, str], expert: str, shape: tuple[int, ...], tag: str) -> str:
     """Expert `expert` ([1] int64, a run-time value)'s weight [out, in] in fp32 from the packed initializers:
     Gather its codes and scales (a run-time index, so ONNX Runtime cannot fold the decode into a float
-    initializer at session start), split the nibbles (BitwiseAnd / BitShift), the 16-entry e2m1 table, times
-    the block scales. The same values as numerics' dequantize."""
+    initializer at session start), each byte's two e2m1 values from a 256-entry table, times the block scales.
+    The same values as numerics' dequantize."""
     packed, s8, g2 = stored
     _, out, k = shape
     codes = g.op("Squeeze", g.op("Gather", packed, expert, axis=0), g.ints([0]), name=f"{tag}.codes")  # [out, k/2]
-    lo = g.op("BitwiseAnd", codes, g.const(np.uint8(0x0F), f"{tag}.low_mask"))
-    hi = g.op("BitShift", codes, g.const(np.uint8(4), f"{tag}.shift"), direction="RIGHT")
-    both = g.op("Concat", g.op("Unsqueeze", lo, g.ints([-1])), g.op("Unsqueeze", hi, g.ints([-1])), axis=-1)
-    idx = g.op("Cast", g.op("Reshape", both, g.ints([out, k])), to=TensorProto.INT32)
-    values = g.op("Gather", g.shared_const("e2m1_values", FP4_VALUES), idx, axis=0, name=f"{tag}.decode")
+    # one Gather per byte on a [256, 2] table (its low nibble's e2m1 value, then its high one's): the nibble split
+    # (BitwiseAnd / BitShift, a Concat) folded into the table, one int32 index per two weights
+    pairs = g.op("Gather", g.shared_const("e2m1_byte_values", _E2M1_BYTE_VALUES),
+                 g.op("Cast", codes, to=TensorProto.INT32), axis=0, name=f"{tag}.decode")           # [out, k/2, 2]
+    values = g.op("Reshape", pairs, g.ints([out, k]))
     s_bytes = g.op("Cast", g.op("Squeeze", g.op("Gather", s8, expert, axis=0), g.ints([0])), to=TensorProto.INT32)
     s_values = g.op("Gather", g.shared_const("e4m3_values", _E4M3_VALUES), s_bytes, axis=0, name=f"{tag}.scale_decode")
     scales = g.op("Mul", s_values, g2, name=f"{tag}.dq_scale")

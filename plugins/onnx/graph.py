@@ -80,15 +80,20 @@ def _bytes_of(t, dtype: str) -> bytes:
 class Graph:
     """Nodes, inputs, outputs and lazy weights of one ONNX graph in compute dtype `dtype`, for one lowering."""
 
-    def __init__(self, name: str, dtype: str = "float32", lowering: str = TENSORRT):
+    def __init__(self, name: str, dtype: str = "float32", lowering: str = TENSORRT, island_gemm: str = "float32"):
         if dtype not in DTYPES:
             raise ValueError(f"graph dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if island_gemm not in ("float32", dtype):
+            raise ValueError(f"island GEMM dtype {island_gemm!r} is neither float32 nor the graph's {dtype!r}")
         if lowering not in LOWERINGS:
             raise ValueError(f"graph lowering {lowering!r} is not one of {', '.join(LOWERINGS)}")
         self.name = name
         self.lowering = lowering
         self.dtype = dtype
         self.elem = onnx_type(dtype)
+        # the dtype of the matmuls inside fp32 islands (spec.capabilities.island_gemm_dtype): float32, or the
+        # compute dtype where the target has no fp32 GEMM
+        self.island_gemm = island_gemm
         self.nodes = []
         self.inputs = []
         self.outputs = []

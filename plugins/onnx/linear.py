@@ -78,10 +78,11 @@ def emit_fp32_linear(g: Graph, x: str, linear, weights: WeightSource) -> str:
     """An unquantized linear computed in fp32 whatever the graph's compute dtype (an fp32 island: the MoE
     router, whose top-k choice flips on bf16 rounding of near-tied logits). x is cast to fp32, weights and
     bias are written in fp32; the output is fp32. Quantized linears go through emit_linear (their format
-    fixes their numerics)."""
+    fixes their numerics), as do all where the target has no fp32 GEMM (g.island_gemm)."""
     from onnx import TensorProto
     linears = _as_tuple(linear)
-    if g.dtype == "float32" or _quant_of(linears) != "bf16":
+    if g.island_gemm != "float32" or g.dtype == "float32" or _quant_of(linears) != "bf16":
+        # in the compute dtype (fp32 accumulation on tensor cores), the island starting at its output
         y = emit_linear(g, x, linears, weights)
         return y if g.dtype == "float32" else g.op("Cast", y, to=TensorProto.FLOAT)
     w = dense_weight(g, linears, weights, dtype="float32")

@@ -57,7 +57,29 @@ def _mxfp4_weight(value, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: the network declares this module 'mxfp4' but the checkpoint holds an "
                          f"unquantized tensor; quantize it with numerics.mxfp4 first (the runtime never "
                          f"quantizes weights itself: that is a build step with a chosen scale rule)")
-    return torch.from_numpy(np.ascontiguousarray(value.dequantize()))
+    return dequantize_mxfp4_torch(value)
+
+
+# Rows dequantized per step: bounds the int64 index copies torch's table lookup needs (~50 MB for 20b rows).
+_MXFP4_ROWS = 4096
+
+
+def dequantize_mxfp4_torch(value: MXFP4Weight) -> torch.Tensor:
+    """numerics.mxfp4.dequantize_mxfp4 in torch (multi-threaded; numpy's runs on one core): the same table
+    lookup (FP4_PAIR_VALUES) and the same float32 products with E8M0_VALUES, each exact, so the result is
+    bit-identical (tests/plugins/test_mxfp4_torch_dequant.py compares them on every byte value)."""
+    from numerics.mxfp4 import E8M0_VALUES, FP4_PAIR_VALUES
+    pairs, e8m0 = torch.from_numpy(FP4_PAIR_VALUES), torch.from_numpy(E8M0_VALUES)
+    blocks = torch.from_numpy(np.ascontiguousarray(value.blocks))
+    scales = torch.from_numpy(np.ascontiguousarray(value.scales))
+    nb = scales.shape[-1]
+    b2, s2 = blocks.reshape(-1, nb, 16), scales.reshape(-1, nb)
+    out = torch.empty((s2.shape[0], nb, 32), dtype=torch.float32)
+    for r in range(0, s2.shape[0], _MXFP4_ROWS):
+        rows = slice(r, r + _MXFP4_ROWS)
+        vals = pairs[b2[rows].long()].view(-1, nb, 32)             # [rows, nb, 16, 2] -> [rows, nb, 32]
+        torch.mul(vals, e8m0[s2[rows].long()].unsqueeze(-1), out=out[rows])
+    return out.view(tuple(scales.shape[:-1]) + (nb * 32,))
 
 
 def _nvfp4_weight(value, name: str) -> torch.Tensor:

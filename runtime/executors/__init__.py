@@ -7,10 +7,12 @@
 "onnxruntime": the network exported to an fp32 ONNX graph (plugins.onnx) run by ONNX Runtime on CPU.
 "tensorrt": the engine's TensorRT plan (tensorrt/ in the engine directory) on a GPU, KV cache on the device;
 written against the TensorRT Python API and not yet run on a GPU (it says so when it loads).
-"auto" (the default): onnxruntime, the faster on CPU by benchmarks/bench_executors.py, when it can run the
-engine exactly (float32, formats in runtime.executors.onnxruntime.CPU_FORMATS) and its fp32 graph fits in half
-the memory; otherwise reference. A request ONNX Runtime fails (e.g. its allocator refusing a long prompt) is
-run again on the reference runtime, with one line on stderr saying why (runtime/executors/auto.py).
+"auto" (the default): runtime.executors.choice.choose_executor, the rule run-engine and the served model share
+(the engine's TensorRT-RTX plan on a GPU of its SM; on the CPU onnxruntime, the faster by
+benchmarks/bench_executors.py, when it runs the engine exactly and its graph's estimated peak memory for the
+request fits; otherwise reference). load_runtime logs the choice and its reason. On ONNX Runtime chosen by
+auto, a request ONNX Runtime fails (e.g. its allocator refusing a long prompt) is run again on the reference
+runtime, with one line on stderr saying why (runtime/executors/auto.py).
 """
 
 from __future__ import annotations
@@ -32,13 +34,11 @@ def _onnxruntime(path: Path, dtype, onnx_path=None):
     return load_onnxruntime(path, dtype, onnx_path=onnx_path)
 
 
-def _auto(path: Path, dtype):
-    import torch
+def _onnxruntime_with_fallback(path: Path, dtype):
+    """auto's ONNX Runtime: a graph that cannot be exported or opened, or a request it fails, goes to the
+    reference runtime with one line saying why."""
     from runtime.api import RuntimeLoadError
     from runtime.executors.auto import AutoRuntime, is_executor_failure, note, one_line
-    from runtime.executors.onnxruntime import cpu_can_run
-    if not (dtype == torch.float32 and cpu_can_run(path)):
-        return _reference(path, dtype)
     try:
         primary = _onnxruntime(path, dtype)
     except Exception as e:                    # exporting or opening the graph failed: say why in one line
@@ -55,20 +55,37 @@ def _tensorrt(path: Path, dtype):
     return load_tensorrt(path, dtype)
 
 
-EXECUTORS = {"auto": _auto, "reference": _reference, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+LOADERS = {"reference": _reference, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+EXECUTORS = ("auto",) + tuple(LOADERS)          # what --executor takes (runtime.executors.choice.CHOICES)
 
 
-def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None):
-    """An engine directory or checkpoint folder -> runtime.api.Runtime driving the named executor.
+def load_runtime(path: str | Path, executor: str = DEFAULT_EXECUTOR, dtype=None, onnx_path=None,
+                 tokens: int | None = None, log=None):
+    """An engine directory or checkpoint folder -> runtime.api.Runtime driving the named executor, or the one
+    choose_executor picks for "auto" (tokens: the longest forward expected, e.g. the prompt length). The
+    choice is logged (log: a callable taking one line; default stderr) and kept as `runtime.executor_choice`.
     onnx_path: (onnxruntime only) run this fp32 graph, in the "onnxruntime-cpu" lowering (plugins.onnx.fp4),
     instead of exporting one."""
+    import sys
+
     import torch
     from runtime.api import check_manifest
+    from runtime.executors.choice import ExecutorChoice, choose_executor
     check_manifest(Path(path))
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    dtype = dtype or torch.float32
     if onnx_path is not None:
         if executor not in ("onnxruntime", "auto"):
             raise ValueError(f"an ONNX graph ({onnx_path}) runs with executor 'onnxruntime', not {executor!r}")
-        return _onnxruntime(Path(path), dtype or torch.float32, onnx_path)
-    return EXECUTORS[executor](Path(path), dtype or torch.float32)
+        choice = ExecutorChoice("onnxruntime", f"the ONNX graph {onnx_path} was given")
+        rt = _onnxruntime(Path(path), dtype, onnx_path)
+    else:
+        choice = choose_executor(path, executor, dtype=dtype, tokens=tokens)
+        if executor == "auto" and choice.name == "onnxruntime":
+            rt = _onnxruntime_with_fallback(Path(path), dtype)
+        else:
+            rt = LOADERS[choice.name](Path(path), dtype)
+    (log or (lambda line: print(line, file=sys.stderr, flush=True)))(choice.line())
+    rt.executor_choice = choice
+    return rt

@@ -23,12 +23,14 @@ def is_executor_failure(e: BaseException) -> bool:
     """ONNX Runtime's own errors (its pybind exceptions: Fail, RuntimeException, InvalidArgument, ...) and
     running out of memory: what the executor could not do, as opposed to a bad request. The scheduler reports
     a request's failure as text (runtime.generate raises RuntimeError("prompt i: generation failed (stage):
-    Type: message")), so that form is read too: ONNX Runtime prefixes every message with [ONNXRuntimeError]."""
+    Type: message")), so that form is read too: ONNX Runtime prefixes its messages with [ONNXRuntimeError],
+    or "Error in execution:" from run_with_iobinding."""
     if isinstance(e, MemoryError) or type(e).__module__.startswith("onnxruntime"):
         return True
     text = str(e)
+    # run_with_iobinding (the in-place cache path) reports as "Error in execution: ..." without the prefix.
     return isinstance(e, RuntimeError) and "generation failed" in text and (
-        "[ONNXRuntimeError]" in text or ": MemoryError:" in text)
+        "[ONNXRuntimeError]" in text or "Error in execution:" in text or ": MemoryError:" in text)
 
 
 def one_line(e: BaseException, head: int = 220, tail: int = 160) -> str:

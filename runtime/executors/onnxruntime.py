@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plugins.onnx.graph import ORT_CPU
+from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED
 from plugins.onnx.kv_cache import DEFAULT_MAX_CHUNK, present_name
 from runtime.executors.pieces import FixedCache, cache_specs, last_valid, plan_chunks, right_padded, roll_rows
 from spec.network import Network
@@ -45,6 +45,9 @@ class OnnxRuntimeExecutor:
         self.path = Path(onnx_path)
         self.max_chunk = max_chunk or _max_chunk()
         self._workdir = workdir                   # a temporary export directory this executor owns
+        # The most tokens one forward may take before its estimated peak memory (plugins.onnx.memory) exceeds
+        # the budget; the scheduler admits prompts within it (None: no limit known).
+        self.max_forward_tokens: int | None = None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -165,17 +168,34 @@ def _network(path: Path, ck) -> Network:
     return load_network(net_file) if net_file.is_file() else network_from_checkpoint(ck)
 
 
-def cpu_can_run(path: str | Path) -> bool:
-    """Whether this executor runs the engine or checkpoint at `path` exactly (its quant formats) and its fp32
-    graph (written to a temporary file, then held by the session) fits in half the machine's memory."""
+def engine_network(path: str | Path) -> Network:
+    """The network of the engine or checkpoint at `path` (network.json, else derived from the checkpoint)."""
     from checkpoint.convert import load_canonical
     from runtime.api import find_checkpoint
-    from spec.params import total_params
     with load_canonical(find_checkpoint(Path(path))) as ck:
-        net = _network(Path(path), ck)
-        exact = set(net.quant_formats()) <= set(CPU_FORMATS)
-        graph_bytes = 4 * total_params(ck.config)
-    return exact and graph_bytes <= _memory_bytes() // 2
+        return _network(Path(path), ck)
+
+
+# Expert formats whose weights the "onnxruntime-cpu-packed" lowering keeps as their FP4 bytes.
+PACKED_EXPERT_FORMATS = ("mxfp4", "w4a16-nvfp4", "nvfp4")
+
+
+def cpu_lowering(net: Network, fp32_bytes: int, memory_bytes: int) -> tuple[str, int]:
+    """(lowering, bytes the session holds): "onnxruntime-cpu" (FP4 folded to fp32 at session start) while its
+    fp32 graph fits in half the memory, else, when every MoE's experts are FP4, "onnxruntime-cpu-packed"
+    (experts as their bytes: half a byte a weight plus an e4m3 scale byte per 16, decoded per routed expert)."""
+    from spec.network import MoE
+    moes = [layer.mlp for layer in net.layers if isinstance(layer.mlp, MoE)]
+    packable = moes and all(lin.quant in PACKED_EXPERT_FORMATS for m in moes for lin in (m.gate, m.up, m.down))
+    if fp32_bytes <= memory_bytes // 2 or not packable:
+        return ORT_CPU, fp32_bytes
+    expert = sum(lin.num_experts * lin.out_features * lin.in_features for m in moes for lin in (m.gate, m.up, m.down))
+    return ORT_CPU_PACKED, fp32_bytes - 4 * expert + expert // 2 + expert // 16
+
+
+def _fp32_bytes(ck) -> int:
+    from spec.params import total_params
+    return 4 * total_params(ck.config)
 
 
 def _memory_bytes() -> int:
@@ -207,11 +227,13 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
             workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
             try:
                 onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32",
-                                        lowering=ORT_CPU).path
+                                        lowering=cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())[0]).path
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes
+    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_bytes())
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
 
 

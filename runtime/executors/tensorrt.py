@@ -132,17 +132,17 @@ def load_tensorrt(path, dtype=None):
     the TensorRT executor. GPU only; see UNVALIDATED."""
     from pathlib import Path
     from runtime.api import Runtime, RuntimeLoadError, load_tokenizer
-    from spec.manifest import EngineManifest, ManifestError
-    from spec.network import NETWORK_FILE, load_network
+    from spec.engine_values import ENGINE_ERRORS, read_engine
     path = Path(path)
     try:
-        section = EngineManifest.read(path).tensorrt or {}
-    except ManifestError as e:
+        values = read_engine(path, need_network=True)
+    except ENGINE_ERRORS as e:
         raise RuntimeLoadError(str(e)) from None
+    section = values.manifest.tensorrt or {}
     if not section.get("plan"):
         raise RuntimeLoadError(f"{path}: no TensorRT plan in engine.json ({section.get('note', 'no tensorrt section')});"
                                f" build one with build-engine (RTX-class GPUs) or build-engine --validate on the GPU")
     module = "tensorrt_rtx" if section.get("builder") == "tensorrt-rtx" else "tensorrt"
-    network = load_network(path / NETWORK_FILE)
+    network = values.network
     ex = TensorRTExecutor(path / section["plan"], network, module=module)
     return Runtime(network, None, tokenizer=load_tokenizer(path), source=str(path), executor=ex)

@@ -11,6 +11,7 @@ from spec.network.schema import (ACTIVATIONS, ATTENTION_KINDS, DTYPES, NORM_KIND
                                  KERNEL_SINK_ATTENTION, KERNEL_SINK_TOKENS, KERNEL_SLIDING_WINDOW, KERNEL_NAMES,
                                  RETIRED_VERSIONS, ROPE_KINDS, SCHEMA_VERSION, MoE, Network, NetworkError, Norm, Rope, _fail,
                                  _from_dict, formats_allowed, gemm_kernels)
+from spec.bounds import EngineValueError, check_int, check_number, check_token_ids
 from spec.registry.quant_formats import QUANT_FORMATS
 
 
@@ -71,6 +72,55 @@ def _check_rope(path: str, rope: Rope, head_dim: int):
         _positive(f"{path}.original_max_position", rope.original_max_position)
         if not (rope.beta_fast > rope.beta_slow > 0):
             _fail(f"{path}.beta_fast", rope.beta_fast, f"must exceed beta_slow ({rope.beta_slow}) > 0")
+
+
+def _linear_bounds(path: str, lin) -> None:
+    check_int("", f"{path}.in_features", lin.in_features, "features")
+    check_int("", f"{path}.out_features", lin.out_features, "features")
+    if hasattr(lin, "num_experts"):
+        check_int("", f"{path}.num_experts", lin.num_experts, "experts")
+
+
+def check_bounds(net: Network) -> None:
+    """Every size, limit and id of the network inside spec.bounds' declared ranges (EngineValueError).
+    Checked after the structure (whose checks size nothing), so a structural mistake keeps its own message."""
+    check_int("", "layers (count)", len(net.layers), "layers")
+    check_int("", "vocab_size", net.vocab_size, "vocab_size")
+    check_int("", "hidden_size", net.hidden_size, "hidden_size")
+    check_int("", "max_position_embeddings", net.max_position_embeddings, "positions")
+    check_token_ids("", "eos_token_ids", list(net.eos_token_ids), net.vocab_size)
+    for name, norm in (("final_norm", net.final_norm),):
+        check_number("", f"{name}.eps", norm.eps, "eps")
+    _linear_bounds("lm_head", net.lm_head)
+    for i, layer in enumerate(net.layers):
+        p = f"layers[{i}]"
+        check_number("", f"{p}.attn_norm.eps", layer.attn_norm.eps, "eps")
+        check_number("", f"{p}.mlp_norm.eps", layer.mlp_norm.eps, "eps")
+        a, pa = layer.attention, f"{p}.attention"
+        check_int("", f"{pa}.num_q_heads", a.num_q_heads, "heads")
+        check_int("", f"{pa}.num_kv_heads", a.num_kv_heads, "heads")
+        check_int("", f"{pa}.head_dim", a.head_dim, "head_dim")
+        check_number("", f"{pa}.sm_scale", a.sm_scale, "sm_scale")
+        if a.window is not None:
+            check_int("", f"{pa}.window", a.window, "window")
+        check_int("", f"{pa}.sink_tokens", a.sink_tokens, "sink_tokens")
+        check_number("", f"{pa}.rope.theta", a.rope.theta, "rope_theta")
+        check_number("", f"{pa}.rope.factor", a.rope.factor, "rope_factor")
+        check_int("", f"{pa}.rope.original_max_position", a.rope.original_max_position, "positions")
+        check_number("", f"{pa}.rope.beta_fast", a.rope.beta_fast, "rope_beta")
+        check_number("", f"{pa}.rope.beta_slow", a.rope.beta_slow, "rope_beta")
+        _linear_bounds(f"{pa}.qkv", a.qkv)
+        _linear_bounds(f"{pa}.out", a.out)
+        m, pm = layer.mlp, f"{p}.mlp"
+        check_number("", f"{pm}.swiglu_alpha", m.swiglu_alpha, "swiglu")
+        if m.swiglu_limit is not None:
+            check_number("", f"{pm}.swiglu_limit", m.swiglu_limit, "swiglu")
+        if isinstance(m, MoE):
+            check_int("", f"{pm}.num_experts", m.num_experts, "experts")
+            check_int("", f"{pm}.top_k", m.top_k, "top_k")
+            _linear_bounds(f"{pm}.router", m.router)
+        for name in ("gate", "up", "down"):
+            _linear_bounds(f"{pm}.{name}", getattr(m, name))
 
 
 def validate(net: Network) -> None:
@@ -157,6 +207,10 @@ def validate(net: Network) -> None:
                 _check_linear(f"{pm}.{name}", getattr(m, name), formats_allowed("mlp"), in_f, out_f)
     _check_norm("final_norm", net.final_norm, H)
     _check_linear("lm_head", net.lm_head, formats_allowed("lm_head"), H, V)
+    try:
+        check_bounds(net)
+    except EngineValueError as e:
+        raise NetworkError(str(e)) from None
 
 
 def network_from_dict(data: Mapping[str, Any]) -> Network:
@@ -182,11 +236,18 @@ def network_from_json(text: str) -> Network:
     return network_from_dict(data)
 
 
+# network.json of gpt-oss-120b is about 100 KB; a file this large is not one build-engine wrote.
+MAX_NETWORK_BYTES = 16 * 2**20
+
+
 def load_network(path) -> Network:
     """network.json -> a validated Network; NetworkError names the file on any problem."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_NETWORK_BYTES + 1)
+        if len(text) > MAX_NETWORK_BYTES:
+            raise NetworkError(f"{path}: larger than {MAX_NETWORK_BYTES} bytes, far more than any network.json "
+                               f"build-engine writes; rebuild the engine")
     except (OSError, UnicodeDecodeError) as e:
         raise NetworkError(f"{path}: cannot read ({e})") from None
     try:

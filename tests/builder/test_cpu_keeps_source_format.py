@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 
-from checkpoint.config_io import source_quant
+from checkpoint.modelopt_config import source_quant
 from checkpoint.convert import convert_checkpoint, load_canonical
 from runtime.api import Runtime
 from spec.registry.gpus import get_gpu

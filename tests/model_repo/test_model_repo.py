@@ -90,10 +90,14 @@ def test_front_models_speak_trtllm_tensor_names(engine):
 
 
 def test_output_elsewhere_uses_an_absolute_engine_path(engine, tmp_path):
-    repo = write_model_repo(engine, tmp_path / "elsewhere" / "repo", backend="reference", max_batch_size=3)
+    repo = write_model_repo(engine, tmp_path / "elsewhere" / "repo", executor="reference", max_batch_size=3)
     trt = (repo / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8")
     assert f'string_value: "{engine.resolve()}"' in trt
-    assert 'key: "backend" value: { string_value: "reference" }' in trt
+    assert 'key: "executor" value: { string_value: "reference" }' in trt
+    # The choice made where the repository was written, with its reason, is recorded beside it.
+    assert 'key: "executor_choice" value: { string_value: "executor reference: asked for' in trt
+    auto = (write_model_repo(engine, tmp_path / "auto") / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8")
+    assert 'string_value: "executor onnxruntime: ONNX Runtime runs this engine exactly' in auto
     assert "max_batch_size: 3" in trt
 
 
@@ -120,8 +124,8 @@ def test_needs_a_manifest_or_max_seq_len(tmp_path, engine):
 
 
 def test_bad_options_are_refused(engine):
-    with pytest.raises(ModelRepoError, match="backend"):
-        write_model_repo(engine, backend="vllm")
+    with pytest.raises(ModelRepoError, match="executor must be one of auto, onnxruntime"):
+        write_model_repo(engine, executor="vllm")
     (engine / "engine.json").write_text(json.dumps({"schema_version": 3, "model": "tiny"}), encoding="utf-8")
     with pytest.raises(ModelRepoError, match="max_seq_len"):
         write_model_repo(engine)

@@ -92,7 +92,9 @@ POISON = {  # request index -> (what is wrong, keyword arguments, fragment of it
     44: ("max_tokens beyond the context", dict(max_tokens=MAX_SEQ_LEN), "beyond the context"),
     58: ("negative top_k", dict(top_k=-1), "top_k must be"),
 }
-TRITON = dict(max_seq_len=MAX_SEQ_LEN, max_batch_size=16, exit_timeout_s=15)
+# The served glue checked against the reference runtime (the `rt` oracle), so served on that executor; ONNX
+# Runtime serving: tests/deploy/test_backend_crash.py and benchmarks/bench_serving.py.
+TRITON = dict(max_seq_len=MAX_SEQ_LEN, max_batch_size=16, exit_timeout_s=15, executor="reference")
 
 
 @pytest.mark.parametrize("model", ["tensorrt_llm_bls", "ensemble"])

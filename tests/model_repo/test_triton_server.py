@@ -25,7 +25,9 @@ MAX_SEQ_LEN = 512
 CONTEXT_LOGITS_TOKENS = 160
 VOCAB = json.loads((ASSETS / "config.json").read_text())["vocab_size"]
 # context_logits answers capped at CONTEXT_LOGITS_TOKENS prompt tokens (float32)
-TRITON = dict(max_seq_len=MAX_SEQ_LEN, max_batch_size=16, exit_timeout_s=15,
+# The served glue checked against the reference runtime (the `rt` oracle), so served on that executor; ONNX
+# Runtime serving: tests/deploy/test_backend_crash.py and benchmarks/bench_serving.py.
+TRITON = dict(max_seq_len=MAX_SEQ_LEN, max_batch_size=16, exit_timeout_s=15, executor="reference",
               max_context_logits_bytes=CONTEXT_LOGITS_TOKENS * VOCAB * 4)
 
 

@@ -168,15 +168,39 @@ def test_auto_falls_back_with_one_line_when_onnxruntime_cannot_run_a_request(tmp
                               capture_output=True, text=True, env=env, timeout=600)
     want = run("reference")
     assert want.returncode == 0, want.stderr
+    def lines(r):       # after the line saying which executor was chosen (runtime.executors.choice)
+        out = r.stderr.strip().splitlines()
+        assert out and out[0].startswith("executor onnxruntime:"), r.stderr
+        return out[1:]
     ort = run("onnxruntime", cap=32_000_000)
     assert ort.returncode == 2 and "Traceback" not in ort.stderr
-    [line] = ort.stderr.strip().splitlines()
+    [line] = lines(ort)
     assert "could not run this request" in line and "Available memory" in line, line
     auto = run("auto", cap=32_000_000)
     assert auto.returncode == 0 and "Traceback" not in auto.stderr, auto.stderr
-    [line] = auto.stderr.strip().splitlines()
+    [line] = lines(auto)
     assert line.startswith("executor auto: onnxruntime could not run this request") and "reference" in line
     assert json.loads(auto.stdout)["output_ids"] == json.loads(want.stdout)["output_ids"]
     free = run("auto")
-    assert free.returncode == 0 and free.stderr.strip() == "", free.stderr
+    assert free.returncode == 0 and lines(free) == [], free.stderr
     assert json.loads(free.stdout)["output_ids"] == json.loads(want.stdout)["output_ids"]
+
+
+def test_cpu_lowering_keeps_fp4_experts_packed_only_when_fp32_would_not_fit():
+    """The ONNX Runtime executor's choice of CPU lowering (runtime.executors.onnxruntime.cpu_lowering): the
+    fp32-folded form while it fits in half the memory; a full 20b with MXFP4 experts on 24 GB gets the packed
+    form, whose session bytes (experts at 0.5 + 1/16 byte a weight) are what fits; bf16 experts never pack."""
+    from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED
+    from runtime.executors.onnxruntime import cpu_lowering
+    from spec.network import network_from_config
+    from spec.params import total_params
+    from spec.registry import get_model
+    c = get_model("20b")
+    fp32 = 4 * total_params(c)
+    mx = network_from_config(c, "mxfp4")
+    assert cpu_lowering(mx, fp32, 256 << 30) == (ORT_CPU, fp32)
+    lowering, held = cpu_lowering(mx, fp32, 24 << 30)
+    experts = 3 * c.num_layers * c.num_experts * c.intermediate_size * c.hidden_size
+    assert lowering == ORT_CPU_PACKED and held == fp32 - 4 * experts + experts // 2 + experts // 16
+    assert held < (24 << 30) < fp32 / 3                   # 84 GB folded; ~19 GB packed
+    assert cpu_lowering(network_from_config(c, "bf16"), fp32, 24 << 30) == (ORT_CPU, fp32)

@@ -7,7 +7,7 @@ import pytest
 import spec.registry.gpus as gpus_registry
 import spec.target as target_module
 from builder.engine.build import BuildRequest, build
-from model_repo.backends import BackendError, resolve_backend
+from model_repo.backends import BackendError, resolve_executor
 from runtime.devices import PresentGpu
 from spec.manifest import EngineManifest
 from spec.registry.gpus import GPUS
@@ -50,12 +50,13 @@ def _manifest_engine(tmp_path, gpu):
 
 def test_serving_honours_the_engine_target(tmp_path):
     cpu, h100 = _manifest_engine(tmp_path, "cpu"), _manifest_engine(tmp_path, "h100")
-    assert resolve_backend(cpu, "auto", present=[]) == "reference"
-    with pytest.raises(BackendError, match="built for the CPU.*TensorRT-LLM serves GPU engines"):
-        resolve_backend(cpu, "trtllm", present=[])
+    assert resolve_executor(cpu, "auto", present=[]).name == "onnxruntime"     # fp32 tiny engine: exact on CPU
+    for gpu_only in ("trtllm", "tensorrt"):
+        with pytest.raises(BackendError, match=f"built for the CPU.*{gpu_only} serves GPU engines"):
+            resolve_executor(cpu, gpu_only, present=[])
     # A GPU engine on a machine without its GPU: no silent switch to the CPU, but emulation when asked for.
-    with pytest.raises(BackendError, match=r"built for h100 \(SM 90\) and this machine has no NVIDIA GPU.*--backend reference"):
-        resolve_backend(h100, "auto", present=[])
+    with pytest.raises(BackendError, match=r"built for h100 \(SM 90\) and this machine has no NVIDIA GPU.*--executor reference"):
+        resolve_executor(h100, "auto", present=[])
     with pytest.raises(BackendError, match=r"this machine has NVIDIA B200 \(SM 100\)"):
-        resolve_backend(h100, "auto", present=[PresentGpu("NVIDIA B200", 100, 183000)])
-    assert resolve_backend(h100, "reference", present=[]) == "reference"
+        resolve_executor(h100, "auto", present=[PresentGpu("NVIDIA B200", 100, 183000)])
+    assert resolve_executor(h100, "reference", present=[]).name == "reference"
