@@ -191,7 +191,7 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.resolve() == (engine_dir / TRITON_DIR).resolve() and (engine_dir / "engine.json").is_file():
+    if out.resolve() == (engine_dir / TRITON_DIR).resolve() and (engine_dir / MANIFEST_FILE).is_file():
         record_in_manifest(engine_dir)
     return out
 

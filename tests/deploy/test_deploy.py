@@ -429,7 +429,7 @@ def test_probes_healthcheck_and_queue_metric_on_a_real_triton(engines, tmp_path)
     from deploy.server import TritonServer
     from tests.support.serving import assert_stopped_cleanly
 
-    srv = TritonServer(engines["cpu"] / "triton", log_file=tmp_path / "server.log", exit_timeout_s=5)
+    srv = TritonServer(engines["cpu"] / "triton", log_file=tmp_path / "server.log", exit_timeout_s=15)
     health = [sys.executable, "-c", HEALTH_CMD.replace("127.0.0.1:{port}", f"{srv.http_url.split('//')[1]}")]
     srv.start(timeout_s=240)
     try:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.reliability
 CONCURRENT = 8
 # The served glue checked against the reference runtime (the `rt` oracle), so served on that executor; ONNX
 # Runtime serving: tests/deploy/test_backend_crash.py and benchmarks/bench_serving.py.
-TRITON = dict(max_seq_len=2048, max_batch_size=CONCURRENT, exit_timeout_s=5, max_context_logits_bytes=16 * 2**20, executor="reference")
+TRITON = dict(max_seq_len=2048, max_batch_size=CONCURRENT, exit_timeout_s=15, max_context_logits_bytes=16 * 2**20, executor="reference")
 
 
 def test_a_finished_request_holds_no_prompt_logits():
