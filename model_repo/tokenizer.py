@@ -268,6 +268,26 @@ def choose_tokenizer(engine_dir: Path | None) -> str:
                          f"o200k_harmony ({O200K_HARMONY_VOCAB}); add the model's tokenizer.json to the engine dir")
 
 
+def checkpoint_tokenizer(src: Path, model_name: str) -> str:
+    """Stage 2 of build-engine: the tokenizer an engine built from the checkpoint folder `src` will serve with,
+    by choose_tokenizer's rule (the build copies src/tokenizer.json into the engine). A checkpoint with none, whose
+    vocabulary is not o200k_harmony's, is refused here, before anything is converted or installed, rather than
+    when the Triton repository is written at the end."""
+    if model_name in RELEASED_MODELS:
+        return "o200k_harmony"
+    if (src / "tokenizer.json").is_file():
+        return "tokenizer.json"
+    try:
+        vocab = json.loads((src / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        vocab = None        # the checkpoint's own checks name a missing or broken config.json
+    if vocab is None or vocab >= O200K_HARMONY_VOCAB:
+        return "o200k_harmony"
+    raise TokenizerError(f"{src}: no tokenizer.json, and its vocabulary of {vocab} tokens is not o200k_harmony's "
+                         f"({O200K_HARMONY_VOCAB}), so the engine could not serve text; fix: copy the model's "
+                         f"tokenizer.json into {src}")
+
+
 def _vocab_size(engine_dir: Path | None) -> int | None:
     if engine_dir is None:
         return None

@@ -137,6 +137,7 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
+    check_tokenizer(model, src)
     kept = quant_for(gpu, req.quant, _source_quant(src))     # the GPU was looked up once, above
     if kept != target.quant:                             # `auto` keeps the source's format on this target
         target, quant = dataclasses.replace(target, quant=kept), kept
@@ -218,6 +219,17 @@ def check_engine_values(engine: Path) -> None:
         read_engine(engine, need_network=True)
     except ENGINE_ERRORS as e:
         raise BuildError(f"the engine this build wrote fails its own checks: {e}") from None
+
+
+def check_tokenizer(model, src: Path) -> None:
+    """The engine will have a tokenizer to serve text with (model_repo.tokenizer.choose_tokenizer's rule), decided
+    at stage 2 so a checkpoint without one fails before the build, not at the Triton repository step."""
+    from builder.engine.sources import SourceError
+    from model_repo.tokenizer import TokenizerError, checkpoint_tokenizer
+    try:
+        checkpoint_tokenizer(src, model.name)
+    except TokenizerError as e:
+        raise SourceError(str(e)) from None
 
 
 def check_checkpoint_is(model, src: Path) -> None:

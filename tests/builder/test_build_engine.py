@@ -257,3 +257,33 @@ def test_released_model_offline_says_what_to_pass(tmp_path):
     r = cli("--model", "20b", "--gpu", "b200", "--output", str(tmp_path / "e"),
             env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert r.returncode == 2 and "--checkpoint DIR" in r.stderr and "openai/gpt-oss-20b" in r.stderr
+
+
+def _tiny_copy(dst: Path, tokenizer: bool) -> Path:
+    src = Path(__file__).resolve().parents[2] / "builder" / "assets" / "tiny"
+    shutil.copytree(src, dst, ignore=None if tokenizer else shutil.ignore_patterns("tokenizer*.json"))
+    return dst
+
+
+def test_checkpoint_without_tokenizer_is_refused_at_stage_2(tmp_path, cache_dir):
+    # The tiny vocabulary (4096) is not o200k_harmony's, so without tokenizer.json the engine could serve no text.
+    ck = _tiny_copy(tmp_path / "ck", tokenizer=False)
+    out = tmp_path / "e"
+    r = cli("--model", "tiny", "--gpu", "cpu", "--checkpoint", str(ck), "--output", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()          # progress lines go to stderr too: the error follows [2/6]
+    assert "Traceback" not in r.stderr and "[3/6]" not in r.stderr, r.stderr
+    errors = lines[[i for i, line in enumerate(lines) if "[2/6]" in line][0] + 1:]
+    assert len(errors) == 1, r.stderr
+    assert str(ck) in errors[0] and "no tokenizer.json" in errors[0] and "fix: copy" in errors[0]
+    assert not out.exists() and not list(tmp_path.glob(".e*"))
+
+
+def test_checkpoint_with_tokenizer_builds_control(tmp_path, cache_dir):
+    ck = _tiny_copy(tmp_path / "ck", tokenizer=True)
+    out = tmp_path / "e"
+    r = cli("--model", "tiny", "--gpu", "cpu", "--checkpoint", str(ck), "--output", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (out / "tokenizer.json").is_file() and (out / "triton" / "preprocessing" / "config.pbtxt").is_file()
