@@ -196,7 +196,8 @@ async def chat(request: Request):
     model = app_state(request).model
     req = await parse(request, ChatRequest)
     use_tools = req.tool_choice != "none"
-    prompt = render_prompt(model.tokenizer, req.messages, req.tools, req.reasoning_effort, use_tools)
+    prompt = await off_loop(render_prompt, model.tokenizer, req.messages, req.tools, req.reasoning_effort, use_tools)
+    check_prompt_size(model, len(prompt), "messages")
     parser = HarmonyOutput() if model.harmony else TextOutput(model.tokenizer)
     job = job_for(model, "/v1/chat/completions", req, prompt, parser, model.tokenizer.stop_ids())
     reply = Reply("chat.completion.chunk", f"chatcmpl-{job.request_id}", int(time.time()), model.name,
@@ -233,9 +234,10 @@ async def completions(request: Request):
                                      "prompt")
         prompt = list(p)
     else:
-        prompt = model.tokenizer.encode(p[0] if isinstance(p, list) else p)
+        prompt = await off_loop(model.tokenizer.encode, p[0] if isinstance(p, list) else p)
         if not prompt:
             raise errors.bad_request("prompt encodes to no tokens", "prompt")
+    check_prompt_size(model, len(prompt), "prompt")
     job = job_for(model, "/v1/completions", req, prompt, TextOutput(model.tokenizer))
     reply = Reply("text_completion", f"cmpl-{job.request_id}", int(time.time()), model.name, req.include_usage)
     if req.stream:
@@ -262,6 +264,31 @@ DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 def max_body_bytes() -> int:
     value = os.environ.get(MAX_BODY_BYTES_ENV)
     return int(value) if value and value.isdigit() else DEFAULT_MAX_BODY_BYTES
+
+
+# The longest prompt accepted, in tokens (GPTOSS_OPENAI_MAX_PROMPT_TOKENS; default and ceiling: the engine's
+# max_seq_len). A longer one is a 400 naming the limit, before anything reaches Triton.
+MAX_PROMPT_TOKENS_ENV = "GPTOSS_OPENAI_MAX_PROMPT_TOKENS"
+
+
+def max_prompt_tokens(model: ServedModel) -> int:
+    value = os.environ.get(MAX_PROMPT_TOKENS_ENV)
+    return min(int(value), model.max_seq_len) if value and value.isdigit() else model.max_seq_len
+
+
+def check_prompt_size(model: ServedModel, n: int, param: str) -> None:
+    limit = max_prompt_tokens(model)
+    if n > limit:
+        raise errors.OpenAIError(400, f"the prompt is {n} tokens, more than this server's limit of {limit} tokens "
+                                      f"({MAX_PROMPT_TOKENS_ENV}, at most max_seq_len {model.max_seq_len}); "
+                                      f"send a shorter prompt", "invalid_request_error", param, "prompt_too_long")
+
+
+async def off_loop(fn, *args):
+    """fn(*args) in a worker thread: tokenizing or rendering a large prompt costs CPU time that would otherwise
+    stall every other connection (and /health) on the event loop."""
+    import anyio
+    return await anyio.to_thread.run_sync(fn, *args)
 
 
 def _decode_body(raw: bytes):
@@ -295,8 +322,7 @@ async def _read_body(request: Request) -> bytes:
 
 async def parse(request: Request, cls):
     state = app_state(request)
-    import anyio
-    body = await anyio.to_thread.run_sync(_decode_body, await _read_body(request))
+    body = await off_loop(_decode_body, await _read_body(request))
     if not isinstance(body, dict):
         raise errors.bad_request("the request body must be a JSON object")
     try:
