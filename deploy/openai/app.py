@@ -102,6 +102,7 @@ class AppState:
     model: ServedModel
     triton: TritonStream
     metrics: Metrics
+    body_timeout_s: float = 30.0       # the whole request body must arrive within this (a stalled client: 408)
 
 
 def app_state(request: Request) -> AppState:
@@ -114,9 +115,10 @@ async def lifespan(app: FastAPI):
     await app.state.openai.triton.close()
 
 
-def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None = None) -> FastAPI:
+def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None = None,
+               body_timeout_s: float = 30.0) -> FastAPI:
     app = FastAPI(title="gptoss-trt OpenAI-compatible endpoint", lifespan=lifespan)
-    app.state.openai = AppState(model, triton, metrics or Metrics())
+    app.state.openai = AppState(model, triton, metrics or Metrics(), body_timeout_s)
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnected, on_client_gone)
@@ -129,7 +131,9 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
 # -- errors ------------------------------------------------------------------------------------------------------
 def fail(request: Request, e: OpenAIError) -> JSONResponse:
     app_state(request).metrics.errors.labels(endpoint_label(request.url.path), e.type).inc()
-    return JSONResponse(e.body(), status_code=e.status)
+    # A body left unread (413, 408) cannot be skipped on a keep-alive connection: close it.
+    headers = {"Connection": "close"} if e.status in (408, 413) else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 async def on_openai_error(request: Request, e: OpenAIError):
@@ -312,11 +316,18 @@ async def _read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    timeout_s = app_state(request).body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.OpenAIError(408, f"the request body did not arrive within {timeout_s:g} s "
+                                      f"(serve-engine --openai-body-timeout)", "invalid_request_error", None,
+                                 "request_timeout") from None
     return b"".join(chunks)
 
 

@@ -1,16 +1,25 @@
 """The OpenAI endpoint's limits against serve-engine --openai-port on the tiny engine (a real tritonserver behind
 it): a prompt over GPTOSS_OPENAI_MAX_PROMPT_TOKENS is a 400 naming the limit, and tokenizing a large prompt runs off
-the event loop, so /health keeps answering meanwhile."""
+the event loop, so /health keeps answering meanwhile; the connection limits (serve-engine --openai-* flags) hold."""
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 
+from tests.support import REPO
+
 PROMPT_LIMIT = 100
-SERVED = dict(max_batch_size=4, env={"GPTOSS_OPENAI_MAX_PROMPT_TOKENS": str(PROMPT_LIMIT)})
+BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_HEADER_BYTES = 1.5, 1, 8192
+SERVED = dict(max_batch_size=4, env={"GPTOSS_OPENAI_MAX_PROMPT_TOKENS": str(PROMPT_LIMIT)},
+              extra_args=("--openai-body-timeout", str(BODY_TIMEOUT_S), "--openai-keep-alive-timeout", str(KEEP_ALIVE_S),
+                          "--openai-max-header-bytes", str(MAX_HEADER_BYTES)))
 
 
 def _complete(served, prompt, timeout=60.0, **kw):
@@ -66,3 +75,57 @@ def test_health_answers_while_a_2mb_prompt_is_tokenized(served):
     assert done["r"].status_code == 400 and done["r"].json()["error"]["code"] == "prompt_too_long"
     assert done["s"] > 0.3, "the prompt was answered too fast for /health to have been asked while it was tokenized"
     assert worst < 2.0
+
+
+def _raw(served, data: bytes):
+    s = socket.create_connection(("127.0.0.1", served.port), timeout=15)
+    s.sendall(data)
+    return s
+
+
+def _until_closed(s) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    t0, got = time.monotonic(), b""
+    while chunk := s.recv(65536):
+        got += chunk
+    return got, time.monotonic() - t0
+
+
+def test_a_client_that_never_sends_its_body_is_answered_408_and_disconnected(served):
+    s = _raw(served, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\":")
+    got, took = _until_closed(s)
+    print(f"stalled body: closed after {took:.2f} s (--openai-body-timeout {BODY_TIMEOUT_S})")
+    assert got.startswith(b"HTTP/1.1 408") and b"request_timeout" in got and b"--openai-body-timeout" in got
+    assert BODY_TIMEOUT_S - 0.2 < took < BODY_TIMEOUT_S + 3
+    # negative control: a whole body on the same kind of connection is served, not timed out
+    body = json.dumps({"model": "tiny", "prompt": "ROMEO:", "max_tokens": 1}).encode()
+    s = _raw(served, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert _until_closed(s)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(served):
+    s = _raw(served, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    got, took = _until_closed(s)
+    print(f"idle keep-alive: closed {took:.2f} s after the request (--openai-keep-alive-timeout {KEEP_ALIVE_S})")
+    assert got.startswith(b"HTTP/1.1 200")
+    assert KEEP_ALIVE_S - 0.2 < took < KEEP_ALIVE_S + 3
+
+
+def test_a_request_head_that_grows_past_the_bound_is_refused(served):
+    # h11 bounds the head it is still waiting for (a client trickling headers forever), not one that is complete
+    s = _raw(served, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MAX_HEADER_BYTES))
+    got, took = _until_closed(s)
+    assert got.startswith(b"HTTP/1.1 400") and took < 3
+    s = _raw(served, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES // 2)
+             + b"\r\n\r\n")
+    assert _until_closed(s)[0].startswith(b"HTTP/1.1 200")      # negative control: under the bound
+
+
+def test_the_limits_are_in_help():
+    out = subprocess.run([sys.executable, "-c", "import sys; from deploy.serve_cli import serve_main; "
+                          "sys.exit(serve_main(['--help']))"], capture_output=True, text=True, cwd=REPO).stdout
+    for flag in ("--openai-keep-alive-timeout", "--openai-body-timeout", "--openai-limit-concurrency",
+                 "--openai-max-header-bytes"):
+        assert flag in out
