@@ -346,6 +346,11 @@ async def parse(request: Request, cls):
     if req.model != state.model.name:
         raise errors.model_not_found(req.model, state.model.name)
     if not await state.triton.is_ready():
+        if state.triton.down is not None:
+            raise errors.unavailable(state.triton.down)
+        if state.triton.was_ready:
+            raise errors.unavailable(f"Triton at {state.triton.url} does not answer for {state.triton.model}; "
+                                     f"retry shortly")
         raise errors.loading(f"Triton at {state.triton.url} has not reported {state.triton.model} ready")
     return req
 

@@ -13,6 +13,7 @@ import time
 
 import httpx
 
+from deploy.server import free_port
 from tests.support import REPO
 
 PROMPT_LIMIT = 100
@@ -129,3 +130,111 @@ def test_the_limits_are_in_help():
     for flag in ("--openai-keep-alive-timeout", "--openai-body-timeout", "--openai-limit-concurrency",
                  "--openai-max-header-bytes"):
         assert flag in out
+
+
+class Forwarder:
+    """A TCP forwarder to Triton's gRPC port that the test can cut (Triton unreachable) and restore."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.port = free_port()
+        self.conns: list[socket.socket] = []
+        self.listener = None
+        self.open()
+
+    def open(self):
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                a, _ = listener.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)     # wakes the blocked accept(); close() alone would not
+        except OSError:
+            pass
+        self.listener.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+
+def test_503_when_triton_is_unreachable_and_the_connection_stays_usable(served):
+    """An endpoint (the same app, in-process) whose Triton goes away answers 503 backend_unavailable in OpenAI's
+    shape, streamed or not, /health turns 503, and one keep-alive client gets an error then a good answer."""
+    import uvicorn
+    from deploy.openai.app import ServedModel, create_app
+    from deploy.openai.triton_stream import TritonStream
+    from model_repo.tokenizer import load_tokenizer
+    fwd = Forwarder(served.grpc)
+    port = free_port()
+    app = create_app(ServedModel("tiny", load_tokenizer(served.engine, "auto"), 512), TritonStream(f"127.0.0.1:{fwd.port}"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="h11"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        body = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
+        with httpx.Client(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1)) as h:
+            deadline = time.monotonic() + 30
+            while h.get("/health").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert h.post("/v1/completions", json=body).status_code == 200          # negative control: reachable
+            fwd.cut()
+            for stream in (False, True, False):
+                r = h.post("/v1/completions", json={**body, "stream": stream})
+                assert r.status_code == 503, r.text
+                err = r.json()["error"]
+                assert err["type"] == "service_unavailable" and err["code"] == "backend_unavailable"
+                assert f"127.0.0.1:{fwd.port}" in err["message"]
+            assert h.get("/health").status_code == 503
+            fwd.open()
+            deadline = time.monotonic() + 30
+            while h.get("/health").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert h.post("/v1/completions", json=body).status_code == 200
+    finally:
+        fwd.cut()
+        server.should_exit = True
+        th.join(10)
+
+
+def test_an_error_then_a_good_request_on_one_keep_alive_connection(served):
+    body = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
+    with httpx.Client(base_url=f"http://127.0.0.1:{served.port}", timeout=30) as h:
+        peers = []
+        for req, want in ((dict(body, max_tokens=0), 400), (dict(body, model="gpt-4o"), 404),
+                          (dict(body, prompt="ROMEO: " * 200), 400), (body, 200), (dict(body, stream=True), 200)):
+            r = h.post("/v1/completions", json=req)
+            assert r.status_code == want, r.text
+            peers.append(r.extensions["network_stream"].get_extra_info("client_addr"))
+        r = h.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400
+        peers.append(r.extensions["network_stream"].get_extra_info("client_addr"))
+        assert h.post("/v1/completions", json=body).status_code == 200
+        assert len(set(peers)) == 1, f"the connection was replaced after an error: {peers}"
