@@ -93,6 +93,16 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--openai-port", type=int, metavar="P",
                    help="also serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions, "
                         "/metrics) on this port, same --host; it answers 503 until the model is loaded")
+    p.add_argument("--openai-keep-alive-timeout", type=int, default=5, metavar="S",
+                   help="with --openai-port: close a keep-alive connection idle this many seconds (default 5)")
+    p.add_argument("--openai-body-timeout", type=float, default=30.0, metavar="S",
+                   help="with --openai-port: a request whose body has not all arrived within S seconds gets a 408 "
+                        "and its connection is closed (a client that stalls after its headers; default 30)")
+    p.add_argument("--openai-limit-concurrency", type=int, default=1024, metavar="N",
+                   help="with --openai-port: past N open connections or requests, new ones get a 503 (default 1024)")
+    p.add_argument("--openai-max-header-bytes", type=int, default=16384, metavar="B",
+                   help="with --openai-port: a request head still incomplete past B bytes (a client trickling headers) "
+                        "gets a 400 and its connection is closed (default 16384)")
     p.add_argument("--max-restarts", type=int, default=3,
                    help="when a model's backend process dies (SIGKILL, SIGSEGV, ...): requests in flight end at once "
                         "with an error naming the model, readiness (/v2/health/ready, the OpenAI /health) turns "
@@ -135,8 +145,13 @@ def serve_main(argv: list[str] | None = None) -> int:
             if args.openai_port is not None:
                 from deploy.openai.serve import OpenAIServer
                 try:
+                    from deploy.openai.serve import HttpLimits
+                    limits = HttpLimits(keep_alive_s=args.openai_keep_alive_timeout,
+                                        body_timeout_s=args.openai_body_timeout,
+                                        max_concurrency=args.openai_limit_concurrency,
+                                        max_header_bytes=args.openai_max_header_bytes)
                     openai = OpenAIServer(repo, srv.grpc_url, host=args.host, port=args.openai_port,
-                                          model_name=args.served_model_name).start()
+                                          model_name=args.served_model_name, limits=limits).start()
                 except Exception as e:  # noqa: BLE001
                     print(f"serve-engine: error: {e}", file=sys.stderr)
                     return 2

@@ -102,6 +102,7 @@ class AppState:
     model: ServedModel
     triton: TritonStream
     metrics: Metrics
+    body_timeout_s: float = 30.0       # the whole request body must arrive within this (a stalled client: 408)
 
 
 def app_state(request: Request) -> AppState:
@@ -114,9 +115,10 @@ async def lifespan(app: FastAPI):
     await app.state.openai.triton.close()
 
 
-def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None = None) -> FastAPI:
+def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None = None,
+               body_timeout_s: float = 30.0) -> FastAPI:
     app = FastAPI(title="gptoss-trt OpenAI-compatible endpoint", lifespan=lifespan)
-    app.state.openai = AppState(model, triton, metrics or Metrics())
+    app.state.openai = AppState(model, triton, metrics or Metrics(), body_timeout_s)
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnected, on_client_gone)
@@ -129,7 +131,9 @@ def create_app(model: ServedModel, triton: TritonStream, metrics: Metrics | None
 # -- errors ------------------------------------------------------------------------------------------------------
 def fail(request: Request, e: OpenAIError) -> JSONResponse:
     app_state(request).metrics.errors.labels(endpoint_label(request.url.path), e.type).inc()
-    return JSONResponse(e.body(), status_code=e.status)
+    # A body left unread (413, 408) cannot be skipped on a keep-alive connection: close it.
+    headers = {"Connection": "close"} if e.status in (408, 413) else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 async def on_openai_error(request: Request, e: OpenAIError):
@@ -196,7 +200,8 @@ async def chat(request: Request):
     model = app_state(request).model
     req = await parse(request, ChatRequest)
     use_tools = req.tool_choice != "none"
-    prompt = render_prompt(model.tokenizer, req.messages, req.tools, req.reasoning_effort, use_tools)
+    prompt = await off_loop(render_prompt, model.tokenizer, req.messages, req.tools, req.reasoning_effort, use_tools)
+    check_prompt_size(model, len(prompt), "messages")
     parser = HarmonyOutput() if model.harmony else TextOutput(model.tokenizer)
     job = job_for(model, "/v1/chat/completions", req, prompt, parser, model.tokenizer.stop_ids())
     reply = Reply("chat.completion.chunk", f"chatcmpl-{job.request_id}", int(time.time()), model.name,
@@ -233,9 +238,10 @@ async def completions(request: Request):
                                      "prompt")
         prompt = list(p)
     else:
-        prompt = model.tokenizer.encode(p[0] if isinstance(p, list) else p)
+        prompt = await off_loop(model.tokenizer.encode, p[0] if isinstance(p, list) else p)
         if not prompt:
             raise errors.bad_request("prompt encodes to no tokens", "prompt")
+    check_prompt_size(model, len(prompt), "prompt")
     job = job_for(model, "/v1/completions", req, prompt, TextOutput(model.tokenizer))
     reply = Reply("text_completion", f"cmpl-{job.request_id}", int(time.time()), model.name, req.include_usage)
     if req.stream:
@@ -264,6 +270,31 @@ def max_body_bytes() -> int:
     return int(value) if value and value.isdigit() else DEFAULT_MAX_BODY_BYTES
 
 
+# The longest prompt accepted, in tokens (GPTOSS_OPENAI_MAX_PROMPT_TOKENS; default and ceiling: the engine's
+# max_seq_len). A longer one is a 400 naming the limit, before anything reaches Triton.
+MAX_PROMPT_TOKENS_ENV = "GPTOSS_OPENAI_MAX_PROMPT_TOKENS"
+
+
+def max_prompt_tokens(model: ServedModel) -> int:
+    value = os.environ.get(MAX_PROMPT_TOKENS_ENV)
+    return min(int(value), model.max_seq_len) if value and value.isdigit() else model.max_seq_len
+
+
+def check_prompt_size(model: ServedModel, n: int, param: str) -> None:
+    limit = max_prompt_tokens(model)
+    if n > limit:
+        raise errors.OpenAIError(400, f"the prompt is {n} tokens, more than this server's limit of {limit} tokens "
+                                      f"({MAX_PROMPT_TOKENS_ENV}, at most max_seq_len {model.max_seq_len}); "
+                                      f"send a shorter prompt", "invalid_request_error", param, "prompt_too_long")
+
+
+async def off_loop(fn, *args):
+    """fn(*args) in a worker thread: tokenizing or rendering a large prompt costs CPU time that would otherwise
+    stall every other connection (and /health) on the event loop."""
+    import anyio
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
 def _decode_body(raw: bytes):
     """JSON text -> object, off the event loop (a large body costs CPU time). Deep nesting (RecursionError),
     integers past Python's digit limit (ValueError) and lone surrogates are client mistakes, 400."""
@@ -285,18 +316,24 @@ async def _read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    timeout_s = app_state(request).body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.OpenAIError(408, f"the request body did not arrive within {timeout_s:g} s "
+                                      f"(serve-engine --openai-body-timeout)", "invalid_request_error", None,
+                                 "request_timeout") from None
     return b"".join(chunks)
 
 
 async def parse(request: Request, cls):
     state = app_state(request)
-    import anyio
-    body = await anyio.to_thread.run_sync(_decode_body, await _read_body(request))
+    body = await off_loop(_decode_body, await _read_body(request))
     if not isinstance(body, dict):
         raise errors.bad_request("the request body must be a JSON object")
     try:
@@ -309,6 +346,11 @@ async def parse(request: Request, cls):
     if req.model != state.model.name:
         raise errors.model_not_found(req.model, state.model.name)
     if not await state.triton.is_ready():
+        if state.triton.down is not None:
+            raise errors.unavailable(state.triton.down)
+        if state.triton.was_ready:
+            raise errors.unavailable(f"Triton at {state.triton.url} does not answer for {state.triton.model}; "
+                                     f"retry shortly")
         raise errors.loading(f"Triton at {state.triton.url} has not reported {state.triton.model} ready")
     return req
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PARAM = re.compile(r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"((?:[^"\\]|\\.)*)"\s*\}\s*\}')
@@ -19,6 +20,16 @@ PARAM = re.compile(r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value:\s*\{\s*string_v
 
 class OpenAIServeError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one connection may cost (serve-engine --openai-* flags). uvicorn's keep-alive timer only runs between
+    requests, so the request body has its own deadline (read in deploy/openai/app.py)."""
+    keep_alive_s: int = 5                      # an idle keep-alive connection is closed after this
+    body_timeout_s: float = 30.0               # a request whose body has not all arrived by then: 408, closed
+    max_concurrency: int = 1024                # connections or tasks past this: uvicorn answers 503
+    max_header_bytes: int = 16 * 1024          # h11's bound on a request head still incomplete: past it, 400, closed
 
 
 def pbtxt_params(config: Path) -> dict[str, str]:
@@ -49,12 +60,14 @@ def served_model(repo: str | Path, name: str | None = None):
 
 class OpenAIServer:
     def __init__(self, repo: str | Path, grpc_url: str, *, host: str = "127.0.0.1", port: int = 9000,
-                 model_name: str | None = None, log_level: str = "warning"):
+                 model_name: str | None = None, log_level: str = "warning",
+                 limits: HttpLimits = HttpLimits()):
         self.model = served_model(repo, model_name)
         self.grpc_url = grpc_url
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.limits = limits
         self._server = None
         self._thread: threading.Thread | None = None
         self.triton = None             # the TritonStream, once started
@@ -78,9 +91,13 @@ class OpenAIServer:
         from deploy.openai.app import create_app
         from deploy.openai.triton_stream import TritonStream
         self.triton = TritonStream(self.grpc_url)
-        app = create_app(self.model, self.triton)
+        lim = self.limits
+        app = create_app(self.model, self.triton, body_timeout_s=lim.body_timeout_s)
+        # http="h11": h11_max_incomplete_event_size only bounds h11 (uvicorn's "auto" takes httptools if installed)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level=self.log_level, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=5)
+                                lifespan="on", timeout_graceful_shutdown=5, http="h11",
+                                timeout_keep_alive=lim.keep_alive_s, limit_concurrency=lim.max_concurrency,
+                                h11_max_incomplete_event_size=lim.max_header_bytes)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="openai-endpoint", daemon=True)
         self._thread.start()

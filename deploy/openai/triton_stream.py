@@ -27,6 +27,7 @@ class TritonStream:
         self.model = model
         self._client = None
         self._ready = False
+        self.was_ready = False         # it has answered ready once: not ready now means down, not still loading
         self._stopping: set = set()
         # Set by serve-engine's watchdog while a model's backend process is dead (deploy/watchdog.py): readiness is
         # false, new requests fail at once and broken streams end with this message, which names the model.
@@ -47,7 +48,7 @@ class TritonStream:
         return self._client
 
     async def is_ready(self) -> bool:
-        """Whether the model answers; once it has, assumed to stay up (a dead server shows up as errors)."""
+        """Whether the model answers; once it has, assumed to stay up until a stream finds Triton unreachable."""
         if self.down is not None:
             return False
         if self._ready:
@@ -55,8 +56,9 @@ class TritonStream:
         try:
             c = await self.client()
             self._ready = bool(await c.is_model_ready(self.model, client_timeout=2))
-        except Exception:  # noqa: BLE001 - still starting
+        except Exception:  # noqa: BLE001 - still starting, or gone
             self._ready = False
+        self.was_ready |= self._ready
         return self._ready
 
     async def close(self) -> None:
@@ -125,7 +127,10 @@ class TritonStream:
                 raise classify(e.message(), str(e.status()) if e.status() else None) from None
             import grpc
             if isinstance(e, grpc.aio.AioRpcError):
-                raise classify(e.details() or str(e), str(e.code())) from None
+                err = classify(e.details() or str(e), str(e.code()))
+                if isinstance(err, ServerUnavailableError):
+                    self._ready = False        # asked again by /health and the next request, not assumed up
+                raise err from None
             raise
         finally:
             if not finished:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ ROOT = REPO
 
 
 class ServedTiny:
-    def __init__(self, tmp: Path, max_batch_size: int = 16, max_seq_len: int = 512, extra_args: tuple = ()):
-        """extra_args: more serve-engine flags (e.g. ("--max-restarts", "1"))."""
+    def __init__(self, tmp: Path, max_batch_size: int = 16, max_seq_len: int = 512, extra_args: tuple = (),
+                 env: dict | None = None):
+        """extra_args: more serve-engine flags (e.g. ("--max-restarts", "1")); env: more environment variables."""
         self.engine = make_tiny_engine(tmp / "engine", max_seq_len=max_seq_len, max_batch_size=max_batch_size)
         self.grpc, self.http, self.metrics, self.port = free_port(), free_port(), free_port(), free_port()
         self.log = tmp / "triton.log"
@@ -28,7 +30,8 @@ class ServedTiny:
                str(self.engine), "--grpc-port", str(self.grpc), "--http-port", str(self.http),
                "--metrics-port", str(self.metrics), "--openai-port", str(self.port), "--log-file", str(self.log), *extra_args]
         self._out = open(self.out, "w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.grpc_url = f"127.0.0.1:{self.grpc}"
 
