@@ -134,14 +134,7 @@ def run(model, tokenizer, texts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS
                 raise CalibrationError(f"calibration: the tokenizer produced token id {max(ids)}, beyond the model's "
                                        f"vocab_size {model.network.vocab_size}; fix: use the tokenizer.json that "
                                        f"belongs to this model")
-            cache = model.new_cache(1, capacity=len(ids))
-            update = cache.update
-
-            def recording_update(layer, k, v, update=update):
-                cal.record(cal.kv_amax, names[layer][0], k)
-                cal.record(cal.kv_amax, names[layer][1], v)
-                return update(layer, k, v)
-            cache.update = recording_update
+            cache = _recording_cache(model, cal, names, len(ids))
             ids_t = torch.tensor([ids], dtype=torch.long)
             model.forward(ids_t, torch.arange(len(ids))[None], cache, logits="none")
             cal.texts += 1
@@ -230,14 +223,7 @@ def run_streaming(ck, network, tokenizer, texts: list[str], max_tokens: int = DE
             hs = []
             for t, x in enumerate(xs):
                 T = x.shape[1]
-                cache = model.new_cache(1, capacity=T)
-                update = cache.update
-
-                def recording_update(layer, k, v, update=update):
-                    cal.record(cal.kv_amax, names[layer][0], k)
-                    cal.record(cal.kv_amax, names[layer][1], v)
-                    return update(layer, k, v)
-                cache.update = recording_update
+                cache = _recording_cache(model, cal, names, T)
                 plan = cache.begin(positions[t], 0)
                 rope = model._rope(attn.spec.rope, positions[t])
                 x = x + model._attention(rms_norm(x, attn_norm, model.eps[i][0]), attn, rope, cache, plan, i)
@@ -266,6 +252,19 @@ def run_streaming(ck, network, tokenizer, texts: list[str], max_tokens: int = DE
     cal.texts = len(seqs)
     cal.tokens = sum(len(s) for s in seqs)
     return cal
+
+
+def _recording_cache(model, cal, names, capacity: int):
+    """A one-row KV cache whose updates also record the K and V maxima (the KV-cache scales)."""
+    cache = model.new_cache(1, capacity=capacity)
+    update = cache.update
+
+    def recording_update(layer, k, v):
+        cal.record(cal.kv_amax, names[layer][0], k)
+        cal.record(cal.kv_amax, names[layer][1], v)
+        return update(layer, k, v)
+    cache.update = recording_update
+    return cache
 
 
 def _instrument_layer(attn, mlp, spec, cal: Calibration) -> None:

@@ -26,7 +26,7 @@ from spec.manifest import MANIFEST_FILE
 # Triton's --exit-timeout-secs counts the drain and the models' unload together. The Python stubs take ~1 s to
 # exit on a quiet 2-core machine and 4.5 s under load (measured: 3 busy processes beside it); past the timeout
 # Triton gives up and exits 1. The headroom only costs time when unloading is slow.
-UNLOAD_HEADROOM_S = 10
+UNLOAD_HEADROOM_S = 5
 # After a stub died: how long the front model gets to end its requests with the error before the server is killed.
 CRASH_GRACE_S = 0.3
 

@@ -137,7 +137,6 @@ def build(req: BuildRequest) -> Path:
 
     _say("[2/6] source checkpoint")
     src = resolve_checkpoint(model, req.checkpoint)
-    check_tokenizer(model, src)
     kept = quant_for(gpu, req.quant, _source_quant(src))     # the GPU was looked up once, above
     if kept != target.quant:                             # `auto` keeps the source's format on this target
         target, quant = dataclasses.replace(target, quant=kept), kept
@@ -178,6 +177,7 @@ def build(req: BuildRequest) -> Path:
 
     # After the cache lookup: a hit was checked when it was built, and this imports torch (seconds).
     check_checkpoint_is(model, src)
+    check_tokenizer(model, src)                          # after the architecture: a wrong --model says so first
     check_disk(out, model, quant)
     tmp = staging_dir(out)
     try:

@@ -274,8 +274,9 @@ def test_checkpoint_without_tokenizer_is_refused_at_stage_2(tmp_path, cache_dir)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()          # progress lines go to stderr too: the error follows [2/6]
     assert "Traceback" not in r.stderr and "[3/6]" not in r.stderr, r.stderr
-    errors = lines[[i for i, line in enumerate(lines) if "[2/6]" in line][0] + 1:]
-    assert len(errors) == 1, r.stderr
+    after = lines[[i for i, line in enumerate(lines) if "[2/6]" in line][0] + 1:]
+    errors = [line for line in after if not line.startswith("build-engine:      ")]   # indented: progress detail
+    assert len(errors) == 1 and errors[0] == lines[-1], r.stderr
     assert str(ck) in errors[0] and "no tokenizer.json" in errors[0] and "fix: copy" in errors[0]
     assert not out.exists() and not list(tmp_path.glob(".e*"))
 

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from builder.engine.build import BuildRequest, build
 from deploy.serve_cli import serve_main
 from model_repo.integrity import hash_tree
 from model_repo.write import write_model_repo
@@ -17,19 +16,9 @@ from spec.manifest import EngineManifest
 pytestmark = pytest.mark.reliability
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build(BuildRequest(model="tiny", gpu="cpu", output=str(out), cache_dir=str(tmp_path_factory.mktemp("cache")),
-                       progress=False))
-    return out
-
-
 @pytest.fixture()
-def engine(built, tmp_path):
-    dest = tmp_path / "engine"
-    shutil.copytree(built, dest, symlinks=True)
-    return dest
+def engine(built_tiny_cpu_copy):
+    return built_tiny_cpu_copy
 
 
 def serve(engine, capsys):

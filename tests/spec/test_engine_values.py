@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from builder.engine.build import BuildRequest, build
 from deploy.deploy_cli import main as deploy_main
 from model_repo.write import main as write_repo_main
 from runtime.cli import main as run_main
@@ -21,19 +20,9 @@ from tests.support import BIN, REPO, TINY_ASSETS
 pytestmark = pytest.mark.reliability
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build(BuildRequest(model="tiny", gpu="cpu", output=str(out), cache_dir=str(tmp_path_factory.mktemp("cache")),
-                       progress=False))
-    return out
-
-
 @pytest.fixture()
-def engine(built, tmp_path):
-    dest = tmp_path / "engine"
-    shutil.copytree(built, dest, symlinks=True)
-    return dest
+def engine(built_tiny_cpu_copy):
+    return built_tiny_cpu_copy
 
 
 def edit(engine, name, change):
@@ -162,9 +151,9 @@ def test_build_refuses_an_end_token_outside_the_vocabulary(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_fuzzed_engine_values_end_in_named_refusals_or_acceptance(built, tmp_path):
+def test_fuzzed_engine_values_end_in_named_refusals_or_acceptance(built_tiny_cpu, tmp_path):
     engine = tmp_path / "engine"
-    shutil.copytree(built, engine, symlinks=True)
+    shutil.copytree(built_tiny_cpu, engine, symlinks=True)
     r = subprocess.run([sys.executable, "-m", "tests.support.fuzz_engine_values", "--engine", str(engine),
                         "--cases", "300", "--seed", "0", "--work", str(tmp_path / "work")],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
