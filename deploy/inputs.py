@@ -59,21 +59,25 @@ def _no_control(flag: str, value: str) -> None:
                           f"without newlines, tabs or other control characters")
 
 
-def check_dns_label(flag: str, value: str, max_len: int = DNS1123_LABEL_MAX) -> str:
+def _matching(flag: str, value: str, pattern, max_len: int, what: str) -> str:
+    """value if it has no control characters, fits max_len and matches pattern; else DeployError naming the flag."""
     _no_control(flag, value)
-    if len(value) > max_len or not DNS1123_LABEL.match(value):
-        raise DeployError(f"{flag} {value!r}: must be a DNS-1123 label: lowercase letters, digits and '-', at most "
-                          f"{max_len} characters, starting and ending with a letter or digit")
+    if len(value) > max_len or not pattern.match(value):
+        raise DeployError(f"{flag} {value!r}: {what}")
     return value
+
+
+def check_dns_label(flag: str, value: str, max_len: int = DNS1123_LABEL_MAX) -> str:
+    return _matching(flag, value, DNS1123_LABEL, max_len,
+                     f"must be a DNS-1123 label: lowercase letters, digits and '-', at most "
+                     f"{max_len} characters, starting and ending with a letter or digit")
 
 
 def check_dns_subdomain(flag: str, value: str) -> str:
-    _no_control(flag, value)
-    if len(value) > DNS1123_SUBDOMAIN_MAX or not DNS1123_SUBDOMAIN.match(value):
-        raise DeployError(f"{flag} {value!r}: must be a DNS-1123 subdomain: lowercase letters, digits, '-' and "
-                          f"'.', at most {DNS1123_SUBDOMAIN_MAX} characters, each dot-separated part starting and "
-                          f"ending with a letter or digit")
-    return value
+    return _matching(flag, value, DNS1123_SUBDOMAIN, DNS1123_SUBDOMAIN_MAX,
+                     f"must be a DNS-1123 subdomain: lowercase letters, digits, '-' and "
+                     f"'.', at most {DNS1123_SUBDOMAIN_MAX} characters, each dot-separated part starting and "
+                     f"ending with a letter or digit")
 
 
 def check_count(flag: str, value: int | None, lo: int = 1, hi: int = INT32_MAX) -> int | None:
@@ -86,20 +90,16 @@ def check_count(flag: str, value: int | None, lo: int = 1, hi: int = INT32_MAX) 
 
 
 def check_image(flag: str, value: str) -> str:
-    _no_control(flag, value)
-    if len(value) > IMAGE_NAME_MAX or not IMAGE_REFERENCE.match(value):
-        raise DeployError(f"{flag} {value!r}: not an image reference ([registry[:port]/]name[:tag][@sha256:...], "
-                          f"lowercase name, at most {IMAGE_NAME_MAX} characters), e.g. registry.example.com/"
-                          f"gptoss-trt:0.1.0-gpu")
-    return value
+    return _matching(flag, value, IMAGE_REFERENCE, IMAGE_NAME_MAX,
+                     f"not an image reference ([registry[:port]/]name[:tag][@sha256:...], "
+                     f"lowercase name, at most {IMAGE_NAME_MAX} characters), e.g. registry.example.com/"
+                     f"gptoss-trt:0.1.0-gpu")
 
 
 def check_label_value(flag: str, value: str) -> str:
-    _no_control(flag, value)
-    if len(value) > LABEL_VALUE_MAX or not LABEL_VALUE.match(value):
-        raise DeployError(f"{flag} {value!r}: not a Kubernetes label value (letters, digits, '-', '_', '.', at "
-                          f"most {LABEL_VALUE_MAX} characters, starting and ending with a letter or digit)")
-    return value
+    return _matching(flag, value, LABEL_VALUE, LABEL_VALUE_MAX,
+                     f"not a Kubernetes label value (letters, digits, '-', '_', '.', at "
+                     f"most {LABEL_VALUE_MAX} characters, starting and ending with a letter or digit)")
 
 
 def check_bind(flag: str, value: str) -> str:
