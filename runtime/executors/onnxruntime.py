@@ -210,6 +210,26 @@ def cpu_lowering(net: Network, fp32_bytes: int, memory_bytes: int) -> tuple[str,
     return ORT_CPU_PACKED, fp32_bytes - 4 * expert + expert // 2 + expert // 16
 
 
+def session_weight_bytes(path: str | Path) -> tuple[str, int] | None:
+    """(lowering, bytes of weights the session would hold) for the engine or checkpoint at `path`, as
+    load_onnxruntime would export it on this machine; None when this executor cannot run it (quant formats).
+    Counts bf16-stored dense weights at 2 bytes under the packed lowering (plugins/onnx/stored.py)."""
+    from checkpoint.convert import load_canonical
+    from plugins.onnx.stored import STORED_BF16_LOWERINGS
+    from runtime.api import find_checkpoint
+    with load_canonical(find_checkpoint(Path(path))) as ck:
+        network = _network(Path(path), ck)
+        if set(network.quant_formats()) - set(CPU_FORMATS):
+            return None
+        lowering, held = cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())
+        if lowering in STORED_BF16_LOWERINGS and ck.get(network.embedding.weight, rows=slice(0, 1)).dtype == torch.bfloat16:
+            from spec.network import MoE
+            experts = sum(lin.num_experts * lin.out_features * lin.in_features for layer in network.layers
+                          if isinstance(layer.mlp, MoE) for lin in (layer.mlp.gate, layer.mlp.up, layer.mlp.down))
+            held -= (_fp32_bytes(ck) - 4 * experts) // 2      # dense weights at 2 bytes instead of 4
+        return lowering, held
+
+
 def _fp32_bytes(ck) -> int:
     from spec.params import total_params
     return 4 * total_params(ck.config)
