@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from builder.engine import BuildError
+from plugins.onnx.memory import ORT_LARGE_MODEL_FRACTION
 from runtime.devices import detect_gpus
 from spec.manifest import EngineManifest, ManifestError
 from spec.target import Target, target_of_manifest
@@ -19,7 +20,7 @@ REFERENCE_MEMORY_FRACTION = 0.6
 # Where it does not fit, ONNX Runtime's packed CPU lowering (FP4 experts as stored, bf16 weights as bf16; most
 # of it memory-mapped from the exported graph's data, pages the kernel can drop) runs the engine when its
 # weights fit in this much of the memory: the full gpt-oss-20b MXFP4 CPU engine holds ~14.4 GB, 11.9 GB peak RSS.
-ORT_MEMORY_FRACTION = 0.8
+ORT_MEMORY_FRACTION = ORT_LARGE_MODEL_FRACTION
 ORT_SMOKE_TOKENS = 8          # a decode step of the 20b takes seconds on 2 cores
 
 

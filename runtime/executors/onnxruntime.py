@@ -230,6 +230,13 @@ def session_weight_bytes(path: str | Path) -> tuple[str, int] | None:
         return lowering, held
 
 
+def packed_weight_bytes(path: str | Path) -> int | None:
+    """The weights the session holds when load_onnxruntime would export the packed lowering for `path` (what
+    plugins.onnx.memory's estimates take as `weights`); None otherwise (its fp32 count stands)."""
+    held = session_weight_bytes(path)
+    return held[1] if held is not None and held[0] == ORT_CPU_PACKED else None
+
+
 def _fp32_bytes(ck) -> int:
     from spec.params import total_params
     return 4 * total_params(ck.config)
@@ -269,8 +276,8 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
-    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes
-    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_bytes())
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_for
+    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_for(network), weights=packed_weight_bytes(path))
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
 
 
