@@ -38,8 +38,9 @@ DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 
 TENSORRT = "tensorrt"
 ORT_CPU = "onnxruntime-cpu"
 # "onnxruntime-cpu-packed": the CPU form with FP4 experts kept packed (half a byte per weight) and decoded at run
-# time for the routed experts only (plugins/onnx/fp4.py), for models whose fp32-folded experts do not fit in
-# memory (ONNX Runtime folds the "onnxruntime-cpu" form's decode into fp32 weights when a session starts).
+# time for the routed experts only (plugins/onnx/fp4.py), and bf16 weights kept bf16, widened to fp32 per row
+# block where they are used (plugins/onnx/stored.py), for models whose fp32 graph does not fit in memory (ONNX
+# Runtime folds the "onnxruntime-cpu" form's decode into fp32 weights when a session starts).
 ORT_CPU_PACKED = "onnxruntime-cpu-packed"
 LOWERINGS = (TENSORRT, ORT_CPU, ORT_CPU_PACKED)
 
@@ -108,6 +109,7 @@ class Graph:
         self.small: list = []          # constant TensorProtos built in memory (tables, shapes, scalars)
         self._names: dict[str, int] = {}
         self._shared: dict[str, str] = {}
+        self._runtime_zero: str | None = None
         self.opset_imports: dict[str, int] = {"": OPSET}
 
     # -- names and nodes ------------------------------------------------------------------------------------
@@ -172,6 +174,16 @@ class Graph:
         import torch
         t = torch.tensor(float(value)).to(getattr(torch, DTYPES[self.dtype][1]))
         return self.raw(name or "scalar", self.elem, (), [_bytes_of(t, self.dtype)])
+
+    def runtime_int(self, value: int, shape=()) -> str:
+        """An int64 `value` (shape () or (1,)) that ONNX Runtime cannot constant-fold: 0 * the first graph input's
+        leading dimension, plus value. Keeps a Slice or Gather of an initializer, and the Cast after it, out of
+        the folding done when a session starts (plugins/onnx/stored.py). Outer graph only."""
+        if self._runtime_zero is None:
+            lead = self.op("Slice", self.op("Shape", self.inputs[0].name), self.ints([0]), self.ints([1]))
+            self._runtime_zero = self.op("Mul", lead, self.ints([0]), name="runtime_zero")     # [1]
+        v = self._runtime_zero if value == 0 else self.op("Add", self._runtime_zero, self.ints([int(value)]))
+        return v if tuple(shape) == (1,) else self.op("Squeeze", v, self.ints([0]))
 
     def f32(self, value, name: str | None = None) -> str:
         return self.const(np.asarray(value, dtype=np.float32), name or "f32")
