@@ -270,8 +270,9 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
             from plugins.onnx.export import export_onnx
             workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
             try:
-                onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32",
-                                        lowering=cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())[0]).path
+                with _checkpoint_bytes(ckpt_dir, workdir) as share:
+                    onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32", share=share,
+                                            lowering=cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())[0]).path
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
@@ -279,6 +280,17 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
     from plugins.onnx.memory import max_forward_tokens, ort_budget_for
     ex.max_forward_tokens = max_forward_tokens(network, ort_budget_for(network), weights=packed_weight_bytes(path))
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+def _checkpoint_bytes(ckpt_dir: Path, workdir: Path):
+    """The checkpoint's shards to point the temporary graph's equal initializers into (hard links in the temp
+    dir: nothing is written twice), where the temp dir is on the checkpoint's filesystem (TMPDIR chooses it);
+    elsewhere, or where the headers cannot be indexed, the graph writes all its weights as before."""
+    import contextlib
+    from plugins.onnx.shared_weights import CheckpointBytes
+    if os.stat(ckpt_dir).st_dev != os.stat(workdir).st_dev:
+        return contextlib.nullcontext(None)
+    return CheckpointBytes(ckpt_dir)
 
 
 # GPTOSS_ORT_MEMORY_LIMIT=BYTES caps ONNX Runtime's CPU arena (one per process, shared by its sessions): a
