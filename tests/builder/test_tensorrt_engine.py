@@ -82,7 +82,8 @@ def test_tensorrt_rtx_parser_accepts_the_engine_graph(engines, gpu):
 def test_nvfp4_graph_is_modelopts_pattern(engines):
     from spec.registry.models import get_model
     c = get_model("tiny")
-    g = onnx.load(engines["rtx-5090"] / "tensorrt" / "model.onnx").graph
+    from plugins.onnx.shared_weights import load_graph       # onnx.load refuses hard-linked data files
+    g = load_graph(engines["rtx-5090"] / "tensorrt" / "model.onnx").graph
     fp4 = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT4E2M1]
     dynq = [n for n in g.node if n.op_type == "TRT_FP4DynamicQuantize" and n.domain == "trt"]
     # every expert's gate, up and down weights in FP4; one activation quantizer per expert GEMM input
@@ -94,7 +95,7 @@ def test_nvfp4_graph_is_modelopts_pattern(engines):
     assert users[fp4[0].name].op_type == "DequantizeLinear"
     assert {a.name: a.i for a in users[fp4[0].name].attribute} == {"axis": -1, "block_size": 16}
     # the L40S graph: FP8 weights and Q/DQ activations, no FP4
-    g8 = onnx.load(engines["l40s"] / "tensorrt" / "model.onnx").graph
+    g8 = load_graph(engines["l40s"] / "tensorrt" / "model.onnx").graph
     assert sum(t.data_type == onnx.TensorProto.FLOAT8E4M3FN and len(t.dims) == 2 for t in g8.initializer) >= \
         c.num_layers * (2 + 3 * c.num_experts)      # qkv, out and every expert's gate/up/down
     assert any(n.op_type == "QuantizeLinear" for n in g8.node)
@@ -133,7 +134,8 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
     # the engine's bf16 graph as a GPU computes it: ops in fp32, every bf16 value rounded (tests/support/bf16.py)
     from tests.support.bf16 import emulate
-    model = emulate(onnx.load(engine / "tensorrt" / "model.onnx"), manifest(engine)["tensorrt"]["graph_dtype"])
+    from plugins.onnx.shared_weights import load_graph       # onnx.load refuses hard-linked data files
+    model = emulate(load_graph(engine / "tensorrt" / "model.onnx"), manifest(engine)["tensorrt"]["graph_dtype"])
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
     # the same network in the CPU lowering (plugins/onnx/fp4.py), through ONNX Runtime: the CPU executor's path
     from checkpoint.convert import load_canonical
@@ -209,7 +211,10 @@ def test_manifest_names_no_staging_path(engines, gpu):
     assert not STAGING.search(text), STAGING.search(text)
 
 
-def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_instructions(engines, tmp_path):
+def test_hopper_and_blackwell_datacentre_targets_store_no_graph_and_get_gpu_build_instructions(engines, tmp_path):
+    """SM90/100 engines are served by TensorRT-LLM from the checkpoint: no graph is stored (the note says why),
+    and `--validate` on such a GPU exports it on demand (here, the SM claimed without a GPU: the graph is
+    written and recorded, the plan build then fails for want of standard TensorRT and says so)."""
     import shutil
 
     from builder.tensorrt.engine_dir import write_tensorrt
@@ -219,9 +224,17 @@ def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_ins
         ["tensorrt-rtx"] * 6 + ["tensorrt"] * 3 + [None]
     engine = tmp_path / "e"
     shutil.copytree(engines["rtx-5090"], engine)
+    shutil.rmtree(engine / "tensorrt")
     t = write_tensorrt(engine, load_network(engine / "network.json"), 100, 4, 256)
     assert (t["builder"], t["plan"], t["builder_version"], t["ran_on_gpu"]) == ("tensorrt", None, None, False)
-    assert "build-engine --validate" in t["note"] and (engine / t["onnx"]).is_file()
+    assert t["onnx"] is None and not (engine / "tensorrt").exists()
+    assert "no ONNX graph stored" in t["note"] and "build-engine --validate" in t["note"]
+    from builder.tensorrt.engine_dir import validate_tensorrt
+    record = validate_tensorrt(engine, t, present_sms=[100])
+    assert t["onnx"] == "tensorrt/model.onnx" and (engine / t["onnx"]).is_file() and t["plan"] is None
+    assert record["ok"] is False and "tensorrt" in record["note"]
+    from builder.tensorrt.plan import parses
+    assert parses(engine / t["onnx"]) == []          # the graph exported on demand is one TensorRT(-RTX) reads
 
 
 def test_model_read_from_checkpoint_when_not_given(tmp_path):
