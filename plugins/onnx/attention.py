@@ -1,8 +1,7 @@
 """Attention with learned sinks, the sliding window as an explicit mask, GQA, and the KV cache as graph I/O.
 
-Decomposed (no fused Attention op) in TensorRT's lowering, because TensorRT's attention layer has no sinks and
-its parser drops ONNX Attention's window attribute (ONNX Runtime's lowerings run full-attention layers as one
-fused node instead: plugins/onnx/gqa.py, chosen per lowering by plugins.onnx.kv_cache.FULL_FORMS):
+Decomposed (no fused Attention op), because TensorRT's attention layer has no sinks and its parser drops
+ONNX Attention's window attribute:
   scores = (q * sm_scale) @ k^T + mask         q pre-scaled; fp32 whatever the compute dtype (the two matmuls
                                                in the compute dtype where the target has no fp32 GEMM)
   probs  = softmax([scores | sink])[..., :-1]  the learned per-head sink logit: an extra column, then dropped

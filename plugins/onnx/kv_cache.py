@@ -10,9 +10,6 @@ the key the reference runtime's KV-cache groups use too). No cache tensor grows 
   stale or padding keys the mask never shows (they are overwritten before they become visible).
   A sequence that takes no part in a call (all positions -1) writes its T padding rows at [C - T, C): the
   executor keeps positions below C - max_chunk (runtime.executors.pieces), so nothing live is there.
-  That is the TensorRT lowering's form; ONNX Runtime's lowerings (FULL_FORMS) give the same buffer to one
-  GroupQueryAttention node per layer (plugins/onnx/gqa.py), which writes only a call's real rows in place and
-  attends over the filled ones where they lie: no per-step Slice copy of the context, no mask tensor.
 - sliding layers: a ring of R = S + W + 1 rows (`past_window{W}[_sink{S}]_pos` [b, R] holds each row's
   position, -1 = empty). Position p lives at ring row p for p < S (StreamingLLM sink tokens) and at
   S + (p - S) mod W beyond; row R - 1 is a scratch row that every token not kept (padding, and a chunk's
