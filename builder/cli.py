@@ -9,6 +9,7 @@ import sys
 from builder.engine import EXIT_NO_PLAN
 from builder.fit import INCOMPATIBLE, FitPlan, FitError, plan
 from spec.registry import MODELS
+from spec.registry.models import get_model
 from spec.registry.gpus import GPUS
 from spec.registry.quant_formats import QUANT_FORMATS
 
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 def format_plan(p: FitPlan) -> str:
     rows = [
         ("model / gpu", f"{p.model} on {p.gpu}"),
-        ("quant", p.quant),
+        ("quant", p.quant + (f" ({p.quant_note})" if p.quant_note else "")),
         ("parallelism", f"tp={p.tp} ep={p.ep}"),
         ("verdict", p.verdict.upper()),
         ("parameters", f"{p.params_total / 1e9:.2f}B total, {p.params_active / 1e9:.2f}B active per token"),
@@ -144,9 +145,17 @@ def model_from_checkpoint(folder: str):
 
 
 def _run_plan(args) -> int:
+    """The plan the build would follow: `--quant auto` resolved against the source the build would read."""
+    from builder.engine.sources import source_quant_before_build
     try:
-        result = plan(args.model, args.gpu, quant=args.quant, tp=args.tp, ep=args.ep, max_seq_len=args.max_seq_len,
-                      max_batch_size=args.max_batch_size or 1, kv_dtype=args.kv_dtype)
+        model = args.model if not isinstance(args.model, str) else get_model(args.model)
+    except KeyError as e:
+        print(f"build-engine: {e.args[0]}", file=sys.stderr)
+        return 2
+    try:
+        result = plan(model, args.gpu, quant=args.quant, tp=args.tp, ep=args.ep, max_seq_len=args.max_seq_len,
+                      max_batch_size=args.max_batch_size or 1, kv_dtype=args.kv_dtype,
+                      source_quant=source_quant_before_build(model, args.checkpoint))
     except FitError as e:
         print(f"build-engine: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from spec.params import (KV_DTYPE_BYTES, active_params, component_bytes, compone
 from spec.registry.gpus import GpuProfile
 from spec.registry.models import ModelConfig, get_model
 from spec.registry.quant_formats import AUTO_QUANT_BY_ARCH, QUANT_FORMATS, QuantFormat
-from spec.target import Target, quant_for, resolve_target
+from spec.target import Target, auto_quant_note, quant_for, resolve_target
 
 GB = 1e9
 # CUDA context, cuBLAS/CUTLASS workspaces and NCCL buffers, per GPU (TensorRT-LLM measures ~1-2 GB).
@@ -67,6 +67,8 @@ class FitPlan:
     fits_max_seq_len: int | None = None
     fits_max_batch_size: int | None = None
     kernels: dict[str, str] = field(default_factory=dict)
+    # How `--quant auto` chose `quant` where that depends on the source's format (spec.target.auto_quant_note).
+    quant_note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,15 +174,18 @@ def prefill_speed(model: ModelConfig, gpu: GpuProfile, quant: QuantFormat, tp: i
 
 def plan(model_name: str | ModelConfig, gpu_name: str, quant: str = "auto", tp: int | None = None,
          ep: int | None = None, max_seq_len: int | None = None, max_batch_size: int = 1,
-         kv_dtype: str | None = None) -> FitPlan:
+         kv_dtype: str | None = None, source_quant: str | None = None) -> FitPlan:
     """The plan by names (the CLI's `--plan`): resolves the target, then plan_for. A ModelConfig (read from a
-    checkpoint) plans like a registry entry."""
+    checkpoint) plans like a registry entry. `source_quant`: the source checkpoint's format where known, so
+    `--quant auto` resolves as the build will (some architectures keep it: AUTO_KEEPS_SOURCE_BY_ARCH)."""
     try:
         model = model_name if isinstance(model_name, ModelConfig) else get_model(model_name)
-        target = resolve_target(gpu_name, quant, kv_dtype)
+        target = resolve_target(gpu_name, quant, kv_dtype, source_quant=source_quant)
     except KeyError as e:
         raise FitError(e.args[0]) from None
-    return plan_for(model, target, tp=tp, ep=ep, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+    p = plan_for(model, target, tp=tp, ep=ep, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+    p.quant_note = auto_quant_note(target.gpu, quant, source_quant)
+    return p
 
 
 def plan_for(model: ModelConfig, target: Target, tp: int | None = None, ep: int | None = None,

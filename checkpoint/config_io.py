@@ -38,7 +38,7 @@ HF_DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta
 _ROPE_KEYS = {"rope_type", "type", "factor", "beta_fast", "beta_slow", "truncate",
               "original_max_position_embeddings", "rope_theta"}
 # Fields that describe a registry entry rather than an architecture.
-_DESCRIPTIVE = ("name", "hf_repo", "source", "notes", "eos_token_ids")
+_DESCRIPTIVE = ("name", "hf_repo", "hf_repo_quant", "source", "notes", "eos_token_ids")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 # HF model_type -> the ModelConfig.mlp it declares.
 HF_MODEL_TYPES = {"gpt_oss": "moe", "gpt_oss_dense": "dense"}

@@ -50,6 +50,24 @@ def harmony_encoding():
         return _enc
 
 
+def render_for_completion(conversation) -> list[int]:
+    """openai-harmony's render of `conversation` for the assistant's next turn, as o200k_harmony ids. Its Rust
+    tokenizer panics (pyo3's PanicException, a BaseException that `except Exception` misses) when its split regex
+    runs out of backtracking stack, which a run of about a million characters without a space does: that is the
+    client's text, so it becomes a HarmonyRequestError (invalid argument, without the panic's traceback and paths)."""
+    from openai_harmony import Role
+    try:
+        return list(harmony_encoding().render_conversation_for_completion(conversation, Role.ASSISTANT))
+    except BaseException as e:  # noqa: BLE001 - only the native panic is turned into a request error
+        if type(e).__name__ != "PanicException":
+            raise
+        longest = max((len(w) for m in conversation.messages for c in m.content for w in str(getattr(c, "text", "")).split()),
+                      default=0)
+        raise HarmonyRequestError(f"the conversation could not be tokenized (openai-harmony gave up: {str(e)[:120]}); "
+                                  f"its longest run of characters without whitespace is {longest:,}: break such runs "
+                                  f"up or shorten the prompt") from None
+
+
 def system_message(reasoning_effort: str = "medium"):
     """The Harmony system message (openai-harmony's defaults: identity, knowledge cutoff, channels) with this
     reasoning effort."""
@@ -67,7 +85,6 @@ def render_chat_tokens(user: str, reasoning_effort: str = "medium", system_promp
     system (reasoning effort) [+ developer instructions] + history + the user turn + `<|start|>assistant`.
     history: [{"role": "user"|"assistant", "content": str}, ...] (assistant turns as `final` channel)."""
     from openai_harmony import Conversation, DeveloperContent, Message, Role
-    enc = harmony_encoding()
     msgs = [system_message(reasoning_effort)]
     if system_prompt:
         msgs.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(system_prompt)))
@@ -82,7 +99,7 @@ def render_chat_tokens(user: str, reasoning_effort: str = "medium", system_promp
         else:
             raise HarmonyRequestError(f"history[{i}].role must be 'user' or 'assistant', got {role!r}")
     msgs.append(Message.from_role_and_content(Role.USER, user))
-    return list(enc.render_conversation_for_completion(Conversation.from_messages(msgs), Role.ASSISTANT))
+    return render_for_completion(Conversation.from_messages(msgs))
 
 
 def parse_history(text: str | None) -> list[dict]:

@@ -185,7 +185,9 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
             if name in PYTHON_MODELS:
                 (mdir / "1" / "model.py").write_text(model_source(name), encoding="utf-8")
         _write_llmapi_yaml(engine_dir, tmp / "tensorrt_llm", values)
-        (tmp / REPO_MARKER).write_text(json.dumps({"engine_dir": str(engine_dir.resolve()), "values": values},
+        # The engine as config.pbtxt names it (relative inside the engine, else absolute): never the staging
+        # folder a build writes it in, which is gone once the engine is installed.
+        (tmp / REPO_MARKER).write_text(json.dumps({"engine_dir": values["engine_dir"], "values": values},
                                                   indent=1) + "\n", encoding="utf-8")
         install_dir(tmp, out)
     except BaseException:

@@ -64,6 +64,21 @@ def quant_for(gpu: GpuProfile, quant: str = "auto", source_quant: str | None = N
     return get_quant(AUTO_QUANT_BY_ARCH[gpu.arch])
 
 
+def auto_quant_note(gpu: GpuProfile, quant: str, source_quant: str | None) -> str:
+    """What `--quant auto` chose and why, in words, for `--plan` ("" for an explicit --quant or an
+    architecture that never keeps the source's format)."""
+    keeps = AUTO_KEEPS_SOURCE_BY_ARCH.get(gpu.arch, ())
+    if quant != "auto" or not keeps:
+        return ""
+    default = AUTO_QUANT_BY_ARCH[gpu.arch]
+    if source_quant is None:
+        return (f"auto: keeps the source's format if it is {' or '.join(keeps)}, as the released checkpoints are, "
+                f"else {default}; this source's format is known only once the build reads it")
+    if source_quant in keeps:
+        return f"auto keeps the source's {source_quant} on {gpu.name}"
+    return f"auto: the source is {source_quant}, and {gpu.name} keeps only {' or '.join(keeps)} sources"
+
+
 def resolve_target(gpu: str, quant: str = "auto", kv_dtype: str | None = None,
                    source_quant: str | None = None) -> Target:
     """The one lookup of `--gpu`: its profile, its architecture's serving profile, the quant format (for

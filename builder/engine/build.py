@@ -35,7 +35,10 @@ from spec.target import Target, quant_for, resolve_target
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
 # 5: engine.json records the sha256 of every file under triton/ (triton_sha256), checked by serve-engine.
-ENGINE_LAYOUT_VERSION = 5
+# 6: tensorrt/model.onnx only for TensorRT-RTX plan targets.
+# 7: the graph's external data points into the checkpoint's shards (hard-linked into tensorrt/) where the
+#    bytes are the same (engine.json "tensorrt"."onnx_weights").
+ENGINE_LAYOUT_VERSION = 7
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 
@@ -331,7 +334,7 @@ def write_network(engine: Path, quant: str) -> Network:
 
 
 def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPlan, req: BuildRequest) -> dict:
-    """engine/tensorrt/: the ONNX graph, and the TensorRT plan where the target's engine is one; returns
+    """engine/tensorrt/: the ONNX graph and the TensorRT plan where the target's engine is one; returns
     engine.json's "tensorrt" section. A plan that cannot be built fails the build (exit 4, nothing installed)
     unless --graph-only asked for the graph alone."""
     from builder.tensorrt import PlanBuildError

@@ -33,6 +33,22 @@ def resolve_checkpoint(model: ModelConfig, checkpoint: str | None) -> Path:
     return _from_hub(model.hf_repo)
 
 
+def source_quant_before_build(model: ModelConfig, checkpoint: str | None) -> str | None:
+    """The registry format the build's source will store, known without reading a tensor (what `--plan` needs
+    to say what `--quant auto` keeps): --checkpoint's config files, the shipped checkpoint's, or the released
+    repository's declared format (ModelConfig.hf_repo_quant). None where nothing says (an unreadable config
+    folder, a model with no weights anywhere)."""
+    from checkpoint.errors import CheckpointError
+    from checkpoint.modelopt_config import source_quant
+    folder = Path(checkpoint) if checkpoint else shipped_checkpoint(model)
+    if folder is None:
+        return model.hf_repo_quant
+    try:
+        return source_quant(folder)
+    except (CheckpointError, OSError, StopIteration):
+        return None
+
+
 def _from_hub(repo: str) -> Path:
     """The cached snapshot if there is one; otherwise a download, which needs the network."""
     how = (f"pass --checkpoint DIR (a folder with config.json and the .safetensors files of {repo}), "

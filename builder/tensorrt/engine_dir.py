@@ -1,7 +1,13 @@
-"""The engine's `tensorrt/` folder: the network as ONNX for every target, and the TensorRT plan where it
-can be built on this machine (TensorRT-RTX targets), plus the engine.json section that says which.
+"""The engine's `tensorrt/` folder: for targets whose engine is a TensorRT-RTX plan (RTX-class SMs), the
+network as ONNX and the plan built from it, plus the engine.json section that says which. Other targets store
+no graph (the section says why): the CPU executors export their own graph when they load the engine
+(runtime.executors.onnxruntime), and datacentre GPUs serve through TensorRT-LLM from the checkpoint;
+`build-engine --validate DIR` on such a GPU exports the graph there before building a standard TensorRT plan.
 
-engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {external data file: sha256},
+engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {the graph's own external data
+file: sha256}, "onnx_weights": {"shared_bytes", "written_bytes", "shared_initializers", "written_initializers",
+"linked_shards"} (initializers whose bytes equal a checkpoint tensor point into its shard, hard-linked into
+tensorrt/: plugins/onnx/shared_weights.py; the rest are in the graph's own data file),
 "plan": REL_PATH | null, "plan_sha256", "plan_bytes", "plan_seconds" (build time), "plan_layers" and
 "plan_gemm_layers" (the parsed network's layers and its matrix multiplies), "weights_stripped" (the plan is
 refitted from the ONNX weights at load),
@@ -61,11 +67,21 @@ def _say(msg: str) -> None:
     print(f"build-engine: {msg}", file=sys.stderr, flush=True)
 
 
+def no_graph_note(kind: str | None, sm: int | None) -> str:
+    """Why a target's engine stores no ONNX graph (engine.json "tensorrt" note), one line."""
+    if kind == TENSORRT:
+        return (f"no ONNX graph stored: TensorRT-LLM serves SM {sm} from the checkpoint; `build-engine --validate "
+                f"DIR` on an SM {sm} GPU exports the graph there and builds a standard TensorRT plan from it")
+    return ("no ONNX graph stored: the CPU executors export their own graph from the checkpoint when they load "
+            "the engine (no TensorRT plan)")
+
+
 def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int, *,
                    graph_only: bool = False, workspace_bytes: int | None = None,
                    attention_bytes: float | None = None) -> dict:
-    """Export engine/tensorrt/model.onnx from the engine's checkpoint and, where the target's engine is a
-    TensorRT-RTX plan, build it. Returns the engine.json "tensorrt" section.
+    """Where the target's engine is a TensorRT-RTX plan: export engine/tensorrt/model.onnx from the engine's
+    checkpoint and build the plan. Other targets get no graph (their section's note says why). Returns the
+    engine.json "tensorrt" section.
 
     A target whose engine is a plan gets one or the build fails: PlanBuildError (TensorRT's reason, or the
     missing builder) unless graph_only, which skips the plan and records that none exists. Messages name
@@ -80,26 +96,16 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
     section = {"onnx": None, "onnx_data": {}, "plan": None, "builder": kind, "builder_version": None, "sm": sm,
                "graph_dtype": dtype, "island_gemm_dtype": island_gemm, "limits": asdict(lim),
                "profiles": profile_limits(lim), "ran_on_gpu": False}
+    if kind != RTX:
+        section["note"] = no_graph_note(kind, sm)
+        return section
     out = engine / TENSORRT_DIR
     out.mkdir(exist_ok=True)
     try:
         saved = export_graph(engine, network, out / ONNX_FILE, dtype, island_gemm, lim.kv_capacity)
     except Exception as e:  # a network or format the exporter does not cover
-        section["note"] = f"no ONNX graph: the exporter failed: {type(e).__name__}: {e}"
-        if kind == RTX:
-            raise PlanBuildError(f"{GRAPH_PATH}: {section['note']}") from e
-        _say(f"      tensorrt: {section['note']}")
-        return section
-    section["onnx"] = GRAPH_PATH
-    section["onnx_sha256"] = sha256_file(out / ONNX_FILE)
-    section["onnx_data"] = saved.data_files
-    if kind is None:
-        section["note"] = "no GPU target: the ONNX graph is for the CPU executors (no TensorRT plan)"
-        return section
-    if kind == TENSORRT:
-        section["note"] = (f"TensorRT-RTX cannot target SM {sm}; standard TensorRT builds the plan on an SM {sm} "
-                           f"GPU: run `build-engine --validate DIR` there")
-        return section
+        raise PlanBuildError(f"{GRAPH_PATH}: no ONNX graph: the exporter failed: {type(e).__name__}: {e}") from e
+    section.update(graph_record(out, saved))
     if graph_only:
         section["graph_only"] = True
         section["note"] = (f"graph-only engine (--graph-only): no plan was built; build-engine without "
@@ -129,15 +135,27 @@ def _build_here(out: Path, section: dict, sm: int, lim, workspace_bytes: int | N
     return section
 
 
+def graph_record(out: Path, saved) -> dict:
+    """engine.json's fields for the graph just written in `out` (the engine's tensorrt/ folder)."""
+    return {"onnx": GRAPH_PATH, "onnx_sha256": sha256_file(out / ONNX_FILE), "onnx_data": saved.data_files,
+            "onnx_weights": {"shared_bytes": saved.shared_bytes, "written_bytes": saved.written_bytes,
+                             "shared_initializers": len(saved.shared),
+                             "written_initializers": saved.initializers - len(saved.shared),
+                             "linked_shards": saved.linked}}
+
+
 def export_graph(engine: Path, network, path: Path, dtype: str, island_gemm: str = "float32",
                  kv_capacity: int | None = None):
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
+    from plugins.onnx.shared_weights import CheckpointBytes
     t0 = time.perf_counter()
-    with load_canonical(engine) as ck:
-        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm, kv_capacity=kv_capacity)
-    _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights, "
-         f"{time.perf_counter() - t0:.1f} s)")
+    with load_canonical(engine) as ck, CheckpointBytes(engine) as share:
+        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm, kv_capacity=kv_capacity,
+                            share=share)
+    _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights: "
+         f"{saved.shared_bytes / 2**20:.1f} MiB in the checkpoint's shards, {saved.written_bytes / 2**20:.1f} MiB "
+         f"written; {time.perf_counter() - t0:.1f} s)")
     return saved
 
 
@@ -151,16 +169,19 @@ def validate_tensorrt(engine: Path, section: dict | None, present_sms: list[int]
     'tensorrt' (SM90/100/103) and none exists yet, then greedy-generate with the TensorRT executor and
     compare with the reference smoke run. Updates `section` (engine.json's "tensorrt"; ran_on_gpu only when
     tokens came out) in place for the caller to write, and returns a validated_on record; None when the
-    engine has no TensorRT graph or this machine has no GPU of its SM. Written against the TensorRT Python
-    API; never run in this project."""
+    engine has no TensorRT target or this machine has no GPU of its SM. The graph of a 'tensorrt' engine is
+    exported here first (builds store none: write_tensorrt). Written against the TensorRT Python API; never
+    run in this project."""
     t = section or {}
     sm = t.get("sm")
-    if not t.get("onnx") or sm is None or sm not in present_sms:
+    if t.get("builder") not in (RTX, TENSORRT) or sm is None or sm not in present_sms:
         return None
     record = {"runtime": f"tensorrt plan ({t.get('builder')})", "device": f"SM {sm}", "ok": False}
     try:
         if t.get("plan") is None and t.get("builder") == TENSORRT:
             from builder.tensorrt.plan import UNVALIDATED_GPU_BUILD, Limits, build_plan
+            if not t.get("onnx"):
+                export_graph_on_demand(engine, t)
             _say(f"tensorrt: building the SM {sm} plan with standard TensorRT ({UNVALIDATED_GPU_BUILD})")
             result = build_plan(engine / t["onnx"], engine / TENSORRT_DIR / plan_file(sm), TENSORRT, sm,
                                 Limits(**t["limits"]))
@@ -175,6 +196,18 @@ def validate_tensorrt(engine: Path, section: dict | None, present_sms: list[int]
     except Exception as e:  # the GPU path has not been validated: report, do not crash the validation
         record["note"] = f"{type(e).__name__}: {e}"
     return record
+
+
+def export_graph_on_demand(engine: Path, t: dict) -> None:
+    """The graph of an engine built without one (a 'tensorrt' target), in the section's dtype and limits,
+    written into engine/tensorrt/ and recorded in the section `t`."""
+    from builder.tensorrt.plan import Limits
+    from spec.network import NETWORK_FILE, load_network
+    out = engine / TENSORRT_DIR
+    out.mkdir(exist_ok=True)
+    saved = export_graph(engine, load_network(engine / NETWORK_FILE), out / ONNX_FILE, t["graph_dtype"],
+                         t.get("island_gemm_dtype", "float32"), Limits(**t["limits"]).kv_capacity)
+    t.update(graph_record(out, saved))
 
 
 def _run_plan(engine: Path, t: dict) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from deploy.openai.errors import bad_request
-from model_repo.harmony import HarmonyRequestError, harmony_encoding, system_message, to_engine_ids
+from model_repo.harmony import HarmonyRequestError, harmony_encoding, render_for_completion, system_message, to_engine_ids
 from model_repo.tokenizer import ServingTokenizer
 
 
@@ -99,9 +99,9 @@ def harmony_messages(messages: Sequence[dict], tools: Sequence[Any] | None, reas
 def render_prompt(tokenizer: ServingTokenizer, messages: Sequence[dict], tools=None, reasoning_effort=None,
                   use_tools: bool = True) -> list[int]:
     """The conversation rendered for the assistant's next turn, as the engine's token ids."""
-    from openai_harmony import Conversation, Role
+    from openai_harmony import Conversation
     msgs = harmony_messages(messages, tools, reasoning_effort, use_tools)
-    ids = harmony_encoding().render_conversation_for_completion(Conversation.from_messages(msgs), Role.ASSISTANT)
+    ids = render_for_completion(Conversation.from_messages(msgs))
     try:
         return to_engine_ids(tokenizer, ids)
     except HarmonyRequestError as e:

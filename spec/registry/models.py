@@ -50,6 +50,9 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     # Where users get the released weights, if any.
     hf_repo: str | None = None
+    # The registry quant format hf_repo's weights are stored in (the released gpt-oss: MXFP4 experts), so
+    # `--plan` can say what `--quant auto` keeps before the checkpoint is fetched.
+    hf_repo_quant: str | None = None
     source: str = ""
     notes: str = ""
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -136,14 +139,14 @@ MODELS: dict[str, ModelConfig] = {
         name="20b",
         num_layers=24, hidden_size=2880, head_dim=64, num_q_heads=64, num_kv_heads=8, vocab_size=201088,
         mlp="moe", intermediate_size=2880, num_experts=32, experts_per_token=4,
-        hf_repo="openai/gpt-oss-20b", source=_RELEASED_SOURCE.format(repo="openai/gpt-oss-20b"),
+        hf_repo="openai/gpt-oss-20b", hf_repo_quant="mxfp4", source=_RELEASED_SOURCE.format(repo="openai/gpt-oss-20b"),
         eos_token_ids=_HARMONY_EOS,
     ),
     "120b": ModelConfig(
         name="120b",
         num_layers=36, hidden_size=2880, head_dim=64, num_q_heads=64, num_kv_heads=8, vocab_size=201088,
         mlp="moe", intermediate_size=2880, num_experts=128, experts_per_token=4,
-        hf_repo="openai/gpt-oss-120b", source=_RELEASED_SOURCE.format(repo="openai/gpt-oss-120b"),
+        hf_repo="openai/gpt-oss-120b", hf_repo_quant="mxfp4", source=_RELEASED_SOURCE.format(repo="openai/gpt-oss-120b"),
         eos_token_ids=_HARMONY_EOS,
     ),
     # The leak described the small model as a dense 20B. It was never released; this is our sizing:

@@ -43,6 +43,16 @@ def _build(src, out, *extra):
     return json.loads((out / MANIFEST_FILE).read_text()), r.stderr
 
 
+def _planned(src, *extra):
+    """What `build-engine --plan` says the build will store (JSON quant and the note on how auto chose)."""
+    args = ["--checkpoint", str(src)] if src else []
+    r = subprocess.run([str(BIN / "build-engine"), *args, "--gpu", "cpu", "--plan", "--json", *extra],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    return out["quant"], out["quant_note"]
+
+
 def _blocks(folder):
     with load_canonical(folder) as ck:
         return ck.quant, {n: ck.get(n) for n in ck.names() if ".moe." in n and n.endswith("weight") and "router" not in n}
@@ -52,6 +62,7 @@ def test_auto_keeps_mxfp4_and_runs_like_transformers(mxfp4_src, tmp_path):
     assert source_quant(mxfp4_src) == "mxfp4" and source_quant(TINY) == "bf16"
     m, err = _build(mxfp4_src, tmp_path / "e")
     assert m["quant"] == "mxfp4" and "keeps the source's mxfp4" in err
+    assert _planned(mxfp4_src) == (m["quant"], "auto keeps the source's mxfp4 on cpu")   # --plan says what it did
     (sq, src_w), (eq, eng_w) = _blocks(mxfp4_src), _blocks(tmp_path / "e")
     assert sq == eq == "mxfp4" and src_w.keys() == eng_w.keys() and src_w
     for n in src_w:                                              # the released bytes, as they are
@@ -65,7 +76,16 @@ def test_auto_keeps_mxfp4_and_runs_like_transformers(mxfp4_src, tmp_path):
 
 
 def test_negative_controls(mxfp4_src, tmp_path):
-    assert _build(TINY, tmp_path / "b")[0]["quant"] == "bf16"
+    assert _build(TINY, tmp_path / "b")[0]["quant"] == _planned(TINY)[0] == "bf16"
     assert _build(mxfp4_src, tmp_path / "q", "--quant", "bf16")[0]["quant"] == "bf16"
+    assert _planned(mxfp4_src, "--quant", "bf16") == ("bf16", "")
     assert quant_for(get_gpu("b200"), "auto", "mxfp4").name == "nvfp4"
     assert quant_for(get_gpu("cpu"), "auto", "nvfp4").name == "bf16"   # only the listed formats are kept
+
+
+def test_plan_without_checkpoint_says_what_auto_keeps():
+    """No --checkpoint: the released 20b is declared MXFP4 (ModelConfig.hf_repo_quant), so --plan resolves it as
+    the build will; a model whose source format nothing declares gets the rule in words, not a guess."""
+    assert _planned(None, "--model", "20b") == ("mxfp4", "auto keeps the source's mxfp4 on cpu")
+    quant, note = _planned(None, "--model", "tiny-dense")
+    assert quant == "bf16" and "keeps the source's format if it is mxfp4" in note and "else bf16" in note

@@ -209,7 +209,10 @@ def test_manifest_names_no_staging_path(engines, gpu):
     assert not STAGING.search(text), STAGING.search(text)
 
 
-def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_instructions(engines, tmp_path):
+def test_hopper_and_blackwell_datacentre_targets_store_no_graph_and_get_gpu_build_instructions(engines, tmp_path):
+    """SM90/100 engines are served by TensorRT-LLM from the checkpoint: no graph is stored (the note says why),
+    and `--validate` on such a GPU exports it on demand (here, the SM claimed without a GPU: the graph is
+    written and recorded, the plan build then fails for want of standard TensorRT and says so)."""
     import shutil
 
     from builder.tensorrt.engine_dir import write_tensorrt
@@ -219,9 +222,17 @@ def test_hopper_and_blackwell_datacentre_targets_get_the_graph_and_gpu_build_ins
         ["tensorrt-rtx"] * 6 + ["tensorrt"] * 3 + [None]
     engine = tmp_path / "e"
     shutil.copytree(engines["rtx-5090"], engine)
+    shutil.rmtree(engine / "tensorrt")
     t = write_tensorrt(engine, load_network(engine / "network.json"), 100, 4, 256)
     assert (t["builder"], t["plan"], t["builder_version"], t["ran_on_gpu"]) == ("tensorrt", None, None, False)
-    assert "build-engine --validate" in t["note"] and (engine / t["onnx"]).is_file()
+    assert t["onnx"] is None and not (engine / "tensorrt").exists()
+    assert "no ONNX graph stored" in t["note"] and "build-engine --validate" in t["note"]
+    from builder.tensorrt.engine_dir import validate_tensorrt
+    record = validate_tensorrt(engine, t, present_sms=[100])
+    assert t["onnx"] == "tensorrt/model.onnx" and (engine / t["onnx"]).is_file() and t["plan"] is None
+    assert record["ok"] is False and "tensorrt" in record["note"]
+    from builder.tensorrt.plan import parses
+    assert parses(engine / t["onnx"]) == []          # the graph exported on demand is one TensorRT(-RTX) reads
 
 
 def test_model_read_from_checkpoint_when_not_given(tmp_path):

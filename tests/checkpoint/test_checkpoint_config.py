@@ -65,7 +65,8 @@ def test_openai_config_roundtrip_exact_keys():
     d = openai_config_dict(reg)
     assert tuple(d) == OPENAI_KEYS
     back = model_config_from_openai(d, "x", None)
-    assert dataclasses.replace(back, name=reg.name, hf_repo=reg.hf_repo, source=reg.source, notes=reg.notes,
+    assert dataclasses.replace(back, name=reg.name, hf_repo=reg.hf_repo, hf_repo_quant=reg.hf_repo_quant,
+                               source=reg.source, notes=reg.notes,
                                eos_token_ids=reg.eos_token_ids) == reg
     assert d["rope_ntk_alpha"] == 1.0 and d["rope_ntk_beta"] == 32.0 and d["initial_context_length"] == 4096
 
