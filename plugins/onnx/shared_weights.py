@@ -110,3 +110,34 @@ def _hard_link(src: Path, dst: Path) -> Path | None:
     except OSError:
         return None
 
+
+
+def load_graph(path: str | Path):
+    """The ModelProto at `path` with its external data read in (small graphs: every weight in memory).
+
+    onnx.load refuses external data files with more than one hard link ("potential hardlink attack", onnx >=
+    1.19), which a graph sharing the checkpoint's shards, or any engine installed from the build cache, always
+    has; ONNX Runtime and TensorRT read them. This reads each tensor's (location, offset, length) itself, and
+    only from a plain file name inside the graph's folder."""
+    import onnx
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        d = {e.key: e.value for e in t.external_data}
+        loc = d.get("location", "")
+        if not loc or Path(loc).name != loc or loc in (".", ".."):
+            raise ValueError(f"{path}: initializer {t.name!r} has external data location {loc!r}, not a file "
+                             f"beside the graph")
+        offset, length = int(d.get("offset", 0)), d.get("length")
+        with open(path.parent / loc, "rb") as f:
+            f.seek(offset)
+            data = f.read(int(length)) if length is not None else f.read()
+        if length is not None and len(data) != int(length):
+            raise ValueError(f"{path}: initializer {t.name!r}: {loc} holds {len(data)} of its {length} bytes at "
+                             f"offset {offset}")
+        t.raw_data = data
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+    return model

@@ -92,6 +92,14 @@ def test_every_external_initializer_is_the_checkpoint_bytes_or_the_graphs_own(mx
         shared += length
     assert shared == saved.shared_bytes > 0
     assert saved.linked == ["model.safetensors"]
+    # onnx.load refuses a data file with several hard links; load_graph reads the same initializers
+    from plugins.onnx.shared_weights import load_graph
+    with pytest.raises(Exception, match="hard link"):
+        onnx.load(saved.path)
+    loaded = {t.name: t.raw_data for t in load_graph(saved.path).graph.initializer}
+    inline = _inline(tmp_path, mxfp4_engine)
+    assert loaded == {n: onnx.numpy_helper.to_array(t).tobytes() if not t.raw_data else t.raw_data
+                      for n, t in inline.items()}
     assert saved.written_bytes == saved.weight_bytes - saved.shared_bytes
     assert (tmp_path / "g" / "model.onnx.data").stat().st_size >= saved.written_bytes
 
