@@ -350,7 +350,8 @@ def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPla
     try:
         return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len,
                               graph_only=req.graph_only, workspace_bytes=req.plan_workspace_bytes,
-                              attention_bytes=p.runtime_reserve_bytes or None)
+                              attention_bytes=p.runtime_reserve_bytes or None,
+                              kv_budget_bytes=p.kv_budget_bytes_per_gpu or None)
     except PlanBuildError as e:
         reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise BuildError(f"no TensorRT plan for {target.name} (SM {target.sm}), so nothing was installed: {reason}; "
