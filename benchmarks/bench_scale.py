@@ -4,12 +4,12 @@
                                      [--cache-policy off] [--keep] [--json]
 
 Each case runs the real CLI in a subprocess and records: the command, its exit code, wall seconds, the
-seconds of each build stage ("[k/6]" lines, timed as they arrive on stderr), the peak RSS of the whole
-process tree (the sum of VmRSS over build-engine and its children, polled every 0.2 s; and, from
+seconds and the peak tree RSS of each build stage ("[k/6]" lines, timed as they arrive on stderr), the peak
+RSS of the whole process tree (the sum of VmRSS over build-engine and its children, polled every 0.2 s; and, from
 getrusage(RUSAGE_CHILDREN), the largest single process), the engine's bytes on disk (allocated blocks, hard
 links counted once) against the checkpoint's bytes, and the build cache's bytes. Built engines and the cache
-are deleted after each case unless --keep (a 20b engine is ~28 GB today: a 13.8 GB checkpoint plus its
-bf16 graph; check free disk first). Checkpoints are written by checkpoint.synthetic (released shapes and names,
+are deleted after each case unless --keep (a 20b engine is its 13.8 GB checkpoint, plus the graph
+on TensorRT-RTX plan targets; check free disk first). Checkpoints are written by checkpoint.synthetic (released shapes and names,
 MXFP4 experts, random values) when not given: the full 20b (13.8 GB) and 120b slices of 2 and 4 layers
 (120b's 128-expert layers; memory should not grow with depth, time extrapolates to 36 layers).
 Not a test: on the project's 2-core / 24 GB machines the whole set takes about an hour; run it under
@@ -92,13 +92,17 @@ def run_case(cmd: list[str], env: dict) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = [0]
     done = threading.Event()
+    stages, tail = [], []
+    stage_peak: dict[int, int] = {}            # index into stages (-1: before the first stage line) -> peak
 
     def poll():
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            rss = _tree_rss(proc.pid)
+            peak[0] = max(peak[0], rss)
+            k = len(stages) - 1
+            stage_peak[k] = max(stage_peak.get(k, 0), rss)
             done.wait(0.2)
     threading.Thread(target=poll, daemon=True).start()
-    stages, tail = [], []
     out_holder = {}
     reader = threading.Thread(target=lambda: out_holder.setdefault("out", proc.stdout.read()), daemon=True)
     reader.start()
@@ -112,13 +116,14 @@ def run_case(cmd: list[str], env: dict) -> dict:
     done.set()
     reader.join()
     child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    stage_s = {}
+    stage_s, stage_rss = {}, {}
     for i, (k, start, what) in enumerate(stages):
         end = stages[i + 1][1] if i + 1 < len(stages) else seconds
         stage_s[f"[{k}] {what}"] = round(end - start, 1)
+        stage_rss[f"[{k}] {what}"] = stage_peak.get(i, 0)
     return {"exit_code": rc, "seconds": round(seconds, 1), "peak_rss_tree": peak[0],
             "peak_rss_largest_process": child_max if child_max > before * 1024 else None,
-            "stages": stage_s, "stderr_tail": tail if rc else tail[-3:]}
+            "stages": stage_s, "stage_peak_rss_tree": stage_rss, "stderr_tail": tail if rc else tail[-3:]}
 
 
 def ensure_checkpoint(key: str, workdir: Path, given: dict) -> Path:
@@ -172,7 +177,7 @@ def main() -> None:
                   f"({row['engine_over_checkpoint']}x ckpt)  cache {row['cache_bytes'] / 1e9:6.2f} GB",
                   flush=True)
             for stage, s in row["stages"].items():
-                print(f"    {s:>7.1f} s  {stage}")
+                print(f"    {s:>7.1f} s  {row['stage_peak_rss_tree'][stage] / 1e9:5.2f} GB  {stage}")
     if not a.keep:
         shutil.rmtree(a.workdir / "engines", ignore_errors=True)
 

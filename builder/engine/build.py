@@ -35,9 +35,10 @@ from spec.target import Target, quant_for, resolve_target
 # Bump whenever what a build writes changes (new files, new layout): it is part of the cache key, so
 # engines cached by an older builder are rebuilt rather than served stale.
 # 5: engine.json records the sha256 of every file under triton/ (triton_sha256), checked by serve-engine.
-# 6: tensorrt/model.onnx only for TensorRT-RTX plan targets; its external data points into the checkpoint's
-#    shards (hard-linked into tensorrt/) where the bytes are the same.
-ENGINE_LAYOUT_VERSION = 6
+# 6: tensorrt/model.onnx only for TensorRT-RTX plan targets.
+# 7: the graph's external data points into the checkpoint's shards (hard-linked into tensorrt/) where the
+#    bytes are the same (engine.json "tensorrt"."onnx_weights").
+ENGINE_LAYOUT_VERSION = 7
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 

@@ -4,7 +4,10 @@ no graph (the section says why): the CPU executors export their own graph when t
 (runtime.executors.onnxruntime), and datacentre GPUs serve through TensorRT-LLM from the checkpoint;
 `build-engine --validate DIR` on such a GPU exports the graph there before building a standard TensorRT plan.
 
-engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {external data file: sha256},
+engine.json "tensorrt": {"onnx": REL_PATH | null, "onnx_sha256", "onnx_data": {the graph's own external data
+file: sha256}, "onnx_weights": {"shared_bytes", "written_bytes", "shared_initializers", "written_initializers",
+"linked_shards"} (initializers whose bytes equal a checkpoint tensor point into its shard, hard-linked into
+tensorrt/: plugins/onnx/shared_weights.py; the rest are in the graph's own data file),
 "plan": REL_PATH | null, "plan_sha256", "plan_bytes", "plan_seconds" (build time), "plan_layers" and
 "plan_gemm_layers" (the parsed network's layers and its matrix multiplies), "weights_stripped" (the plan is
 refitted from the ONNX weights at load),
@@ -134,18 +137,25 @@ def _build_here(out: Path, section: dict, sm: int, lim, workspace_bytes: int | N
 
 def graph_record(out: Path, saved) -> dict:
     """engine.json's fields for the graph just written in `out` (the engine's tensorrt/ folder)."""
-    return {"onnx": GRAPH_PATH, "onnx_sha256": sha256_file(out / ONNX_FILE), "onnx_data": saved.data_files}
+    return {"onnx": GRAPH_PATH, "onnx_sha256": sha256_file(out / ONNX_FILE), "onnx_data": saved.data_files,
+            "onnx_weights": {"shared_bytes": saved.shared_bytes, "written_bytes": saved.written_bytes,
+                             "shared_initializers": len(saved.shared),
+                             "written_initializers": saved.initializers - len(saved.shared),
+                             "linked_shards": saved.linked}}
 
 
 def export_graph(engine: Path, network, path: Path, dtype: str, island_gemm: str = "float32",
                  kv_capacity: int | None = None):
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
+    from plugins.onnx.shared_weights import CheckpointBytes
     t0 = time.perf_counter()
-    with load_canonical(engine) as ck:
-        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm, kv_capacity=kv_capacity)
-    _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights, "
-         f"{time.perf_counter() - t0:.1f} s)")
+    with load_canonical(engine) as ck, CheckpointBytes(engine) as share:
+        saved = export_onnx(network, ck, path, dtype=dtype, island_gemm=island_gemm, kv_capacity=kv_capacity,
+                            share=share)
+    _say(f"      tensorrt: {path.name} ({dtype}, {saved.weight_bytes / 2**20:.1f} MiB of weights: "
+         f"{saved.shared_bytes / 2**20:.1f} MiB in the checkpoint's shards, {saved.written_bytes / 2**20:.1f} MiB "
+         f"written; {time.perf_counter() - t0:.1f} s)")
     return saved
 
 

@@ -3,6 +3,8 @@
     saved = export_onnx(network, weights, "model.onnx", dtype="float32")   # weights: dict or load_canonical(...)
     export_onnx(network, weights, path, dtype="bfloat16")   # a GPU graph: spec.capabilities.graph_dtype(sm)
     saved.path, saved.data_files ({external data file: sha256}, empty when the weights are inline)
+    export_onnx(network, ck, path, share=CheckpointBytes(folder))   # weights equal to the checkpoint's point
+                                                                    # into its shards (plugins/onnx/shared_weights.py)
     export_onnx(network, weights, path, lowering="onnxruntime-cpu")       # the form ONNX Runtime's CPU runs
 
 Graph inputs: input_ids, position_ids int64 [batch, seq] (right-padded: position -1 after a sequence's tokens,
@@ -88,9 +90,12 @@ def build_graph(network: Network, weights, dtype: str = "float32", lowering: str
 
 def export_onnx(network: Network, weights, path: str | Path, *, dtype: str = "float32", lowering: str = TENSORRT,
                 external: bool | None = None, kv_capacity: int | None = None,
-                island_gemm: str = "float32") -> SavedGraph:
+                island_gemm: str = "float32", share=None) -> SavedGraph:
     """Build and write the graph. external=None: weights inline below 1.8 GB, else one external data file
     written tensor by tensor (its sha256 in the result). kv_capacity: as build_graph. dtype: the compute
     dtype; island_gemm: the dtype of the GEMMs inside its fp32 islands (spec.capabilities.island_gemm_dtype;
-    float32 unless the target lacks fp32 GEMMs)."""
-    return build_graph(network, weights, dtype, lowering, kv_capacity, island_gemm).save(path, external=external)
+    float32 unless the target lacks fp32 GEMMs). share: a plugins.onnx.shared_weights.CheckpointBytes over the
+    checkpoint the weights come from: initializers equal to a stored tensor point into its shard (hard-linked
+    beside the graph) instead of being written again."""
+    return build_graph(network, weights, dtype, lowering, kv_capacity, island_gemm).save(path, external=external,
+                                                                                         share=share)

@@ -14,7 +14,7 @@ an FP4 weight, and W4A4's dynamic quantizer of a GEMM's input.
   rounding (nearest, ties to even, saturating) as the count of numerics.mxfp4.E2M1_BOUNDS |q| passes.
 - "onnxruntime-cpu-packed": as "onnxruntime-cpu", except FP4 experts: kept as their bytes (ONNX Runtime
   folds the table decode above into fp32 initializers at session start, 8x the packed bytes) and decoded at
-  run time for the routed experts only (routed_expert_gemm).
+  run time for the routed experts only (routed_expert_gemm); its bf16 weights stay bf16 too (plugins/onnx/stored.py).
 Both give numerics' values bit for bit (onnx.reference on the first, ONNX Runtime on the second:
 tests/plugins/test_onnx_quant.py). Not modelled on the CPU: the GPU's approximate reciprocals, and block
 scales whose reciprocal overflows float32 (numerics divides there).

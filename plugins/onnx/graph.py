@@ -14,6 +14,7 @@ cannot exceed 2 GiB, hence the limit.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 OPSET = 23
 INLINE_LIMIT = 1_800_000_000          # bytes of weights kept inside the protobuf; above it, external data
 EXTERNAL_ALIGN = 4096                 # external tensors start on page boundaries (mmap-friendly)
+COPY_BYTES = 64 << 20                 # pieces in which stored bytes are copied into the graph's data file
 
 # Graph compute dtypes: name -> (ONNX element type name, torch dtype name, bytes per element)
 DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 2),
@@ -36,8 +38,9 @@ DTYPES = {"float32": ("FLOAT", "float32", 4), "float16": ("FLOAT16", "float16", 
 TENSORRT = "tensorrt"
 ORT_CPU = "onnxruntime-cpu"
 # "onnxruntime-cpu-packed": the CPU form with FP4 experts kept packed (half a byte per weight) and decoded at run
-# time for the routed experts only (plugins/onnx/fp4.py), for models whose fp32-folded experts do not fit in
-# memory (ONNX Runtime folds the "onnxruntime-cpu" form's decode into fp32 weights when a session starts).
+# time for the routed experts only (plugins/onnx/fp4.py), and bf16 weights kept bf16, widened to fp32 per row
+# block where they are used (plugins/onnx/stored.py), for models whose fp32 graph does not fit in memory (ONNX
+# Runtime folds the "onnxruntime-cpu" form's decode into fp32 weights when a session starts).
 ORT_CPU_PACKED = "onnxruntime-cpu-packed"
 LOWERINGS = (TENSORRT, ORT_CPU, ORT_CPU_PACKED)
 
@@ -64,8 +67,13 @@ class LazyWeight:
 @dataclass
 class SavedGraph:
     path: Path                        # the .onnx file
-    data_files: dict[str, str] = field(default_factory=dict)   # external data file name -> sha256
+    data_files: dict[str, str] = field(default_factory=dict)   # the graph's own external data file -> sha256
     weight_bytes: int = 0
+    shared_bytes: int = 0             # initializer bytes that point into the checkpoint's shards
+    written_bytes: int = 0            # initializer bytes written by the graph (inline or its own data file)
+    linked: list[str] = field(default_factory=list)          # shard files hard-linked beside the graph
+    shared: dict[str, str] = field(default_factory=dict)     # initializer -> the linked shard it points into
+    initializers: int = 0             # weight initializers (lazy weights; small constants not counted)
 
 
 def _bytes_of(t, dtype: str) -> bytes:
@@ -101,6 +109,7 @@ class Graph:
         self.small: list = []          # constant TensorProtos built in memory (tables, shapes, scalars)
         self._names: dict[str, int] = {}
         self._shared: dict[str, str] = {}
+        self._runtime_zero: str | None = None
         self.opset_imports: dict[str, int] = {"": OPSET}
 
     # -- names and nodes ------------------------------------------------------------------------------------
@@ -166,6 +175,16 @@ class Graph:
         t = torch.tensor(float(value)).to(getattr(torch, DTYPES[self.dtype][1]))
         return self.raw(name or "scalar", self.elem, (), [_bytes_of(t, self.dtype)])
 
+    def runtime_int(self, value: int, shape=()) -> str:
+        """An int64 `value` (shape () or (1,)) that ONNX Runtime cannot constant-fold: 0 * the first graph input's
+        leading dimension, plus value. Keeps a Slice or Gather of an initializer, and the Cast after it, out of
+        the folding done when a session starts (plugins/onnx/stored.py). Outer graph only."""
+        if self._runtime_zero is None:
+            lead = self.op("Slice", self.op("Shape", self.inputs[0].name), self.ints([0]), self.ints([1]))
+            self._runtime_zero = self.op("Mul", lead, self.ints([0]), name="runtime_zero")     # [1]
+        v = self._runtime_zero if value == 0 else self.op("Add", self._runtime_zero, self.ints([int(value)]))
+        return v if tuple(shape) == (1,) else self.op("Squeeze", v, self.ints([0]))
+
     def f32(self, value, name: str | None = None) -> str:
         return self.const(np.asarray(value, dtype=np.float32), name or "f32")
 
@@ -220,48 +239,138 @@ class Graph:
         opsets = [helper.make_opsetid(d, v) for d, v in self.opset_imports.items()]
         return helper.make_model(graph, opset_imports=opsets, producer_name="gptoss-trt")
 
-    def save(self, path: str | Path, external: bool | None = None) -> SavedGraph:
+    def save(self, path: str | Path, external: bool | None = None, share=None) -> SavedGraph:
         """Write the graph to `path` (.onnx). external=None: inline below INLINE_LIMIT, else one data file
-        `<path>.data` written tensor by tensor, its sha256 returned."""
+        `<path>.data` written tensor by tensor, its sha256 returned. share: a plugins.onnx.shared_weights
+        CheckpointBytes; initializers whose bytes equal a stored tensor's then point into that tensor's shard
+        (hard-linked beside the graph) and only the others are written (external data is implied)."""
         from onnx import TensorProto
         path = Path(path)
         if external is None:
-            external = self.weight_bytes > INLINE_LIMIT
+            external = share is not None or self.weight_bytes > INLINE_LIMIT
         if not external:
             model = self.model(inline=True)
             _atomic_write(path, model.SerializeToString())
-            return SavedGraph(path, {}, self.weight_bytes)
+            return SavedGraph(path, {}, self.weight_bytes, written_bytes=self.weight_bytes,
+                              initializers=len(self.weights))
         data_name = path.name + ".data"
         model = self.model(inline=False)
         by_name = {t.name: t for t in model.graph.initializer}
-        digest = hashlib.sha256()
-        tmp = path.with_name(data_name + ".partial")
-        offset = 0
-        with open(tmp, "wb") as f:
+        out = _DataFile(path.with_name(data_name + ".partial"))
+        shared: dict[str, str] = {}
+        try:
             for w in self.weights.values():
-                pad = (-offset) % EXTERNAL_ALIGN
-                if pad:
-                    f.write(b"\0" * pad)
-                    digest.update(b"\0" * pad)
-                    offset += pad
-                start, written = offset, 0
-                for chunk in w.chunks():
-                    f.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-                if written != w.nbytes:
-                    raise ValueError(f"weight {w.name}: produced {written} bytes, its shape {w.shape} needs {w.nbytes}")
-                offset += written
+                location, start, length = _share_or_write(w, share, path.parent, out, data_name)
+                if location != data_name:
+                    shared[w.name] = location
                 t = by_name[w.name]
                 t.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", data_name), ("offset", str(start)), ("length", str(written))):
+                for key, value in (("location", location), ("offset", str(start)), ("length", str(length))):
                     entry = t.external_data.add()
                     entry.key, entry.value = key, value
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path.with_name(data_name))
+            if out.offset:
+                data_files = {data_name: out.finish(path.with_name(data_name))}
+            else:                                   # every initializer is shared: no data file of its own
+                data_files = out.discard()
+                path.with_name(data_name).unlink(missing_ok=True)
+        except BaseException:
+            out.discard()
+            raise
         _atomic_write(path, model.SerializeToString())
-        return SavedGraph(path, {data_name: digest.hexdigest()}, self.weight_bytes)
+        shared_bytes = sum(self.weights[n].nbytes for n in shared)
+        linked = sorted(set(shared.values()))
+        return SavedGraph(path, data_files, self.weight_bytes, shared_bytes=shared_bytes,
+                          written_bytes=self.weight_bytes - shared_bytes, linked=linked, shared=shared,
+                          initializers=len(self.weights))
+
+
+class _DataFile:
+    """The graph's own external data file, written streaming (page-aligned tensors, sha256 on the way)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.offset, self.digest = tmp, 0, hashlib.sha256()
+        self.f = open(tmp, "wb")
+
+    def _put(self, chunk: bytes) -> None:
+        self.f.write(chunk)
+        self.digest.update(chunk)
+        self.offset += len(chunk)
+
+    def align(self) -> int:
+        pad = (-self.offset) % EXTERNAL_ALIGN
+        if pad:
+            self._put(b"\0" * pad)
+        return self.offset
+
+    def write_all(self, w: LazyWeight) -> tuple[int, int]:
+        """Write w's chunks; returns (offset, length)."""
+        start = self.align()
+        for chunk in w.chunks():
+            self._put(chunk)
+        return start, self.check(w, start)
+
+    def copy(self, share, t, n: int) -> None:
+        """The first n bytes of stored tensor t, from its shard."""
+        for a in range(0, n, COPY_BYTES):
+            self._put(share.read(t, a, min(COPY_BYTES, n - a)))
+
+    def check(self, w: LazyWeight, start: int) -> int:
+        written = self.offset - start
+        if written != w.nbytes:
+            raise ValueError(f"weight {w.name}: produced {written} bytes, its shape {w.shape} needs {w.nbytes}")
+        return written
+
+    def finish(self, final: Path) -> str:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, final)
+        return self.digest.hexdigest()
+
+    def discard(self) -> dict:
+        if not self.f.closed:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
+        return {}
+
+
+def _share_or_write(w: LazyWeight, share, folder: Path, out: _DataFile, data_name: str):
+    """Stream w's chunks against the stored ranges of its size and first bytes. All of w equal to one of them:
+    that range's (link name, offset, length), its shard hard-linked into `folder`. Else w goes to `out` (the
+    bytes compared before the first difference equal a candidate's, so they are copied from it, then the rest
+    streams on): (data_name, offset, length)."""
+    if share is None:
+        return (data_name, *out.write_all(w))
+    from plugins.onnx.shared_weights import PREFIX_BYTES as PREFIX
+    chunks = iter(w.chunks())
+    head = next(chunks, b"")
+    while len(head) < min(w.nbytes, PREFIX):          # the index key needs the first PREFIX bytes
+        more = next(chunks, None)
+        if more is None:
+            break
+        head += more
+    alive = list(share.candidates(w.nbytes, head)) if head else []
+    pos = 0
+    for chunk in itertools.chain([head], chunks):
+        n = len(chunk)
+        still = [c for c in alive if pos + n <= c.nbytes and share.read(c, pos, n) == chunk]
+        if not still:
+            start = out.align()
+            if pos:
+                out.copy(share, alive[0], pos)                    # the equal prefix, from the stored range
+            for rest in itertools.chain([chunk], chunks):
+                out._put(rest)
+            return data_name, start, out.check(w, start)
+        alive, pos = still, pos + n
+    if pos != w.nbytes:
+        raise ValueError(f"weight {w.name}: produced {pos} bytes, its shape {w.shape} needs {w.nbytes}")
+    for c in alive:                                               # the first whose shard can be linked
+        name = share.link_into(c, folder)
+        if name is not None:
+            return name, c.offset, c.nbytes
+    start = out.align()                                           # equal, but no link: write it (from the shard)
+    out.copy(share, alive[0], pos)
+    return data_name, start, out.check(w, start)
 
 
 def _collect(w: LazyWeight) -> bytes:

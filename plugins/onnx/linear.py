@@ -24,6 +24,7 @@ from typing import Callable
 from plugins.onnx.gemm import dense_bias, gemm
 from plugins.onnx.graph import Graph
 from plugins.onnx.quant import quant_expert_gemm, quant_linear
+from plugins.onnx.stored import keeps_bf16, stored_linear
 from plugins.onnx.weights import WeightSource
 
 
@@ -69,8 +70,13 @@ def dense_weight(g: Graph, linears, weights: WeightSource, dtype: str | None = N
 
 
 def _plain_linear(g: Graph, x: str, linears, weights: WeightSource) -> str:
-    w = dense_weight(g, linears, weights)
     b = dense_bias(g, linears, weights)
+    if keeps_bf16(g, linears, weights):        # the packed CPU lowering: bf16 as stored, widened per block at run time
+        for lin in linears:
+            weights.check(lin.weight, (lin.out_features, lin.in_features))
+        return stored_linear(g, x, linears, _merged_name(linears),
+                             lambda: (c for lin in linears for c in weights.dense_chunks(lin.weight, lin.quant)), b)
+    w = dense_weight(g, linears, weights)
     return gemm(g, x, w, b, linears[0].in_features, sum(lin.out_features for lin in linears))
 
 

@@ -27,10 +27,13 @@ from spec.network import Network
 FLOAT32_BYTES = 4
 # Of this machine's memory, what the ONNX Runtime graph may take (the rest: Triton, the other models, the OS).
 ORT_MEMORY_FRACTION = 0.5
+# A model no other CPU runtime here can hold (the reference runtime's fp32 weights do not fit: the full 20b) may take
+# this much in ONNX Runtime's packed lowering, most of it pages memory-mapped from the graph's data file.
+ORT_LARGE_MODEL_FRACTION = 0.8
 
 
-def ort_budget_bytes() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * ORT_MEMORY_FRACTION)
+def ort_budget_bytes(fraction: float = ORT_MEMORY_FRACTION) -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,14 @@ class PeakEstimate:
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in self.terms.items())
         return f"~{self.total / 2**30:.2f} GiB for {self.tokens} tokens ({parts} GiB)"
+
+
+def ort_budget_for(network: Network) -> int:
+    """What ONNX Runtime may take for this network: half the memory, or ORT_LARGE_MODEL_FRACTION of it for a model
+    whose fp32 weights exceed the whole memory (the reference runtime cannot run it at all, so ONNX Runtime's
+    packed lowering is the only CPU executor left)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ort_budget_bytes(ORT_LARGE_MODEL_FRACTION if weight_bytes(network) > ram else ORT_MEMORY_FRACTION)
 
 
 def weight_bytes(network: Network) -> int:
@@ -75,13 +86,16 @@ def moe_token_bytes(network: Network, tokens: int) -> int:
     return int(tokens) * max(per_token, default=0)
 
 
-def ort_peak_bytes(network: Network, tokens: int, batch: int = 1, past: int = 0) -> PeakEstimate:
-    """One forward of `tokens` new tokens per row over `batch` rows, `past` cached tokens per row."""
+def ort_peak_bytes(network: Network, tokens: int, batch: int = 1, past: int = 0,
+                   weights: int | None = None) -> PeakEstimate:
+    """One forward of `tokens` new tokens per row over `batch` rows, `past` cached tokens per row. weights: the
+    bytes the session holds when known (runtime.executors.onnxruntime.session_weight_bytes: the packed lowering
+    holds FP4 experts and bf16 weights as stored), else every weight in fp32."""
     n = int(tokens) * int(batch)
     heads = max(l.attention.num_q_heads for l in network.layers)
     kv_per_token = sum(2 * l.attention.num_kv_heads * l.attention.head_dim for l in network.layers) * FLOAT32_BYTES
     terms = {
-        "weights": weight_bytes(network),
+        "weights": weight_bytes(network) if weights is None else int(weights),
         "moe_rows": moe_token_bytes(network, n),
         "attention": 2 * FLOAT32_BYTES * batch * heads * tokens * (past + tokens),
         "logits": FLOAT32_BYTES * n * network.vocab_size,
@@ -90,13 +104,13 @@ def ort_peak_bytes(network: Network, tokens: int, batch: int = 1, past: int = 0)
     return PeakEstimate(n, terms)
 
 
-def max_forward_tokens(network: Network, budget_bytes: int, limit: int = 1 << 20) -> int:
+def max_forward_tokens(network: Network, budget_bytes: int, limit: int = 1 << 20, weights: int | None = None) -> int:
     """The most tokens (batch 1, no past) one forward may take for its estimate to stay within budget_bytes;
-    0 when not even the weights fit."""
+    0 when not even the weights fit. weights: as ort_peak_bytes."""
     lo, hi = 0, int(limit)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if ort_peak_bytes(network, mid).total <= budget_bytes:
+        if ort_peak_bytes(network, mid, weights=weights).total <= budget_bytes:
             lo = mid
         else:
             hi = mid - 1

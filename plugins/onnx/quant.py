@@ -81,7 +81,9 @@ def as_nvfp4(weight, name: str) -> NVFP4Tensor:
                 f"{first} ({axes}): its exponent is more than 17 below the tensor's largest, beyond an e4m3 "
                 f"block scale. TensorRT cannot take E8M0 scales; quantize this model to NVFP4 from float "
                 f"weights instead (--quant nvfp4 from a bf16 checkpoint)")
-        return mxfp4_to_nvfp4_lossless(weight.blocks, weight.scales)
+        # the MXFP4 codes verbatim (-0 nibbles kept: the same values), so the graph's FP4 initializers can be the
+        # checkpoint's bytes (plugins/onnx/shared_weights.py)
+        return mxfp4_to_nvfp4_lossless(weight.blocks, weight.scales, negative_zero="keep")
     raise QuantGraphError(f"{name}: expected an NVFP4 (or MXFP4) weight, got {type(weight).__name__}; the "
                           f"network declares this module in an FP4 format")
 

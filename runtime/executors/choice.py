@@ -81,14 +81,16 @@ def _cpu_choice(path: Path, dtype, tokens: int | None, prefix: str) -> ExecutorC
     if other:
         return ExecutorChoice("reference", prefix + f"quant format(s) {', '.join(other)} need their Q/DQ graph, "
                                                     f"which ONNX Runtime's CPU provider does not run exactly")
-    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes, ort_peak_bytes
-    budget = ort_budget_bytes()
-    est = ort_peak_bytes(network, max(1, int(tokens or 1)))
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_for, ort_peak_bytes
+    from runtime.executors.onnxruntime import packed_weight_bytes
+    budget = ort_budget_for(network)
+    weights = packed_weight_bytes(path)
+    est = ort_peak_bytes(network, max(1, int(tokens or 1)), weights=weights)
     if est.total > budget:
-        fits = max_forward_tokens(network, budget)
+        fits = max_forward_tokens(network, budget, weights=weights)
         return ExecutorChoice("reference", prefix + f"ONNX Runtime's graph would need {est.describe()}, over "
-                                                    f"{budget / 2**30:.1f} GiB (half this machine's memory; it fits "
-                                                    f"{fits} tokens in one forward)")
+                                                    f"{budget / 2**30:.1f} GiB (its share of this machine's memory; it "
+                                                    f"fits {fits} tokens in one forward)")
     return ExecutorChoice("onnxruntime", prefix + f"ONNX Runtime runs this engine exactly on CPU, the fastest here, "
                                                   f"{est.describe()} of {budget / 2**30:.1f} GiB")
 

@@ -198,7 +198,9 @@ PACKED_EXPERT_FORMATS = ("mxfp4", "w4a16-nvfp4", "nvfp4")
 def cpu_lowering(net: Network, fp32_bytes: int, memory_bytes: int) -> tuple[str, int]:
     """(lowering, bytes the session holds): "onnxruntime-cpu" (FP4 folded to fp32 at session start) while its
     fp32 graph fits in half the memory, else, when every MoE's experts are FP4, "onnxruntime-cpu-packed"
-    (experts as their bytes: half a byte a weight plus an e4m3 scale byte per 16, decoded per routed expert)."""
+    (experts as their bytes: half a byte a weight plus an e4m3 scale byte per 16, decoded per routed expert;
+    bf16 weights as bf16, widened per block at run time, which the bytes returned do not count: an upper bound).
+    Measured on the full gpt-oss-20b (bench_scale.py's README rows): 14.4 GB exported, 11.9 GB peak RSS."""
     from spec.network import MoE
     moes = [layer.mlp for layer in net.layers if isinstance(layer.mlp, MoE)]
     packable = moes and all(lin.quant in PACKED_EXPERT_FORMATS for m in moes for lin in (m.gate, m.up, m.down))
@@ -206,6 +208,33 @@ def cpu_lowering(net: Network, fp32_bytes: int, memory_bytes: int) -> tuple[str,
         return ORT_CPU, fp32_bytes
     expert = sum(lin.num_experts * lin.out_features * lin.in_features for m in moes for lin in (m.gate, m.up, m.down))
     return ORT_CPU_PACKED, fp32_bytes - 4 * expert + expert // 2 + expert // 16
+
+
+def session_weight_bytes(path: str | Path) -> tuple[str, int] | None:
+    """(lowering, bytes of weights the session would hold) for the engine or checkpoint at `path`, as
+    load_onnxruntime would export it on this machine; None when this executor cannot run it (quant formats).
+    Counts bf16-stored dense weights at 2 bytes under the packed lowering (plugins/onnx/stored.py)."""
+    from checkpoint.convert import load_canonical
+    from plugins.onnx.stored import STORED_BF16_LOWERINGS
+    from runtime.api import find_checkpoint
+    with load_canonical(find_checkpoint(Path(path))) as ck:
+        network = _network(Path(path), ck)
+        if set(network.quant_formats()) - set(CPU_FORMATS):
+            return None
+        lowering, held = cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())
+        if lowering in STORED_BF16_LOWERINGS and ck.get(network.embedding.weight, rows=slice(0, 1)).dtype == torch.bfloat16:
+            from spec.network import MoE
+            experts = sum(lin.num_experts * lin.out_features * lin.in_features for layer in network.layers
+                          if isinstance(layer.mlp, MoE) for lin in (layer.mlp.gate, layer.mlp.up, layer.mlp.down))
+            held -= (_fp32_bytes(ck) - 4 * experts) // 2      # dense weights at 2 bytes instead of 4
+        return lowering, held
+
+
+def packed_weight_bytes(path: str | Path) -> int | None:
+    """The weights the session holds when load_onnxruntime would export the packed lowering for `path` (what
+    plugins.onnx.memory's estimates take as `weights`); None otherwise (its fp32 count stands)."""
+    held = session_weight_bytes(path)
+    return held[1] if held is not None and held[0] == ORT_CPU_PACKED else None
 
 
 def _fp32_bytes(ck) -> int:
@@ -241,15 +270,27 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
             from plugins.onnx.export import export_onnx
             workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
             try:
-                onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32",
-                                        lowering=cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())[0]).path
+                with _checkpoint_bytes(ckpt_dir, workdir) as share:
+                    onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32", share=share,
+                                            lowering=cpu_lowering(network, _fp32_bytes(ck), _memory_bytes())[0]).path
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
     ex = OnnxRuntimeExecutor(network, onnx_path, threads=threads or _threads(), workdir=workdir)
-    from plugins.onnx.memory import max_forward_tokens, ort_budget_bytes
-    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_bytes())
+    from plugins.onnx.memory import max_forward_tokens, ort_budget_for
+    ex.max_forward_tokens = max_forward_tokens(network, ort_budget_for(network), weights=packed_weight_bytes(path))
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+def _checkpoint_bytes(ckpt_dir: Path, workdir: Path):
+    """The checkpoint's shards to point the temporary graph's equal initializers into (hard links in the temp
+    dir: nothing is written twice), where the temp dir is on the checkpoint's filesystem (TMPDIR chooses it);
+    elsewhere, or where the headers cannot be indexed, the graph writes all its weights as before."""
+    import contextlib
+    from plugins.onnx.shared_weights import CheckpointBytes
+    if os.stat(ckpt_dir).st_dev != os.stat(workdir).st_dev:
+        return contextlib.nullcontext(None)
+    return CheckpointBytes(ckpt_dir)
 
 
 # GPTOSS_ORT_MEMORY_LIMIT=BYTES caps ONNX Runtime's CPU arena (one per process, shared by its sessions): a

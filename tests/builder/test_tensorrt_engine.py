@@ -82,7 +82,8 @@ def test_tensorrt_rtx_parser_accepts_the_engine_graph(engines, gpu):
 def test_nvfp4_graph_is_modelopts_pattern(engines):
     from spec.registry.models import get_model
     c = get_model("tiny")
-    g = onnx.load(engines["rtx-5090"] / "tensorrt" / "model.onnx").graph
+    from plugins.onnx.shared_weights import load_graph       # onnx.load refuses hard-linked data files
+    g = load_graph(engines["rtx-5090"] / "tensorrt" / "model.onnx").graph
     fp4 = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT4E2M1]
     dynq = [n for n in g.node if n.op_type == "TRT_FP4DynamicQuantize" and n.domain == "trt"]
     # every expert's gate, up and down weights in FP4; one activation quantizer per expert GEMM input
@@ -94,7 +95,7 @@ def test_nvfp4_graph_is_modelopts_pattern(engines):
     assert users[fp4[0].name].op_type == "DequantizeLinear"
     assert {a.name: a.i for a in users[fp4[0].name].attribute} == {"axis": -1, "block_size": 16}
     # the L40S graph: FP8 weights and Q/DQ activations, no FP4
-    g8 = onnx.load(engines["l40s"] / "tensorrt" / "model.onnx").graph
+    g8 = load_graph(engines["l40s"] / "tensorrt" / "model.onnx").graph
     assert sum(t.data_type == onnx.TensorProto.FLOAT8E4M3FN and len(t.dims) == 2 for t in g8.initializer) >= \
         c.num_layers * (2 + 3 * c.num_experts)      # qkv, out and every expert's gate/up/down
     assert any(n.op_type == "QuantizeLinear" for n in g8.node)
@@ -133,7 +134,8 @@ def test_nvfp4_graph_greedy_tokens_equal_reference_emulation(engines):
     [ref] = rt.generate([prompt], SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0, stop_token_ids=()))
     # the engine's bf16 graph as a GPU computes it: ops in fp32, every bf16 value rounded (tests/support/bf16.py)
     from tests.support.bf16 import emulate
-    model = emulate(onnx.load(engine / "tensorrt" / "model.onnx"), manifest(engine)["tensorrt"]["graph_dtype"])
+    from plugins.onnx.shared_weights import load_graph       # onnx.load refuses hard-linked data files
+    model = emulate(load_graph(engine / "tensorrt" / "model.onnx"), manifest(engine)["tensorrt"]["graph_dtype"])
     assert onnx_greedy(model, prompt, GREEDY_TOKENS) == list(ref.output_ids)
     # the same network in the CPU lowering (plugins/onnx/fp4.py), through ONNX Runtime: the CPU executor's path
     from checkpoint.convert import load_canonical

@@ -119,3 +119,23 @@ def test_scheduler_admits_within_the_forward_limit(tiny_engine):
     assert max(b * t for b, t in calls) <= 12
     assert done[3][0] == "error" and "forwards at most 12" in done[3][1] and "--executor reference" in done[3][1]
     assert all(done[i][0] == "length" for i in range(3))
+
+
+def test_a_model_the_reference_cannot_hold_gets_onnxruntimes_packed_budget(monkeypatch):
+    """The full 20b: its fp32 weights (84 GB) exceed the whole memory, so ONNX Runtime's packed lowering (weights as
+    stored, ~14 GB) may take ORT_LARGE_MODEL_FRACTION of it instead of half; its estimate counts the packed bytes
+    it is given. Control: the tiny model keeps half the memory."""
+    import plugins.onnx.memory as memory
+    from spec.network import network_from_config
+    from spec.registry import get_model
+    net = network_from_config(get_model("20b"), "mxfp4")
+    ram = 24 * 10**9
+    monkeypatch.setattr(memory.os, "sysconf", lambda k: 4096 if k == "SC_PAGE_SIZE" else ram // 4096)
+    assert memory.weight_bytes(net) > ram
+    assert memory.ort_budget_for(net) == int(ram // 4096 * 4096 * memory.ORT_LARGE_MODEL_FRACTION)
+    held = 14_400_000_000
+    assert memory.ort_peak_bytes(net, 8, weights=held).terms["weights"] == held
+    fits = memory.max_forward_tokens(net, memory.ort_budget_for(net), weights=held)
+    assert 512 <= fits and memory.max_forward_tokens(net, memory.ort_budget_for(net)) == 0   # fp32: nothing fits
+    tiny = network_from_config(get_model("tiny"), "bf16")
+    assert memory.ort_budget_for(tiny) == int(ram // 4096 * 4096 * memory.ORT_MEMORY_FRACTION)

@@ -53,15 +53,16 @@ def network(key: str):
 
 
 @functools.cache
-def exported(key: str, fault: str | None = None) -> str:
-    """The graph of model `key`, or of its network broken by one of regression.faults' NETWORK_FAULTS."""
+def exported(key: str, fault: str | None = None, lowering: str = "tensorrt") -> str:
+    """The graph of model `key` in `lowering` (plugins.onnx.graph.LOWERINGS), or of its network broken by one of
+    regression.faults' NETWORK_FAULTS."""
     from checkpoint.convert import load_canonical
     from plugins.onnx.export import export_onnx
     from regression.faults import NETWORK_FAULTS
     net = network(key) if fault is None else NETWORK_FAULTS[fault](network(key))
-    path = ROOT / f"onnx-{key}-{fault or 'ok'}.onnx"
+    path = ROOT / f"onnx-{key}-{fault or 'ok'}-{lowering}.onnx"
     with load_canonical(hf_model(key)[1]) as ck:
-        export_onnx(net, ck, path)
+        export_onnx(net, ck, path, lowering=lowering)
     return str(path)
 
 
