@@ -112,6 +112,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--openai-max-header-bytes", type=int, default=16384, metavar="B",
                    help="with --openai-port: a request head still incomplete past B bytes (a client trickling headers) "
                         "gets a 400 and its connection is closed (default 16384)")
+    p.add_argument("--openai-header-timeout", type=float, default=10.0, metavar="S",
+                   help="with --openai-port: a connection whose request head is not complete within S seconds of "
+                        "opening (or of its previous response) gets a 408 and is closed; one that sent nothing is "
+                        "closed (a client that connects and stalls, or trickles its headers; default 10)")
     p.add_argument("--max-restarts", type=int, default=3,
                    help="when a model's backend process dies (SIGKILL, SIGSEGV, ...): requests in flight end at once "
                         "with an error naming the model, readiness (/v2/health/ready, the OpenAI /health) turns "
@@ -168,7 +172,8 @@ def serve_main(argv: list[str] | None = None) -> int:
                     limits = HttpLimits(keep_alive_s=args.openai_keep_alive_timeout,
                                         body_timeout_s=args.openai_body_timeout,
                                         max_concurrency=args.openai_limit_concurrency,
-                                        max_header_bytes=args.openai_max_header_bytes)
+                                        max_header_bytes=args.openai_max_header_bytes,
+                                        header_timeout_s=args.openai_header_timeout)
                     openai = OpenAIServer(repo, srv.grpc_url, host=args.host, port=args.openai_port,
                                           model_name=args.served_model_name, limits=limits).start()
                 except Exception as e:  # noqa: BLE001
