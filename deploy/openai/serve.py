@@ -30,6 +30,7 @@ class HttpLimits:
     body_timeout_s: float = 30.0               # a request whose body has not all arrived by then: 408, closed
     max_concurrency: int = 1024                # connections or tasks past this: uvicorn answers 503
     max_header_bytes: int = 16 * 1024          # h11's bound on a request head still incomplete: past it, 400, closed
+    header_timeout_s: float = 10.0             # a connection whose request head is not complete by then: 408, closed
 
 
 def pbtxt_params(config: Path) -> dict[str, str]:
@@ -93,10 +94,13 @@ class OpenAIServer:
         self.triton = TritonStream(self.grpc_url)
         lim = self.limits
         app = create_app(self.model, self.triton, body_timeout_s=lim.body_timeout_s)
-        # http="h11": h11_max_incomplete_event_size only bounds h11 (uvicorn's "auto" takes httptools if installed)
+        from deploy.openai.protocol import guarded_h11
+        # h11 (not httptools): h11_max_incomplete_event_size only bounds h11; guarded_h11 adds the request-head
+        # deadline uvicorn lacks and answers the connection limit in OpenAI's JSON (deploy/openai/protocol.py).
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level=self.log_level, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=5, http="h11",
-                                timeout_keep_alive=lim.keep_alive_s, limit_concurrency=lim.max_concurrency,
+                                lifespan="on", timeout_graceful_shutdown=5,
+                                http=guarded_h11(lim.header_timeout_s, lim.max_concurrency),
+                                timeout_keep_alive=lim.keep_alive_s, limit_concurrency=None,
                                 h11_max_incomplete_event_size=lim.max_header_bytes)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="openai-endpoint", daemon=True)

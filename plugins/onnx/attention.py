@@ -1,8 +1,7 @@
 """Attention with learned sinks, the sliding window as an explicit mask, GQA, and the KV cache as graph I/O.
 
-Decomposed (no fused Attention op) in TensorRT's lowering, because TensorRT's attention layer has no sinks and
-its parser drops ONNX Attention's window attribute (ONNX Runtime's lowerings run full-attention layers as one
-fused node instead: plugins/onnx/gqa.py, chosen per lowering by plugins.onnx.kv_cache.FULL_FORMS):
+Decomposed (no fused Attention op), because TensorRT's attention layer has no sinks and its parser drops
+ONNX Attention's window attribute:
   scores = (q * sm_scale) @ k^T + mask         q pre-scaled; fp32 whatever the compute dtype (the two matmuls
                                                in the compute dtype where the target has no fp32 GEMM)
   probs  = softmax([scores | sink])[..., :-1]  the learned per-head sink logit: an extra column, then dropped
@@ -61,24 +60,13 @@ def _island_gemm_input(g: Graph, x: str) -> str:
 def emit_attention(g: Graph, h: str, a: Attention, weights: WeightSource, rope: tuple[str, str], cache,
                    past_k: str, past_v: str, out_k: str, out_v: str) -> str:
     """h [b, s, hidden] -> attention output [b, s, hidden]; the layer's cache (a plugins.onnx.kv_cache
-    CacheKindGraph) writes the new rows into outputs `out_k`, `out_v` and attends (its `attend`: the decomposed
-    form below, or a fused op where the lowering has one)."""
+    CacheKindGraph) writes the new rows into outputs `out_k`, `out_v` and says which keys to attend over."""
     Hq, Hkv, D = a.num_q_heads, a.num_kv_heads, a.head_dim
+    G = Hq // Hkv
     qkv = emit_linear(g, h, a.qkv, weights)                                   # [b, s, (Hq + 2 Hkv) D]
     heads = g.op("Transpose", g.op("Reshape", qkv, g.ints([0, 0, Hq + 2 * Hkv, D])), perm=[0, 2, 1, 3])
     qk, v = g.op("Split", heads, g.ints([Hq + Hkv, Hkv]), axis=1, outputs=2)  # RoPE on q and k heads at once
     q, k = g.op("Split", apply_rope(g, qk, *rope, D), g.ints([Hq, Hkv]), axis=1, outputs=2)
-    out = cache.attend(g, a, weights, q, k, v, past_k, past_v, out_k, out_v)  # [b, s, Hq * D]
-    return emit_linear(g, out, a.out, weights)
-
-
-def emit_decomposed_attention(g: Graph, cache, a: Attention, weights: WeightSource, q: str, k: str, v: str,
-                              past_k: str, past_v: str, out_k: str, out_v: str) -> str:
-    """The decomposed form (module docstring): q [b, Hq, s, D], k, v [b, Hkv, s, D] in the compute dtype, after
-    RoPE -> [b, s, Hq * D] in the compute dtype; `cache.update` writes the rows and gives the keys attended,
-    `cache.mask` which of them each query sees."""
-    Hq, Hkv, D = a.num_q_heads, a.num_kv_heads, a.head_dim
-    G = Hq // Hkv
     k_all, v_all, _, _ = cache.update(g, past_k, past_v, k, v, out_k, out_v)
     mask = cache.mask
     # q heads grouped under their kv head: [b, Hkv, G*s, D] against k [b, Hkv, S, D]
@@ -107,4 +95,4 @@ def emit_decomposed_attention(g: Graph, cache, a: Attention, weights: WeightSour
     out = g.op("Reshape", out, g.ints([0, 0, Hq * D]))
     if g.dtype != "float32" and g.island_gemm == "float32":
         out = g.op("Cast", out, to=g.elem)
-    return out
+    return emit_linear(g, out, a.out, weights)

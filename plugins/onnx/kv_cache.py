@@ -10,9 +10,6 @@ the key the reference runtime's KV-cache groups use too). No cache tensor grows 
   stale or padding keys the mask never shows (they are overwritten before they become visible).
   A sequence that takes no part in a call (all positions -1) writes its T padding rows at [C - T, C): the
   executor keeps positions below C - max_chunk (runtime.executors.pieces), so nothing live is there.
-  That is the TensorRT lowering's form; ONNX Runtime's lowerings (FULL_FORMS) give the same buffer to one
-  GroupQueryAttention node per layer (plugins/onnx/gqa.py), which writes only a call's real rows in place and
-  attends over the filled ones where they lie: no per-step Slice copy of the context, no mask tensor.
 - sliding layers: a ring of R = S + W + 1 rows (`past_window{W}[_sink{S}]_pos` [b, R] holds each row's
   position, -1 = empty). Position p lives at ring row p for p < S (StreamingLLM sink tokens) and at
   S + (p - S) mod W beyond; row R - 1 is a scratch row that every token not kept (padding, and a chunk's
@@ -31,10 +28,8 @@ import numpy as np
 from onnx import TensorProto
 
 from spec.network import CacheKind
-from plugins.onnx.attention import emit_decomposed_attention, emit_mask
-from plugins.onnx.gqa import emit_gqa_attention, emit_sequence_lengths
-from plugins.onnx.gqa import supports as gqa_supports
-from plugins.onnx.graph import ORT_CPU, ORT_CPU_PACKED, TENSORRT, Graph
+from plugins.onnx.attention import emit_mask
+from plugins.onnx.graph import Graph
 
 DEFAULT_MAX_CHUNK = 512  # tokens per call the executors send at most (prefill chunks); headroom of full caches
 SCRATCH_ROWS = 1          # ring rows past S + W: where tokens that are not kept are written
@@ -64,40 +59,18 @@ def ring_row_of(positions: np.ndarray, kind: CacheKind) -> np.ndarray:
 
 @dataclass
 class CacheKindGraph:
-    """One cache kind in the graph: its rows, how a layer of it writes new rows, picks what to attend, and attends."""
+    """One cache kind in the graph: its rows, and how a layer of it writes new rows and picks what to attend."""
     rows: int                                        # rows of the past_* inputs
-    # (past_k, past_v, k_new, v_new, out names) -> (keys, values to attend over, present_k, present_v);
-    # None where the attention op writes the cache itself
-    update: Callable[[Graph, str, str, str, str, str, str], tuple[str, str, str, str]] | None
-    mask: str | None                                 # additive fp32 bias [b, 1, 1, s, keys] (None: the op's own)
-    # (g, attention, weights, q, k, v, past_k, past_v, out_k, out_v) -> [b, s, Hq * D]; default: decomposed
-    attend: Callable | None = None
-
-    def __post_init__(self):
-        if self.attend is None:
-            self.attend = lambda g, *args: emit_decomposed_attention(g, self, *args)
+    # (past_k, past_v, k_new, v_new, out names) -> (keys, values to attend over, present_k, present_v)
+    update: Callable[[Graph, str, str, str, str, str, str], tuple[str, str, str, str]]
+    mask: str                                        # additive fp32 bias [b, 1, 1, s, keys]
 
 
 def emit_cache_kind(g: Graph, kind: CacheKind, pos: str, capacity: int) -> CacheKindGraph:
-    return FULL_FORMS[g.lowering](g, pos, capacity) if kind.full else _emit_ring(g, kind, pos)
+    return _emit_full(g, pos, capacity) if kind.full else _emit_ring(g, kind, pos)
 
 
-def _emit_full_gqa(g: Graph, pos: str, capacity: int) -> CacheKindGraph:
-    """ONNX Runtime's GroupQueryAttention writes and reads the in-place cache itself (plugins/onnx/gqa.py):
-    no copy of the filled rows per step, no mask tensor."""
-    lengths = emit_sequence_lengths(g, pos)
-    decomposed: list[CacheKindGraph] = []      # built once, for a layer the node does not take (gqa.supports)
-
-    def attend(g: Graph, a, *args) -> str:
-        if gqa_supports(a):
-            return emit_gqa_attention(g, lengths, a, *args)
-        if not decomposed:
-            decomposed.append(_emit_full_scatter(g, pos, capacity))
-        return decomposed[0].attend(g, a, *args)
-    return CacheKindGraph(capacity, None, None, attend)
-
-
-def _emit_full_scatter(g: Graph, pos: str, capacity: int) -> CacheKindGraph:
+def _emit_full(g: Graph, pos: str, capacity: int) -> CacheKindGraph:
     # used = highest position in the call + 1 (>= 1); the keys attended are slots [0, used).
     used = g.op("Add", g.op("ReduceMax", pos, keepdims=0), g.ints(1))
     used = g.op("Max", g.op("Unsqueeze", used, g.ints([0])), g.ints([1]), name="full_used")    # [1]
@@ -152,9 +125,3 @@ def _emit_ring(g: Graph, kind: CacheKind, pos: str) -> CacheKindGraph:
         present_v = g.op("ScatterElements", past_v, idx, v_new, axis=2, outputs=[out_v])
         return keys, values, present_k, present_v
     return CacheKindGraph(R, update, mask)
-
-
-# lowering -> how full-attention layers write their cache and attend. TensorRT: TensorScatter (imported as its
-# in-place KV-cache update) and the decomposed attention with the sink column (its fused attention has no sinks);
-# ONNX Runtime's CPU provider: one GroupQueryAttention node with head_sink over the same in-place buffer.
-FULL_FORMS = {TENSORRT: _emit_full_scatter, ORT_CPU: _emit_full_gqa, ORT_CPU_PACKED: _emit_full_gqa}
