@@ -95,18 +95,19 @@ def _rope_from_hf(raw: dict, where: Path) -> dict:
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ("yarn", "default"):
         raise CheckpointError(f"{where}: rope_type {kind!r} is not supported; fix: use 'yarn' or 'default'")
-    if kind == "yarn" and rope.get("truncate", True):
-        # transformers floors/ceils the YaRN ramp ends unless truncate is false; gpt-oss (and OpenAI's
-        # reference) never does. Silently accepting it would run a slightly different RoPE.
-        raise CheckpointError(f"{where}: YaRN with truncate={rope.get('truncate', '<missing, means true>')} is "
-                              f"not gpt-oss's RoPE; fix: set \"truncate\": false in the RoPE parameters "
-                              f"(gpt-oss's released config has it)")
+    # transformers floors/ceils the YaRN ramp ends unless truncate is false, and reads a missing key as true
+    # (_compute_yarn_parameters); gpt-oss ships false. Either way is carried into the network (Rope.truncate).
+    truncate = rope.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise CheckpointError(f"{where}: RoPE truncate is {truncate!r}, not true or false; fix: set \"truncate\": "
+                              f"false (gpt-oss's released config) or true")
     return {"rope_theta": float(rope.get("rope_theta", HF_DEFAULT_ROPE["rope_theta"])),
             "rope_scaling_factor": float(rope.get("factor", 1.0)) if kind == "yarn" else 1.0,
             "rope_original_max_position": int(rope.get("original_max_position_embeddings",
                                                        raw.get("max_position_embeddings", 4096))),
             "rope_beta_fast": float(rope.get("beta_fast") or 32.0),
-            "rope_beta_slow": float(rope.get("beta_slow") or 1.0)}
+            "rope_beta_slow": float(rope.get("beta_slow") or 1.0),
+            "rope_truncate": truncate if kind == "yarn" else False}
 
 
 def _layer_types(raw: dict, n_layers: int, where: Path) -> tuple[str, ...]:
@@ -231,7 +232,7 @@ def model_config_from_checkpoint(folder: str | Path) -> ModelConfig:
 def hf_config_dict(config: ModelConfig, mxfp4: bool, dtype: str = "bfloat16") -> dict:
     """transformers 5.x GptOssConfig as it saves one (rope_parameters, swiglu_alpha)."""
     rope = ({"rope_type": "yarn", "factor": config.rope_scaling_factor, "beta_fast": config.rope_beta_fast,
-             "beta_slow": config.rope_beta_slow, "truncate": False,
+             "beta_slow": config.rope_beta_slow, "truncate": config.rope_truncate,
              "original_max_position_embeddings": config.rope_original_max_position}
             if config.rope_scaling_factor > 1.0 else {"rope_type": "default"})
     rope["rope_theta"] = config.rope_theta
@@ -271,14 +272,14 @@ def hf_config_dict(config: ModelConfig, mxfp4: bool, dtype: str = "bfloat16") ->
 
 def openai_config_dict(config: ModelConfig) -> dict:
     # OpenAI's reference (gpt_oss/torch/model.py) always builds experts, biased q/k/v/o, sinks, and slides
-    # on even layers; a model without one of those cannot be written in its format.
-    fixed = {"mlp": "moe", "attention_bias": True, "learned_sinks": True}
+    # on even layers, and never truncates YaRN's ramp; a model without one of those cannot be written in its format.
+    fixed = {"mlp": "moe", "attention_bias": True, "learned_sinks": True, "rope_truncate": False}
     lost = {k: getattr(config, k) for k, v in {**OPENAI_FIXED, **fixed}.items() if getattr(config, k) != v}
     if not config.alternating_layers:
         lost["layer_types"] = config.layer_types
     if lost:
         raise CheckpointError(f"the OpenAI original format hard-codes {OPENAI_FIXED}, experts, q/k/v/o biases, "
-                              f"learned sinks and sliding windows on even layers, and cannot express {lost}; "
+                              f"learned sinks, sliding windows on even layers and an untruncated YaRN ramp, and cannot express {lost}; "
                               f"fix: convert to --to hf" + (" or hf-mxfp4" if config.is_moe else "") + " instead")
     return {"num_hidden_layers": config.num_layers, "num_experts": config.num_experts,
             "experts_per_token": config.experts_per_token, "vocab_size": config.vocab_size,

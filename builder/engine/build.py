@@ -133,13 +133,21 @@ def build(req: BuildRequest) -> Path:
 
     _say(f"[1/6] plan: {model.name} on {req.gpu}")
     p = make_plan(req, model, target)
+    src = None
+    if p.verdict == INCOMPATIBLE and req.checkpoint:
+        # `--quant auto` may keep the source's format (the CPU keeps MXFP4: 13 GB, not 42 GB of bf16): judge the
+        # plan on what the build would write before calling it incompatible
+        src = resolve_checkpoint(model, req.checkpoint)
+        kept = quant_for(gpu, req.quant, _source_quant(src))
+        if kept != target.quant:
+            p = make_plan(req, model, dataclasses.replace(target, quant=kept))
     if p.verdict == INCOMPATIBLE:
         raise BuildError("the plan is incompatible: " + "; ".join(p.reasons), exit_code=3)
     for reason in p.reasons:
         _say(f"      {reason}")
 
     _say("[2/6] source checkpoint")
-    src = resolve_checkpoint(model, req.checkpoint)
+    src = src or resolve_checkpoint(model, req.checkpoint)
     kept = quant_for(gpu, req.quant, _source_quant(src))     # the GPU was looked up once, above
     if kept != target.quant:                             # `auto` keeps the source's format on this target
         target, quant = dataclasses.replace(target, quant=kept), kept
@@ -342,7 +350,8 @@ def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPla
     try:
         return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len,
                               graph_only=req.graph_only, workspace_bytes=req.plan_workspace_bytes,
-                              attention_bytes=p.runtime_reserve_bytes or None)
+                              attention_bytes=p.runtime_reserve_bytes or None,
+                              kv_budget_bytes=p.kv_budget_bytes_per_gpu or None)
     except PlanBuildError as e:
         reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise BuildError(f"no TensorRT plan for {target.name} (SM {target.sm}), so nothing was installed: {reason}; "

@@ -41,24 +41,46 @@ GRAPH_PATH = f"{TENSORRT_DIR}/{ONNX_FILE}"
 MAX_TOKENS = 8192
 ATTENTION_BYTES = 4 << 30
 PREFILL_BATCH_SIZE = 1
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def plan_file(sm: int) -> str:
     return f"model.sm{sm}.plan"
 
 
-def limits_of(max_batch_size: int, max_seq_len: int, network=None, attention_bytes: float | None = None):
+def graph_kv_bytes_per_sequence(network, max_seq_len: int, max_tokens: int, dtype_bytes: int) -> int:
+    """Bytes of one sequence's past_* inputs in the graph (plugins/onnx/kv_cache.py): K and V of every layer,
+    full layers max_seq_len + max_tokens rows, sliding layers their ring, in the graph's compute dtype (the
+    TensorRT graph's cache is that dtype, not the fit plan's serving KV dtype)."""
+    from plugins.onnx.kv_cache import ring_rows
+    total = 0
+    for layer in network.layers:
+        a = layer.attention
+        rows = max_seq_len + max_tokens if a.cache_kind.full else ring_rows(a.cache_kind)
+        total += 2 * a.num_kv_heads * rows * a.head_dim * dtype_bytes
+    return total
+
+
+def limits_of(max_batch_size: int, max_seq_len: int, network=None, attention_bytes: float | None = None,
+              kv_budget_bytes: float | None = None, dtype_bytes: int = 2):
     """Limits of the plan's profiles. The prefill chunk t is the largest power of two <= MAX_TOKENS whose
     attention scores and probabilities (fp32, every query head: 2 x 4 x heads x t x (max_seq_len + t) bytes
-    per sequence) fit in attention_bytes: no tensor grows with context x chunk beyond that budget."""
+    per sequence) fit in attention_bytes: no tensor grows with context x chunk beyond that budget.
+    kv_budget_bytes (the fit plan's KV budget per GPU): the decode batch is capped so that many sequences'
+    graph caches at full capacity fit in it (graph_kv_bytes_per_sequence; the fit plan counts its serving KV
+    dtype, fp8 on Blackwell, where the graph holds dtype_bytes per value)."""
     from builder.tensorrt.plan import Limits
     t = min(MAX_TOKENS, max_seq_len)
+    batch = max_batch_size
     if network is not None:
         heads = max(layer.attention.num_q_heads for layer in network.layers)
         budget = attention_bytes or ATTENTION_BYTES
         while t > 16 and 8 * heads * PREFILL_BATCH_SIZE * t * (max_seq_len + t) > budget:
             t //= 2
-    return Limits(max_batch_size=max_batch_size, max_tokens=t, max_seq_len=max_seq_len,
+        if kv_budget_bytes:
+            per_seq = graph_kv_bytes_per_sequence(network, max_seq_len, t, dtype_bytes)
+            batch = max(1, min(max_batch_size, int(kv_budget_bytes // per_seq)))
+    return Limits(max_batch_size=batch, max_tokens=t, max_seq_len=max_seq_len,
                   prefill_batch_size=PREFILL_BATCH_SIZE)
 
 
@@ -78,7 +100,7 @@ def no_graph_note(kind: str | None, sm: int | None) -> str:
 
 def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int, *,
                    graph_only: bool = False, workspace_bytes: int | None = None,
-                   attention_bytes: float | None = None) -> dict:
+                   attention_bytes: float | None = None, kv_budget_bytes: float | None = None) -> dict:
     """Where the target's engine is a TensorRT-RTX plan: export engine/tensorrt/model.onnx from the engine's
     checkpoint and build the plan. Other targets get no graph (their section's note says why). Returns the
     engine.json "tensorrt" section.
@@ -92,7 +114,12 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
     from spec.capabilities import graph_dtype, island_gemm_dtype
     kind = builder_for(sm)
     dtype, island_gemm = graph_dtype(sm), island_gemm_dtype(sm)
-    lim = limits_of(max_batch_size, max_seq_len, network, attention_bytes)
+    lim = limits_of(max_batch_size, max_seq_len, network, attention_bytes, kv_budget_bytes,
+                    DTYPE_BYTES.get(dtype, 4))
+    if lim.max_batch_size < max_batch_size:
+        _say(f"      tensorrt: decode profile batch {lim.max_batch_size}, not {max_batch_size}: the graph's {dtype} "
+             f"caches at {max_seq_len + lim.max_tokens} rows fit {lim.max_batch_size} sequences in the plan's "
+             f"{kv_budget_bytes / 1e9:.1f} GB KV budget")
     section = {"onnx": None, "onnx_data": {}, "plan": None, "builder": kind, "builder_version": None, "sm": sm,
                "graph_dtype": dtype, "island_gemm_dtype": island_gemm, "limits": asdict(lim),
                "profiles": profile_limits(lim), "ran_on_gpu": False}

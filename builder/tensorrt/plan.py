@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.tensorrt import PlanBuildError
+from builder.tensorrt.file_pages import released_file_pages
 from builder.tensorrt.targets import RTX, RTX_COMPUTE_CAPABILITY, TENSORRT
 
 
@@ -74,6 +75,16 @@ def profile_limits(limits: Limits) -> list[dict]:
     """What each profile of a plan admits, in profile order (engine.json's tensorrt.profiles)."""
     return [{"name": name, "max_batch_size": ranges["batch"](limits)[2], "max_tokens": ranges["seq"](limits)[2],
              "max_seq_len": limits.max_seq_len, "kv_capacity": limits.kv_capacity} for name, ranges in PROFILES.items()]
+
+
+def external_data_files(graph, folder: Path) -> set[Path]:
+    """The external data files a graph's initializers name (ONNX external_data "location"), under `folder`."""
+    files = set()
+    for t in graph.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                files.add(folder / entry.value)
+    return files
 
 
 def parser_errors(parser) -> list[str]:
@@ -177,8 +188,13 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    # parse_from_file resolves external data files beside the graph.
-    if not parser.parse_from_file(str(onnx_path)):
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    # The parser maps the external data files (resolved beside the graph) and reads the weights through them;
+    # the builder then copies them into the plan: release the mapped pages while both run (file_pages.py).
+    data_files = external_data_files(graph, onnx_path.parent)
+    with released_file_pages(data_files):
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = parser_errors(parser)
         raise PlanBuildError(f"{shown}: {kind}'s ONNX parser rejected the graph ({len(errors)} error(s)):\n  "
                              + "\n  ".join(errors))
@@ -190,7 +206,6 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
             raise PlanBuildError(f"TensorRT-RTX {trt.__version__} cannot target SM {sm}; it has {', '.join(have)}")
         config.num_compute_capabilities = 1
         config.set_compute_capability(getattr(trt.ComputeCapability, cc), 0)
-    graph = onnx.load(str(onnx_path), load_external_data=False)
     for which in PROFILES:                      # profile index = position in PROFILES (decode 0, prefill 1)
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile_shapes(graph, limits, which).items():
@@ -205,7 +220,7 @@ def build_plan(onnx_path: Path, out: Path, kind: str, sm: int, limits: Limits, l
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, released_file_pages(data_files):
             if hasattr(builder, "build_serialized_network_to_stream"):
                 ok = builder.build_serialized_network_to_stream(network, config, _stream_writer(trt, f))
             else:                                        # older TensorRT: one host buffer, written once

@@ -44,18 +44,18 @@ def resolve_quant(quant: str | Mapping[str, str] | None) -> dict[str, str]:
 
 
 def network_from_config(config: ModelConfig, quant: str | Mapping[str, str] | None = "bf16", *,
-                        dtype: str = "bfloat16", rope_truncate: bool = False) -> Network:
+                        dtype: str = "bfloat16") -> Network:
     """Derive the network definition of a gpt-oss-family model from its ModelConfig.
 
     quant: a format name of spec.registry.quant_formats (applied to the groups it covers) or
-    {group: format} over QUANT_GROUPS. rope_truncate: HF's YaRN `truncate` flag (ModelConfig does not carry it; gpt-oss uses False).
+    {group: format} over QUANT_GROUPS.
     """
     q = resolve_quant(quant)
     c = config
     rope = Rope(kind="yarn" if c.rope_scaling_factor > 1.0 else "default", head_dim=c.head_dim,
                 theta=float(c.rope_theta), factor=float(c.rope_scaling_factor),
                 original_max_position=int(c.rope_original_max_position), beta_fast=float(c.rope_beta_fast),
-                beta_slow=float(c.rope_beta_slow), truncate=bool(rope_truncate))
+                beta_slow=float(c.rope_beta_slow), truncate=bool(c.rope_truncate))
     q_rows = c.num_q_heads * c.head_dim
     qkv_rows = (c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim
 

@@ -12,11 +12,12 @@ from spec.network.schema import MoE, Network, NetworkError
 from spec.registry.models import ModelConfig
 
 
-def _rope_fields(kind: str, theta: float, factor: float, original: int, beta_fast: float, beta_slow: float) -> dict:
+def _rope_fields(kind: str, theta: float, factor: float, original: int, beta_fast: float, beta_slow: float,
+                 truncate: bool) -> dict:
     out = {"rope_type": kind, "rope_theta": float(theta)}
     if kind == "yarn":
         out.update(factor=float(factor), original_max_position_embeddings=int(original),
-                   beta_fast=float(beta_fast), beta_slow=float(beta_slow))
+                   beta_fast=float(beta_fast), beta_slow=float(beta_slow), truncate=bool(truncate))
     return out
 
 
@@ -36,7 +37,7 @@ def config_view_of_network(net: Network) -> dict:
         "attention_bias": a.qkv.bias is not None,
         "rms_norm_eps": first.attn_norm.eps,
         "rope": _rope_fields(a.rope.kind, a.rope.theta, a.rope.factor, a.rope.original_max_position,
-                             a.rope.beta_fast, a.rope.beta_slow),
+                             a.rope.beta_fast, a.rope.beta_slow, a.rope.truncate),
         "mlp": "moe" if isinstance(mlp, MoE) else "dense",
         "intermediate_size": mlp.down.in_features,
         "num_local_experts": mlp.num_experts if isinstance(mlp, MoE) else 0,
@@ -58,7 +59,7 @@ def config_view_of_model(c: ModelConfig) -> dict:
         "rms_norm_eps": c.rms_norm_eps,
         "rope": _rope_fields("yarn" if c.rope_scaling_factor > 1.0 else "default", c.rope_theta,
                              c.rope_scaling_factor, c.rope_original_max_position, c.rope_beta_fast,
-                             c.rope_beta_slow),
+                             c.rope_beta_slow, c.rope_truncate),
         "mlp": "moe" if c.is_moe else "dense", "intermediate_size": c.intermediate_size,
         "num_local_experts": c.num_experts if c.is_moe else 0,
         "num_experts_per_tok": c.experts_per_token if c.is_moe else 0,

@@ -44,6 +44,9 @@ class ModelConfig:
     rope_original_max_position: int = 4096
     rope_beta_fast: float = 32.0
     rope_beta_slow: float = 1.0
+    # YaRN `truncate` (transformers' rope_parameters): floor/ceil the ramp's correction range ends. gpt-oss
+    # ships false (as OpenAI's reference computes it); true checkpoints are a different RoPE, carried through.
+    rope_truncate: bool = False
     max_position_embeddings: int = 131072
     rms_norm_eps: float = 1e-5
     attention_bias: bool = True

@@ -98,8 +98,8 @@ CASES = {
     "quant_config_contradicts": (lambda s: _edit_config(s, lambda c: c.update(
                                      quantization_config={"quant_method": "mxfp4"})),
                                  ["quant_method is 'mxfp4' but the tensors hold unpacked", "contradicts"]),
-    "yarn_truncate": (lambda s: _edit_config(s, lambda c: c["rope_parameters"].pop("truncate")),
-                      ["truncate", "\"truncate\": false"]),
+    "yarn_truncate": (lambda s: _edit_config(s, lambda c: c["rope_parameters"].update(truncate="no")),
+                      ["truncate", "true or false"]),
     "no_config": (lambda s: (s / "config.json").unlink(), ["config.json: missing"]),
     "config_not_json": (lambda s: (s / "config.json").write_text("{"), ["config.json: not valid JSON"]),
     "no_weights": (lambda s: (s / ST).unlink(), ["no *.safetensors files"]),

@@ -44,7 +44,7 @@ def hf_config(c: ModelConfig):
         max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
         eos_token_id=list(c.eos_token_ids) or None, tie_word_embeddings=False,
         rope_parameters={"rope_type": "yarn", "factor": c.rope_scaling_factor, "beta_fast": c.rope_beta_fast,
-                         "beta_slow": c.rope_beta_slow, "truncate": False, "rope_theta": c.rope_theta,
+                         "beta_slow": c.rope_beta_slow, "truncate": c.rope_truncate, "rope_theta": c.rope_theta,
                          "original_max_position_embeddings": c.rope_original_max_position})
 
 
