@@ -64,6 +64,15 @@ def resolve_repository(target: Path, executor: str | None, tmpdir: Path) -> tupl
     return repo, "a repository written for this run"
 
 
+SERVED_ORDER = ("tensorrt_llm_bls", "ensemble", "preprocessing", "tensorrt_llm", "postprocessing")
+
+
+def served_models(repo: Path) -> list[str]:
+    """The models of a repository, the front model first (what the readiness line names)."""
+    present = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    return [m for m in SERVED_ORDER if m in present] + [m for m in present if m not in SERVED_ORDER]
+
+
 def serve_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="serve-engine", description="Serve an engine directory with a real Triton "
                                 "Inference Server (nvidia-pytriton's tritonserver on CPU machines, the system one in "
@@ -133,6 +142,16 @@ def serve_main(argv: list[str] | None = None) -> int:
             print(f"serve-engine: error: {e}", file=sys.stderr)
             return 2
         print(f"serve-engine: {how}: {repo}", flush=True)
+        models = served_models(repo)
+        if "tensorrt_llm_bls" not in models:
+            from model_repo.write import NO_TOKENIZER_NOTE
+            print(f"serve-engine: note: {NO_TOKENIZER_NOTE}", flush=True)
+            for flag, needs in (("--openai-port", args.openai_port is not None), ("--chat", args.chat is not None)):
+                if needs:
+                    print(f"serve-engine: error: {flag} needs the text models (tensorrt_llm_bls), which this "
+                          f"repository does not have: {NO_TOKENIZER_NOTE}; fix: send input_ids to tensorrt_llm over "
+                          f"gRPC, or rebuild the engine from a checkpoint with its tokenizer.json", file=sys.stderr)
+                    return 2
         def new_server():
             return TritonServer(repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                                 metrics_port=args.metrics_port, log_verbose=args.log_verbose, log_file=args.log_file,
@@ -179,7 +198,7 @@ def serve_main(argv: list[str] | None = None) -> int:
                 print(f"serve-engine: error: {start_error[0]}", file=sys.stderr)
                 return 1
             print(f"serve-engine: ready  grpc {srv.grpc_url}  http {srv.http_url}  metrics {srv.metrics_url}  "
-                  f"(models: tensorrt_llm_bls, ensemble, preprocessing, tensorrt_llm, postprocessing)", flush=True)
+                  f"(models: {', '.join(models)})", flush=True)
             if args.chat is not None:
                 return _demo_chat(srv.grpc_url, args.chat, args.max_tokens)
             restarts = 0

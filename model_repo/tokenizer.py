@@ -38,6 +38,11 @@ class TokenizerError(RuntimeError):
     pass
 
 
+# engine.json's `tokenizer` for an engine built from a checkpoint without one: it runs with token ids
+# (run-engine --input-ids) and its Triton repository serves them through `tensorrt_llm` alone.
+NO_TOKENIZER = "none"
+
+
 def tiktoken_dir() -> Path:
     return cache_dir() / "tiktoken"
 
@@ -229,6 +234,10 @@ def load_tokenizer(engine_dir: str | Path | None, kind: str = "auto") -> Serving
     engine_dir = Path(engine_dir) if engine_dir is not None else None
     if kind == "auto":
         kind = choose_tokenizer(engine_dir)
+    if kind == NO_TOKENIZER:
+        raise TokenizerError(f"{engine_dir}: the engine has no tokenizer (engine.json tokenizer: {NO_TOKENIZER}); it "
+                             f"serves token ids only: send input_ids to the tensorrt_llm model, or rebuild it from a "
+                             f"checkpoint with the model's tokenizer.json")
     if kind == "o200k_harmony":
         return O200kHarmonyTokenizer()
     if kind == "tokenizer.json":
@@ -273,8 +282,7 @@ def choose_tokenizer(engine_dir: Path | None) -> str:
 def checkpoint_tokenizer(src: Path, model_name: str) -> str:
     """Stage 2 of build-engine: the tokenizer an engine built from the checkpoint folder `src` will serve with,
     by choose_tokenizer's rule (the build copies src/tokenizer.json into the engine). A checkpoint with none, whose
-    vocabulary is not o200k_harmony's, is refused here, before anything is converted or installed, rather than
-    when the Triton repository is written at the end."""
+    vocabulary is not o200k_harmony's, gets NO_TOKENIZER: the engine builds and serves token ids."""
     if model_name in RELEASED_MODELS:
         return "o200k_harmony"
     if (src / "tokenizer.json").is_file():
@@ -285,9 +293,7 @@ def checkpoint_tokenizer(src: Path, model_name: str) -> str:
         vocab = None        # the checkpoint's own checks name a missing or broken config.json
     if vocab is None or vocab >= O200K_HARMONY_VOCAB:
         return "o200k_harmony"
-    raise TokenizerError(f"{src}: no tokenizer.json, and its vocabulary of {vocab} tokens is not o200k_harmony's "
-                         f"({O200K_HARMONY_VOCAB}), so the engine could not serve text; fix: copy the model's "
-                         f"tokenizer.json into {src}")
+    return NO_TOKENIZER
 
 
 def _vocab_size(engine_dir: Path | None) -> int | None:

@@ -35,6 +35,15 @@ from spec.manifest import MANIFEST_FILE
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls", "ensemble")
 PYTHON_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
+# What an engine without a tokenizer serves (model_repo.tokenizer.NO_TOKENIZER): token ids in and out.
+TOKEN_ID_MODELS = ("tensorrt_llm",)
+NO_TOKENIZER_NOTE = ("the engine has no tokenizer: its repository serves token ids through tensorrt_llm alone "
+                     "(preprocessing, postprocessing, tensorrt_llm_bls and ensemble left out)")
+
+
+def models_for(tokenizer: str) -> tuple[str, ...]:
+    from model_repo.tokenizer import NO_TOKENIZER
+    return TOKEN_ID_MODELS if tokenizer == NO_TOKENIZER else MODELS
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 REPO_MARKER = ".gptoss-model-repo"
 DEFAULT_MAX_BATCH = 16
@@ -178,7 +187,7 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
     remove_stale_staging(out)
     tmp = staging_dir(out)
     try:
-        for name in MODELS:
+        for name in models_for(values["tokenizer"]):
             mdir = tmp / name
             (mdir / "1").mkdir(parents=True)
             (mdir / "config.pbtxt").write_text(fill(template(name), values, f"{name}/config.pbtxt"), encoding="utf-8")
@@ -196,6 +205,14 @@ def write_model_repo(engine_dir: str | Path, output: str | Path | None = None, *
     if out.resolve() == (engine_dir / TRITON_DIR).resolve() and (engine_dir / MANIFEST_FILE).is_file():
         record_in_manifest(engine_dir)
     return out
+
+
+def read_tokenizer(repo: str | Path) -> str:
+    """The tokenizer a repository written here was filled with ("" if it is not one of ours)."""
+    try:
+        return json.loads((Path(repo) / REPO_MARKER).read_text(encoding="utf-8"))["values"]["tokenizer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def record_in_manifest(engine_dir: Path) -> None:
@@ -250,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelRepoError, OSError) as e:
         print(f"write-model-repo: error: {e}", file=sys.stderr)
         return 2
+    if models_for(read_tokenizer(out)) != MODELS:
+        print(f"write-model-repo: note: {NO_TOKENIZER_NOTE}", file=sys.stderr)
     print(out)
     return 0
 

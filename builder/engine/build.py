@@ -188,7 +188,7 @@ def build(req: BuildRequest) -> Path:
 
     # After the cache lookup: a hit was checked when it was built, and this imports torch (seconds).
     check_checkpoint_is(model, src)
-    check_tokenizer(model, src)                          # after the architecture: a wrong --model says so first
+    tokenizer = check_tokenizer(model, src)              # after the architecture: a wrong --model says so first
     check_disk(out, model, quant)
     tmp = staging_dir(out)
     try:
@@ -211,6 +211,7 @@ def build(req: BuildRequest) -> Path:
             tools=inputs["tools"], plan=p.to_dict(), network_kernels=list(network.kernels),
             stop_token_ids=list(network.eos_token_ids),
             build_seconds=round(time.perf_counter() - t0, 3), validated_on=validated, tensorrt=trt,
+            tokenizer=tokenizer,
         ).write(engine)
         write_triton_repo(engine)
         check_engine_values(engine)
@@ -232,15 +233,16 @@ def check_engine_values(engine: Path) -> None:
         raise BuildError(f"the engine this build wrote fails its own checks: {e}") from None
 
 
-def check_tokenizer(model, src: Path) -> None:
-    """The engine will have a tokenizer to serve text with (model_repo.tokenizer.choose_tokenizer's rule), decided
-    at stage 2 so a checkpoint without one fails before the build, not at the Triton repository step."""
-    from builder.engine.sources import SourceError
-    from model_repo.tokenizer import TokenizerError, checkpoint_tokenizer
-    try:
-        checkpoint_tokenizer(src, model.name)
-    except TokenizerError as e:
-        raise SourceError(str(e)) from None
+def check_tokenizer(model, src: Path) -> str | None:
+    """The tokenizer the engine will serve text with (model_repo.tokenizer.choose_tokenizer's rule), decided at
+    stage 2; a checkpoint without one builds an engine of token ids (engine.json tokenizer: NO_TOKENIZER), said in
+    one line. Returns engine.json's `tokenizer` (None: chosen again when served, as before)."""
+    from model_repo.tokenizer import NO_TOKENIZER, checkpoint_tokenizer
+    if checkpoint_tokenizer(src, model.name) != NO_TOKENIZER:
+        return None
+    _say(f"      no tokenizer.json in {src}: the engine runs with token ids (run-engine --input-ids) and its Triton "
+         f"repository serves them through tensorrt_llm alone (no text models)")
+    return NO_TOKENIZER
 
 
 def check_checkpoint_is(model, src: Path) -> None:

@@ -265,20 +265,17 @@ def _tiny_copy(dst: Path, tokenizer: bool) -> Path:
     return dst
 
 
-def test_checkpoint_without_tokenizer_is_refused_at_stage_2(tmp_path, cache_dir):
-    # The tiny vocabulary (4096) is not o200k_harmony's, so without tokenizer.json the engine could serve no text.
+def test_checkpoint_without_tokenizer_builds_with_one_note(tmp_path, cache_dir):
+    """No tokenizer.json and a vocabulary that is not o200k_harmony's: the engine builds for token ids (served and
+    compared with run-engine in tests/model_repo/test_tokenizerless_engine.py), with one line saying so."""
     ck = _tiny_copy(tmp_path / "ck", tokenizer=False)
     out = tmp_path / "e"
     r = cli("--model", "tiny", "--gpu", "cpu", "--checkpoint", str(ck), "--output", str(out),
             "--cache-dir", str(cache_dir), "--no-progress")
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()          # progress lines go to stderr too: the error follows [2/6]
-    assert "Traceback" not in r.stderr and "[3/6]" not in r.stderr, r.stderr
-    after = lines[[i for i, line in enumerate(lines) if "[2/6]" in line][0] + 1:]
-    errors = [line for line in after if not line.startswith("build-engine:      ")]   # indented: progress detail
-    assert len(errors) == 1 and errors[0] == lines[-1], r.stderr
-    assert str(ck) in errors[0] and "no tokenizer.json" in errors[0] and "fix: copy" in errors[0]
-    assert not out.exists() and not list(tmp_path.glob(".e*"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "no tokenizer.json" in line]
+    assert len(notes) == 1 and str(ck) in notes[0] and "token ids" in notes[0]
+    assert not (out / "triton" / "preprocessing").exists() and (out / "triton" / "tensorrt_llm").is_dir()
 
 
 def test_checkpoint_with_tokenizer_builds_control(tmp_path, cache_dir):
