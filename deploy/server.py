@@ -36,6 +36,7 @@ from model_repo.requests import CRASH_FILE_ENV, DRAIN_FILE_ENV
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "triton_python_backend_shm_region"
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=1048576:glibc.malloc.arena_max=4"
 
 
 class ServerError(RuntimeError):
@@ -151,6 +152,11 @@ def server_env(base: dict | None = None) -> dict:
     if libdir:
         env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep)
                                                           if p and p != libdir])
+    # glibc's heap in tritonserver (gRPC and response buffers on many threads) and the stubs: a fixed mmap threshold
+    # (the dynamic one climbs to 32 MiB after the first large free, after which such buffers stay in the heap) makes
+    # every buffer of 1 MiB or more its own mapping, returned when freed, and few arenas bound what idle threads
+    # keep. benchmarks/bench_memory_load.py measures it; a caller's own GLIBC_TUNABLES wins.
+    env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
     # The stub may start with an ASCII locale; the models read UTF-8 files and text.
     env.setdefault("PYTHONUTF8", "1")
     # The served models write no __pycache__ into the repository: the engine's triton/ is verified file by file

@@ -41,21 +41,3 @@ def test_without_malloc_trim_nothing_is_called(monkeypatch):
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libno-such-c-library.so")
     assert memory.return_freed_memory() is None
 
-
-def test_without_malloc_trim_nothing_is_called(monkeypatch):
-    """Negative control: no C library with malloc_trim to load (as on macOS or musl) makes it a no-op (None)."""
-    import ctypes.util
-
-    from model_repo import memory
-    monkeypatch.setattr(memory, "_looked", False)
-    monkeypatch.setattr(memory, "_trim", None)
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libno-such-c-library.so")
-    assert memory.return_freed_memory() is None
-
-
-def test_the_served_model_trims_when_its_last_request_is_done():
-    """The tensorrt_llm model's responder calls after_release once its final response is sent and the request let
-    go of its tensors, and the model's hook trims only when nothing else is in flight."""
-    src = (REPO / "model_repo" / "triton_models" / "tensorrt_llm.py").read_text()
-    assert "after_release=self._trim_if_idle" in src
-    assert "return_freed_memory()" in src.split("def _trim_if_idle", 1)[1].split("def ", 1)[0]
