@@ -24,7 +24,6 @@ import triton_python_backend_utils as pb_utils
 
 from model_repo import requests as rq
 from model_repo.backends import make_backend
-from model_repo.memory import return_freed_memory
 from model_repo.responses import ResponseWriter
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request
@@ -105,8 +104,7 @@ class TritonPythonModel:
             if rid in self._ids_in_flight:
                 raise rq.RequestError(f"request id {rid!r} is already in flight; give each request its own id")
             self._ids_in_flight.add(rid)
-        req.emit = self.writer.add(_Responder(sender, streaming, req, on_final=lambda: self._release_id(rid),
-                                               after_release=self._trim_if_idle))
+        req.emit = self.writer.add(_Responder(sender, streaming, req, on_final=lambda: self._release_id(rid)))
         try:
             self.backend.submit(req)
         except BaseException:
@@ -117,14 +115,6 @@ class TritonPythonModel:
         with self._ids_lock:
             self._ids_in_flight.discard(rid)
 
-    def _trim_if_idle(self) -> None:
-        """The last request in flight has sent its final response and let go of its tensors: give the heap's
-        freed pages back (model_repo/memory.py), so an idle model does not hold a heavy round's peak."""
-        with self._ids_lock:
-            idle = not self._ids_in_flight
-        if idle:
-            return_freed_memory()
-
     def finalize(self):
         self.backend.shutdown()
         self.writer.stop()
@@ -133,9 +123,8 @@ class TritonPythonModel:
 class _Responder:
     """The Triton responses of one request, built from what the scheduler produced since the last one."""
 
-    def __init__(self, sender, streaming: bool, req: Request, on_final=None, after_release=None):
+    def __init__(self, sender, streaming: bool, req: Request, on_final=None):
         self.on_final = on_final         # called once the request's last response is on its way
-        self.after_release = after_release   # called once it is sent and the request let go of its tensors
         self.sender = sender
         self.streaming = streaming
         self.req = req
@@ -155,8 +144,6 @@ class _Responder:
         finally:
             if reason is not None:
                 self._release()
-                if self.after_release is not None:
-                    self.after_release()
 
     def _release(self) -> None:
         """A finished request lets go of what it held (prompt logits can be hundreds of MB) at once, rather than

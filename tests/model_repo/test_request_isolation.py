@@ -158,11 +158,14 @@ def _drain(q, c, pending=()):
 
 
 def test_a_reused_request_id_is_refused_and_stops_nothing(server):
-    first = stream_tensorrt_llm(server.grpc_url, [17, 18, 19, 20], 60, "dup")
+    # The first decodes to the context's end (a few seconds on the tiny model, even on a loaded box: 60 tokens
+    # were once all out before the second stream had connected, and the second then rightly ran).
+    n_first = MAX_SEQ_LEN - 4
+    first = stream_tensorrt_llm(server.grpc_url, [17, 18, 19, 20], n_first, "dup")
     head = first[0].get(timeout=120)                 # the first is decoding: its first token is out
     second_tokens, second_error = _drain(*stream_tensorrt_llm(server.grpc_url, [5, 6, 7], 4, "dup"))
     tokens, error = _drain(*first, pending=[head])
-    assert error is None and len(tokens) == 60, (error, len(tokens))
+    assert error is None and len(tokens) == n_first, (error, len(tokens))
     assert second_tokens == [] and "request id 'dup' is already in flight" in str(second_error)
     again, error = _drain(*stream_tensorrt_llm(server.grpc_url, [5, 6, 7], 4, "dup"))   # free again once finished
     assert error is None and len(again) == 4
