@@ -6,10 +6,15 @@ with its `quantization_config`), or the unquantized HF layout (`mxfp4=False`: ev
 keeps only the first N layers (a slice with the real per-layer shapes); `vocab_size` shrinks the embedding
 and head (they are streamed like any other tensor, so a smaller vocabulary only saves disk).
 
-Memory stays about one piece of one tensor: the values are windows into one random pool drawn once (drawing
-13 GB of fresh random numbers would cost more than the builds being measured), each tensor written in row
-pieces of at most PIECE_BYTES through checkpoint.ShardedWriter (5 GB shards and an index, as HF ships them).
-Value ranges keep a forward pass finite: bf16 weights ~N(0, 0.02), norm weights 1, MXFP4 scales 2^-10..2^-4.
+Every piece of every tensor is drawn fresh, so no two tensors (and no two experts' slices of a stacked tensor)
+share bytes: a plan builder that stores identical weights once (TensorRT-RTX does) sees as many distinct bytes
+as a real checkpoint has. Each piece of at most PIECE_BYTES (whole rows) comes from its own counter-based
+stream, numpy's PCG64DXSM seeded by (seed, the tensor name's bytes, first row), so the output is deterministic
+for a seed and memory stays about one piece; the raw 64-bit words are the bytes (2 GB/s), mapped to each
+dtype's values through a lookup table. Values keep a forward pass finite: MXFP4 codes any byte (two FP4
+nibbles), e8m0 scales 2^-10..2^-4, bf16 weights the 65,536 quantiles of N(0, 0.02) (|x| <= 0.09), norm
+weights those of N(1, 0.02). Pieces are written through checkpoint.ShardedWriter (5 GB shards and an index,
+as HF ships them).
 The tiny model's tokenizer is copied in (`tokenizer=True`) so calibration and the Triton repository have one;
 its ids (< 4096) are valid for any vocabulary, but it is not the o200k tokenizer the released models use.
 """
@@ -19,8 +24,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from checkpoint.config_io import hf_config_dict
@@ -31,7 +38,6 @@ from checkpoint.errors import CheckpointError
 from spec.registry import get_model
 
 PIECE_BYTES = 64 << 20
-POOL_ELEMENTS = 1 << 25                 # 64 MB of bf16 / 32 MB of uint8: windows of it fill every piece
 SCALE_EXPONENTS = (117, 124)            # e8m0 127 = 2^0; [117, 124) = 2^-10 .. 2^-4
 TOKENIZER_FROM = Path(__file__).resolve().parents[1] / "builder" / "assets" / "tiny"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -54,26 +60,40 @@ def synthetic_config(model="20b", layers: int | None = None, vocab_size: int | N
     return config
 
 
-def _pools(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"float": (0.02 * torch.randn(POOL_ELEMENTS, generator=g)).to(torch.bfloat16),
-            "codes": torch.randint(0, 256, (POOL_ELEMENTS,), generator=g, dtype=torch.uint8),
-            "scales": torch.randint(*SCALE_EXPONENTS, (POOL_ELEMENTS,), generator=g, dtype=torch.uint8),
-            "ones": torch.ones(POOL_ELEMENTS, dtype=torch.bfloat16), "gen": g}
+@lru_cache(maxsize=None)
+def _table(kind: str) -> np.ndarray:
+    """The 16-bit value a random 16-bit index stands for (uint16 bit patterns; uint8 for scales)."""
+    if kind == "scales":                 # 256 bytes spread evenly over the exponent range
+        lo, hi = SCALE_EXPONENTS
+        return (lo + np.arange(256) * (hi - lo) // 256).astype(np.uint8)
+    from statistics import NormalDist
+    mean = 1.0 if kind == "norm" else 0.0
+    inv = NormalDist(mean, 0.02).inv_cdf
+    q = np.array([inv((i + 0.5) / 65536) for i in range(65536)], dtype=np.float32)
+    u = q.view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)   # bf16, round to nearest even
 
 
-def _window(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-    """n values of the pool from a random offset (tiled when n exceeds half the pool)."""
-    if n > pool.numel() // 2:
-        return pool.repeat(-(-n // pool.numel()))[:n]
-    start = int(torch.randint(0, pool.numel() - n + 1, (), generator=g))
-    return pool[start:start + n]
+def piece_seed(seed: int, name: str, row: int) -> list[int]:
+    """The stream key of the piece of tensor `name` starting at `row`: distinct pieces, distinct streams."""
+    return [seed, int.from_bytes(name.encode(), "little"), row]
 
 
-def _pool_for(name: str, dtype: str) -> str:
+def _random_piece(kind: str, n: int, key: list[int]) -> torch.Tensor:
+    """n fresh values of `kind` (codes / scales: uint8; float / norm: bf16) from the stream named by key."""
+    width = 1 if kind in ("codes", "scales") else 2
+    bits = np.random.PCG64DXSM(np.random.SeedSequence(key))
+    raw = bits.random_raw(-(-n * width // 8)).view(np.uint8 if width == 1 else np.uint16)[:n]
+    if kind == "codes":
+        return torch.from_numpy(raw)
+    values = np.take(_table(kind), raw)
+    return torch.from_numpy(values) if width == 1 else torch.from_numpy(values).view(torch.bfloat16)
+
+
+def _kind_for(name: str, dtype: str) -> str:
     if dtype == "U8":
         return "scales" if name.endswith("_scales") else "codes"
-    return "ones" if "norm" in name else "float"
+    return "norm" if "norm" in name else "float"
 
 
 def write_synthetic(folder: str | Path, model="20b", *, layers: int | None = None,
@@ -90,8 +110,6 @@ def write_synthetic(folder: str | Path, model="20b", *, layers: int | None = Non
     if mxfp4 and not any(s.dtype == "U8" for s in specs):
         raise CheckpointError(f"{layout}: no uint8 MXFP4 tensors in the expanded layout; the mapping changed")
     folder.mkdir(parents=True, exist_ok=True)
-    pools = _pools(seed)
-    g = pools["gen"]
     kw = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
     writer = ShardedWriter(folder, specs, **kw)
     for spec in specs:
@@ -99,10 +117,11 @@ def write_synthetic(folder: str | Path, model="20b", *, layers: int | None = Non
         row_elems = math.prod(spec.shape[1:])
         row_bytes = max(1, spec.nbytes // max(1, rows))
         step = max(1, PIECE_BYTES // row_bytes)
-        pool = pools[_pool_for(spec.name, spec.dtype)]
+        kind = _kind_for(spec.name, spec.dtype)
         for r in range(0, rows, step):
             n = min(step, rows - r)
-            writer.write(spec.name, _window(pool, n * row_elems, g).reshape((n,) + tuple(spec.shape[1:])), r)
+            piece = _random_piece(kind, n * row_elems, piece_seed(seed, spec.name, r))
+            writer.write(spec.name, piece.reshape((n,) + tuple(spec.shape[1:])), r)
     writer.close()
     (folder / "config.json").write_text(json.dumps(hf_config_dict(config, mxfp4=mxfp4), indent=2) + "\n")
     if tokenizer:
