@@ -4,7 +4,8 @@
                                      [--cache-policy off] [--keep] [--json]
 
 Each case runs the real CLI in a subprocess and records: the command, its exit code, wall seconds, the
-seconds and the peak tree RSS of each build stage ("[k/6]" lines, timed as they arrive on stderr), the peak
+seconds and the peak tree RSS of each build stage ("[k/6]" lines, timed as they arrive on stderr; the whole
+stderr is kept as WORKDIR/CASE.stderr.log, each line prefixed with its second), the peak
 RSS of the whole process tree (the sum of VmRSS over build-engine and its children, polled every 0.2 s; and, from
 getrusage(RUSAGE_CHILDREN), the largest single process), the engine's bytes on disk (allocated blocks, hard
 links counted once) against the checkpoint's bytes, and the build cache's bytes. Built engines and the cache
@@ -89,7 +90,7 @@ def _tree_rss(root_pid: int) -> tuple[int, int]:
     return total, anon
 
 
-def run_case(cmd: list[str], env: dict) -> dict:
+def run_case(cmd: list[str], env: dict, log: Path | None = None) -> dict:
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -111,13 +112,19 @@ def run_case(cmd: list[str], env: dict) -> dict:
     out_holder = {}
     reader = threading.Thread(target=lambda: out_holder.setdefault("out", proc.stdout.read()), daemon=True)
     reader.start()
+    log_file = open(log, "w") if log else None           # the build's whole stderr, with seconds since start
     for line in proc.stderr:
         now = time.perf_counter() - t0
+        if log_file:
+            log_file.write(f"{now:8.1f} {line}")
+            log_file.flush()
         tail = (tail + [line.rstrip()])[-12:]
         if line.startswith("build-engine: [") and "/6]" in line[:20]:
             stages.append((line.split("]", 1)[0].split("[", 1)[1], now, line.split("]", 1)[1].strip()))
     rc = proc.wait()
     seconds = time.perf_counter() - t0
+    if log_file:
+        log_file.close()
     done.set()
     reader.join()
     child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -177,7 +184,8 @@ def main() -> None:
         cmd = [str(BIN / "build-engine"), "--checkpoint", str(ckpt), *args, "--output", str(out),
                "--cache-dir", str(cache), "--cache-policy", a.cache_policy, "--no-progress"]
         row = {"case": name, "command": " ".join(["build-engine", *cmd[1:]])}
-        row.update(run_case(cmd, dict(os.environ)))
+        row["log"] = str(a.workdir / f"{name}.stderr.log")
+        row.update(run_case(cmd, dict(os.environ), Path(row["log"])))
         ck_bytes = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
         row["smoke_runs"] = _smoke_runs(out)
         row.update({"checkpoint_bytes": ck_bytes, "engine_bytes": disk_bytes(out), "cache_bytes": disk_bytes(cache),
