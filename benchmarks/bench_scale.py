@@ -62,10 +62,11 @@ def disk_bytes(path: Path) -> int:
     return total
 
 
-def _tree_rss(root_pid: int) -> int:
-    """Sum of VmRSS (bytes) over root_pid and its descendants, from /proc."""
+def _tree_rss(root_pid: int) -> tuple[int, int]:
+    """Sums of VmRSS and of RssAnon (bytes) over root_pid and its descendants, from /proc. The difference is
+    file-backed pages (mapped checkpoint or graph data: clean, shared with the page cache, evictable)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    rss: dict[int, tuple[int, int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -73,34 +74,38 @@ def _tree_rss(root_pid: int) -> int:
             with open(f"/proc/{d}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{d}/status") as f:
-                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+                kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)
+                      if k in ("VmRSS", "RssAnon")}
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(d))
-        rss[int(d)] = kb * 1024
-    total, todo = 0, [root_pid]
+        rss[int(d)] = (kb.get("VmRSS", 0) * 1024, kb.get("RssAnon", 0) * 1024)
+    total, anon, todo = 0, 0, [root_pid]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        r, a = rss.get(pid, (0, 0))
+        total, anon = total + r, anon + a
         todo += children.get(pid, [])
-    return total
+    return total, anon
 
 
 def run_case(cmd: list[str], env: dict) -> dict:
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = [0]
+    peak = [0, 0]                              # tree VmRSS, tree RssAnon
     done = threading.Event()
     stages, tail = [], []
     stage_peak: dict[int, int] = {}            # index into stages (-1: before the first stage line) -> peak
+    stage_anon: dict[int, int] = {}
 
     def poll():
         while not done.is_set():
-            rss = _tree_rss(proc.pid)
-            peak[0] = max(peak[0], rss)
+            rss, anon = _tree_rss(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], anon)
             k = len(stages) - 1
             stage_peak[k] = max(stage_peak.get(k, 0), rss)
+            stage_anon[k] = max(stage_anon.get(k, 0), anon)
             done.wait(0.2)
     threading.Thread(target=poll, daemon=True).start()
     out_holder = {}
@@ -116,14 +121,26 @@ def run_case(cmd: list[str], env: dict) -> dict:
     done.set()
     reader.join()
     child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    stage_s, stage_rss = {}, {}
+    stage_s, stage_rss, stage_anon_rss = {}, {}, {}
     for i, (k, start, what) in enumerate(stages):
         end = stages[i + 1][1] if i + 1 < len(stages) else seconds
         stage_s[f"[{k}] {what}"] = round(end - start, 1)
         stage_rss[f"[{k}] {what}"] = stage_peak.get(i, 0)
-    return {"exit_code": rc, "seconds": round(seconds, 1), "peak_rss_tree": peak[0],
+        stage_anon_rss[f"[{k}] {what}"] = stage_anon.get(i, 0)
+    return {"exit_code": rc, "seconds": round(seconds, 1), "peak_rss_tree": peak[0], "peak_anon_rss_tree": peak[1],
+            "stage_peak_anon_rss_tree": stage_anon_rss,
             "peak_rss_largest_process": child_max if child_max > before * 1024 else None,
             "stages": stage_s, "stage_peak_rss_tree": stage_rss, "stderr_tail": tail if rc else tail[-3:]}
+
+
+def _smoke_runs(engine: Path) -> list[dict]:
+    """The build's smoke runs as engine.json recorded them (runtime, ok, tokens, tok/s), before the engine goes."""
+    try:
+        records = json.loads((engine / "engine.json").read_text()).get("validated_on", [])
+    except (OSError, ValueError):
+        return []
+    keep = ("runtime", "device", "ok", "output_ids", "tokens_per_s", "note")
+    return [{k: r[k] for k in keep if k in r} for r in records]
 
 
 def ensure_checkpoint(key: str, workdir: Path, given: dict) -> Path:
@@ -162,6 +179,7 @@ def main() -> None:
         row = {"case": name, "command": " ".join(["build-engine", *cmd[1:]])}
         row.update(run_case(cmd, dict(os.environ)))
         ck_bytes = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
+        row["smoke_runs"] = _smoke_runs(out)
         row.update({"checkpoint_bytes": ck_bytes, "engine_bytes": disk_bytes(out), "cache_bytes": disk_bytes(cache),
                     "plan_built": (out / "tensorrt").is_dir() and any((out / "tensorrt").rglob("*.plan")),
                     "engine_over_checkpoint": round(disk_bytes(out) / ck_bytes, 3) if ck_bytes else None})
@@ -173,11 +191,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         else:
             print(f"{name:18} exit {row['exit_code']:>3}  {row['seconds']:>7.1f} s  peak RSS (tree) "
-                  f"{row['peak_rss_tree'] / 1e9:5.2f} GB  engine {row['engine_bytes'] / 1e9:6.2f} GB "
+                  f"{row['peak_rss_tree'] / 1e9:5.2f} GB (anonymous {row['peak_anon_rss_tree'] / 1e9:5.2f})  engine {row['engine_bytes'] / 1e9:6.2f} GB "
                   f"({row['engine_over_checkpoint']}x ckpt)  cache {row['cache_bytes'] / 1e9:6.2f} GB",
                   flush=True)
             for stage, s in row["stages"].items():
-                print(f"    {s:>7.1f} s  {row['stage_peak_rss_tree'][stage] / 1e9:5.2f} GB  {stage}")
+                print(f"    {s:>7.1f} s  {row['stage_peak_rss_tree'][stage] / 1e9:5.2f} GB "
+                      f"({row['stage_peak_anon_rss_tree'][stage] / 1e9:5.2f} anonymous)  {stage}")
+            for smoke in row["smoke_runs"]:
+                print(f"    smoke run: {smoke}")
     if not a.keep:
         shutil.rmtree(a.workdir / "engines", ignore_errors=True)
 

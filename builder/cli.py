@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--graph-only", action="store_true",
                    help="targets whose engine is a TensorRT-RTX plan (RTX-class SMs): install the ONNX graph without "
                         "building the plan (engine.json records that there is none)")
+    b.add_argument("--keep-graph", action="store_true",
+                   help="RTX-class targets: keep tensorrt/model.onnx beside the built plan (it shares the "
+                        "checkpoint's bytes where they are equal; the rest, mostly the experts in the GEMMs' layout, "
+                        "is written again). Without it the graph is removed once the plan is built: the plan holds "
+                        "the weights")
     b.add_argument("--plan-workspace-mib", type=int, metavar="MIB",
                    help="the plan builder's workspace memory limit (default: TensorRT's, the device's memory)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -173,7 +178,7 @@ def _run_build(args) -> int:
                        output=args.output, cache_policy=args.cache_policy, cache_dir=args.cache_dir,
                        calib_file=args.calib_file, kv_dtype=args.kv_dtype, cross_build=args.cross_build,
                        progress=not args.no_progress, graph_only=args.graph_only,
-                       cache_max_bytes=_cache_max_bytes(args),
+                       keep_graph=args.keep_graph, cache_max_bytes=_cache_max_bytes(args),
                        plan_workspace_bytes=None if args.plan_workspace_mib is None else args.plan_workspace_mib * 2**20)
     try:
         out = build(req)

@@ -38,7 +38,8 @@ from spec.target import Target, quant_for, resolve_target
 # 6: tensorrt/model.onnx only for TensorRT-RTX plan targets.
 # 7: the graph's external data points into the checkpoint's shards (hard-linked into tensorrt/) where the
 #    bytes are the same (engine.json "tensorrt"."onnx_weights").
-ENGINE_LAYOUT_VERSION = 7
+# 8: RTX-class engines with a plan do not keep the graph it was built from (--keep-graph keeps it).
+ENGINE_LAYOUT_VERSION = 8
 # Free disk needed beyond the checkpoint's own bytes: network.json, tokenizer, manifest, slack.
 DISK_SLACK_BYTES = 64 * 2**20
 
@@ -62,6 +63,8 @@ class BuildRequest:
     progress: bool = True
     # Targets whose engine is a TensorRT plan: skip the plan and install the graph alone (recorded as such).
     graph_only: bool = False
+    # ... and keep the graph beside the built plan (by default it is removed: the plan holds the weights).
+    keep_graph: bool = False
     plan_workspace_bytes: int | None = None   # the plan builder's workspace limit (None: TensorRT's default)
     cache_max_bytes: int | None = None        # None: $GPTOSS_TRT_CACHE_MAX_GB, else 100 GB
 
@@ -163,7 +166,7 @@ def build(req: BuildRequest) -> Path:
         "max_seq_len": p.max_seq_len, "max_batch_size": p.max_batch_size, "kv_cache_dtype": target.kv_cache_dtype,
         "calib_file": source_hashes_of_file(req.calib_file), "tools": tool_versions(),
         "engine_layout": ENGINE_LAYOUT_VERSION, "graph_only": req.graph_only,
-        "plan_workspace_bytes": req.plan_workspace_bytes,
+        "keep_graph": req.keep_graph, "plan_workspace_bytes": req.plan_workspace_bytes,
     }
     key = cache_key(inputs)
     _say(f"      {src} ({len(inputs['sources'])} files), cache key {key[:16]}")
@@ -351,7 +354,7 @@ def write_tensorrt_dir(engine: Path, network: Network, target: Target, p: FitPla
     from builder.tensorrt.engine_dir import write_tensorrt
     try:
         return write_tensorrt(engine, network, target.sm, p.max_batch_size, p.max_seq_len,
-                              graph_only=req.graph_only, workspace_bytes=req.plan_workspace_bytes,
+                              graph_only=req.graph_only, keep_graph=req.keep_graph, workspace_bytes=req.plan_workspace_bytes,
                               attention_bytes=p.runtime_reserve_bytes or None,
                               kv_budget_bytes=p.kv_budget_bytes_per_gpu or None)
     except PlanBuildError as e:

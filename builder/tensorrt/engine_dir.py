@@ -11,6 +11,8 @@ tensorrt/: plugins/onnx/shared_weights.py; the rest are in the graph's own data 
 "plan": REL_PATH | null, "plan_sha256", "plan_bytes", "plan_seconds" (build time), "plan_layers" and
 "plan_gemm_layers" (the parsed network's layers and its matrix multiplies), "weights_stripped" (the plan is
 refitted from the ONNX weights at load),
+"graph_kept": false once a plan is built without --keep-graph (the plan holds the weights; the graph it was
+built from is removed and "built_from" keeps its onnx_sha256 and onnx_weights record),
 "builder": "tensorrt-rtx" | "tensorrt" | null, "builder_version": str | null, "sm": int | null,
 "graph_dtype": the graph's compute dtype (spec.capabilities.graph_dtype(sm)), "island_gemm_dtype": the
 dtype of the matmuls inside its fp32 islands (spec.capabilities.island_gemm_dtype(sm)), "limits": {...},
@@ -99,15 +101,17 @@ def no_graph_note(kind: str | None, sm: int | None) -> str:
 
 
 def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, max_seq_len: int, *,
-                   graph_only: bool = False, workspace_bytes: int | None = None,
+                   graph_only: bool = False, keep_graph: bool = False, workspace_bytes: int | None = None,
                    attention_bytes: float | None = None, kv_budget_bytes: float | None = None) -> dict:
     """Where the target's engine is a TensorRT-RTX plan: export engine/tensorrt/model.onnx from the engine's
     checkpoint and build the plan. Other targets get no graph (their section's note says why). Returns the
     engine.json "tensorrt" section.
 
     A target whose engine is a plan gets one or the build fails: PlanBuildError (TensorRT's reason, or the
-    missing builder) unless graph_only, which skips the plan and records that none exists. Messages name
-    files relative to the engine (the staging folder they are written in is gone once installed)."""
+    missing builder) unless graph_only, which skips the plan and records that none exists. Once the plan is
+    built the graph is removed unless keep_graph (drop_graph: the plan is what runs, and the graph's own data
+    is most of the checkpoint's bytes again). Messages name files relative to the engine (the staging folder
+    they are written in is gone once installed)."""
     from dataclasses import asdict
 
     from builder.tensorrt.plan import profile_limits
@@ -139,7 +143,27 @@ def write_tensorrt(engine: Path, network, sm: int | None, max_batch_size: int, m
                            f"--graph-only builds the SM {sm} plan")
         _say(f"      tensorrt: {section['note']}")
         return section
-    return _build_here(out, section, sm, lim, workspace_bytes)
+    section = _build_here(out, section, sm, lim, workspace_bytes)
+    return section if keep_graph else drop_graph(out, section)
+
+
+def drop_graph(out: Path, section: dict) -> dict:
+    """Remove the graph a plan was built from: model.onnx, its own data and its links to the checkpoint's
+    shards (the shards themselves stay: they are the engine's checkpoint). The plan is self-contained (not
+    weight-stripped), so an engine needs only its checkpoint and its plan; kept, the graph writes again every
+    weight whose layout differs from the checkpoint's (the experts: the GEMMs take [out, in], the checkpoint
+    stores [in/2, out] FP4), 1.7x the checkpoint on the tiny model. `build-engine --validate` exports the graph
+    again where one is needed (export_graph_on_demand)."""
+    if section.get("weights_stripped"):
+        return section                     # a stripped plan is refitted from the graph's weights at load
+    links = (section.get("onnx_weights") or {}).get("linked_shards", [])
+    for name in [ONNX_FILE, *section.get("onnx_data", {}), *links]:
+        (out / name).unlink(missing_ok=True)
+    built_from = {k: section.pop(k) for k in ("onnx_sha256", "onnx_weights") if k in section}
+    section.update(onnx=None, onnx_data={}, graph_kept=False, built_from=built_from,
+                   note=f"{section['note']}; the graph it was built from is not kept (--keep-graph keeps "
+                        f"{GRAPH_PATH})")
+    return section
 
 
 def _build_here(out: Path, section: dict, sm: int, lim, workspace_bytes: int | None) -> dict:

@@ -33,7 +33,7 @@ def engines(tmp_path_factory):
     root, cache = tmp_path_factory.mktemp("trt"), tmp_path_factory.mktemp("cache")
     out = {}
     for gpu in ("rtx-5090", "l40s"):
-        r = build(root / gpu, "--model", "tiny", "--gpu", gpu, cache=cache)
+        r = build(root / gpu, "--model", "tiny", "--gpu", gpu, "--keep-graph", cache=cache)   # the tests read it
         assert r.returncode == 0, r.stderr
         out[gpu] = root / gpu
     return out
