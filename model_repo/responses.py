@@ -9,8 +9,13 @@ for several tokens: while at most `streams_per_response` streams are live each t
 first response, which always leaves at once), beyond that a response carries ceil(live / streams_per_response)
 tokens, which keeps the responses per decode step near `streams_per_response` at any concurrency (the same idea
 as vLLM's and TensorRT-LLM's `stream_interval`, made adaptive). Likewise a stream's responses leave at most every
-`min_interval_s` (5 ms: well under a screen refresh), so a model that makes a token every millisecond or two sends
-a few per response; the first response and the last one never wait. The writer also asks Triton, a few times a second, whether each
+`min_interval_s` (20 ms: about a screen refresh) while at most `streams_per_response` streams are live, and at most
+every min_interval_s x live / streams_per_response beyond that (capped at `max_interval_s`, 100 ms), which bounds
+the responses per second of all streams together near streams_per_response / min_interval_s (400) whatever the
+model's speed; the first response and the last one never wait. Why time and not only tokens: every response costs
+about 1 ms of CPU summed over the hops (measured on the tiny engine on ONNX Runtime, 2 cores: tritonserver, the
+BLS model, the gRPC client), more than a decode step of a small model, so on a small CPU box per-token responses
+take the decode loop's CPU; benchmarks/bench_serving.py's rows in README.md show the effect. The writer also asks Triton, a few times a second, whether each
 running request's client has cancelled or gone, and cancels its generation then (the scheduler itself never
 makes that round trip).
 
@@ -26,7 +31,8 @@ from typing import Callable
 
 CANCEL_CHECK_S = 0.2
 STREAMS_PER_RESPONSE = 8
-MIN_INTERVAL_S = 0.005
+MIN_INTERVAL_S = 0.02
+MAX_INTERVAL_S = 0.1
 
 
 class _Stream:
@@ -44,11 +50,12 @@ class _Stream:
 class ResponseWriter:
     def __init__(self, cancel: Callable[[str], None], log: Callable[[str], None] | None = None,
                  cancel_check_s: float = CANCEL_CHECK_S, streams_per_response: int = STREAMS_PER_RESPONSE,
-                 min_interval_s: float = MIN_INTERVAL_S):
+                 min_interval_s: float = MIN_INTERVAL_S, max_interval_s: float = MAX_INTERVAL_S):
         """cancel(request_id): stop a generation whose client has gone."""
         self._cancel = cancel
         self._fan = max(1, int(streams_per_response))
         self._min_interval = max(0.0, float(min_interval_s))
+        self._max_interval = max(self._min_interval, float(max_interval_s))
         self._held: dict[_Stream, float] = {}      # streams with tokens waiting for min_interval: -> due time
         self._log = log or (lambda msg: None)
         self._cancel_check_s = cancel_check_s
@@ -74,7 +81,7 @@ class ResponseWriter:
                 if reason is not None or (responder.streaming and stream.tokens and not stream.started):
                     ready = True
                 elif responder.streaming and len(stream.tokens) >= 1 + (len(self._live) - 1) // self._fan:
-                    due = stream.last_sent + self._min_interval
+                    due = stream.last_sent + self._interval(len(self._live))
                     ready = due <= time.monotonic()
                     if not ready and stream not in self._held:
                         self._held[stream] = due
@@ -87,6 +94,10 @@ class ResponseWriter:
                     self._ready[stream] = None
                     self._cv.notify()
         return emit
+
+    def _interval(self, live: int) -> float:
+        """The least time between two responses of one stream while `live` streams are running."""
+        return min(self._max_interval, self._min_interval * max(1.0, live / self._fan))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is ready, then end the thread."""

@@ -91,7 +91,7 @@ def _pbtxt_string(value) -> str:
 def repo_values(engine_dir: Path, output: Path, *, executor: str = "auto", max_batch_size: int | None = None,
                 max_seq_len: int | None = None, tokenizer: str | None = None,
                 default_reasoning_effort: str = "medium", instances: int = 1, cpu_threads: int = 1,
-                max_context_logits_bytes: int | None = None) -> dict:
+                max_context_logits_bytes: int | None = None, stream_interval_ms: float | None = None) -> dict:
     engine_dir = engine_dir.resolve()
     manifest = read_manifest(engine_dir) if max_seq_len is None or (engine_dir / MANIFEST_FILE).is_file() else {}
     seq = max_seq_len or manifest.get("max_seq_len")
@@ -132,7 +132,17 @@ def repo_values(engine_dir: Path, output: Path, *, executor: str = "auto", max_b
         "bls_instance_count": 1,
         "cpu_threads": int(cpu_threads),
         "max_context_logits_bytes": int(max_context_logits_bytes or MAX_CONTEXT_LOGITS_BYTES),
+        "stream_interval_ms": _interval_ms(stream_interval_ms),
     }
+
+
+def _interval_ms(value) -> str:
+    """The least time between a stream's responses, ms (model_repo.responses; default MIN_INTERVAL_S)."""
+    from model_repo.responses import MIN_INTERVAL_S
+    ms = 1000 * MIN_INTERVAL_S if value is None else float(value)
+    if not 0 <= ms <= 1000:
+        raise ModelRepoError(f"stream interval must be between 0 and 1000 ms, got {value!r}")
+    return f"{ms:g}"
 
 
 def _choice_here(engine_dir: Path, executor: str, max_seq_len: int) -> str:
@@ -257,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-context-logits-mib", type=int,
                    help=f"largest context_logits answer (prompt x vocab float32) the server returns, MiB "
                         f"(default {MAX_CONTEXT_LOGITS_BYTES // 2**20})")
+    p.add_argument("--stream-interval-ms", type=float,
+                   help="least time between two streamed responses of a request (default 20; several tokens then "
+                        "share a response, and more with many streams live: model_repo/responses.py); 0 sends "
+                        "each token as soon as the writer can")
     args = p.parse_args(argv)
     try:
         out = write_model_repo(args.engine_dir, args.output, executor=args.executor, max_batch_size=args.max_batch_size,
                                max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
                                default_reasoning_effort=args.reasoning_effort, instances=args.instances,
-                               cpu_threads=args.cpu_threads,
+                               cpu_threads=args.cpu_threads, stream_interval_ms=args.stream_interval_ms,
                                max_context_logits_bytes=args.max_context_logits_mib and args.max_context_logits_mib * 2**20)
     except (ModelRepoError, OSError) as e:
         print(f"write-model-repo: error: {e}", file=sys.stderr)

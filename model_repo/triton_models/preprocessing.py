@@ -6,13 +6,14 @@ optional developer instructions SYSTEM_PROMPT, optional CHAT_HISTORY JSON, then 
 Outputs follow TensorRT-LLM's preprocessing names: INPUT_ID, REQUEST_INPUT_LEN, REQUEST_OUTPUT_LEN, STOP_WORDS_IDS
 ([2, L] layout), OUT_END_ID (the request's END_ID, -1 = no end token, checked against the vocabulary; -1 too when
 END_ID is absent, so a caller that sent none passes no end_id on and the engine uses its default stop tokens).
+The work itself is model_repo.preprocess.prepare, which the tensorrt_llm_bls model runs in its own process.
 """
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from model_repo import requests as rq
-from model_repo.harmony import HarmonyRequestError, parse_history, render_chat
+from model_repo.harmony import render_chat
+from model_repo.preprocess import CLIENT_ERRORS, prepare
 from model_repo.tokenizer import load_tokenizer
 from model_repo.triton_models.common import error_of, get, invalid, log_info, model_params, resolve_engine_dir
 
@@ -34,36 +35,18 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._one(request))
-            except (rq.RequestError, HarmonyRequestError) as e:
+            except CLIENT_ERRORS as e:
                 responses.append(pb_utils.InferenceResponse(error=invalid(str(e))))
             except Exception as e:  # noqa: BLE001 - every failure becomes an error response
                 responses.append(pb_utils.InferenceResponse(error=error_of(e)))
         return responses
 
     def _one(self, request):
-        query = get(request, "QUERY")
-        if query is None:
-            raise rq.RequestError("text_input (QUERY) is required")
-        rq.batch_size_one(query, "text_input")
-        text = rq.text(query, "text_input")
-        raw = rq.boolean(get(request, "RAW_PROMPT"), "raw_prompt")
-        if raw:
-            ids = self.tokenizer.encode(text)
-        else:
-            effort = rq.text(get(request, "REASONING_EFFORT"), "reasoning_effort", required=False) or self.default_effort
-            system = rq.text(get(request, "SYSTEM_PROMPT"), "system_prompt", required=False, allow_empty=True)
-            history = parse_history(rq.text(get(request, "CHAT_HISTORY"), "chat_history", required=False,
-                                            allow_empty=True))
-            ids = render_chat(self.tokenizer, text, effort, system or None, history)
-        if not ids:
-            raise rq.RequestError("text_input tokenizes to nothing")
-        max_tokens = rq.output_length(get(request, "REQUEST_OUTPUT_LEN"), len(ids), self.max_seq_len)
-        stop_seqs = [self.tokenizer.encode(w) for w in rq.texts(get(request, "STOP_WORDS_DICT"), "stop_words")]
-        end = rq.end_id(get(request, "END_ID"), self.tokenizer.vocab_size)
+        p = prepare(lambda name: get(request, name), self.tokenizer, self.max_seq_len, self.default_effort)
         return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("INPUT_ID", np.asarray(ids, dtype=np.int32).reshape(1, -1)),
-            pb_utils.Tensor("REQUEST_INPUT_LEN", np.asarray([[len(ids)]], dtype=np.int32)),
-            pb_utils.Tensor("REQUEST_OUTPUT_LEN", np.asarray([[max_tokens]], dtype=np.int32)),
-            pb_utils.Tensor("STOP_WORDS_IDS", rq.pack_stop_words([s for s in stop_seqs if s])[None]),
-            pb_utils.Tensor("OUT_END_ID", np.asarray([[rq.NO_END_ID if end is None else end]], dtype=np.int32)),
+            pb_utils.Tensor("INPUT_ID", np.asarray(p.ids, dtype=np.int32).reshape(1, -1)),
+            pb_utils.Tensor("REQUEST_INPUT_LEN", np.asarray([[len(p.ids)]], dtype=np.int32)),
+            pb_utils.Tensor("REQUEST_OUTPUT_LEN", np.asarray([[p.max_tokens]], dtype=np.int32)),
+            pb_utils.Tensor("STOP_WORDS_IDS", p.stop_words[None]),
+            pb_utils.Tensor("OUT_END_ID", np.asarray([[p.end_id]], dtype=np.int32)),
         ])

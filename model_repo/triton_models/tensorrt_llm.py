@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 from model_repo import requests as rq
 from model_repo.backends import make_backend
-from model_repo.responses import ResponseWriter
+from model_repo.responses import MIN_INTERVAL_S, ResponseWriter
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Request
 from model_repo.triton_models.common import (error_of, get, invalid, log_error, log_info, log_warn, model_params,
@@ -49,7 +49,9 @@ class TritonPythonModel:
         self._ids_lock = threading.Lock()
         self.default_stop_ids = tuple(int(x) for x in p.get("default_stop_ids", "").split(",") if x.strip()) \
             or self.backend.default_stop_ids
-        self.writer = ResponseWriter(self.backend.cancel, log=log_error)
+        interval = p.get("stream_interval_ms")             # absent: a repository written before it existed
+        self.writer = ResponseWriter(self.backend.cancel, log=log_error,
+                                     min_interval_s=MIN_INTERVAL_S if not interval else float(interval) / 1000)
         log_info(f"tensorrt_llm: {self.backend.choice.line()}, engine {self.engine_dir}, in-flight batch "
                  f"{p['max_num_sequences']}, max_seq_len {self.max_seq_len}, default stop ids {self.default_stop_ids}; "
                  f"loaded and warmed up in {time.monotonic() - t0:.1f} s")

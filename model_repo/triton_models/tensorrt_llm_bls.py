@@ -9,7 +9,8 @@ these are what an engine-regression suite needs); output_ids [1, 1, n] (the gene
 `tensorrt_llm` model names them) comes with every response that carries tokens.
 
 Per request (each in its own thread, so requests overlap and the tensorrt_llm model batches them in flight):
-validate the sampling inputs, call `preprocessing` (render + tokenize + validate), call `tensorrt_llm` with
+validate the sampling inputs, preprocess (render + tokenize + validate: model_repo.preprocess, the code the
+`preprocessing` model runs, here in this process: one round trip through tritonserver fewer), call `tensorrt_llm` with
 streaming on, and turn its token responses into text with the Harmony stream decoder (the same code the
 `postprocessing` model runs, applied incrementally: a model call per token would only add latency). With stream=true
 each response carries the tokens that arrived since the previous one (one per token while the server keeps up,
@@ -29,28 +30,30 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_repo import requests as rq
-from model_repo.harmony import HarmonyStreamDecoder
+from model_repo.harmony import HarmonyStreamDecoder, render_chat
+from model_repo.preprocess import CLIENT_ERRORS, prepare
 from model_repo.tokenizer import load_tokenizer
 from model_repo.triton_models.common import (error_of, get, internal, invalid, log_error, log_info, model_params,
                                              resolve_engine_dir)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_CHECK_S = 0.1
-# front input -> preprocessing input
-PRE_INPUTS = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "stop_words": "STOP_WORDS_DICT",
-              "end_id": "END_ID", "reasoning_effort": "REASONING_EFFORT", "system_prompt": "SYSTEM_PROMPT",
-              "chat_history": "CHAT_HISTORY", "raw_prompt": "RAW_PROMPT"}
-PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "STOP_WORDS_IDS", "OUT_END_ID"]
+# preprocessing input (model_repo.preprocess.prepare's names) -> front input
+FRONT_OF = {"QUERY": "text_input", "REQUEST_OUTPUT_LEN": "max_tokens", "STOP_WORDS_DICT": "stop_words",
+            "END_ID": "end_id", "REASONING_EFFORT": "reasoning_effort", "SYSTEM_PROMPT": "system_prompt",
+            "CHAT_HISTORY": "chat_history", "RAW_PROMPT": "raw_prompt"}
 
 
 class TritonPythonModel:
     def initialize(self, args):
         _, p = model_params(args)
-        self.pre_model = p.get("preprocessing_model_name", "preprocessing")
         self.llm_model = p.get("tensorrt_llm_model_name", "tensorrt_llm")
         self.engine_dir = resolve_engine_dir(args, p["engine_dir"])
         self.tokenizer = load_tokenizer(self.engine_dir, p.get("tokenizer", "auto"))
-        log_info(f"tensorrt_llm_bls: {self.pre_model} -> {self.llm_model}, {self.tokenizer.kind} detokenizer")
+        self.max_seq_len = int(p["max_seq_len"])
+        self.default_effort = p.get("default_reasoning_effort", "medium")
+        render_chat(self.tokenizer, "warm up", self.default_effort)     # loads the Harmony encoding (~1 s) now
+        log_info(f"tensorrt_llm_bls: preprocessing in process -> {self.llm_model}, {self.tokenizer.kind} tokenizer")
         # Requests being handled: thread name -> what it is doing (logged if the model unloads with some left).
         self._inflight: dict[str, str] = {}
         self._inflight_lock = threading.Lock()
@@ -85,7 +88,7 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 self._run(request, sender)
-            except rq.RequestError as e:
+            except CLIENT_ERRORS as e:
                 _send(sender, pb_utils.InferenceResponse(error=invalid(str(e))), FINAL)
             except BackendCrashed as e:
                 log_error(f"tensorrt_llm_bls: {e}")
@@ -108,26 +111,17 @@ class TritonPythonModel:
         want_lp = rq.boolean(get(request, "return_log_probs"), "return_log_probs")
         want_ctx = rq.boolean(get(request, "return_context_logits"), "return_context_logits")
 
-        # 1. preprocessing
-        pre_in = []
-        for front, pre in PRE_INPUTS.items():
-            t = pb_utils.get_input_tensor_by_name(request, front)
-            if t is not None:
-                pre_in.append(pb_utils.Tensor(pre, t.as_numpy()))
+        # 1. preprocessing, in this process: what the preprocessing model runs (model_repo.preprocess), without
+        # a round trip through tritonserver to its stub before the first token
         self._stage("preprocessing")
-        pre = pb_utils.InferenceRequest(model_name=self.pre_model, inputs=pre_in,
-                                        requested_output_names=PRE_OUTPUTS).exec()
-        if pre.has_error():
-            _send(sender, pb_utils.InferenceResponse(error=pre.error()), FINAL)
-            return
-        po = {t.name(): t.as_numpy() for t in pre.output_tensors()}
-        n_in = int(po["REQUEST_INPUT_LEN"].reshape(-1)[0])
+        pre = prepare(lambda name: get(request, FRONT_OF[name]), self.tokenizer, self.max_seq_len, self.default_effort)
+        n_in = len(pre.ids)
 
         # 2. tensorrt_llm, streamed token by token
-        llm_in = [pb_utils.Tensor("input_ids", po["INPUT_ID"].astype(np.int32)),
-                  pb_utils.Tensor("input_lengths", po["REQUEST_INPUT_LEN"].astype(np.int32)),
-                  pb_utils.Tensor("request_output_len", po["REQUEST_OUTPUT_LEN"].astype(np.int32)),
-                  pb_utils.Tensor("stop_words_list", po["STOP_WORDS_IDS"].astype(np.int32)),
+        llm_in = [pb_utils.Tensor("input_ids", np.asarray(pre.ids, dtype=np.int32).reshape(1, -1)),
+                  pb_utils.Tensor("input_lengths", np.array([[n_in]], dtype=np.int32)),
+                  pb_utils.Tensor("request_output_len", np.array([[pre.max_tokens]], dtype=np.int32)),
+                  pb_utils.Tensor("stop_words_list", pre.stop_words[None].astype(np.int32)),
                   pb_utils.Tensor("temperature", np.array([[s.temperature]], dtype=np.float32)),
                   pb_utils.Tensor("runtime_top_k", np.array([[s.top_k]], dtype=np.int32)),
                   pb_utils.Tensor("runtime_top_p", np.array([[s.top_p]], dtype=np.float32)),
@@ -135,7 +129,7 @@ class TritonPythonModel:
         if s.seed is not None:
             llm_in.append(pb_utils.Tensor("seed", np.array([[s.seed]], dtype=np.uint64)))
         if get(request, "end_id") is not None:          # absent: the engine's default stop tokens
-            llm_in.append(pb_utils.Tensor("end_id", po["OUT_END_ID"].astype(np.int32)))
+            llm_in.append(pb_utils.Tensor("end_id", np.array([[pre.end_id]], dtype=np.int32)))
         wanted = ["output_ids", "finish_reason"]
         if want_lp:
             llm_in.append(pb_utils.Tensor("return_log_probs", np.array([[True]], dtype=np.bool_)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,10 @@ class OnnxRuntimeExecutor:
         self.path = Path(onnx_path)
         self.max_chunk = max_chunk or _max_chunk()
         self._workdir = workdir                   # a temporary export directory this executor owns
+        # Removed by close(), else when the executor is collected or the interpreter exits (weakref.finalize runs
+        # at exit too, where __del__ may never be called); a process killed outright leaves it to the next
+        # load_onnxruntime on this machine (sweep_dead_exports).
+        self._remove_workdir = weakref.finalize(self, shutil.rmtree, workdir, True) if workdir is not None else None
         # The most tokens one forward may take before its estimated peak memory (plugins.onnx.memory) exceeds
         # the budget; the scheduler admits prompts within it (None: no limit known).
         self.max_forward_tokens: int | None = None
@@ -79,15 +84,9 @@ class OnnxRuntimeExecutor:
         self._elem = {i.name: ELEM[i.type] for i in self.session.get_inputs()}
 
     def close(self) -> None:
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:           # interpreter shutdown: the temporary directory may outlive us
-            pass
+        if self._remove_workdir is not None:
+            self._remove_workdir()
+        self._workdir = None
 
     # -- the Executor protocol ----------------------------------------------------------------------------
     def new_cache(self, batch_size: int, capacity: int = 0) -> FixedCache:
@@ -268,7 +267,8 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
                                    f"this engine uses {', '.join(sorted(other))}: use --executor reference")
         if onnx_path is None:
             from plugins.onnx.export import export_onnx
-            workdir = Path(tempfile.mkdtemp(prefix="gptoss-onnx-"))
+            sweep_dead_exports()
+            workdir = new_export_dir()
             try:
                 with _checkpoint_bytes(ckpt_dir, workdir) as share:
                     onnx_path = export_onnx(network, ck, workdir / "model.onnx", dtype="float32", share=share,
@@ -280,6 +280,55 @@ def load_onnxruntime(path: Path, dtype=None, onnx_path: str | Path | None = None
     from plugins.onnx.memory import max_forward_tokens, ort_budget_for
     ex.max_forward_tokens = max_forward_tokens(network, ort_budget_for(network), weights=packed_weight_bytes(path))
     return Runtime(network, None, load_tokenizer(path, ckpt_dir), source=str(path), executor=ex)
+
+
+# Temporary exports: EXPORT_PREFIX<pid>-<random>, holding OWNER_FILE (the pid namespace of the process that made
+# it), so a folder is known to be dead when its process is gone from this namespace.
+EXPORT_PREFIX = "gptoss-onnx-"
+OWNER_FILE = ".owner"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def new_export_dir() -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix=f"{EXPORT_PREFIX}{os.getpid()}-"))
+    (workdir / OWNER_FILE).write_text(_pid_namespace(), encoding="utf-8")
+    return workdir
+
+
+def sweep_dead_exports(root: str | Path | None = None) -> list[Path]:
+    """Remove the temporary exports (about 12 MB for the tiny engine, the model's size for a real one) whose
+    process died without closing its executor (a stub killed by SIGKILL, say); -> the folders removed. Only
+    folders with this machine's pid namespace in OWNER_FILE and no live process of that pid are touched."""
+    root = Path(root or tempfile.gettempdir())
+    ns, removed = _pid_namespace(), []
+    if not ns:
+        return removed
+    for d in root.glob(f"{EXPORT_PREFIX}*-*"):
+        pid = d.name[len(EXPORT_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or (d / OWNER_FILE).read_text(encoding="utf-8") != ns or _alive(int(pid)):
+                continue
+        except OSError:            # not one of ours (no owner file), or another process is removing it
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # another user's process
+        return True
+    return True
 
 
 def _checkpoint_bytes(ckpt_dir: Path, workdir: Path):

@@ -118,3 +118,38 @@ def test_fast_tokens_share_responses_at_most_every_min_interval():
     r = _stream(send_s=0.0, min_interval_s=0.05, every_s=0.01)        # ~200 ms of tokens, a response per 50 ms
     assert r.sent[0] == ([0], None)                                     # the first token never waits
     assert 3 <= len(r.sent) <= r.elapsed / 0.05 + 2 and len(r.sent) < 15
+
+
+def _responses_while_live(live: int, min_interval_s: float, tokens: int = 40, every_s: float = 0.005):
+    """-> (the response sizes of one stream of `tokens` tokens, one every every_s, while `live` streams are running;
+    the seconds its tokens took)."""
+    w = ResponseWriter(lambda rid: None, streams_per_response=8, min_interval_s=min_interval_s, max_interval_s=1.0)
+    try:
+        watched = Responder("watched")
+        emit = w.add(watched)
+        others = [w.add(Responder(f"o{i}")) for i in range(live - 1)]
+        start = time.perf_counter()
+        for t in range(tokens):
+            emit([t], None, None)
+            time.sleep(every_s)
+        emit([tokens], "length", None)
+        elapsed = time.perf_counter() - start
+        assert watched.done.wait(10)
+        for e in others:
+            e([], "cancelled", None)
+    finally:
+        w.stop()
+    assert [t for toks, _ in watched.sent for t in toks] == list(range(tokens + 1))
+    return [len(toks) for toks, _ in watched.sent], elapsed
+
+
+def test_the_interval_grows_with_the_streams_live():
+    """16 live streams, 8 per response, 20 ms: a stream's responses leave at most every 40 ms; with 4 live streams
+    every 20 ms, so about twice as many (~200 ms of tokens: ~6 against ~11)."""
+    many, t_many = _responses_while_live(16, 0.02)
+    few, t_few = _responses_while_live(4, 0.02)
+    assert many[0] == 1 and few[0] == 1                     # the first token never waits
+    assert len(many) <= t_many / 0.04 + 3, (many, t_many)
+    assert len(few) <= t_few / 0.02 + 3, (few, t_few)
+    # Negative control: with 4 live the stream does get the shorter interval (not 40 ms too).
+    assert len(few) / t_few >= 1.4 * len(many) / t_many, (few, t_few, many, t_many)

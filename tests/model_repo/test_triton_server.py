@@ -314,6 +314,14 @@ def test_metrics_show_the_inference_counters_moving(server, client):
             return r.read().decode()
     before = read()
     client.generate("count me", 2, raw=True)
+    # The BLS model preprocesses in its own process (model_repo.preprocess); the preprocessing model answers
+    # callers that use it directly, with the prompt length the BLS model reports for the same text.
+    pre, error = _send_raw(server, {"QUERY": TEXT, "REQUEST_OUTPUT_LEN": N, "RAW_PROMPT": np.array([[True]])},
+                           "preprocessing")
+    assert error is None, error
+    bls, error = _send_raw(server, {"text_input": TEXT, "max_tokens": N, "raw_prompt": np.array([[True]])})
+    assert error is None, error
+    assert pre.as_numpy("REQUEST_INPUT_LEN").item() == bls.as_numpy("num_input_tokens").item() > 0
     _, error = _send_raw(server, {"text_input": np.array([[b""]], dtype=np.object_), "max_tokens": N}, "ensemble")
     assert "text_input is empty" in error
     checks = [("nv_inference_request_success", m) for m in ("tensorrt_llm_bls", "preprocessing", "tensorrt_llm")]

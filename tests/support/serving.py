@@ -68,12 +68,64 @@ def assert_stopped_cleanly(rc: int | None, log_file: str | Path) -> None:
                   f"{', '.join(sorted(_stuck_at_exit(log)))} (see tests/support/serving.py); every other model unloaded")
 
 
+class DeathWatch:
+    """Fails a served_repo fast when tritonserver or one of its Python-backend stubs dies (Triton 2.51 itself
+    never notices a dead stub: its requests would wait for the clients' own timeouts). The same detection as
+    serve-engine's (deploy/watchdog.py): on a dead stub it writes the server's crash file, so requests through
+    the front models end within ~0.1 s with an error naming the model, then kills the server, so streams on the
+    inner models end at once too and new requests are refused. `message` says what died (None: nothing)."""
+
+    GRACE_S = 0.5          # for the front models to deliver the crash message before the server goes
+
+    def __init__(self, srv):
+        import threading
+
+        from deploy.watchdog import StubWatchdog
+        self.srv, self.message = srv, None
+        self.dog = StubWatchdog(srv.proc.pid)
+        self.dog.arm()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="served-repo-deathwatch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import os
+        import signal
+
+        from deploy.watchdog import POLL_S
+        while not self._stop.wait(POLL_S):
+            if not self.srv.alive():
+                self.message = (f"tritonserver (pid {self.srv.proc.pid}) exited with status "
+                                f"{self.srv.proc.returncode} while serving; see {self.srv.log_path}")
+                return
+            gone = self.dog.dead()
+            if gone is None:
+                continue
+            self.message = (f"model '{gone.model}' crashed: its Python-backend stub (pid {gone.pid}, instance "
+                            f"{gone.instance}) died while serving; see {self.srv.log_path}")
+            try:
+                self.srv.crash_file.write_text(self.message + "\n", encoding="utf-8")
+            except OSError:
+                pass
+            if not self._stop.wait(self.GRACE_S):
+                try:
+                    os.killpg(self.srv.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 @contextmanager
 def served_repo(root: Path, *, max_seq_len: int = 512, max_batch_size: int = 16, exit_timeout_s: int = 15,
                 **repo_options):
     """The real tritonserver on a model repository written for the tiny engine (write_model_repo's keyword
-    arguments in `repo_options`), started under `root`; yields the TritonServer with .engine, .vocab and .log_path.
-    On the way out the server must stop cleanly and leave no shared-memory files."""
+    arguments in `repo_options`), started under `root`; yields the TritonServer with .engine, .vocab, .log_path
+    and .deathwatch (a DeathWatch: a dead server or stub fails the requests at once and the fixture with its
+    message). On the way out the server must stop cleanly and leave no shared-memory files."""
     from deploy.server import TritonServer, shm_files
     from model_repo.write import leftover_placeholders, write_model_repo
     engine = make_tiny_engine(root / "engine", max_seq_len=max_seq_len, max_batch_size=max_batch_size)
@@ -83,13 +135,19 @@ def served_repo(root: Path, *, max_seq_len: int = 512, max_batch_size: int = 16,
     srv.start(timeout_s=240)
     srv.engine, srv.log_path = engine, root / "server.log"
     srv.vocab = json.loads((engine / "config.json").read_text())["vocab_size"]
+    srv.deathwatch = DeathWatch(srv)
     try:
         assert shm_files(srv.shm_prefix), "the Python backend should be using shared memory while serving"
         yield srv
     except BaseException:
+        srv.deathwatch.close()
         srv.stop()
         raise
-    assert_stopped_cleanly(srv.stop(), srv.log_path)
+    srv.deathwatch.close()
+    died = srv.deathwatch.message
+    rc = srv.stop()
+    assert died is None, died
+    assert_stopped_cleanly(rc, srv.log_path)
     assert shm_files(srv.shm_prefix) == [], "shared-memory files left behind"
 
 
